@@ -1,0 +1,1 @@
+//! Key and certificate generation: the `keygen` subcommand of both binaries.

@@ -1,0 +1,146 @@
+//! Typed messages over a byte stream.
+//!
+//! [`Connection`] owns the framing buffers. `read` returns `Ok(None)` on a
+//! clean close between frames and an error on anything else (a close inside a
+//! frame, an oversized frame, a body that is not the expected JSON), so that
+//! callers can tell "the peer hung up" from "the peer is broken".
+
+use std::io;
+
+use futures::{SinkExt, StreamExt};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use crate::codec::{codec, MAX_FRAME_LEN};
+
+/// What can go wrong reading or writing one message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("connection error: {0}")]
+    Io(#[source] io::Error),
+    #[error("frame larger than the {MAX_FRAME_LEN}-byte limit")]
+    FrameTooLarge,
+    #[error("malformed message: {0}")]
+    Malformed(#[source] serde_json::Error),
+}
+
+impl ConnectionError {
+    fn from_codec(err: io::Error) -> Self {
+        // LengthDelimitedCodec reports an oversized frame as InvalidData
+        // carrying its own error type; everything else is plain I/O.
+        if err.kind() == io::ErrorKind::InvalidData
+            && err
+                .get_ref()
+                .is_some_and(|e| e.is::<tokio_util::codec::LengthDelimitedCodecError>())
+        {
+            ConnectionError::FrameTooLarge
+        } else {
+            ConnectionError::Io(err)
+        }
+    }
+
+    /// True when the peer broke the protocol (as opposed to the network failing).
+    pub fn is_protocol_violation(&self) -> bool {
+        matches!(self, Self::FrameTooLarge | Self::Malformed(_))
+    }
+}
+
+/// A framed, typed connection over any stream (TLS, TCP or a Unix socket).
+#[derive(Debug)]
+pub struct Connection<S> {
+    framed: Framed<S, LengthDelimitedCodec>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    pub fn new(stream: S) -> Self {
+        Self { framed: Framed::new(stream, codec()) }
+    }
+
+    /// Reads one message. `Ok(None)` means the peer closed cleanly.
+    pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectionError> {
+        match self.framed.next().await {
+            None => Ok(None),
+            Some(Err(e)) => Err(ConnectionError::from_codec(e)),
+            Some(Ok(frame)) => serde_json::from_slice(&frame).map(Some).map_err(ConnectionError::Malformed),
+        }
+    }
+
+    /// Writes one message and flushes it.
+    pub async fn write<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnectionError> {
+        let body = serde_json::to_vec(msg).map_err(ConnectionError::Malformed)?;
+        if body.len() > MAX_FRAME_LEN {
+            return Err(ConnectionError::FrameTooLarge);
+        }
+        self.framed.send(bytes::Bytes::from(body)).await.map_err(ConnectionError::from_codec)
+    }
+
+    /// Queues one message without flushing (for bursts; call [`flush`](Self::flush)).
+    pub async fn feed<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnectionError> {
+        let body = serde_json::to_vec(msg).map_err(ConnectionError::Malformed)?;
+        if body.len() > MAX_FRAME_LEN {
+            return Err(ConnectionError::FrameTooLarge);
+        }
+        self.framed.feed(bytes::Bytes::from(body)).await.map_err(ConnectionError::from_codec)
+    }
+
+    pub async fn flush(&mut self) -> Result<(), ConnectionError> {
+        SinkExt::<bytes::Bytes>::flush(&mut self.framed).await.map_err(ConnectionError::from_codec)
+    }
+
+    pub fn get_ref(&self) -> &S {
+        self.framed.get_ref()
+    }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        self.framed.get_mut()
+    }
+
+    pub fn into_inner(self) -> S {
+        self.framed.into_inner()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn round_trip_and_clean_close() {
+        let (a, b) = tokio::io::duplex(4096);
+        let mut a = Connection::new(a);
+        let mut b = Connection::new(b);
+        a.write(&serde_json::json!({"x": 1})).await.unwrap();
+        let v: serde_json::Value = b.read().await.unwrap().unwrap();
+        assert_eq!(v["x"], 1);
+        drop(a);
+        assert!(b.read::<serde_json::Value>().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn oversized_and_garbage_frames_are_protocol_violations() {
+        let (mut raw, b) = tokio::io::duplex(64);
+        let mut b = Connection::new(b);
+        raw.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let err = b.read::<serde_json::Value>().await.unwrap_err();
+        assert!(matches!(err, ConnectionError::FrameTooLarge), "{err:?}");
+
+        let (mut raw, b) = tokio::io::duplex(64);
+        let mut b = Connection::new(b);
+        raw.write_all(&3u32.to_be_bytes()).await.unwrap();
+        raw.write_all(b"{{{").await.unwrap();
+        let err = b.read::<serde_json::Value>().await.unwrap_err();
+        assert!(err.is_protocol_violation(), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn close_inside_a_frame_is_an_error_not_a_clean_close() {
+        let (mut raw, b) = tokio::io::duplex(64);
+        let mut b = Connection::new(b);
+        raw.write_all(&10u32.to_be_bytes()).await.unwrap();
+        raw.write_all(b"{\"a").await.unwrap();
+        drop(raw);
+        assert!(b.read::<serde_json::Value>().await.is_err());
+    }
+}

@@ -1,0 +1,31 @@
+//! Everything cmappmgr (host) and cmappserver (guest) must agree on.
+//!
+//! | module         | what it holds                                                        |
+//! |----------------|----------------------------------------------------------------------|
+//! | [`codec`]      | the frame: a 4-byte length header and a JSON body, capped at 1 MiB   |
+//! | [`connection`] | typed reads and writes of messages over any byte stream              |
+//! | [`message`]    | the messages: hello/welcome, requests, events, exit statuses        |
+//! | [`service`]    | how a run string becomes an argv, and the identity used to attach    |
+//! | [`config`]     | the original's `key=value` files (`cmappmgr.conf`, `cmappserver.conf`)|
+//! | [`tls`]        | TLS 1.3 with mutual authentication: key material, pinning, CA trust  |
+//! | [`logging`]    | tracing to stderr plus warnings and errors to syslog                 |
+//! | [`shutdown`]   | one future that resolves on SIGTERM or SIGINT                        |
+//!
+//! The layers never mix: `codec` knows bytes, `connection` knows I/O, and
+//! `message` knows meaning. Neither binary frames or parses anything itself.
+#![deny(rust_2018_idioms)]
+
+pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod logging;
+pub mod message;
+pub mod service;
+pub mod shutdown;
+pub mod tls;
+
+/// The TCP port the original product uses, and our default.
+pub const DEFAULT_PORT: u16 = 5315;
+
+/// This build's version, as both binaries report it.
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");

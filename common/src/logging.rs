@@ -1,0 +1,104 @@
+//! Logging: human-readable lines on stderr (the cluster's package log, or the
+//! init system's journal) and the same events, from INFO up, to syslog.
+//!
+//! Syslog goes through the `syslog` crate to the local socket (`/dev/log`);
+//! where there is none (a minimal container or initramfs) the program logs to
+//! stderr only and says so once at debug level. `RUST_LOG` refines the level.
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+type SyslogLogger = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
+
+/// Sends events to syslog.
+struct SyslogLayer {
+    logger: Mutex<SyslogLogger>,
+}
+
+#[derive(Default)]
+struct MessageVisitor {
+    message: String,
+    fields: String,
+}
+
+impl Visit for MessageVisitor {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            let _ = write!(self.fields, " {}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            let _ = write!(self.fields, " {}={value:?}", field.name());
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for SyslogLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let level = *event.metadata().level();
+        if level > Level::INFO {
+            return;
+        }
+        let mut v = MessageVisitor::default();
+        event.record(&mut v);
+        let line = format!("{}{}", v.message, v.fields);
+        let Ok(mut logger) = self.logger.lock() else { return };
+        // A full or vanished syslog socket must never stop the program.
+        let _ = match level {
+            Level::ERROR => logger.err(line),
+            Level::WARN => logger.warning(line),
+            _ => logger.info(line),
+        };
+    }
+}
+
+/// How much to log on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Debug,
+}
+
+/// Installs the global subscriber for `program`. Call once, early.
+pub fn init(program: &str, verbosity: Verbosity, use_syslog: bool) {
+    let default = match verbosity {
+        Verbosity::Quiet => "warn",
+        Verbosity::Normal => "info",
+        Verbosity::Debug => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_ansi(false);
+    let syslog = if use_syslog {
+        let formatter = syslog::Formatter3164 {
+            facility: syslog::Facility::LOG_DAEMON,
+            hostname: None,
+            process: program.to_string(),
+            pid: std::process::id(),
+        };
+        syslog::unix(formatter).ok().map(|logger| SyslogLayer { logger: Mutex::new(logger) })
+    } else {
+        None
+    };
+    let have_syslog = syslog.is_some();
+    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(syslog).try_init();
+    if use_syslog && !have_syslog {
+        tracing::debug!("no syslog socket; logging to stderr only");
+    }
+}

@@ -1,0 +1,314 @@
+//! The messages cmappmgr and cmappserver exchange, and their meaning.
+//!
+//! A connection opens with [`Hello`] (manager to server) answered by
+//! [`Welcome`] or an [`ErrorReply`] of kind [`ErrorKind::Version`]. After that
+//! the manager sends [`Request`]s and the server sends [`Event`]s: replies to
+//! requests, and pushes (`Output`, `Exited`, `ShuttingDown`, `Superseded`) for
+//! the processes the connection is attached to.
+//!
+//! Compatibility: `Hello` and `Welcome` are plain structs that ignore unknown
+//! fields, so any two versions can at least tell each other what they speak.
+//! New optional fields carry `#[serde(default)]`; a new request or event kind
+//! needs a new [`PROTOCOL_VERSION`].
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The protocol version this build speaks. Peers must speak the same one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// First frame from the manager.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hello {
+    pub protocol: u32,
+    /// Free text for logs, e.g. `cmappmgr 0.1.0`.
+    #[serde(default)]
+    pub software: String,
+}
+
+impl Hello {
+    pub fn current(program: &str) -> Self {
+        Hello { protocol: PROTOCOL_VERSION, software: format!("{program} {}", crate::SOFTWARE_VERSION) }
+    }
+}
+
+/// The server's answer to a compatible [`Hello`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Welcome {
+    pub protocol: u32,
+    #[serde(default)]
+    pub software: String,
+    /// Processes currently monitored (running or with an uncollected exit).
+    #[serde(default)]
+    pub monitored: usize,
+    #[serde(default)]
+    pub max_processes: usize,
+}
+
+/// An opaque, server-assigned identifier of one launched process instance.
+/// It changes when the same service is launched again, so a manager can tell
+/// "my process" from "a new process with the same service string".
+pub type InstanceId = String;
+
+/// Requests from the manager.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    Launch(Launch),
+    Stop(Stop),
+    Ack(Ack),
+    List,
+    Ping(Ping),
+}
+
+/// Launch a service, or attach to it if it runs already or its exit status
+/// has not been collected yet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Launch {
+    /// The run string as the manager received it: several arguments are the
+    /// argv as is; one argument containing white space is split like a shell
+    /// splits words (see [`crate::service`]).
+    pub run: Vec<String>,
+    /// An explicit service name; when set it, not the run string, identifies the process.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Re-attach only: never start a new process. Set when a manager reconnects
+    /// to a process it launched earlier; the server answers `NotFound` when
+    /// that instance is gone.
+    #[serde(default)]
+    pub attach_only: Option<InstanceId>,
+}
+
+/// Stop a process: TERM to its process group, KILL after the grace period.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stop {
+    pub id: InstanceId,
+    /// Overrides the server's configured grace period.
+    #[serde(default)]
+    pub grace_ms: Option<u64>,
+}
+
+/// The manager has received the exit status of `id`; the server may forget it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ack {
+    pub id: InstanceId,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ping {
+    pub seq: u64,
+}
+
+/// Everything the server sends after the welcome.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// Reply to `Launch`: the connection is now attached to this process.
+    Started(Started),
+    /// A line the process wrote.
+    Output(Output),
+    /// The process ended. The manager answers with `Ack`.
+    Exited(Exited),
+    /// Reply to `Ack`.
+    Acked(Ack),
+    /// Reply to `Stop`: the signal has been sent; `Exited` follows.
+    Stopping(Ack),
+    Pong(Ping),
+    /// Reply to `List`.
+    Processes(Vec<ProcessInfo>),
+    /// The server is going away on purpose (maintenance or upgrade).
+    ShuttingDown(ShuttingDown),
+    /// Another manager attached to this process; this connection no longer hears of it.
+    Superseded(Ack),
+    Error(ErrorReply),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Started {
+    pub id: InstanceId,
+    /// The identity the server filed the process under (for logs).
+    pub service: String,
+    pub pid: u32,
+    /// Start time, milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    /// True when this request attached to an existing process instead of starting one.
+    pub attached: bool,
+    /// Set when the process has already exited (an uncollected status); `Exited` follows at once.
+    #[serde(default)]
+    pub exited: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Output {
+    pub id: InstanceId,
+    pub stream: Stream,
+    /// One line without its newline, cut at [`MAX_LINE_LEN`] bytes (lossy UTF-8).
+    pub line: String,
+}
+
+/// The longest output line forwarded; longer lines are cut into pieces.
+pub const MAX_LINE_LEN: usize = 4096;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Exited {
+    pub id: InstanceId,
+    pub pid: u32,
+    pub status: ExitStatus,
+    /// When it ended, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub exited_at_ms: u64,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+    /// It could not be started (code 127: not found, 126: not executable).
+    SpawnFailed { code: i32, error: String },
+    /// Its supervisor vanished without recording the status (for example it
+    /// was killed with SIGKILL). The real status is unknown.
+    Lost { error: String },
+}
+
+/// The exit code a manager reports for a status that carries none.
+pub const LOST_EXIT_CODE: i32 = 70;
+
+impl ExitStatus {
+    /// The exit code a shell would report: the code, or 128 + signal.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => *c,
+            ExitStatus::Signal(s) => 128 + s,
+            ExitStatus::SpawnFailed { code, .. } => *code,
+            ExitStatus::Lost { .. } => LOST_EXIT_CODE,
+        }
+    }
+
+    pub fn from_std(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(c), _) => ExitStatus::Code(c),
+            (None, Some(s)) => ExitStatus::Signal(s),
+            (None, None) => ExitStatus::Lost { error: format!("unrecognised wait status {status:?}") },
+        }
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => {
+                let name = nix::sys::signal::Signal::try_from(*s).map(|s| s.as_str()).unwrap_or("unknown signal");
+                write!(f, "killed by signal {s} ({name})")
+            }
+            ExitStatus::SpawnFailed { code, error } => write!(f, "could not be started (exit code {code}): {error}"),
+            ExitStatus::Lost { error } => write!(f, "exit status lost: {error}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub id: InstanceId,
+    pub service: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub pid: u32,
+    pub started_at_ms: u64,
+    /// `None` while running.
+    pub exit: Option<ExitStatus>,
+    /// True when a manager connection is attached.
+    pub attached: bool,
+    /// Built-in probe (`net-mon`, `disk-mon`) or `None` for an ordinary command.
+    #[serde(default)]
+    pub probe: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShuttingDown {
+    pub reason: String,
+    /// True when monitored processes keep running and the server expects to
+    /// come back (a stop for maintenance or an upgrade): managers should wait
+    /// for it within their timeout instead of failing.
+    pub processes_keep_running: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Incompatible protocol versions.
+    Version,
+    /// The process limit is reached.
+    Limit,
+    /// No such process (for `attach_only`, `Stop`, `Ack`).
+    NotFound,
+    /// A request the server could not make sense of.
+    BadRequest,
+    /// The server is shutting down and takes no new work.
+    ShuttingDown,
+    /// Anything else on the server's side.
+    Internal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorReply {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_tagged_json() {
+        let r = Request::Launch(Launch { run: vec!["/bin/true".into()], name: None, attach_only: None });
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"type":"launch","run":["/bin/true"],"name":null,"attach_only":null}"#);
+        assert_eq!(serde_json::from_str::<Request>(r#"{"type":"launch","run":["x"]}"#).unwrap(),
+            Request::Launch(Launch { run: vec!["x".into()], name: None, attach_only: None }));
+        let e = Event::Exited(Exited { id: "a".into(), pid: 3, status: ExitStatus::Signal(9), exited_at_ms: 0 });
+        let s = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<Event>(&s).unwrap(), e);
+    }
+
+    #[test]
+    fn hello_from_a_future_version_still_parses() {
+        let h: Hello = serde_json::from_str(r#"{"protocol":9,"software":"x","new_field":[1]}"#).unwrap();
+        assert_eq!(h.protocol, 9);
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell_convention() {
+        assert_eq!(ExitStatus::Code(7).exit_code(), 7);
+        assert_eq!(ExitStatus::Signal(9).exit_code(), 137);
+        assert_eq!(ExitStatus::SpawnFailed { code: 127, error: "x".into() }.exit_code(), 127);
+        assert_eq!(ExitStatus::Signal(9).to_string(), "killed by signal 9 (SIGKILL)");
+    }
+}

@@ -1,0 +1,158 @@
+//! From a run string to an argv, and the identity a process is filed under.
+//!
+//! Cluster service entries pass the run string either as separate arguments
+//! (`-service /bin/sh -c 'exit 7'`, which the cluster's shell has already
+//! split) or as one quoted string (`-service "/apps/app --flag x"`, as older
+//! entries do). Separate arguments are the argv as is and are never re-split.
+//! A single argument that contains white space is split the way a POSIX shell
+//! splits words (quotes and backslashes honoured, by the `shell-words` crate),
+//! but no shell runs it: no globbing, no `;`, no `$()`, no variables.
+//!
+//! The identity used to re-attach is the run string exactly as the manager
+//! received it (or an explicit name). Two entries that differ only in spacing
+//! inside a quoted run string are therefore two services, which keeps the
+//! original's advice ("add a space to make two service strings unique") true.
+
+use std::fmt;
+
+/// Why a run string cannot be turned into an argv.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    #[error("empty run string: nothing to run")]
+    Empty,
+    #[error("cannot split run string {run:?}: {reason}")]
+    Split { run: String, reason: String },
+}
+
+/// A parsed run string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// What the manager sent, untouched.
+    pub run: Vec<String>,
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// The explicit name, if any.
+    pub name: Option<String>,
+}
+
+impl ServiceSpec {
+    pub fn parse(run: Vec<String>, name: Option<String>) -> Result<Self, ServiceError> {
+        let argv = split_run(&run)?;
+        Ok(ServiceSpec { run, argv, name: name.filter(|n| !n.is_empty()) })
+    }
+
+    /// The key processes are filed under: the explicit name, or the run string.
+    pub fn key(&self) -> String {
+        match &self.name {
+            Some(n) => format!("name:{n}"),
+            None => format!("run:{}", serde_json::to_string(&self.run).unwrap_or_default()),
+        }
+    }
+
+    /// A human-readable form for logs and listings.
+    pub fn display(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => self.run.join(" "),
+        }
+    }
+
+    /// The built-in probe this run string names, by its program's file name
+    /// (wherever the path points), or `None` for an ordinary command.
+    pub fn probe(&self) -> Option<Probe> {
+        Probe::from_program(self.argv.first()?)
+    }
+}
+
+impl fmt::Display for ServiceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display())
+    }
+}
+
+/// Turns the run string into an argv (see the module documentation).
+pub fn split_run(run: &[String]) -> Result<Vec<String>, ServiceError> {
+    let argv = match run {
+        [] => return Err(ServiceError::Empty),
+        [one] if one.chars().any(char::is_whitespace) => shell_words::split(one)
+            .map_err(|e| ServiceError::Split { run: one.clone(), reason: e.to_string() })?,
+        many => many.to_vec(),
+    };
+    match argv.first() {
+        Some(p) if !p.is_empty() => Ok(argv),
+        _ => Err(ServiceError::Empty),
+    }
+}
+
+/// The built-in probes cmappserver runs in place of the original's scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// The LAN probe (`cmapp_net_mon`, `cmapp_net_mon.pl`, `net-mon`).
+    Net,
+    /// The disk probe (`cmapp_disk_mon`, `disk-mon`).
+    Disk,
+}
+
+impl Probe {
+    /// Recognises a probe by the file name of `program`.
+    pub fn from_program(program: &str) -> Option<Probe> {
+        let base = program.rsplit('/').next().unwrap_or(program);
+        match base {
+            "cmapp_net_mon" | "cmapp_net_mon.pl" => Some(Probe::Net),
+            "cmapp_disk_mon" | "cmapp_disk_mon.pl" => Some(Probe::Disk),
+            _ => None,
+        }
+    }
+
+    /// The subcommand of `cmappserver` that runs it.
+    pub fn subcommand(self) -> &'static str {
+        match self {
+            Probe::Net => "net-mon",
+            Probe::Disk => "disk-mon",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn separate_arguments_are_never_resplit() {
+        assert_eq!(split_run(&s(&["/bin/sh", "-c", "exit 7"])).unwrap(), s(&["/bin/sh", "-c", "exit 7"]));
+    }
+
+    #[test]
+    fn one_string_is_split_like_a_shell_without_running_one() {
+        assert_eq!(
+            split_run(&s(&["/bin/sh -c 'exit 7'"])).unwrap(),
+            s(&["/bin/sh", "-c", "exit 7"])
+        );
+        // Metacharacters stay literal: no shell runs this.
+        assert_eq!(split_run(&s(&["echo a;b $(x) *"])).unwrap(), s(&["echo", "a;b", "$(x)", "*"]));
+        assert!(matches!(split_run(&s(&["echo 'unterminated"])), Err(ServiceError::Split { .. })));
+        assert_eq!(split_run(&[]), Err(ServiceError::Empty));
+        assert_eq!(split_run(&s(&["   "])), Err(ServiceError::Empty));
+    }
+
+    #[test]
+    fn identity_is_the_run_string_as_received() {
+        let a = ServiceSpec::parse(s(&["/apps/a x"]), None).unwrap();
+        let b = ServiceSpec::parse(s(&["/apps/a  x"]), None).unwrap();
+        assert_eq!(a.argv, b.argv);
+        assert_ne!(a.key(), b.key(), "a space keeps two service strings apart, as the original advises");
+        let named = ServiceSpec::parse(s(&["/apps/a x"]), Some("web".into())).unwrap();
+        assert_eq!(named.key(), "name:web");
+    }
+
+    #[test]
+    fn probes_are_recognised_by_program_name_anywhere() {
+        assert_eq!(Probe::from_program("/opt/hp/cmappserver/cmapp_net_mon.pl"), Some(Probe::Net));
+        assert_eq!(Probe::from_program("cmapp_disk_mon"), Some(Probe::Disk));
+        assert_eq!(Probe::from_program("/usr/bin/cmapp_disk_monitor"), None);
+    }
+}
