@@ -1,15 +1,353 @@
-//! Typed calls to a cmappserver (skeleton; being written).
+//! Typed calls to a cmappserver: connect (with retries until a deadline),
+//! authenticate, say hello, then send requests and read events.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use common::config::ManagerConfig;
+use common::connection::{self, MessageReader, MessageWriter};
+use common::message::{ErrorKind, Event, Hello, Request, Welcome};
+use rustls_pki_types::ServerName;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Why a call failed, sorted by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Our own configuration or key material is unusable: retrying will not help.
+    #[error("{0}")]
+    Config(String),
+    /// The guest is unreachable or the connection broke: retrying may help.
+    #[error("{0}")]
+    Unreachable(String),
+    /// Certificates were rejected (either way): retrying will not help.
+    #[error("{0}")]
+    Auth(String),
+    /// The peers speak different protocol versions.
+    #[error("{0}")]
+    Version(String),
+    /// The peer broke the protocol.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ClientError::Unreachable(_))
+    }
+}
+
+/// Host and port of a `-node` value: `guest1`, `guest1:5400`, `10.0.0.5`,
+/// `[fe80::1]:5400`, or a bare IPv6 address.
+pub fn parse_node(node: &str, default_port: u16) -> Result<(String, u16), String> {
+    let bad = || format!("-node {node:?} is not a host name or address with an optional :port");
+    if let Some(rest) = node.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None if after.is_empty() => default_port,
+            None => return Err(bad()),
+        };
+        return Ok((host.to_string(), port));
+    }
+    match node.matches(':').count() {
+        0 if !node.is_empty() => Ok((node.to_string(), default_port)),
+        1 => {
+            let (h, p) = node.split_once(':').ok_or_else(bad)?;
+            if h.is_empty() {
+                return Err(bad());
+            }
+            Ok((h.to_string(), p.parse().map_err(|_| bad())?))
+        }
+        n if n > 1 => Ok((node.to_string(), default_port)),
+        _ => Err(bad()),
+    }
+}
+
+/// Everything needed to reach one guest.
+#[derive(Clone)]
+pub struct Connector {
+    tls: TlsConnector,
+    pub host: String,
+    pub port: u16,
+    server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Connector({}:{})", self.host, self.port)
+    }
+}
+
+impl Connector {
+    /// Loads the key material and the trust store for `node` from `conf`.
+    pub fn new(conf: &ManagerConfig, node: &str) -> Result<Connector, ClientError> {
+        common::tls::install_crypto_provider();
+        let (host, port) = parse_node(node, conf.port).map_err(ClientError::Config)?;
+        let trust_path = conf.trust_store_for(&host);
+        let key = common::tls::load_key_store(&conf.key_store, &conf.key_store_password)
+            .map_err(|e| ClientError::Config(format!("keyStore: {e}")))?;
+        let trust = common::tls::load_trust_store(trust_path)
+            .map_err(|e| ClientError::Config(format!("trustStore: {e}")))?;
+        let tls = common::tls::client_config(key, trust)
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let server_name = ServerName::try_from(host.clone()).map_err(|e| {
+            ClientError::Config(format!("-node {host:?} is not a valid server name: {e}"))
+        })?;
+        Ok(Connector {
+            tls: TlsConnector::from(Arc::<rustls::ClientConfig>::clone(&tls)),
+            host,
+            port,
+            server_name,
+        })
+    }
+
+    /// One attempt: TCP, TLS, hello. Each phase is bounded by `limit`.
+    pub async fn connect_once(&self, limit: Duration) -> Result<Client, ClientError> {
+        let unreachable = |what: &str, e: &dyn std::fmt::Display| {
+            ClientError::Unreachable(format!("{what}: {e}"))
+        };
+        let addrs: Vec<_> = tokio::time::timeout(
+            limit,
+            tokio::net::lookup_host((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| ClientError::Unreachable(format!("name lookup of {} timed out", self.host)))?
+        .map_err(|e| unreachable(&format!("cannot resolve {}", self.host), &e))?
+        .collect();
+        let mut last = ClientError::Unreachable(format!("{} has no addresses", self.host));
+        for addr in addrs {
+            let tcp = match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+                Err(_) => {
+                    last = ClientError::Unreachable(format!("connection to {addr} timed out"));
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    last = unreachable(&format!("connection to {addr} failed"), &e);
+                    continue;
+                }
+                Ok(Ok(t)) => t,
+            };
+            let _ = tcp.set_nodelay(true);
+            let tls =
+                match tokio::time::timeout(limit, self.tls.connect(self.server_name.clone(), tcp))
+                    .await
+                {
+                    Err(_) => {
+                        return Err(ClientError::Unreachable(format!(
+                            "TLS handshake with {addr} timed out"
+                        )))
+                    }
+                    Ok(Err(e)) => {
+                        let why = common::tls::describe_handshake_error(&e);
+                        return Err(if common::tls::is_auth_failure(&e) {
+                            ClientError::Auth(format!("TLS handshake with {addr} failed: {why}"))
+                        } else {
+                            ClientError::Unreachable(format!(
+                                "TLS handshake with {addr} failed: {why}"
+                            ))
+                        });
+                    }
+                    Ok(Ok(s)) => s,
+                };
+            return Client::hello(tls, limit).await;
+        }
+        Err(last)
+    }
+
+    /// Retries [`connect_once`](Self::connect_once) with backoff until it
+    /// succeeds, fails for good, or `deadline` passes (then the last error).
+    pub async fn connect(&self, deadline: Instant) -> Result<Client, ClientError> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt_limit = left.clamp(Duration::from_millis(100), Duration::from_secs(10));
+            match self.connect_once(attempt_limit).await {
+                Ok(c) => return Ok(c),
+                Err(e) if !e.is_retryable() => return Err(e),
+                Err(e) => {
+                    tracing::debug!("connect attempt failed: {e}");
+                    let now = Instant::now();
+                    if now + backoff >= deadline {
+                        if now < deadline {
+                            tokio::time::sleep_until(deadline).await;
+                        }
+                        return Err(e);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+type Tls = TlsStream<TcpStream>;
+
+/// An authenticated connection after the hello exchange.
+#[derive(Debug)]
+pub struct Client {
+    rd: MessageReader<ReadHalf<Tls>>,
+    wr: MessageWriter<WriteHalf<Tls>>,
+    pub welcome: Welcome,
+}
+
+impl Client {
+    async fn hello(tls: Tls, limit: Duration) -> Result<Client, ClientError> {
+        let (mut rd, mut wr) = connection::split(tls);
+        let io = |e: common::connection::ConnectionError| ClientError::Unreachable(e.to_string());
+        wr.write(&Hello::current("cmappmgr")).await.map_err(io)?;
+        // The server answers with a Welcome, or an Error event (version mismatch).
+        let reply: serde_json::Value = match tokio::time::timeout(limit, rd.read()).await {
+            Err(_) => {
+                return Err(ClientError::Unreachable(
+                    "no welcome from cmappserver in time".into(),
+                ))
+            }
+            Ok(Err(e)) => {
+                // TLS 1.3: a rejected client certificate surfaces on the first read.
+                if let common::connection::ConnectionError::Io(ioe) = &e {
+                    if common::tls::is_auth_failure(ioe) {
+                        return Err(ClientError::Auth(format!(
+                            "cmappserver rejected this host's certificate: {}",
+                            common::tls::describe_handshake_error(ioe)
+                        )));
+                    }
+                }
+                return Err(io(e));
+            }
+            Ok(Ok(None)) => {
+                return Err(ClientError::Unreachable(
+                    "cmappserver closed the connection during hello".into(),
+                ))
+            }
+            Ok(Ok(Some(v))) => v,
+        };
+        if let Ok(Event::Error(e)) = serde_json::from_value::<Event>(reply.clone()) {
+            return Err(match e.kind {
+                ErrorKind::Version => ClientError::Version(e.message),
+                _ => ClientError::Protocol(e.message),
+            });
+        }
+        let welcome: Welcome = serde_json::from_value(reply)
+            .map_err(|e| ClientError::Protocol(format!("unexpected answer to hello: {e}")))?;
+        Ok(Client { rd, wr, welcome })
+    }
+
+    pub async fn send(&mut self, req: &Request) -> Result<(), ClientError> {
+        self.wr
+            .write(req)
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))
+    }
+
+    /// The next event; `Ok(None)` when the server closed the connection.
+    pub async fn next_event(&mut self) -> Result<Option<Event>, ClientError> {
+        self.rd.read().await.map_err(|e| {
+            if e.is_protocol_violation() {
+                ClientError::Protocol(e.to_string())
+            } else {
+                ClientError::Unreachable(e.to_string())
+            }
+        })
+    }
+
+    /// Sends `req` and returns the first event that is not an output line
+    /// or another push (which are handed to `other`).
+    pub async fn call(&mut self, req: &Request, limit: Duration) -> Result<Event, ClientError> {
+        self.send(req).await?;
+        let deadline = Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.next_event()).await {
+                Err(_) => {
+                    return Err(ClientError::Unreachable(
+                        "no answer from cmappserver in time".into(),
+                    ))
+                }
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(None)) => {
+                    return Err(ClientError::Unreachable(
+                        "cmappserver closed the connection".into(),
+                    ))
+                }
+                Ok(Ok(Some(Event::Output(_) | Event::ShuttingDown(_) | Event::Superseded(_)))) => {
+                    continue
+                }
+                Ok(Ok(Some(ev))) => return Ok(ev),
+            }
+        }
+    }
+
+    /// Closes the connection cleanly (TLS close_notify), bounded.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::io::AsyncWriteExt::shutdown(self.wr.get_mut()),
+        )
+        .await;
+    }
+}
 
 /// Connects to `node` (host or address, optionally `:port`), authenticates,
 /// pings, and returns the server's welcome. Retries until `timeout`.
+/// (Used by the `vm` hooks to wait for, and watch, a guest's cmappserver.)
+#[allow(dead_code)]
 pub async fn check_node(
     node: &str,
     conf_path: &Path,
     timeout: Duration,
-) -> Result<common::message::Welcome, String> {
-    let _ = (node, conf_path, timeout);
-    Err("not implemented yet".into())
+) -> Result<Welcome, String> {
+    let conf = ManagerConfig::load(conf_path).map_err(|e| e.to_string())?;
+    let connector = Connector::new(&conf, node).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + timeout;
+    let mut client = connector
+        .connect(deadline)
+        .await
+        .map_err(|e| e.to_string())?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(500));
+    match client
+        .call(&Request::Ping(common::message::Ping { seq: 1 }), left)
+        .await
+    {
+        Ok(Event::Pong(_)) => {
+            let w = client.welcome.clone();
+            client.close().await;
+            Ok(w)
+        }
+        Ok(other) => Err(format!("unexpected answer to ping: {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_node;
+
+    #[test]
+    fn node_forms() {
+        assert_eq!(parse_node("guest1", 5315).unwrap(), ("guest1".into(), 5315));
+        assert_eq!(
+            parse_node("guest1:5400", 5315).unwrap(),
+            ("guest1".into(), 5400)
+        );
+        assert_eq!(
+            parse_node("10.0.0.5", 5315).unwrap(),
+            ("10.0.0.5".into(), 5315)
+        );
+        assert_eq!(parse_node("[::1]:7", 5315).unwrap(), ("::1".into(), 7));
+        assert_eq!(parse_node("[::1]", 5315).unwrap(), ("::1".into(), 5315));
+        assert_eq!(
+            parse_node("fe80::1", 5315).unwrap(),
+            ("fe80::1".into(), 5315)
+        );
+        assert!(parse_node("g:x", 5315).is_err());
+        assert!(parse_node("", 5315).is_err());
+        assert!(parse_node("[::1", 5315).is_err());
+    }
 }

@@ -1,17 +1,236 @@
-//! cmappserver (skeleton; being written).
-mod probes;
+//! `cmappserver`: the guest-side daemon.
+//!
+//! | module         | role                                                          |
+//! |----------------|---------------------------------------------------------------|
+//! | `server`       | listeners, TLS handshakes, connection cap, shutdown           |
+//! | `session`      | one manager connection: hello, requests, pushed events        |
+//! | `supervisor`   | the process table, the per-process shims, the state directory |
+//! | `probes`       | the built-in LAN and disk probes                              |
+//!
+//! The same binary is also the shim (`cmappserver shim <dir>`, internal), the
+//! probes (`cmappserver net-mon`, `cmappserver disk-mon`, or installed as
+//! `cmapp_net_mon` / `cmapp_disk_mon`), and the key generator
+//! (`cmappserver keygen`).
+#![deny(rust_2018_idioms)]
 
-fn main() {
+mod probes;
+mod server;
+mod session;
+mod supervisor;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use common::config::ServerConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cmappserver",
+    version,
+    about = "Guest application monitoring server: runs and watches the processes cmappmgr asks for"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, short = 'c', value_name = "PATH", default_value = ServerConfig::DEFAULT_PATH, global = true)]
+    conf: PathBuf,
+    /// Address to listen on (repeatable); overrides the configuration's `listen`.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<SocketAddr>,
+    /// Check the configuration and key material, report every problem, and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Log debugging detail.
+    #[arg(long, short = 'v')]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate this guest's key and certificate (pinned or CA-signed).
+    Keygen(certs::KeygenArgs),
+    /// Run the LAN probe (also installed as cmapp_net_mon).
+    #[command(name = "net-mon", disable_help_flag = true)]
+    NetMon {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the disk probe (also installed as cmapp_disk_mon).
+    #[command(name = "disk-mon", disable_help_flag = true)]
+    DiskMon {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Internal: supervise one process (started by cmappserver itself).
+    #[command(hide = true)]
+    Shim { dir: PathBuf },
+}
+
+/// Exit codes of cmappserver itself.
+mod exit {
+    pub const CONFIG: u8 = 78;
+    pub const CANNOT_LISTEN: u8 = 71;
+}
+
+fn main() -> ExitCode {
+    // Multi-call: installed under a probe's name, run that probe.
     let mut args = std::env::args();
     let argv0 = args.next().unwrap_or_default();
-    let rest: Vec<String> = args.collect();
-    let base = argv0.rsplit('/').next().unwrap_or("").to_string();
-    let code = match (base.as_str(), rest.first().map(String::as_str)) {
-        ("cmapp_net_mon" | "cmapp_net_mon.pl", _) => probes::net::main(rest),
-        ("cmapp_disk_mon" | "cmapp_disk_mon.pl", _) => probes::disk::main(rest),
-        (_, Some("net-mon")) => probes::net::main(rest[1..].to_vec()),
-        (_, Some("disk-mon")) => probes::disk::main(rest[1..].to_vec()),
-        _ => 0,
+    match argv0.rsplit('/').next().unwrap_or("") {
+        "cmapp_net_mon" | "cmapp_net_mon.pl" => return code(probes::net::main(args.collect())),
+        "cmapp_disk_mon" | "cmapp_disk_mon.pl" => return code(probes::disk::main(args.collect())),
+        _ => {}
+    }
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::NetMon { args }) => code(probes::net::main(args)),
+        Some(Command::DiskMon { args }) => code(probes::disk::main(args)),
+        Some(Command::Shim { dir }) => code(supervisor::shim::main(dir)),
+        Some(Command::Keygen(ref k)) => match certs::run(k, certs::Side::Server) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cmappserver keygen: {e}");
+                ExitCode::from(1)
+            }
+        },
+        None => serve(cli),
+    }
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(c).unwrap_or(1))
+}
+
+/// Everything `--check-config` checks, and what the server runs with.
+struct Loaded {
+    config: ServerConfig,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+}
+
+fn load(cli: &Cli) -> Result<Loaded, Vec<String>> {
+    common::tls::install_crypto_provider();
+    let mut config =
+        ServerConfig::load(&cli.conf).map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    if !cli.listen.is_empty() {
+        config.listen = cli.listen.clone();
+    }
+    let mut problems = Vec::new();
+    let key = common::tls::load_key_store(&config.key_store, &config.key_store_password)
+        .map_err(|e| problems.push(format!("keyStore: {e}")))
+        .ok();
+    let trust = common::tls::load_trust_store(&config.trust_store)
+        .map_err(|e| problems.push(format!("trustStore: {e}")))
+        .ok();
+    let tls = match (key, trust) {
+        (Some(k), Some(t)) => common::tls::server_config(k, t)
+            .map_err(|e| problems.push(e.to_string()))
+            .ok(),
+        _ => None,
     };
-    std::process::exit(code);
+    match tls {
+        Some(tls) if problems.is_empty() => Ok(Loaded { config, tls }),
+        _ => Err(problems),
+    }
+}
+
+fn serve(cli: Cli) -> ExitCode {
+    common::logging::init(
+        "cmappserver",
+        if cli.verbose {
+            common::logging::Verbosity::Debug
+        } else {
+            common::logging::Verbosity::Normal
+        },
+        !cli.check_config,
+    );
+    let loaded = match load(&cli) {
+        Ok(l) => l,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("cmappserver: {p}");
+            }
+            if !cli.check_config {
+                tracing::error!(
+                    "cannot start: {} problem(s) in the configuration or key material",
+                    problems.len()
+                );
+            }
+            return ExitCode::from(if cli.check_config { 1 } else { exit::CONFIG });
+        }
+    };
+    if cli.check_config {
+        println!(
+            "cmappserver: configuration {} and key material are valid",
+            cli.conf.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(run(loaded))
+}
+
+async fn run(loaded: Loaded) -> ExitCode {
+    let Loaded { config, tls } = loaded;
+    let shutdown = match common::shutdown::shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let state = match supervisor::state::StateDir::open(&config.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let limits = supervisor::Limits {
+        max_processes: config.max_processes,
+        stop_grace: config.stop_grace,
+        exit_history: config.exit_history,
+    };
+    let sup = supervisor::Supervisor::open(state, limits, exe).await;
+    let listeners = match server::bind(&config.listen_addrs()).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(exit::CANNOT_LISTEN);
+        }
+    };
+    let opts = server::ServerOptions {
+        handshake_timeout: config.handshake_timeout,
+        idle_timeout: config.idle_timeout,
+        max_connections: config.max_connections,
+        stop_processes_on_shutdown: config.stop_processes_on_shutdown,
+    };
+    tracing::info!(
+        "cmappserver {} ready: {} monitored processes (limit {})",
+        common::SOFTWARE_VERSION,
+        sup.monitored(),
+        config.max_processes
+    );
+    server::run(listeners, tls, sup, opts, async move {
+        let sig = shutdown.await;
+        tracing::info!("received {sig:?}");
+    })
+    .await;
+    ExitCode::SUCCESS
 }

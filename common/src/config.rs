@@ -97,11 +97,19 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(path: &'a Path) -> Self {
-        Reader { path, errors: Vec::new(), seen: BTreeMap::new() }
+        Reader {
+            path,
+            errors: Vec::new(),
+            seen: BTreeMap::new(),
+        }
     }
 
     fn error(&mut self, line: usize, message: String) {
-        self.errors.push(ConfigError { path: self.path.to_path_buf(), line: Some(line), message });
+        self.errors.push(ConfigError {
+            path: self.path.to_path_buf(),
+            line: Some(line),
+            message,
+        });
     }
 
     /// Records a single-valued key; a second occurrence is an error.
@@ -154,7 +162,10 @@ impl<'a> Reader<'a> {
     }
 
     fn unknown(&mut self, e: &Entry, known: &[&str]) {
-        self.error(e.line, format!("unknown key {:?} (known keys: {})", e.key, known.join(", ")));
+        self.error(
+            e.line,
+            format!("unknown key {:?} (known keys: {})", e.key, known.join(", ")),
+        );
     }
 
     fn finish<T>(self, value: T) -> Result<T, ConfigErrors> {
@@ -333,8 +344,15 @@ pub struct ManagerConfig {
 
 impl ManagerConfig {
     pub const DEFAULT_PATH: &'static str = "/etc/cmappmgr.conf";
-    const KEYS: &'static [&'static str] =
-        &["keyStore", "keyStorePassword", "trustStore", "trustStorePassword", "port", "pingInterval", "stopTimeout"];
+    const KEYS: &'static [&'static str] = &[
+        "keyStore",
+        "keyStorePassword",
+        "trustStore",
+        "trustStorePassword",
+        "port",
+        "pingInterval",
+        "stopTimeout",
+    ];
 
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let text = read_file(path)?;
@@ -386,7 +404,9 @@ impl ManagerConfig {
 
     /// The trust store for `node` (a host name or address, without a port).
     pub fn trust_store_for(&self, node: &str) -> &Path {
-        self.node_trust_stores.get(&node.to_ascii_lowercase()).unwrap_or(&self.trust_store)
+        self.node_trust_stores
+            .get(&node.to_ascii_lowercase())
+            .unwrap_or(&self.trust_store)
     }
 }
 
@@ -437,7 +457,10 @@ trustStorePassword=public
         let c = ManagerConfig::parse(Path::new("/etc/cmappmgr.conf"), ORIGINAL_MGR).unwrap();
         assert_eq!(c.key_store, PathBuf::from("/etc/cmcluster/cmappmgr/client.private"));
         assert_eq!(c.key_store_password, "clientpw");
-        assert_eq!(c.trust_store_for("MMPF121"), Path::new("/etc/cmcluster/cmappmgr/server_mmpf121.public"));
+        assert_eq!(
+            c.trust_store_for("MMPF121"),
+            Path::new("/etc/cmcluster/cmappmgr/server_mmpf121.public")
+        );
         assert_eq!(c.trust_store_for("other"), Path::new("/etc/server.public"));
     }
 
@@ -457,11 +480,20 @@ trustStorePassword=public
         let shown = errs.to_string();
         assert_eq!(errs.0.len(), 6, "{shown}");
         assert!(shown.contains("/etc/s.conf:2: unknown key \"bogus\""), "{shown}");
-        assert!(shown.contains("/etc/s.conf:3: maxProcesses=0 must be between 1 and 100000"), "{shown}");
+        assert!(
+            shown.contains("/etc/s.conf:3: maxProcesses=0 must be between 1 and 100000"),
+            "{shown}"
+        );
         assert!(shown.contains("/etc/s.conf:4: port=x is not a port number"), "{shown}");
         assert!(shown.contains("/etc/s.conf:5: expected key=value"), "{shown}");
-        assert!(shown.contains("/etc/s.conf:6: keyStore is set twice (first on line 1)"), "{shown}");
-        assert!(shown.contains("/etc/s.conf:7: listen=1.2.3.4 is not an address and port"), "{shown}");
+        assert!(
+            shown.contains("/etc/s.conf:6: keyStore is set twice (first on line 1)"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("/etc/s.conf:7: listen=1.2.3.4 is not an address and port"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -476,6 +508,10 @@ trustStorePassword=public
     #[test]
     fn missing_file_names_the_file() {
         let err = ServerConfig::load(Path::new("/nonexistent/cmappserver.conf")).unwrap_err();
-        assert!(err.to_string().starts_with("/nonexistent/cmappserver.conf: cannot read configuration file"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/cmappserver.conf: cannot read configuration file"),
+            "{err}"
+        );
     }
 }

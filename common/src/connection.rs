@@ -10,7 +10,7 @@ use std::io;
 use futures::{SinkExt, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::codec::{codec, MAX_FRAME_LEN};
 
@@ -54,7 +54,9 @@ pub struct Connection<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub fn new(stream: S) -> Self {
-        Self { framed: Framed::new(stream, codec()) }
+        Self {
+            framed: Framed::new(stream, codec()),
+        }
     }
 
     /// Reads one message. `Ok(None)` means the peer closed cleanly.
@@ -62,7 +64,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         match self.framed.next().await {
             None => Ok(None),
             Some(Err(e)) => Err(ConnectionError::from_codec(e)),
-            Some(Ok(frame)) => serde_json::from_slice(&frame).map(Some).map_err(ConnectionError::Malformed),
+            Some(Ok(frame)) => serde_json::from_slice(&frame)
+                .map(Some)
+                .map_err(ConnectionError::Malformed),
         }
     }
 
@@ -72,7 +76,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if body.len() > MAX_FRAME_LEN {
             return Err(ConnectionError::FrameTooLarge);
         }
-        self.framed.send(bytes::Bytes::from(body)).await.map_err(ConnectionError::from_codec)
+        self.framed
+            .send(bytes::Bytes::from(body))
+            .await
+            .map_err(ConnectionError::from_codec)
     }
 
     /// Queues one message without flushing (for bursts; call [`flush`](Self::flush)).
@@ -81,11 +88,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if body.len() > MAX_FRAME_LEN {
             return Err(ConnectionError::FrameTooLarge);
         }
-        self.framed.feed(bytes::Bytes::from(body)).await.map_err(ConnectionError::from_codec)
+        self.framed
+            .feed(bytes::Bytes::from(body))
+            .await
+            .map_err(ConnectionError::from_codec)
     }
 
     pub async fn flush(&mut self) -> Result<(), ConnectionError> {
-        SinkExt::<bytes::Bytes>::flush(&mut self.framed).await.map_err(ConnectionError::from_codec)
+        SinkExt::<bytes::Bytes>::flush(&mut self.framed)
+            .await
+            .map_err(ConnectionError::from_codec)
     }
 
     pub fn get_ref(&self) -> &S {
@@ -99,6 +111,81 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub fn into_inner(self) -> S {
         self.framed.into_inner()
     }
+}
+
+/// The reading half of a split connection.
+#[derive(Debug)]
+pub struct MessageReader<R> {
+    inner: FramedRead<R, LengthDelimitedCodec>,
+}
+
+impl<R: AsyncRead + Unpin> MessageReader<R> {
+    pub fn new(r: R) -> Self {
+        Self {
+            inner: FramedRead::new(r, codec()),
+        }
+    }
+
+    /// Reads one message; `Ok(None)` on a clean close. Cancel-safe: a
+    /// partly received frame stays buffered for the next call.
+    pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectionError> {
+        match self.inner.next().await {
+            None => Ok(None),
+            Some(Err(e)) => Err(ConnectionError::from_codec(e)),
+            Some(Ok(frame)) => serde_json::from_slice(&frame)
+                .map(Some)
+                .map_err(ConnectionError::Malformed),
+        }
+    }
+}
+
+/// The writing half of a split connection.
+#[derive(Debug)]
+pub struct MessageWriter<W> {
+    inner: FramedWrite<W, LengthDelimitedCodec>,
+}
+
+impl<W: AsyncWrite + Unpin> MessageWriter<W> {
+    pub fn new(w: W) -> Self {
+        Self {
+            inner: FramedWrite::new(w, codec()),
+        }
+    }
+
+    /// Writes one message and flushes it.
+    pub async fn write<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnectionError> {
+        let body = serde_json::to_vec(msg).map_err(ConnectionError::Malformed)?;
+        if body.len() > MAX_FRAME_LEN {
+            return Err(ConnectionError::FrameTooLarge);
+        }
+        self.inner
+            .send(bytes::Bytes::from(body))
+            .await
+            .map_err(ConnectionError::from_codec)
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        self.inner.get_mut()
+    }
+}
+
+/// Splits a stream into a message reader and a message writer that can be
+/// used from different tasks or `select!` arms.
+pub fn split<S: AsyncRead + AsyncWrite>(
+    stream: S,
+) -> (
+    MessageReader<tokio::io::ReadHalf<S>>,
+    MessageWriter<tokio::io::WriteHalf<S>>,
+) {
+    let (r, w) = tokio::io::split(stream);
+    (
+        MessageReader {
+            inner: FramedRead::new(r, codec()),
+        },
+        MessageWriter {
+            inner: FramedWrite::new(w, codec()),
+        },
+    )
 }
 
 #[cfg(test)]

@@ -54,7 +54,9 @@ impl<S: Subscriber> Layer<S> for SyslogLayer {
         let mut v = MessageVisitor::default();
         event.record(&mut v);
         let line = format!("{}{}", v.message, v.fields);
-        let Ok(mut logger) = self.logger.lock() else { return };
+        let Ok(mut logger) = self.logger.lock() else {
+            return;
+        };
         // A full or vanished syslog socket must never stop the program.
         let _ = match level {
             Level::ERROR => logger.err(line),
@@ -92,12 +94,18 @@ pub fn init(program: &str, verbosity: Verbosity, use_syslog: bool) {
             process: program.to_string(),
             pid: std::process::id(),
         };
-        syslog::unix(formatter).ok().map(|logger| SyslogLayer { logger: Mutex::new(logger) })
+        syslog::unix(formatter).ok().map(|logger| SyslogLayer {
+            logger: Mutex::new(logger),
+        })
     } else {
         None
     };
     let have_syslog = syslog.is_some();
-    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(syslog).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(syslog)
+        .try_init();
     if use_syslog && !have_syslog {
         tracing::debug!("no syslog socket; logging to stderr only");
     }

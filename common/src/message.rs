@@ -28,7 +28,10 @@ pub struct Hello {
 
 impl Hello {
     pub fn current(program: &str) -> Self {
-        Hello { protocol: PROTOCOL_VERSION, software: format!("{program} {}", crate::SOFTWARE_VERSION) }
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            software: format!("{program} {}", crate::SOFTWARE_VERSION),
+        }
     }
 }
 
@@ -115,7 +118,7 @@ pub enum Event {
     Stopping(Ack),
     Pong(Ping),
     /// Reply to `List`.
-    Processes(Vec<ProcessInfo>),
+    Processes(ProcessList),
     /// The server is going away on purpose (maintenance or upgrade).
     ShuttingDown(ShuttingDown),
     /// Another manager attached to this process; this connection no longer hears of it.
@@ -200,7 +203,9 @@ impl ExitStatus {
         match (status.code(), status.signal()) {
             (Some(c), _) => ExitStatus::Code(c),
             (None, Some(s)) => ExitStatus::Signal(s),
-            (None, None) => ExitStatus::Lost { error: format!("unrecognised wait status {status:?}") },
+            (None, None) => ExitStatus::Lost {
+                error: format!("unrecognised wait status {status:?}"),
+            },
         }
     }
 }
@@ -210,13 +215,22 @@ impl fmt::Display for ExitStatus {
         match self {
             ExitStatus::Code(c) => write!(f, "exit code {c}"),
             ExitStatus::Signal(s) => {
-                let name = nix::sys::signal::Signal::try_from(*s).map(|s| s.as_str()).unwrap_or("unknown signal");
+                let name = nix::sys::signal::Signal::try_from(*s)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown signal");
                 write!(f, "killed by signal {s} ({name})")
             }
-            ExitStatus::SpawnFailed { code, error } => write!(f, "could not be started (exit code {code}): {error}"),
+            ExitStatus::SpawnFailed { code, error } => {
+                write!(f, "could not be started (exit code {code}): {error}")
+            }
             ExitStatus::Lost { error } => write!(f, "exit status lost: {error}"),
         }
     }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessList {
+    pub processes: Vec<ProcessInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -288,14 +302,38 @@ mod tests {
 
     #[test]
     fn wire_format_is_tagged_json() {
-        let r = Request::Launch(Launch { run: vec!["/bin/true".into()], name: None, attach_only: None });
+        let r = Request::Launch(Launch {
+            run: vec!["/bin/true".into()],
+            name: None,
+            attach_only: None,
+        });
         let s = serde_json::to_string(&r).unwrap();
-        assert_eq!(s, r#"{"type":"launch","run":["/bin/true"],"name":null,"attach_only":null}"#);
-        assert_eq!(serde_json::from_str::<Request>(r#"{"type":"launch","run":["x"]}"#).unwrap(),
-            Request::Launch(Launch { run: vec!["x".into()], name: None, attach_only: None }));
-        let e = Event::Exited(Exited { id: "a".into(), pid: 3, status: ExitStatus::Signal(9), exited_at_ms: 0 });
+        assert_eq!(
+            s,
+            r#"{"type":"launch","run":["/bin/true"],"name":null,"attach_only":null}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"type":"launch","run":["x"]}"#).unwrap(),
+            Request::Launch(Launch {
+                run: vec!["x".into()],
+                name: None,
+                attach_only: None
+            })
+        );
+        let e = Event::Exited(Exited {
+            id: "a".into(),
+            pid: 3,
+            status: ExitStatus::Signal(9),
+            exited_at_ms: 0,
+        });
         let s = serde_json::to_string(&e).unwrap();
         assert_eq!(serde_json::from_str::<Event>(&s).unwrap(), e);
+        // Every variant must serialise (internally tagged enums cannot hold sequences).
+        let l = Event::Processes(ProcessList { processes: vec![] });
+        assert_eq!(
+            serde_json::from_str::<Event>(&serde_json::to_string(&l).unwrap()).unwrap(),
+            l
+        );
     }
 
     #[test]
@@ -308,7 +346,14 @@ mod tests {
     fn exit_codes_follow_the_shell_convention() {
         assert_eq!(ExitStatus::Code(7).exit_code(), 7);
         assert_eq!(ExitStatus::Signal(9).exit_code(), 137);
-        assert_eq!(ExitStatus::SpawnFailed { code: 127, error: "x".into() }.exit_code(), 127);
+        assert_eq!(
+            ExitStatus::SpawnFailed {
+                code: 127,
+                error: "x".into()
+            }
+            .exit_code(),
+            127
+        );
         assert_eq!(ExitStatus::Signal(9).to_string(), "killed by signal 9 (SIGKILL)");
     }
 }

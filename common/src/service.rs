@@ -38,7 +38,11 @@ pub struct ServiceSpec {
 impl ServiceSpec {
     pub fn parse(run: Vec<String>, name: Option<String>) -> Result<Self, ServiceError> {
         let argv = split_run(&run)?;
-        Ok(ServiceSpec { run, argv, name: name.filter(|n| !n.is_empty()) })
+        Ok(ServiceSpec {
+            run,
+            argv,
+            name: name.filter(|n| !n.is_empty()),
+        })
     }
 
     /// The key processes are filed under: the explicit name, or the run string.
@@ -74,8 +78,10 @@ impl fmt::Display for ServiceSpec {
 pub fn split_run(run: &[String]) -> Result<Vec<String>, ServiceError> {
     let argv = match run {
         [] => return Err(ServiceError::Empty),
-        [one] if one.chars().any(char::is_whitespace) => shell_words::split(one)
-            .map_err(|e| ServiceError::Split { run: one.clone(), reason: e.to_string() })?,
+        [one] if one.chars().any(char::is_whitespace) => shell_words::split(one).map_err(|e| ServiceError::Split {
+            run: one.clone(),
+            reason: e.to_string(),
+        })?,
         many => many.to_vec(),
     };
     match argv.first() {
@@ -123,7 +129,10 @@ mod tests {
 
     #[test]
     fn separate_arguments_are_never_resplit() {
-        assert_eq!(split_run(&s(&["/bin/sh", "-c", "exit 7"])).unwrap(), s(&["/bin/sh", "-c", "exit 7"]));
+        assert_eq!(
+            split_run(&s(&["/bin/sh", "-c", "exit 7"])).unwrap(),
+            s(&["/bin/sh", "-c", "exit 7"])
+        );
     }
 
     #[test]
@@ -133,8 +142,14 @@ mod tests {
             s(&["/bin/sh", "-c", "exit 7"])
         );
         // Metacharacters stay literal: no shell runs this.
-        assert_eq!(split_run(&s(&["echo a;b $(x) *"])).unwrap(), s(&["echo", "a;b", "$(x)", "*"]));
-        assert!(matches!(split_run(&s(&["echo 'unterminated"])), Err(ServiceError::Split { .. })));
+        assert_eq!(
+            split_run(&s(&["echo a;b $(x) *"])).unwrap(),
+            s(&["echo", "a;b", "$(x)", "*"])
+        );
+        assert!(matches!(
+            split_run(&s(&["echo 'unterminated"])),
+            Err(ServiceError::Split { .. })
+        ));
         assert_eq!(split_run(&[]), Err(ServiceError::Empty));
         assert_eq!(split_run(&s(&["   "])), Err(ServiceError::Empty));
     }
@@ -144,14 +159,21 @@ mod tests {
         let a = ServiceSpec::parse(s(&["/apps/a x"]), None).unwrap();
         let b = ServiceSpec::parse(s(&["/apps/a  x"]), None).unwrap();
         assert_eq!(a.argv, b.argv);
-        assert_ne!(a.key(), b.key(), "a space keeps two service strings apart, as the original advises");
+        assert_ne!(
+            a.key(),
+            b.key(),
+            "a space keeps two service strings apart, as the original advises"
+        );
         let named = ServiceSpec::parse(s(&["/apps/a x"]), Some("web".into())).unwrap();
         assert_eq!(named.key(), "name:web");
     }
 
     #[test]
     fn probes_are_recognised_by_program_name_anywhere() {
-        assert_eq!(Probe::from_program("/opt/hp/cmappserver/cmapp_net_mon.pl"), Some(Probe::Net));
+        assert_eq!(
+            Probe::from_program("/opt/hp/cmappserver/cmapp_net_mon.pl"),
+            Some(Probe::Net)
+        );
         assert_eq!(Probe::from_program("cmapp_disk_mon"), Some(Probe::Disk));
         assert_eq!(Probe::from_program("/usr/bin/cmapp_disk_monitor"), None);
     }

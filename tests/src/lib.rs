@@ -1,14 +1,29 @@
 //! Test harness: locate the real binaries, make throwaway key material,
 //! start servers on `127.0.0.1:0`, and wait on events rather than sleeps.
+//!
+//! | module   | what it gives a test                                             |
+//! |----------|------------------------------------------------------------------|
+//! | `keys`   | pinned and CA key material written to a temp dir                 |
+//! | `output` | a child's stdout/stderr captured line by line, with waits on lines |
+//! | `server` | a real cmappserver on 127.0.0.1:0, cleaned up with its processes  |
+//! | `mgr`    | a real cmappmgr run against a server                              |
+
+pub mod keys;
+pub mod mgr;
+pub mod output;
+pub mod server;
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
 
 /// The directory cargo put the workspace's binaries in (`target/debug`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/debug/deps/<test-binary> → target/debug
-    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf();
-    dir
+    exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf()
 }
 
 /// Path of one of the workspace's binaries; panics with a clear message if it
@@ -21,4 +36,35 @@ pub fn bin(name: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// Fails the test unless it runs as root, saying why root is needed.
+pub fn require_root(why: &str) {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root ({why}); run the suite as root (CI does), or exclude it with -E 'not binary(...)'"
+    );
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes; returns whether it held.
+/// For conditions with no event to wait on (a process's existence, a file).
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// True while a process with this pid exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
 }

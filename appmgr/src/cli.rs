@@ -1,0 +1,282 @@
+//! The command line, in two layers (as ripgrep does): this module only
+//! mirrors argv and validates it; `main` turns it into the objects that run.
+//!
+//! The original's form must keep working exactly as cluster service entries
+//! write it:
+//!
+//! ```text
+//! cmappmgr -node <guest> -cmappserver_timeout <seconds> -service <program> [args...]
+//! ```
+//!
+//! Everything after `-service` is the run string, untouched (a single quoted
+//! string works too; see `common::service`). Options before it may be written
+//! with one dash, as the original does, or GNU-style with two. Subcommands
+//! (`check`, `status`, `keygen`, `vm`) sit beside the legacy form.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use common::config::ManagerConfig;
+
+/// Options shared by everything that talks to a cmappserver.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Configuration file.
+    #[arg(long, value_name = "PATH", default_value = ManagerConfig::DEFAULT_PATH)]
+    pub conf: PathBuf,
+    /// Log debugging detail.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+    /// Do not log to syslog (stderr only).
+    #[arg(long = "no_syslog", alias = "no-syslog")]
+    pub no_syslog: bool,
+}
+
+/// The legacy monitoring form: start or re-attach, then wait for the exit.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "cmappmgr",
+    version,
+    about = "Starts (or re-attaches to) an application in a guest and exits with its exit code",
+    after_help = "Usage as a cluster service command:\n  cmappmgr -node <guest> -cmappserver_timeout <seconds> -service <program> [args...]\n\nOther commands: cmappmgr check|status|keygen|vm --help"
+)]
+pub struct MonitorArgs {
+    /// The guest: host name or address, optionally with :port.
+    #[arg(long, value_name = "GUEST")]
+    pub node: String,
+    /// Seconds to keep trying to reach cmappserver (at start, and after the
+    /// connection is lost) before giving up with exit code 1.
+    #[arg(long = "cmappserver_timeout", alias = "cmappserver-timeout", value_name = "SECONDS", default_value = "240", value_parser = parse_seconds)]
+    pub timeout: Duration,
+    /// Identify the process by this name instead of by its run string.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// On SIGTERM, leave the application running instead of stopping it.
+    #[arg(long)]
+    pub detach: bool,
+    #[command(flatten)]
+    pub common: Common,
+    /// The run string (everything after -service).
+    #[arg(skip)]
+    pub run: Vec<String>,
+}
+
+/// Subcommands beside the legacy form.
+#[derive(Debug, Parser)]
+#[command(name = "cmappmgr", version)]
+pub struct Sub {
+    #[command(subcommand)]
+    pub command: SubCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubCommand {
+    /// Connect, authenticate and ping a guest's cmappserver; print its version
+    /// and how many processes it monitors.
+    Check(CheckArgs),
+    /// List the processes a guest's cmappserver monitors.
+    Status(StatusArgs),
+    /// Generate this host's key and certificate (pinned or CA-signed).
+    Keygen(certs::KeygenArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[arg(long, value_name = "GUEST")]
+    pub node: String,
+    /// Seconds to keep trying.
+    #[arg(long, alias = "cmappserver_timeout", value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[arg(long, value_name = "GUEST")]
+    pub node: String,
+    #[arg(long, alias = "cmappserver_timeout", value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub timeout: Duration,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// What was asked for.
+#[derive(Debug)]
+pub enum Invocation {
+    Monitor(MonitorArgs),
+    Check(CheckArgs),
+    Status(StatusArgs),
+    Keygen(certs::KeygenArgs),
+    /// `cmappmgr vm ...`: handled by the vm module with its own parser.
+    Vm(Vec<String>),
+    /// `cmappmgr demo`: the loopback demo.
+    Demo,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || v <= 0.0 || v > 1e9 {
+        return Err(format!("{s} must be more than 0 seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Long options the original spells with a single dash.
+const WORD_OPTIONS: &[&str] = &[
+    "node",
+    "cmappserver_timeout",
+    "cmappserver-timeout",
+    "name",
+    "detach",
+    "conf",
+    "timeout",
+    "json",
+    "help",
+    "version",
+    "verbose",
+    "no_syslog",
+];
+
+/// `-node` → `--node` for the known word options; everything else as is.
+fn normalise(arg: String) -> String {
+    if let Some(word) = arg.strip_prefix('-') {
+        if !word.starts_with('-') {
+            let name = word.split('=').next().unwrap_or(word);
+            if WORD_OPTIONS.contains(&name) {
+                return format!("-{arg}");
+            }
+        }
+    }
+    arg
+}
+
+/// Parses argv (without the program name). Errors are clap's, ready to print.
+pub fn parse(args: Vec<String>) -> Result<Invocation, clap::Error> {
+    match args.first().map(String::as_str) {
+        Some("vm") => return Ok(Invocation::Vm(args[1..].to_vec())),
+        Some("demo") if args.len() == 1 => return Ok(Invocation::Demo),
+        Some("check" | "status" | "keygen") => {
+            let argv =
+                std::iter::once("cmappmgr".to_string()).chain(args.into_iter().map(normalise));
+            return Ok(match Sub::try_parse_from(argv)?.command {
+                SubCommand::Check(c) => Invocation::Check(c),
+                SubCommand::Status(s) => Invocation::Status(s),
+                SubCommand::Keygen(k) => Invocation::Keygen(k),
+            });
+        }
+        _ => {}
+    }
+    let at = args.iter().position(|a| {
+        a == "-service"
+            || a == "--service"
+            || a.starts_with("--service=")
+            || a.starts_with("-service=")
+    });
+    let (before, run) = match at {
+        Some(i) => {
+            let mut run = args[i + 1..].to_vec();
+            if let Some((_, inline)) = args[i].split_once('=') {
+                run.insert(0, inline.to_string());
+            }
+            (args[..i].to_vec(), run)
+        }
+        None => (args, Vec::new()),
+    };
+    let argv = std::iter::once("cmappmgr".to_string()).chain(before.into_iter().map(normalise));
+    let mut m = MonitorArgs::try_parse_from(argv)?;
+    if run.is_empty() || run.iter().all(|s| s.trim().is_empty()) {
+        return Err(clap::Error::raw(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "-service <program> [args...] is required: the application to run in the guest\n\n\
+             Usage: cmappmgr -node <guest> -cmappserver_timeout <seconds> -service <program> [args...]\n\n\
+             For more information, try '--help'.\n",
+        ));
+    }
+    m.run = run;
+    Ok(Invocation::Monitor(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &[&str]) -> Result<Invocation, clap::Error> {
+        parse(s.iter().map(|x| x.to_string()).collect())
+    }
+
+    #[test]
+    fn the_originals_service_entry_parses() {
+        let Invocation::Monitor(m) = p(&[
+            "-node",
+            "mmpf121",
+            "-cmappserver_timeout",
+            "240",
+            "-service",
+            "/usr/bin/X11/xclock",
+            "-display",
+            "16.213.12.70:0.0",
+        ])
+        .unwrap() else {
+            panic!("not monitor")
+        };
+        assert_eq!(m.node, "mmpf121");
+        assert_eq!(m.timeout, Duration::from_secs(240));
+        assert_eq!(
+            m.run,
+            ["/usr/bin/X11/xclock", "-display", "16.213.12.70:0.0"]
+        );
+    }
+
+    #[test]
+    fn gnu_style_and_options_after_service_belong_to_the_run_string() {
+        let Invocation::Monitor(m) = p(&[
+            "--node",
+            "g:5400",
+            "--cmappserver_timeout=2.5",
+            "--detach",
+            "--service",
+            "/bin/sh",
+            "-c",
+            "exit 7",
+            "--node",
+            "x",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.node, "g:5400");
+        assert_eq!(m.timeout, Duration::from_millis(2500));
+        assert!(m.detach);
+        assert_eq!(m.run, ["/bin/sh", "-c", "exit 7", "--node", "x"]);
+    }
+
+    #[test]
+    fn bad_command_lines_are_refused() {
+        assert!(p(&["-node", "g"]).is_err(), "no -service");
+        assert!(p(&["-node", "g", "-service"]).is_err(), "empty run string");
+        assert!(p(&["-service", "/bin/true"]).is_err(), "no -node");
+        assert!(p(&["-node", "g", "-cmappserver_timeout", "0", "-service", "x"]).is_err());
+        assert!(p(&["-node", "g", "-bogus", "-service", "x"]).is_err());
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        assert!(matches!(
+            p(&["check", "-node", "g"]).unwrap(),
+            Invocation::Check(_)
+        ));
+        assert!(
+            matches!(p(&["status", "--node", "g", "--json"]).unwrap(), Invocation::Status(s) if s.json)
+        );
+        assert!(
+            matches!(p(&["vm", "start", "x"]).unwrap(), Invocation::Vm(v) if v == ["start", "x"])
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! `cmappmgr demo`: the whole path on loopback with nothing set up.
+//!
+//! Makes throwaway pinned key material in a temporary directory, starts the
+//! `cmappserver` that sits next to this binary on 127.0.0.1, runs a sample
+//! application through a real `cmappmgr` (this binary, as a child, exactly
+//! as a cluster would run it), shows its output and exit code, and cleans up.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+fn sibling(name: &str) -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let p = me.with_file_name(name);
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} not found next to cmappmgr (build the whole workspace: cargo build --workspace)",
+            p.display()
+        ))
+    }
+}
+
+fn write_keys(dir: &Path) -> Result<(), String> {
+    let e = |e: certs::CertError| e.to_string();
+    let server = certs::self_signed(certs::Role::Server, &["127.0.0.1".into()]).map_err(e)?;
+    let client = certs::self_signed(certs::Role::Client, &["demo-host".into()]).map_err(e)?;
+    certs::write_private(&dir.join("server.private"), &server.private_pem, true).map_err(e)?;
+    certs::write_public(&dir.join("server.public"), &server.public_pem, true).map_err(e)?;
+    certs::write_private(&dir.join("client.private"), &client.private_pem, true).map_err(e)?;
+    certs::write_public(&dir.join("client.public"), &client.public_pem, true).map_err(e)?;
+    Ok(())
+}
+
+pub fn main() -> i32 {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cmappmgr demo: {e}");
+            1
+        }
+    }
+}
+
+fn run() -> Result<i32, String> {
+    let tmp = tempfile::tempdir().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
+    let dir = tmp.path();
+    let server_bin = sibling("cmappserver")?;
+    println!("demo: throwaway keys in {}", dir.display());
+    write_keys(dir)?;
+    let server_conf = dir.join("cmappserver.conf");
+    std::fs::write(
+        &server_conf,
+        format!(
+            "keyStore={0}/server.private\ntrustStore={0}/client.public\nlisten=127.0.0.1:0\nstateDir={0}/state\n",
+            dir.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mgr_conf = dir.join("cmappmgr.conf");
+    std::fs::write(
+        &mgr_conf,
+        format!(
+            "keyStore={0}/client.private\ntrustStore={0}/server.public\n",
+            dir.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+
+    let mut server = Command::new(&server_bin)
+        .arg("--conf")
+        .arg(&server_conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", server_bin.display()))?;
+    let mut log = BufReader::new(server.stderr.take().expect("piped"));
+    let mut addr = None;
+    let mut line = String::new();
+    while addr.is_none() {
+        line.clear();
+        if log.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            return Err("cmappserver exited before listening".into());
+        }
+        print!("  guest | {line}");
+        addr = line
+            .split("listening on ")
+            .nth(1)
+            .map(|a| a.trim().to_string());
+    }
+    let addr = addr.unwrap_or_default();
+    // Keep echoing the server's log in the background.
+    std::thread::spawn(move || {
+        for l in log.lines().map_while(Result::ok) {
+            println!("  guest | {l}");
+        }
+    });
+
+    let app = "echo hello from the guest; echo this goes to stderr >&2; sleep 1; exit 3";
+    println!("demo: cmappmgr -node {addr} -cmappserver_timeout 10 -service /bin/sh -c '{app}'");
+    let status = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .args(["-node", &addr, "-cmappserver_timeout", "10", "--conf"])
+        .arg(&mgr_conf)
+        .args(["--no_syslog", "-service", "/bin/sh", "-c", app])
+        .status()
+        .map_err(|e| e.to_string())?;
+    let code = status.code().unwrap_or(1);
+    println!("demo: cmappmgr exited with {code}: the application's own exit code, reported the moment it ended");
+
+    let _ = kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM);
+    let _ = server.wait();
+    println!("demo: done (cmappserver stopped, keys removed)");
+    Ok(if code == 3 { 0 } else { 1 })
+}

@@ -1,0 +1,39 @@
+//! Every exit code cmappmgr uses, in one place (see the README's table).
+//!
+//! When the application ends, cmappmgr exits with the application's own code
+//! (128 + N when a signal N killed it). The codes below are cmappmgr's own;
+//! every one comes with a message on stderr and in syslog, never with the
+//! `PROGRAM EXIT CODE` line, so the package log always tells them apart.
+
+/// Could not reach cmappserver within `cmappserver_timeout` (at start or after
+/// losing it). The original's code for the same condition.
+pub const UNREACHABLE: i32 = 1;
+/// Halted on request (SIGTERM) and the application was stopped or left running (`-detach`).
+pub const HALTED: i32 = 0;
+/// The command line is wrong.
+pub const USAGE: i32 = 64;
+/// The process this manager was attached to is gone: cmappserver has no
+/// record of it (the guest rebooted). The cluster's restart starts it anew.
+pub const PROCESS_GONE: i32 = 69;
+// 70 (`common::message::LOST_EXIT_CODE`): the process's supervisor died
+// without recording its exit status; it arrives as the process's own code.
+/// cmappserver refused to start the process: its process limit is reached.
+pub const REFUSED: i32 = 75;
+/// Incompatible protocol versions, or the server broke the protocol.
+pub const PROTOCOL: i32 = 76;
+/// TLS authentication failed: a certificate was rejected, ours or the server's.
+pub const AUTH: i32 = 77;
+/// The configuration file or key material is unusable.
+pub const CONFIG: i32 = 78;
+
+use crate::client::ClientError;
+
+/// The exit code for a client error.
+pub fn for_error(e: &ClientError) -> i32 {
+    match e {
+        ClientError::Config(_) => CONFIG,
+        ClientError::Unreachable(_) => UNREACHABLE,
+        ClientError::Auth(_) => AUTH,
+        ClientError::Version(_) | ClientError::Protocol(_) => PROTOCOL,
+    }
+}

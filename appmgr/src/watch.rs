@@ -1,0 +1,355 @@
+//! The monitoring loop of the legacy form: launch or re-attach, forward the
+//! application's output, ping, ride out connection loss within
+//! `cmappserver_timeout`, and exit with the application's exit code.
+//!
+//! ```text
+//!   connect ──► launch/attach ──► watch ──► Exited ──► ack ──► exit(code)
+//!      ▲                            │
+//!      └── reconnect (attach only) ◄┘ connection lost / pings unanswered
+//! ```
+//! The "unreachable" clock starts at the last message heard from the server;
+//! only when it reaches `cmappserver_timeout` does the manager give up.
+
+use std::fs::File;
+use std::io::Write;
+use std::time::Duration;
+
+use common::config::ManagerConfig;
+use common::message::{
+    Ack, ErrorKind, Event, ExitStatus, InstanceId, Launch, Ping, Request, Stop, Stream,
+};
+use common::service::{Probe, ServiceSpec};
+use tokio::time::Instant;
+
+use crate::cli::MonitorArgs;
+use crate::client::{Client, Connector};
+use crate::exit;
+
+/// How one watch of a connection ended.
+enum WatchEnd {
+    /// Exit the manager with this code.
+    Exit(i32),
+    /// The connection is lost; reconnect while time is left.
+    Lost(String),
+}
+
+/// Runs the legacy form; returns the exit code.
+pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
+    let host_log = match open_host_log(&args.run) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    let connector = match Connector::new(&conf, &args.node) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return exit::for_error(&e);
+        }
+    };
+    let mut stop_signal = match common::shutdown::shutdown_signal() {
+        Ok(s) => Box::pin(s),
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
+    let ping_every = conf.ping_interval.unwrap_or_else(|| {
+        (args.timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5))
+    });
+    let mut w = Watcher {
+        args: &args,
+        connector,
+        ping_every,
+        stop_timeout: conf.stop_timeout,
+        instance: None,
+        last_heard: Instant::now(),
+        stopping: None,
+        host_log,
+    };
+    let mut last_error: Option<String> = None;
+    loop {
+        let deadline = w.last_heard + args.timeout;
+        let connect = w.connector.connect(deadline);
+        let client = tokio::select! {
+            c = connect => c,
+            _ = &mut stop_signal, if w.stopping.is_none() => {
+                // Halted while the guest is unreachable: nothing can be stopped.
+                tracing::warn!("halted while cmappserver on {} is unreachable; the application could not be stopped", args.node);
+                return exit::HALTED;
+            }
+        };
+        let mut client = match client {
+            Ok(c) => c,
+            Err(e) if e.is_retryable() => {
+                let waited = w.last_heard.elapsed().as_secs();
+                let why = last_error
+                    .map(|l| format!(" (before that: {l})"))
+                    .unwrap_or_default();
+                match w.instance {
+                    None => tracing::error!("Could not connect to the node {}: {e}", args.node),
+                    Some(_) => tracing::error!(
+                        "Lost the node {}: cmappserver unreachable for {waited} s (cmappserver_timeout {} s); last error: {e}{why}",
+                        args.node,
+                        args.timeout.as_secs_f64()
+                    ),
+                }
+                return exit::UNREACHABLE;
+            }
+            Err(e) => {
+                tracing::error!("Could not connect to the node {}: {e}", args.node);
+                return exit::for_error(&e);
+            }
+        };
+        w.last_heard = Instant::now();
+        match w.watch(&mut client, &mut stop_signal).await {
+            WatchEnd::Exit(code) => {
+                client.close().await;
+                return code;
+            }
+            WatchEnd::Lost(why) => {
+                tracing::warn!(
+                    "connection to cmappserver on {} lost: {why}; reconnecting",
+                    args.node
+                );
+                last_error = Some(why);
+            }
+        }
+    }
+}
+
+struct Watcher<'a> {
+    args: &'a MonitorArgs,
+    connector: Connector,
+    ping_every: Duration,
+    stop_timeout: Duration,
+    /// The process this manager watches, once launched.
+    instance: Option<InstanceId>,
+    last_heard: Instant,
+    /// Set once a stop was requested: the deadline for its confirmation.
+    stopping: Option<Instant>,
+    host_log: Option<File>,
+}
+
+impl Watcher<'_> {
+    async fn watch(
+        &mut self,
+        client: &mut Client,
+        stop_signal: &mut (impl std::future::Future<Output = common::shutdown::StopSignal> + Unpin),
+    ) -> WatchEnd {
+        let launch = Request::Launch(Launch {
+            run: self.args.run.clone(),
+            name: self.args.name.clone(),
+            attach_only: self.instance.clone(),
+        });
+        let limit = self.ping_every * 3 + Duration::from_secs(30);
+        let started = match client.call(&launch, limit).await {
+            Ok(Event::Started(s)) => s,
+            Ok(Event::Error(e)) => return self.refused(e.kind, &e.message),
+            Ok(other) => return WatchEnd::Lost(format!("unexpected answer to launch: {other:?}")),
+            Err(e) if e.is_retryable() => return WatchEnd::Lost(e.to_string()),
+            Err(e) => {
+                tracing::error!("{e}");
+                return WatchEnd::Exit(exit::for_error(&e));
+            }
+        };
+        self.last_heard = Instant::now();
+        match (&self.instance, started.attached) {
+            (Some(_), _) => tracing::info!(
+                "re-attached to {} (pid {}) on {}",
+                started.service,
+                started.pid,
+                self.args.node
+            ),
+            (None, true) => tracing::info!(
+                "attached to running {} (pid {}) on {}",
+                started.service,
+                started.pid,
+                self.args.node
+            ),
+            (None, false) => tracing::info!(
+                "started {} (pid {}) on {}",
+                started.service,
+                started.pid,
+                self.args.node
+            ),
+        }
+        let id = started.id.clone();
+        self.instance = Some(id.clone());
+        if self.stopping.is_some() {
+            let _ = client
+                .send(&Request::Stop(Stop {
+                    id: id.clone(),
+                    grace_ms: None,
+                }))
+                .await;
+        }
+
+        let dead_after = (self.ping_every * 3).max(Duration::from_secs(1));
+        let mut ticker = tokio::time::interval(self.ping_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seq = 0u64;
+        loop {
+            tokio::select! {
+                ev = client.next_event() => {
+                    let ev = match ev {
+                        Ok(Some(ev)) => ev,
+                        Ok(None) => return WatchEnd::Lost("cmappserver closed the connection".into()),
+                        Err(e) if e.is_retryable() => return WatchEnd::Lost(e.to_string()),
+                        Err(e) => {
+                            tracing::error!("{e}");
+                            return WatchEnd::Exit(exit::for_error(&e));
+                        }
+                    };
+                    self.last_heard = Instant::now();
+                    match ev {
+                        Event::Output(o) if o.id == id => self.output(o.stream, &o.line),
+                        Event::Exited(x) if x.id == id => return self.exited(client, x.status).await,
+                        Event::ShuttingDown(s) => {
+                            if s.processes_keep_running {
+                                tracing::warn!("{}; waiting up to {} s for it to come back", s.reason, self.args.timeout.as_secs_f64());
+                            } else {
+                                tracing::warn!("{}", s.reason);
+                            }
+                        }
+                        Event::Superseded(a) if a.id == id => {
+                            tracing::error!("another cmappmgr attached to {}; this one exits (service strings must be unique)", started.service);
+                            return WatchEnd::Exit(exit::UNREACHABLE);
+                        }
+                        Event::Error(e) => tracing::warn!("cmappserver: {}", e.message),
+                        _ => {}
+                    }
+                }
+                _ = ticker.tick() => {
+                    if self.last_heard.elapsed() >= dead_after {
+                        return WatchEnd::Lost(format!("no answer to pings for {:.1} s", self.last_heard.elapsed().as_secs_f64()));
+                    }
+                    if let Some(deadline) = self.stopping {
+                        if Instant::now() >= deadline {
+                            tracing::error!("cmappserver did not confirm the stop of {} within {} s", started.service, self.stop_timeout.as_secs_f64());
+                            return WatchEnd::Exit(1);
+                        }
+                    }
+                    seq += 1;
+                    if let Err(e) = client.send(&Request::Ping(Ping { seq })).await {
+                        return WatchEnd::Lost(e.to_string());
+                    }
+                }
+                sig = &mut *stop_signal, if self.stopping.is_none() => {
+                    if self.args.detach {
+                        tracing::info!("received {sig:?}: detaching; {} keeps running in the guest", started.service);
+                        return WatchEnd::Exit(exit::HALTED);
+                    }
+                    tracing::info!("received {sig:?}: stopping {} (pid {})", started.service, started.pid);
+                    self.stopping = Some(Instant::now() + self.stop_timeout);
+                    if let Err(e) = client.send(&Request::Stop(Stop { id: id.clone(), grace_ms: None })).await {
+                        return WatchEnd::Lost(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    fn refused(&self, kind: ErrorKind, message: &str) -> WatchEnd {
+        match kind {
+            ErrorKind::NotFound => {
+                tracing::error!("{message}");
+                WatchEnd::Exit(exit::PROCESS_GONE)
+            }
+            ErrorKind::Limit => {
+                tracing::error!(
+                    "cmappserver on {} refused to start the application: {message}",
+                    self.args.node
+                );
+                WatchEnd::Exit(exit::REFUSED)
+            }
+            ErrorKind::ShuttingDown => WatchEnd::Lost(message.to_string()),
+            ErrorKind::Version => {
+                tracing::error!("{message}");
+                WatchEnd::Exit(exit::PROTOCOL)
+            }
+            ErrorKind::BadRequest => {
+                tracing::error!(
+                    "cmappserver on {} refused the run string: {message}",
+                    self.args.node
+                );
+                WatchEnd::Exit(exit::USAGE)
+            }
+            ErrorKind::Internal => {
+                tracing::error!(
+                    "cmappserver on {} could not start the application: {message}",
+                    self.args.node
+                );
+                WatchEnd::Exit(exit::REFUSED)
+            }
+        }
+    }
+
+    async fn exited(&mut self, client: &mut Client, status: ExitStatus) -> WatchEnd {
+        let id = self.instance.clone().unwrap_or_default();
+        // Acknowledge, so the server forgets the status only once we have it.
+        match client
+            .call(&Request::Ack(Ack { id }), Duration::from_secs(5))
+            .await
+        {
+            Ok(Event::Acked(_)) => {}
+            other => tracing::warn!("exit status not acknowledged by cmappserver: {other:?}"),
+        }
+        let code = status.exit_code();
+        if self.stopping.is_some() {
+            tracing::info!("application stopped on request ({status}); PROGRAM EXIT CODE {code}");
+            return WatchEnd::Exit(exit::HALTED);
+        }
+        match &status {
+            ExitStatus::Code(_) => tracing::info!("PROGRAM EXIT CODE {code}"),
+            ExitStatus::Lost { .. } => tracing::error!("{status}; PROGRAM EXIT CODE {code}"),
+            _ => tracing::warn!("application {status}; PROGRAM EXIT CODE {code}"),
+        }
+        WatchEnd::Exit(code)
+    }
+
+    fn output(&mut self, stream: Stream, line: &str) {
+        if let Some(f) = &mut self.host_log {
+            let _ = writeln!(f, "{line}");
+        }
+        let _ = match stream {
+            Stream::Stdout => writeln!(std::io::stdout().lock(), "{line}"),
+            Stream::Stderr => writeln!(std::io::stderr().lock(), "{line}"),
+        };
+    }
+}
+
+/// The host log file a probe's run string names (`--host_logfile` for the
+/// LAN probe, `-O`/`--log-file` for the disk probe). cmappmgr opens it
+/// itself: the host's own configuration names it, and the guest never
+/// decides which host file gets written.
+fn open_host_log(run: &[String]) -> Result<Option<File>, String> {
+    let Ok(spec) = ServiceSpec::parse(run.to_vec(), None) else {
+        return Ok(None);
+    };
+    let flags: &[&str] = match spec.probe() {
+        Some(Probe::Net) => &["--host_logfile", "-host_logfile"],
+        Some(Probe::Disk) => &["-O", "--log-file", "--log_file", "-log_file"],
+        None => return Ok(None),
+    };
+    let mut path = None;
+    let mut it = spec.argv.iter().skip(1);
+    while let Some(a) = it.next() {
+        if flags.contains(&a.as_str()) {
+            path = it.next().cloned();
+        } else if let Some((k, v)) = a.split_once('=') {
+            if flags.contains(&k) {
+                path = Some(v.to_string());
+            }
+        }
+    }
+    let Some(path) = path else { return Ok(None) };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map(Some)
+        .map_err(|e| format!("cannot open the host log file {path}: {e}"))
+}

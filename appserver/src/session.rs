@@ -1,0 +1,154 @@
+//! One manager connection, after its TLS handshake: the hello exchange, then
+//! requests in and events out until either side closes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::connection::{self, ConnectionError};
+use common::message::{
+    Ack, ErrorKind, ErrorReply, Event, Hello, ProcessList, Request, ShuttingDown, Welcome, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+
+use crate::supervisor::{Subscriber, Supervisor};
+
+/// Events queued for one session before output lines are dropped.
+const SESSION_QUEUE: usize = 1024;
+/// A write that takes longer than this means the manager is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// What a session needs from the server.
+#[derive(Debug, Clone)]
+pub struct SessionContext {
+    pub supervisor: Arc<Supervisor>,
+    pub idle_timeout: Duration,
+    pub hello_timeout: Duration,
+    /// Set when the server is going away: the value says whether processes keep running.
+    pub shutdown: watch::Receiver<Option<bool>>,
+}
+
+/// Why a session ended (for the log).
+#[derive(Debug)]
+pub enum SessionEnd {
+    Closed,
+    Shutdown,
+    IdleTimeout,
+    Protocol(String),
+    Io(String),
+}
+
+pub async fn run<S: AsyncRead + AsyncWrite>(stream: S, ctx: SessionContext) -> SessionEnd {
+    let (mut rd, mut wr) = connection::split(stream);
+    let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+
+    let hello = match tokio::time::timeout(ctx.hello_timeout, rd.read::<Hello>()).await {
+        Err(_) => return SessionEnd::Protocol("no hello within the handshake timeout".into()),
+        Ok(Ok(Some(h))) => h,
+        Ok(Ok(None)) => return SessionEnd::Closed,
+        Ok(Err(e)) => return end_for(e),
+    };
+    if hello.protocol != PROTOCOL_VERSION {
+        let message = format!(
+            "protocol version mismatch: {} speaks protocol {}, cmappserver {} speaks protocol {PROTOCOL_VERSION}",
+            if hello.software.is_empty() {
+                "the manager"
+            } else {
+                &hello.software
+            },
+            hello.protocol,
+            common::SOFTWARE_VERSION,
+        );
+        let _ = wr
+            .write(&Event::Error(ErrorReply {
+                kind: ErrorKind::Version,
+                message: message.clone(),
+            }))
+            .await;
+        return SessionEnd::Protocol(message);
+    }
+    let sup = ctx.supervisor.clone();
+    let welcome = Welcome {
+        protocol: PROTOCOL_VERSION,
+        software: format!("cmappserver {}", common::SOFTWARE_VERSION),
+        monitored: sup.monitored(),
+        max_processes: sup.limits().max_processes,
+    };
+    if let Err(e) = wr.write(&welcome).await {
+        return end_for(e);
+    }
+
+    let (tx, mut rx) = mpsc::channel::<Event>(SESSION_QUEUE);
+    let mut shutdown = ctx.shutdown.clone();
+    let end = loop {
+        let reply = tokio::select! {
+            req = tokio::time::timeout(ctx.idle_timeout, rd.read::<Request>()) => match req {
+                Err(_) => break SessionEnd::IdleTimeout,
+                Ok(Ok(None)) => break SessionEnd::Closed,
+                Ok(Err(e)) => {
+                    if e.is_protocol_violation() {
+                        let _ = write(&mut wr, &Event::Error(ErrorReply { kind: ErrorKind::BadRequest, message: e.to_string() })).await;
+                    }
+                    break end_for(e);
+                }
+                Ok(Ok(Some(req))) => handle(req, &sup, Subscriber { session, tx: tx.clone() }).await,
+            },
+            Some(ev) = rx.recv() => ev,
+            _ = async { let _ = shutdown.wait_for(Option::is_some).await; } => {
+                let keep = ctx.shutdown.borrow().unwrap_or(true);
+                let reason = if keep {
+                    "cmappserver is stopping for maintenance; monitored processes keep running"
+                } else {
+                    "cmappserver is stopping, and is stopping its monitored processes"
+                };
+                let _ = write(&mut wr, &Event::ShuttingDown(ShuttingDown { reason: reason.into(), processes_keep_running: keep })).await;
+                // Let queued exits reach the manager before closing.
+                while let Ok(ev) = rx.try_recv() {
+                    let _ = write(&mut wr, &ev).await;
+                }
+                break SessionEnd::Shutdown;
+            }
+        };
+        if let Err(e) = write(&mut wr, &reply).await {
+            break e;
+        }
+    };
+    sup.detach(session);
+    // close_notify, so the manager sees a clean close.
+    let _ = tokio::time::timeout(Duration::from_secs(1), tokio::io::AsyncWriteExt::shutdown(wr.get_mut())).await;
+    end
+}
+
+async fn write<W: AsyncWrite + Unpin>(wr: &mut connection::MessageWriter<W>, ev: &Event) -> Result<(), SessionEnd> {
+    match tokio::time::timeout(WRITE_TIMEOUT, wr.write(ev)).await {
+        Err(_) => Err(SessionEnd::Io("write timed out".into())),
+        Ok(Err(e)) => Err(end_for(e)),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+fn end_for(e: ConnectionError) -> SessionEnd {
+    if e.is_protocol_violation() {
+        SessionEnd::Protocol(e.to_string())
+    } else {
+        SessionEnd::Io(e.to_string())
+    }
+}
+
+/// Applies one request and returns the reply.
+async fn handle(req: Request, sup: &Arc<Supervisor>, sub: Subscriber) -> Event {
+    let result = match req {
+        Request::Launch(l) => sup.launch(l, sub).await.map(Event::Started),
+        Request::Stop(s) => sup
+            .stop(&s.id, s.grace_ms.map(Duration::from_millis))
+            .await
+            .map(|()| Event::Stopping(Ack { id: s.id })),
+        Request::Ack(a) => sup.ack(&a.id).map(|()| Event::Acked(a)),
+        Request::List => Ok(Event::Processes(ProcessList { processes: sup.list() })),
+        Request::Ping(p) => Ok(Event::Pong(p)),
+    };
+    result.unwrap_or_else(Event::Error)
+}

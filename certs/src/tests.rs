@@ -1,0 +1,386 @@
+//! Generated material is written with the right modes, loads with
+//! `common::tls` and completes real handshakes.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use common::tls::{self, KeyMaterial, TrustStore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Writes `pem` as a key store and a trust store into `dir`, and loads them.
+fn load(dir: &Path, stem: &str, pem: &Pem) -> (KeyMaterial, TrustStore) {
+    let private = dir.join(format!("{stem}.private"));
+    let public = dir.join(format!("{stem}.public"));
+    write_private(&private, &pem.private_pem, false).unwrap();
+    write_public(&public, &pem.public_pem, false).unwrap();
+    (
+        tls::load_key_store(&private, "").unwrap(),
+        tls::load_trust_store(&public).unwrap(),
+    )
+}
+
+/// Handshakes and exchanges two bytes each way; returns the identities each side saw.
+async fn handshake(
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+    name: &str,
+) -> (std::io::Result<String>, std::io::Result<String>) {
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let acceptor = tokio_rustls::TlsAcceptor::from(server);
+    let connector = tokio_rustls::TlsConnector::from(client);
+    let name = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let server = async move {
+        let mut tls = acceptor.accept(server_io).await?;
+        let peer = tls::peer_identity(tls.get_ref().1);
+        tls.write_all(b"ok").await?;
+        let mut buf = [0u8; 2];
+        tls.read_exact(&mut buf).await?;
+        tls.shutdown().await?;
+        Ok(peer)
+    };
+    let client = async move {
+        let mut tls = connector.connect(name, client_io).await?;
+        let peer = tls::peer_identity(tls.get_ref().1);
+        let mut buf = [0u8; 2];
+        tls.read_exact(&mut buf).await?;
+        tls.write_all(b"hi").await?;
+        let mut rest = Vec::new();
+        tls.read_to_end(&mut rest).await?;
+        Ok(peer)
+    };
+    let both = async { tokio::join!(server, client) };
+    tokio::time::timeout(Duration::from_secs(10), both)
+        .await
+        .expect("handshake hung")
+}
+
+#[test]
+fn files_have_their_modes_and_are_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("x.private");
+    let public = dir.path().join("x.public");
+    write_private(&private, "secret\n", false).unwrap();
+    write_public(&public, "public\n", false).unwrap();
+    assert_eq!(mode(&private), 0o600);
+    assert_eq!(mode(&public), 0o644);
+
+    let err = write_private(&private, "other\n", false).unwrap_err();
+    assert!(matches!(err, CertError::Exists { .. }));
+    assert_eq!(
+        err.to_string(),
+        format!("{} exists; use --force to overwrite", private.display())
+    );
+    assert_eq!(fs::read_to_string(&private).unwrap(), "secret\n");
+
+    // --force replaces, and a loose mode on the old file does not survive.
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o666)).unwrap();
+    write_private(&private, "new\n", true).unwrap();
+    assert_eq!(fs::read_to_string(&private).unwrap(), "new\n");
+    assert_eq!(mode(&private), 0o600);
+    write_public(&public, "new public\n", true).unwrap();
+    assert_eq!(mode(&public), 0o644);
+    // Nothing else was left behind.
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+}
+
+#[test]
+fn unwritable_directory_is_reported() {
+    let err = write_public(Path::new("/nonexistent-dir/x.public"), "x", false).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent-dir/x.public: cannot create the file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn names_are_checked() {
+    assert!(matches!(self_signed(Role::Server, &[]), Err(CertError::NoName)));
+    let err = self_signed(Role::Server, &names(&["bad name"])).unwrap_err();
+    assert!(matches!(err, CertError::InvalidName { .. }), "{err}");
+    assert!(self_signed(
+        Role::Server,
+        &names(&["guest1", "guest1.example.com", "10.0.0.5", "fe80::1"])
+    )
+    .is_ok());
+}
+
+#[tokio::test]
+async fn pinned_material_loads_and_handshakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = self_signed(Role::Server, &names(&["guest1", "192.0.2.7"])).unwrap();
+    let client = self_signed(Role::Client, &names(&["host1"])).unwrap();
+    let (server_key, server_trust) = load(dir.path(), "server", &server);
+    let (client_key, client_trust) = load(dir.path(), "client", &client);
+    assert_eq!((server_trust.pinned.len(), server_trust.cas.len()), (1, 0));
+
+    let s = tls::server_config(server_key, client_trust).unwrap();
+    let c = tls::client_config(client_key, server_trust).unwrap();
+    let (s_res, c_res) = handshake(s, c, "any-name").await;
+    assert_eq!(s_res.unwrap(), "host1");
+    assert_eq!(c_res.unwrap(), "guest1");
+}
+
+#[tokio::test]
+async fn ca_material_loads_and_handshakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = new_ca("test CA").unwrap();
+    let ca_cert = dir.path().join("ca.public");
+    let ca_key = dir.path().join("ca.private");
+    write_public(&ca_cert, &ca.cert_pem, false).unwrap();
+    write_private(&ca_key, &ca.key_pem, false).unwrap();
+    let ca = load_ca(&ca_cert, &ca_key).unwrap();
+
+    let server = issue(&ca, Role::Server, &names(&["guest1"])).unwrap();
+    let client = issue(&ca, Role::Client, &names(&["host1"])).unwrap();
+    let (server_key, _) = load(dir.path(), "server", &server);
+    let (client_key, _) = load(dir.path(), "client", &client);
+    assert_eq!(server_key.certs.len(), 2, "leaf and CA certificate");
+    let trust = tls::load_trust_store(&ca_cert).unwrap();
+    assert_eq!((trust.pinned.len(), trust.cas.len()), (0, 1));
+
+    let s = tls::server_config(server_key.clone(), trust.clone()).unwrap();
+    let c = tls::client_config(client_key.clone(), trust.clone()).unwrap();
+    let (s_res, c_res) = handshake(s, c, "guest1").await;
+    assert_eq!(s_res.unwrap(), "host1");
+    assert_eq!(c_res.unwrap(), "guest1");
+
+    // The manager checks the name in CA mode.
+    let s = tls::server_config(server_key, trust.clone()).unwrap();
+    let c = tls::client_config(client_key.clone(), trust.clone()).unwrap();
+    let (_, c_res) = handshake(s, c, "guest2").await;
+    let err = c_res.unwrap_err();
+    assert!(tls::is_auth_failure(&err));
+    assert!(tls::describe_handshake_error(&err).contains("does not carry the name"));
+
+    // Role matters: a client certificate cannot serve.
+    let (wrong_key, _) = load(
+        dir.path(),
+        "wrong",
+        &issue(&ca, Role::Client, &names(&["guest1"])).unwrap(),
+    );
+    let s = tls::server_config(wrong_key, trust.clone()).unwrap();
+    let c = tls::client_config(client_key, trust).unwrap();
+    let (_, c_res) = handshake(s, c, "guest1").await;
+    assert!(tls::is_auth_failure(&c_res.unwrap_err()));
+}
+
+#[test]
+fn load_ca_refuses_bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = new_ca("test CA").unwrap();
+    let other = new_ca("other CA").unwrap();
+    let leaf = self_signed(Role::Server, &names(&["guest1"])).unwrap();
+    let p = |n: &str| dir.path().join(n);
+    write_public(&p("ca.public"), &ca.cert_pem, false).unwrap();
+    write_private(&p("ca.private"), &ca.key_pem, false).unwrap();
+    write_private(&p("other.private"), &other.key_pem, false).unwrap();
+    write_public(&p("leaf.public"), &leaf.public_pem, false).unwrap();
+    write_public(&p("open.private"), &ca.key_pem, false).unwrap();
+
+    let err = load_ca(&p("ca.public"), &p("other.private")).unwrap_err().to_string();
+    assert!(err.contains("does not belong to the CA certificate"), "{err}");
+    let err = load_ca(&p("leaf.public"), &p("ca.private")).unwrap_err().to_string();
+    assert!(err.contains("is not a CA certificate"), "{err}");
+    let err = load_ca(&p("ca.public"), &p("open.private")).unwrap_err().to_string();
+    assert!(err.contains("mode 0644"), "{err}");
+    let err = load_ca(&p("missing.public"), &p("ca.private")).unwrap_err().to_string();
+    assert!(err.contains("missing.public: cannot read"), "{err}");
+}
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    Keygen(KeygenArgs),
+}
+
+fn parse(args: &[&str]) -> Result<KeygenArgs, clap::Error> {
+    let argv = std::iter::once("prog")
+        .chain(std::iter::once("keygen"))
+        .chain(args.iter().copied());
+    Cli::try_parse_from(argv).map(|cli| match cli.command {
+        Command::Keygen(args) => args,
+    })
+}
+
+#[test]
+fn command_line_shapes() {
+    use clap::CommandFactory;
+    Cli::command().debug_assert();
+    let a = parse(&["--dir", "/x", "--name", "a", "--name", "b", "--force"]).unwrap();
+    assert!(a.command.is_none() && a.force);
+    assert_eq!(a.names, names(&["a", "b"]));
+    let a = parse(&["ca", "--dir", "/x", "--name", "My CA"]).unwrap();
+    assert!(matches!(a.command, Some(KeygenCommand::Ca { name: Some(ref n), .. }) if n == "My CA"));
+    let a = parse(&["issue", "--ca-dir", "/ca", "--name", "g1", "--name", "10.0.0.1"]).unwrap();
+    assert!(matches!(a.command, Some(KeygenCommand::Issue { ref names, .. }) if names.len() == 2));
+    assert!(parse(&["issue"]).is_err(), "--ca-dir is required");
+    assert!(
+        parse(&["--dir", "/x", "ca"]).is_err(),
+        "pinned options do not mix with subcommands"
+    );
+}
+
+#[tokio::test]
+async fn keygen_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("host");
+    let guest = dir.path().join("guest");
+    let d = |p: &Path| p.to_str().unwrap().to_string();
+
+    // Pinned mode.
+    let out = run(&parse(&["--dir", &d(&host), "--name", "host1"]).unwrap(), Side::Manager).unwrap();
+    assert!(
+        out.contains("client.public") && out.contains("/opt/hp/cmappserver/client.public"),
+        "{out}"
+    );
+    let out = run(
+        &parse(&["--dir", &d(&guest), "--name", "guest1"]).unwrap(),
+        Side::Server,
+    )
+    .unwrap();
+    assert!(out.contains("server.public"), "{out}");
+    assert_eq!(mode(&host.join("client.private")), 0o600);
+    assert_eq!(mode(&host.join("client.public")), 0o644);
+    assert_eq!(mode(&guest.join("server.private")), 0o600);
+
+    let err = run(&parse(&["--dir", &d(&host), "--name", "host1"]).unwrap(), Side::Manager).unwrap_err();
+    assert!(matches!(err, CertError::Exists { .. }), "{err}");
+    run(
+        &parse(&["--dir", &d(&host), "--name", "host1", "--force"]).unwrap(),
+        Side::Manager,
+    )
+    .unwrap();
+
+    let s = tls::server_config(
+        tls::load_key_store(&guest.join("server.private"), "serverpw").unwrap(),
+        tls::load_trust_store(&host.join("client.public")).unwrap(),
+    )
+    .unwrap();
+    let c = tls::client_config(
+        tls::load_key_store(&host.join("client.private"), "clientpw").unwrap(),
+        tls::load_trust_store(&guest.join("server.public")).unwrap(),
+    )
+    .unwrap();
+    let (s_res, c_res) = handshake(s, c, "guest1").await;
+    assert_eq!(
+        (s_res.unwrap(), c_res.unwrap()),
+        ("host1".to_string(), "guest1".to_string())
+    );
+
+    // CA mode.
+    let ca_dir = dir.path().join("ca");
+    let out = run(
+        &parse(&["ca", "--dir", &d(&ca_dir), "--name", "test CA"]).unwrap(),
+        Side::Manager,
+    )
+    .unwrap();
+    assert!(out.contains("ca.public"), "{out}");
+    assert_eq!(mode(&ca_dir.join("ca.private")), 0o600);
+    run(
+        &parse(&[
+            "issue",
+            "--ca-dir",
+            &d(&ca_dir),
+            "--dir",
+            &d(&host),
+            "--name",
+            "host1",
+            "--force",
+        ])
+        .unwrap(),
+        Side::Manager,
+    )
+    .unwrap();
+    let out = run(
+        &parse(&[
+            "issue",
+            "--ca-dir",
+            &d(&ca_dir),
+            "--dir",
+            &d(&guest),
+            "--name",
+            "guest1",
+            "--name",
+            "192.0.2.8",
+            "--force",
+        ])
+        .unwrap(),
+        Side::Server,
+    )
+    .unwrap();
+    assert!(out.contains("guest1, 192.0.2.8"), "{out}");
+
+    let trust = tls::load_trust_store(&ca_dir.join("ca.public")).unwrap();
+    let s = tls::server_config(
+        tls::load_key_store(&guest.join("server.private"), "").unwrap(),
+        trust.clone(),
+    )
+    .unwrap();
+    let c = tls::client_config(tls::load_key_store(&host.join("client.private"), "").unwrap(), trust).unwrap();
+    let (s_res, c_res) = handshake(s, c, "192.0.2.8").await;
+    assert_eq!(
+        (s_res.unwrap(), c_res.unwrap()),
+        ("host1".to_string(), "guest1".to_string())
+    );
+}
+
+#[test]
+fn default_name_is_the_host_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&parse(&["--dir", dir.path().to_str().unwrap()]).unwrap(), Side::Server).unwrap();
+    let host = cli_host_name();
+    assert!(out.contains(&format!("for {host} ")), "{out}");
+}
+
+fn cli_host_name() -> String {
+    nix::unistd::gethostname().unwrap().into_string().unwrap()
+}
+
+#[test]
+fn certificates_carry_what_tools_expect() {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    use x509_parser::prelude::*;
+    let pem = self_signed(Role::Server, &names(&["guest1", "10.0.0.5"])).unwrap();
+    let der = CertificateDer::from_pem_slice(pem.public_pem.as_bytes()).unwrap();
+    let (_, x509) = parse_x509_certificate(&der).unwrap();
+    assert!(!x509.is_ca());
+    let eku = x509.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && eku.client_auth);
+    assert!(x509.key_usage().unwrap().unwrap().value.digital_signature());
+    let sans = &x509.subject_alternative_name().unwrap().unwrap().value.general_names;
+    assert_eq!(sans.len(), 2);
+    let days = (x509.validity().not_after.timestamp() - x509.validity().not_before.timestamp()) / 86400;
+    assert!((3650..=3660).contains(&days), "{days}");
+
+    let ca = new_ca("test CA").unwrap();
+    let der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap();
+    let (_, x509) = parse_x509_certificate(&der).unwrap();
+    assert!(x509.is_ca());
+    let ku = x509.key_usage().unwrap().unwrap().value;
+    assert!(ku.key_cert_sign() && ku.crl_sign());
+
+    let leaf = issue(&ca, Role::Client, &names(&["host1"])).unwrap();
+    let der = CertificateDer::from_pem_slice(leaf.public_pem.as_bytes()).unwrap();
+    let (_, x509) = parse_x509_certificate(&der).unwrap();
+    let eku = x509.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.client_auth && !eku.server_auth && !x509.is_ca());
+}

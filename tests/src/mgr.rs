@@ -1,0 +1,112 @@
+//! A real cmappmgr run.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::output::Lines;
+
+/// A running cmappmgr with its output captured.
+#[derive(Debug)]
+pub struct Mgr {
+    child: Child,
+    pub out: Lines,
+    pub err: Lines,
+    status: Option<std::process::ExitStatus>,
+}
+
+impl Mgr {
+    /// `cmappmgr -node NODE -cmappserver_timeout T --conf CONF [extra...] -service RUN...`
+    pub fn spawn(conf: &Path, node: &str, timeout: f64, extra: &[&str], run: &[&str]) -> Mgr {
+        let mut args: Vec<String> = vec![
+            "-node".into(),
+            node.into(),
+            "-cmappserver_timeout".into(),
+            timeout.to_string(),
+        ];
+        args.extend(["--conf".to_string(), conf.display().to_string(), "--no_syslog".into()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push("-service".into());
+        args.extend(run.iter().map(|s| s.to_string()));
+        Self::spawn_args(&args)
+    }
+
+    /// cmappmgr with exactly these arguments.
+    pub fn spawn_args<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Mgr {
+        let mut child = Command::new(crate::bin("cmappmgr"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cmappmgr");
+        let out = Lines::default();
+        out.follow(child.stdout.take().unwrap());
+        let err = Lines::default();
+        err.follow(child.stderr.take().unwrap());
+        Mgr {
+            child,
+            out,
+            err,
+            status: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the manager to exit and returns its exit code (panics with its log if it does not).
+    pub fn code(&mut self) -> i32 {
+        self.code_within(crate::WAIT)
+    }
+
+    pub fn code_within(&mut self, limit: std::time::Duration) -> i32 {
+        if self.status.is_none() {
+            let end = std::time::Instant::now() + limit;
+            while self.status.is_none() {
+                self.status = self.child.try_wait().unwrap();
+                if self.status.is_none() {
+                    assert!(
+                        std::time::Instant::now() < end,
+                        "cmappmgr did not exit in {limit:?}; stderr:\n{}",
+                        self.err.text()
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+            self.err.wait_closed(crate::WAIT);
+            self.out.wait_closed(crate::WAIT);
+        }
+        let s = self.status.unwrap();
+        s.code()
+            .unwrap_or_else(|| panic!("cmappmgr killed by a signal: {s:?}; stderr:\n{}", self.err.text()))
+    }
+
+    /// True while the manager runs.
+    pub fn running(&mut self) -> bool {
+        self.status.is_none() && self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), sig);
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        self.status = self.child.wait().ok();
+    }
+}
+
+impl Drop for Mgr {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
