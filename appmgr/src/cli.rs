@@ -119,9 +119,7 @@ pub enum Invocation {
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if !v.is_finite() || v <= 0.0 || v > 1e9 {
         return Err(format!("{s} must be more than 0 seconds"));
     }
@@ -163,8 +161,7 @@ pub fn parse(args: Vec<String>) -> Result<Invocation, clap::Error> {
         Some("vm") => return Ok(Invocation::Vm(args[1..].to_vec())),
         Some("demo") if args.len() == 1 => return Ok(Invocation::Demo),
         Some("check" | "status" | "keygen") => {
-            let argv =
-                std::iter::once("cmappmgr".to_string()).chain(args.into_iter().map(normalise));
+            let argv = std::iter::once("cmappmgr".to_string()).chain(args.into_iter().map(normalise));
             return Ok(match Sub::try_parse_from(argv)?.command {
                 SubCommand::Check(c) => Invocation::Check(c),
                 SubCommand::Status(s) => Invocation::Status(s),
@@ -173,12 +170,9 @@ pub fn parse(args: Vec<String>) -> Result<Invocation, clap::Error> {
         }
         _ => {}
     }
-    let at = args.iter().position(|a| {
-        a == "-service"
-            || a == "--service"
-            || a.starts_with("--service=")
-            || a.starts_with("-service=")
-    });
+    let at = args
+        .iter()
+        .position(|a| a == "-service" || a == "--service" || a.starts_with("--service=") || a.starts_with("-service="));
     let (before, run) = match at {
         Some(i) => {
             let mut run = args[i + 1..].to_vec();
@@ -228,10 +222,7 @@ mod tests {
         };
         assert_eq!(m.node, "mmpf121");
         assert_eq!(m.timeout, Duration::from_secs(240));
-        assert_eq!(
-            m.run,
-            ["/usr/bin/X11/xclock", "-display", "16.213.12.70:0.0"]
-        );
+        assert_eq!(m.run, ["/usr/bin/X11/xclock", "-display", "16.213.12.70:0.0"]);
     }
 
     #[test]
@@ -268,15 +259,8 @@ mod tests {
 
     #[test]
     fn subcommands_parse() {
-        assert!(matches!(
-            p(&["check", "-node", "g"]).unwrap(),
-            Invocation::Check(_)
-        ));
-        assert!(
-            matches!(p(&["status", "--node", "g", "--json"]).unwrap(), Invocation::Status(s) if s.json)
-        );
-        assert!(
-            matches!(p(&["vm", "start", "x"]).unwrap(), Invocation::Vm(v) if v == ["start", "x"])
-        );
+        assert!(matches!(p(&["check", "-node", "g"]).unwrap(), Invocation::Check(_)));
+        assert!(matches!(p(&["status", "--node", "g", "--json"]).unwrap(), Invocation::Status(s) if s.json));
+        assert!(matches!(p(&["vm", "start", "x"]).unwrap(), Invocation::Vm(v) if v == ["start", "x"]));
     }
 }

@@ -91,13 +91,11 @@ impl Connector {
         let trust_path = conf.trust_store_for(&host);
         let key = common::tls::load_key_store(&conf.key_store, &conf.key_store_password)
             .map_err(|e| ClientError::Config(format!("keyStore: {e}")))?;
-        let trust = common::tls::load_trust_store(trust_path)
-            .map_err(|e| ClientError::Config(format!("trustStore: {e}")))?;
-        let tls = common::tls::client_config(key, trust)
-            .map_err(|e| ClientError::Config(e.to_string()))?;
-        let server_name = ServerName::try_from(host.clone()).map_err(|e| {
-            ClientError::Config(format!("-node {host:?} is not a valid server name: {e}"))
-        })?;
+        let trust =
+            common::tls::load_trust_store(trust_path).map_err(|e| ClientError::Config(format!("trustStore: {e}")))?;
+        let tls = common::tls::client_config(key, trust).map_err(|e| ClientError::Config(e.to_string()))?;
+        let server_name = ServerName::try_from(host.clone())
+            .map_err(|e| ClientError::Config(format!("-node {host:?} is not a valid server name: {e}")))?;
         Ok(Connector {
             tls: TlsConnector::from(Arc::<rustls::ClientConfig>::clone(&tls)),
             host,
@@ -108,17 +106,12 @@ impl Connector {
 
     /// One attempt: TCP, TLS, hello. Each phase is bounded by `limit`.
     pub async fn connect_once(&self, limit: Duration) -> Result<Client, ClientError> {
-        let unreachable = |what: &str, e: &dyn std::fmt::Display| {
-            ClientError::Unreachable(format!("{what}: {e}"))
-        };
-        let addrs: Vec<_> = tokio::time::timeout(
-            limit,
-            tokio::net::lookup_host((self.host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| ClientError::Unreachable(format!("name lookup of {} timed out", self.host)))?
-        .map_err(|e| unreachable(&format!("cannot resolve {}", self.host), &e))?
-        .collect();
+        let unreachable = |what: &str, e: &dyn std::fmt::Display| ClientError::Unreachable(format!("{what}: {e}"));
+        let addrs: Vec<_> = tokio::time::timeout(limit, tokio::net::lookup_host((self.host.as_str(), self.port)))
+            .await
+            .map_err(|_| ClientError::Unreachable(format!("name lookup of {} timed out", self.host)))?
+            .map_err(|e| unreachable(&format!("cannot resolve {}", self.host), &e))?
+            .collect();
         let mut last = ClientError::Unreachable(format!("{} has no addresses", self.host));
         for addr in addrs {
             let tcp = match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
@@ -133,27 +126,18 @@ impl Connector {
                 Ok(Ok(t)) => t,
             };
             let _ = tcp.set_nodelay(true);
-            let tls =
-                match tokio::time::timeout(limit, self.tls.connect(self.server_name.clone(), tcp))
-                    .await
-                {
-                    Err(_) => {
-                        return Err(ClientError::Unreachable(format!(
-                            "TLS handshake with {addr} timed out"
-                        )))
-                    }
-                    Ok(Err(e)) => {
-                        let why = common::tls::describe_handshake_error(&e);
-                        return Err(if common::tls::is_auth_failure(&e) {
-                            ClientError::Auth(format!("TLS handshake with {addr} failed: {why}"))
-                        } else {
-                            ClientError::Unreachable(format!(
-                                "TLS handshake with {addr} failed: {why}"
-                            ))
-                        });
-                    }
-                    Ok(Ok(s)) => s,
-                };
+            let tls = match tokio::time::timeout(limit, self.tls.connect(self.server_name.clone(), tcp)).await {
+                Err(_) => return Err(ClientError::Unreachable(format!("TLS handshake with {addr} timed out"))),
+                Ok(Err(e)) => {
+                    let why = common::tls::describe_handshake_error(&e);
+                    return Err(if common::tls::is_auth_failure(&e) {
+                        ClientError::Auth(format!("TLS handshake with {addr} failed: {why}"))
+                    } else {
+                        ClientError::Unreachable(format!("TLS handshake with {addr} failed: {why}"))
+                    });
+                }
+                Ok(Ok(s)) => s,
+            };
             return Client::hello(tls, limit).await;
         }
         Err(last)
@@ -203,11 +187,7 @@ impl Client {
         wr.write(&Hello::current("cmappmgr")).await.map_err(io)?;
         // The server answers with a Welcome, or an Error event (version mismatch).
         let reply: serde_json::Value = match tokio::time::timeout(limit, rd.read()).await {
-            Err(_) => {
-                return Err(ClientError::Unreachable(
-                    "no welcome from cmappserver in time".into(),
-                ))
-            }
+            Err(_) => return Err(ClientError::Unreachable("no welcome from cmappserver in time".into())),
             Ok(Err(e)) => {
                 // TLS 1.3: a rejected client certificate surfaces on the first read.
                 if let common::connection::ConnectionError::Io(ioe) = &e {
@@ -263,20 +243,10 @@ impl Client {
         let deadline = Instant::now() + limit;
         loop {
             match tokio::time::timeout_at(deadline, self.next_event()).await {
-                Err(_) => {
-                    return Err(ClientError::Unreachable(
-                        "no answer from cmappserver in time".into(),
-                    ))
-                }
+                Err(_) => return Err(ClientError::Unreachable("no answer from cmappserver in time".into())),
                 Ok(Err(e)) => return Err(e),
-                Ok(Ok(None)) => {
-                    return Err(ClientError::Unreachable(
-                        "cmappserver closed the connection".into(),
-                    ))
-                }
-                Ok(Ok(Some(Event::Output(_) | Event::ShuttingDown(_) | Event::Superseded(_)))) => {
-                    continue
-                }
+                Ok(Ok(None)) => return Err(ClientError::Unreachable("cmappserver closed the connection".into())),
+                Ok(Ok(Some(Event::Output(_) | Event::ShuttingDown(_) | Event::Superseded(_)))) => continue,
                 Ok(Ok(Some(ev))) => return Ok(ev),
             }
         }
@@ -296,18 +266,11 @@ impl Client {
 /// pings, and returns the server's welcome. Retries until `timeout`.
 /// (Used by the `vm` hooks to wait for, and watch, a guest's cmappserver.)
 #[allow(dead_code)]
-pub async fn check_node(
-    node: &str,
-    conf_path: &Path,
-    timeout: Duration,
-) -> Result<Welcome, String> {
+pub async fn check_node(node: &str, conf_path: &Path, timeout: Duration) -> Result<Welcome, String> {
     let conf = ManagerConfig::load(conf_path).map_err(|e| e.to_string())?;
     let connector = Connector::new(&conf, node).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + timeout;
-    let mut client = connector
-        .connect(deadline)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut client = connector.connect(deadline).await.map_err(|e| e.to_string())?;
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(500));
@@ -332,20 +295,11 @@ mod tests {
     #[test]
     fn node_forms() {
         assert_eq!(parse_node("guest1", 5315).unwrap(), ("guest1".into(), 5315));
-        assert_eq!(
-            parse_node("guest1:5400", 5315).unwrap(),
-            ("guest1".into(), 5400)
-        );
-        assert_eq!(
-            parse_node("10.0.0.5", 5315).unwrap(),
-            ("10.0.0.5".into(), 5315)
-        );
+        assert_eq!(parse_node("guest1:5400", 5315).unwrap(), ("guest1".into(), 5400));
+        assert_eq!(parse_node("10.0.0.5", 5315).unwrap(), ("10.0.0.5".into(), 5315));
         assert_eq!(parse_node("[::1]:7", 5315).unwrap(), ("::1".into(), 7));
         assert_eq!(parse_node("[::1]", 5315).unwrap(), ("::1".into(), 5315));
-        assert_eq!(
-            parse_node("fe80::1", 5315).unwrap(),
-            ("fe80::1".into(), 5315)
-        );
+        assert_eq!(parse_node("fe80::1", 5315).unwrap(), ("fe80::1".into(), 5315));
         assert!(parse_node("g:x", 5315).is_err());
         assert!(parse_node("", 5315).is_err());
         assert!(parse_node("[::1", 5315).is_err());

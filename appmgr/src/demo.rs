@@ -88,10 +88,7 @@ fn run() -> Result<i32, String> {
             return Err("cmappserver exited before listening".into());
         }
         print!("  guest | {line}");
-        addr = line
-            .split("listening on ")
-            .nth(1)
-            .map(|a| a.trim().to_string());
+        addr = line.split("listening on ").nth(1).map(|a| a.trim().to_string());
     }
     let addr = addr.unwrap_or_default();
     // Keep echoing the server's log in the background.

@@ -77,11 +77,7 @@ fn code(c: i32) -> ExitCode {
 fn init_logging(c: &cli::Common) {
     logging::init(
         "cmappmgr",
-        if c.verbose {
-            Verbosity::Debug
-        } else {
-            Verbosity::Normal
-        },
+        if c.verbose { Verbosity::Debug } else { Verbosity::Normal },
         !c.no_syslog,
     );
 }
@@ -100,10 +96,7 @@ fn load_conf(c: &cli::Common) -> Option<ManagerConfig> {
 
 /// A small runtime: a manager watches one process.
 fn runtime(fut: impl std::future::Future<Output = i32>) -> i32 {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt.block_on(fut),
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");
@@ -112,11 +105,7 @@ fn runtime(fut: impl std::future::Future<Output = i32>) -> i32 {
     }
 }
 
-async fn connect(
-    node: &str,
-    timeout: Duration,
-    conf: &ManagerConfig,
-) -> Result<client::Client, i32> {
+async fn connect(node: &str, timeout: Duration, conf: &ManagerConfig) -> Result<client::Client, i32> {
     let connector = client::Connector::new(conf, node).map_err(|e| {
         tracing::error!("{e}");
         exit::for_error(&e)
@@ -137,10 +126,7 @@ async fn check(args: cli::CheckArgs, conf: ManagerConfig) -> i32 {
     };
     let t0 = std::time::Instant::now();
     match c
-        .call(
-            &Request::Ping(common::message::Ping { seq: 1 }),
-            args.timeout,
-        )
+        .call(&Request::Ping(common::message::Ping { seq: 1 }), args.timeout)
         .await
     {
         Ok(Event::Pong(_)) => {
@@ -158,10 +144,7 @@ async fn check(args: cli::CheckArgs, conf: ManagerConfig) -> i32 {
             0
         }
         other => {
-            tracing::error!(
-                "cmappserver on {} did not answer the ping: {other:?}",
-                args.node
-            );
+            tracing::error!("cmappserver on {} did not answer the ping: {other:?}", args.node);
             exit::UNREACHABLE
         }
     }
@@ -175,19 +158,13 @@ async fn status(args: cli::StatusArgs, conf: ManagerConfig) -> i32 {
     let list = match c.call(&Request::List, args.timeout).await {
         Ok(Event::Processes(list)) => list.processes,
         other => {
-            tracing::error!(
-                "cmappserver on {} did not list its processes: {other:?}",
-                args.node
-            );
+            tracing::error!("cmappserver on {} did not list its processes: {other:?}", args.node);
             return exit::UNREACHABLE;
         }
     };
     c.close().await;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&list).unwrap_or_default()
-        );
+        println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
         return 0;
     }
     let now = common::message::now_ms();

@@ -15,9 +15,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use common::config::ManagerConfig;
-use common::message::{
-    Ack, ErrorKind, Event, ExitStatus, InstanceId, Launch, Ping, Request, Stop, Stream,
-};
+use common::message::{Ack, ErrorKind, Event, ExitStatus, InstanceId, Launch, Ping, Request, Stop, Stream};
 use common::service::{Probe, ServiceSpec};
 use tokio::time::Instant;
 
@@ -56,9 +54,9 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
             return 1;
         }
     };
-    let ping_every = conf.ping_interval.unwrap_or_else(|| {
-        (args.timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5))
-    });
+    let ping_every = conf
+        .ping_interval
+        .unwrap_or_else(|| (args.timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5)));
     let mut w = Watcher {
         args: &args,
         connector,
@@ -85,9 +83,7 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
             Ok(c) => c,
             Err(e) if e.is_retryable() => {
                 let waited = w.last_heard.elapsed().as_secs();
-                let why = last_error
-                    .map(|l| format!(" (before that: {l})"))
-                    .unwrap_or_default();
+                let why = last_error.map(|l| format!(" (before that: {l})")).unwrap_or_default();
                 match w.instance {
                     None => tracing::error!("Could not connect to the node {}: {e}", args.node),
                     Some(_) => tracing::error!(
@@ -110,10 +106,7 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
                 return code;
             }
             WatchEnd::Lost(why) => {
-                tracing::warn!(
-                    "connection to cmappserver on {} lost: {why}; reconnecting",
-                    args.node
-                );
+                tracing::warn!("connection to cmappserver on {} lost: {why}; reconnecting", args.node);
                 last_error = Some(why);
             }
         }
@@ -271,10 +264,7 @@ impl Watcher<'_> {
                 WatchEnd::Exit(exit::PROTOCOL)
             }
             ErrorKind::BadRequest => {
-                tracing::error!(
-                    "cmappserver on {} refused the run string: {message}",
-                    self.args.node
-                );
+                tracing::error!("cmappserver on {} refused the run string: {message}", self.args.node);
                 WatchEnd::Exit(exit::USAGE)
             }
             ErrorKind::Internal => {
@@ -290,10 +280,7 @@ impl Watcher<'_> {
     async fn exited(&mut self, client: &mut Client, status: ExitStatus) -> WatchEnd {
         let id = self.instance.clone().unwrap_or_default();
         // Acknowledge, so the server forgets the status only once we have it.
-        match client
-            .call(&Request::Ack(Ack { id }), Duration::from_secs(5))
-            .await
-        {
+        match client.call(&Request::Ack(Ack { id }), Duration::from_secs(5)).await {
             Ok(Event::Acked(_)) => {}
             other => tracing::warn!("exit status not acknowledged by cmappserver: {other:?}"),
         }

@@ -7,9 +7,12 @@
 //! | `output` | a child's stdout/stderr captured line by line, with waits on lines |
 //! | `server` | a real cmappserver on 127.0.0.1:0, cleaned up with its processes  |
 //! | `mgr`    | a real cmappmgr run against a server                              |
+//! | `netpair`| a host and a guest network namespace joined by a veth pair        |
+//! | `libvirt`| a private libvirtd (QEMU driver), test domains, `cmappmgr vm` runs |
 
 pub mod keys;
 pub mod mgr;
+pub mod netpair;
 pub mod output;
 pub mod server;
 

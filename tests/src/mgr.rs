@@ -35,7 +35,20 @@ impl Mgr {
 
     /// cmappmgr with exactly these arguments.
     pub fn spawn_args<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Mgr {
-        let mut child = Command::new(crate::bin("cmappmgr"))
+        Self::spawn_in(None, args)
+    }
+
+    /// cmappmgr with these arguments, inside a network namespace if one is given.
+    pub fn spawn_in<S: AsRef<std::ffi::OsStr>>(netns: Option<&str>, args: &[S]) -> Mgr {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(crate::bin("cmappmgr"));
+                c
+            }
+            None => Command::new(crate::bin("cmappmgr")),
+        };
+        let mut child = cmd
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -23,6 +23,8 @@ pub struct Server {
     pub log: Lines,
     /// Extra environment for the server process.
     pub env: Vec<(String, String)>,
+    /// Network namespace to run in (`ip netns exec`).
+    pub netns: Option<String>,
 }
 
 /// One recorded process, from the state directory.
@@ -41,6 +43,18 @@ impl Server {
     }
 
     pub fn start_bin(dir: &Path, keys: &Keys, extra: &str, binary: PathBuf) -> Server {
+        Self::start_with(dir, keys, extra, binary, None, Vec::new())
+    }
+
+    /// The general form: a binary, an optional network namespace, extra environment.
+    pub fn start_with(
+        dir: &Path,
+        keys: &Keys,
+        extra: &str,
+        binary: PathBuf,
+        netns: Option<String>,
+        env: Vec<(String, String)>,
+    ) -> Server {
         std::fs::create_dir_all(dir).unwrap();
         let state_dir = dir.join("state");
         let conf = dir.join("cmappserver.conf");
@@ -62,14 +76,22 @@ impl Server {
             conf,
             state_dir,
             log: Lines::default(),
-            env: Vec::new(),
+            env,
+            netns,
         };
         s.launch(&[]);
         s
     }
 
     fn launch(&mut self, args: &[String]) {
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
         cmd.arg("--conf")
             .arg(&self.conf)
             .args(args)

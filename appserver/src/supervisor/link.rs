@@ -30,16 +30,27 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connects to the shim in `dir` and reads its hello.
 pub(super) async fn connect(dir: &Path) -> Result<ShimStream, String> {
-    let stream = UnixStream::connect(dir.join(state::SOCK)).await.map_err(|e| e.to_string())?;
+    let stream = UnixStream::connect(dir.join(state::SOCK))
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut rd, wr) = connection::split(stream);
     match tokio::time::timeout(HELLO_TIMEOUT, rd.read::<ShimEvent>()).await {
-        Ok(Ok(Some(ShimEvent::Hello { protocol, pid, started_at_ms }))) => {
+        Ok(Ok(Some(ShimEvent::Hello {
+            protocol,
+            pid,
+            started_at_ms,
+        }))) => {
             if protocol != SHIM_PROTOCOL {
                 return Err(format!(
                     "process supervisor speaks shim protocol {protocol}, this cmappserver speaks {SHIM_PROTOCOL}"
                 ));
             }
-            Ok(ShimStream { rd, wr, pid, started_at_ms })
+            Ok(ShimStream {
+                rd,
+                wr,
+                pid,
+                started_at_ms,
+            })
         }
         Ok(Ok(Some(other))) => Err(format!("process supervisor sent {other:?} before its hello")),
         Ok(Ok(None)) => Err("process supervisor closed the connection".into()),

@@ -314,7 +314,9 @@ impl Supervisor {
             return Err(cleanup(internal("process supervisor failed to start", &why.trim())));
         }
         // The shim starts the process once we are connected.
-        let stream = link::connect(&dir).await.map_err(|e| cleanup(internal("process supervisor failed", &e)))?;
+        let stream = link::connect(&dir)
+            .await
+            .map_err(|e| cleanup(internal("process supervisor failed", &e)))?;
         let proc = Arc::new(Proc {
             id,
             key,

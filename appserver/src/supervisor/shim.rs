@@ -139,16 +139,29 @@ async fn run(dir: &Path) -> Result<(), String> {
         Err(e) => {
             let status = spawn_failure(&e, &meta.argv[0]);
             let exited_at_ms = now_ms();
-            state::write_json(dir, state::EXIT, &ExitRecord { status: status.clone(), exited_at_ms })
-                .map_err(|e| format!("cannot record exit: {e}"))?;
+            state::write_json(
+                dir,
+                state::EXIT,
+                &ExitRecord {
+                    status: status.clone(),
+                    exited_at_ms,
+                },
+            )
+            .map_err(|e| format!("cannot record exit: {e}"))?;
             let _ = std::fs::remove_file(&sock_path);
-            Link::start(first, 0, started_at_ms).finish(ShimEvent::Exited { status, exited_at_ms }).await;
+            Link::start(first, 0, started_at_ms)
+                .finish(ShimEvent::Exited { status, exited_at_ms })
+                .await;
             return Ok(());
         }
     };
     let pid = child.id().unwrap_or(0);
     let pgid = Pid::from_raw(pid as i32);
-    let record = PidRecord { pid, started_at_ms, shim_pid: std::process::id() };
+    let record = PidRecord {
+        pid,
+        started_at_ms,
+        shim_pid: std::process::id(),
+    };
     state::write_json(dir, state::PID, &record).map_err(|e| format!("cannot record pid: {e}"))?;
     let mut link: Option<Link> = Some(Link::start(first, pid, started_at_ms));
 

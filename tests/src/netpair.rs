@@ -1,0 +1,103 @@
+//! Two network namespaces joined by a veth pair: a "host" and a "guest",
+//! for tests where a network fault is the point. Only addresses inside the
+//! namespaces the test creates are ever used. Everything is removed on drop.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A host namespace and a guest namespace on one /24, deleted on drop.
+#[derive(Debug)]
+pub struct NetPair {
+    pub host_ns: String,
+    pub guest_ns: String,
+    pub host_if: String,
+    pub guest_if: String,
+    pub host_ip: String,
+    pub guest_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetPair {
+    /// Creates the pair; `tag` keeps names apart between tests.
+    pub fn new(tag: &str) -> NetPair {
+        crate::require_root("network namespaces");
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}{}", std::process::id() % 100_000, n);
+        // A /24 chosen per pair, inside namespaces we own.
+        let subnet = 10 + (std::process::id() % 200) as u8 + n as u8;
+        let p = NetPair {
+            host_ns: format!("cmh{tag}{id}"),
+            guest_ns: format!("cmg{tag}{id}"),
+            host_if: format!("vh{id}"),
+            guest_if: format!("vg{id}"),
+            host_ip: format!("10.233.{subnet}.1"),
+            guest_ip: format!("10.233.{subnet}.2"),
+        };
+        ip(&["netns", "add", &p.host_ns]);
+        ip(&["netns", "add", &p.guest_ns]);
+        ip(&[
+            "link",
+            "add",
+            &p.host_if,
+            "netns",
+            &p.host_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &p.guest_if,
+            "netns",
+            &p.guest_ns,
+        ]);
+        ip(&[
+            "-n",
+            &p.host_ns,
+            "addr",
+            "add",
+            &format!("{}/24", p.host_ip),
+            "dev",
+            &p.host_if,
+        ]);
+        ip(&[
+            "-n",
+            &p.guest_ns,
+            "addr",
+            "add",
+            &format!("{}/24", p.guest_ip),
+            "dev",
+            &p.guest_if,
+        ]);
+        for (ns, dev) in [(&p.host_ns, &p.host_if), (&p.guest_ns, &p.guest_if)] {
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        p
+    }
+
+    /// Cuts the link (the guest's end goes down; the host's sees no carrier).
+    pub fn partition(&self) {
+        ip(&["-n", &self.guest_ns, "link", "set", &self.guest_if, "down"]);
+    }
+
+    pub fn heal(&self) {
+        ip(&["-n", &self.guest_ns, "link", "set", &self.guest_if, "up"]);
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.host_ns]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.guest_ns]).status();
+    }
+}

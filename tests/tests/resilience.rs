@@ -1,0 +1,391 @@
+//! Monitoring that survives cmappserver crashes, restarts and upgrades,
+//! network partitions and guest reboots, with no exit code lost.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cmapp_tests::keys::{self, Keys};
+use cmapp_tests::mgr::Mgr;
+use cmapp_tests::netpair::NetPair;
+use cmapp_tests::server::Server;
+use cmapp_tests::{alive, wait_until, WAIT};
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    keys: Keys,
+    conf: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let keys = keys::pinned(&dir, "");
+    let conf = keys::manager_conf(&dir, "cmappmgr.conf", &keys.client_private, &keys.client_trust, "");
+    Fixture {
+        _tmp: tmp,
+        dir,
+        keys,
+        conf,
+    }
+}
+
+/// An app that runs until `flag` exists, then exits with `code`.
+fn waits_for(flag: &Path, code: i32) -> String {
+    format!("while [ ! -e {} ]; do sleep 0.05; done; exit {code}", flag.display())
+}
+
+fn pid_in(line: &str) -> u32 {
+    let at = line.find("(pid ").unwrap_or_else(|| panic!("no pid in {line:?}")) + 5;
+    line[at..].split(')').next().unwrap().parse().unwrap()
+}
+
+/// The record directory of the process with this pid.
+fn record_of(server: &Server, pid: u32) -> PathBuf {
+    let r = server.recorded().into_iter().find(|r| r.pid == pid).expect("recorded");
+    server.state_dir.join("procs").join(r.id)
+}
+
+/// kill -9 the server under 30 watched applications, or replace its binary:
+/// every application keeps its pid, no manager exits, and the one that ended
+/// during the outage reports its real exit code.
+fn survive_outage(upgrade: bool) {
+    let f = fixture();
+    let (v1, v2) = (f.dir.join("v1/cmappserver"), f.dir.join("v2/cmappserver"));
+    for p in [&v1, &v2] {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::copy(cmapp_tests::bin("cmappserver"), p).unwrap();
+    }
+    let mut server = Server::start_bin(&f.dir.join("srv"), &f.keys, "", v1.clone());
+    let flags: Vec<PathBuf> = (0..30).map(|i| f.dir.join(format!("flag{i}"))).collect();
+    let mut managers: Vec<Mgr> = flags
+        .iter()
+        .enumerate()
+        .map(|(i, flag)| {
+            Mgr::spawn(
+                &f.conf,
+                &server.node(),
+                30.0,
+                &[],
+                &["/bin/sh", "-c", &waits_for(flag, 40 + i as i32)],
+            )
+        })
+        .collect();
+    let pids: Vec<u32> = managers
+        .iter()
+        .map(|m| {
+            pid_in(
+                &m.err
+                    .wait_for("started", WAIT)
+                    .unwrap_or_else(|| panic!("{}", m.err.text())),
+            )
+        })
+        .collect();
+
+    server.kill9();
+    if upgrade {
+        // A package upgrade replaces the binary the shims were started from.
+        std::fs::remove_file(&v1).unwrap();
+    }
+    // Application 7 ends while nobody is listening: its shim records the status.
+    std::fs::write(&flags[7], "").unwrap();
+    let exit_file = record_of(&server, pids[7]).join("exit.json");
+    assert!(
+        wait_until(WAIT, || exit_file.exists()),
+        "exit not recorded during the outage"
+    );
+
+    server.restart(if upgrade { Some(v2) } else { None });
+    server
+        .log
+        .wait_for("ended while cmappserver was away", WAIT)
+        .unwrap_or_else(|| panic!("{}", server.log.text()));
+
+    assert_eq!(managers[7].code(), 47, "{}", managers[7].err.text());
+    assert!(managers[7].err.contains("PROGRAM EXIT CODE 47"));
+    for (i, m) in managers.iter_mut().enumerate() {
+        if i == 7 {
+            continue;
+        }
+        m.err
+            .wait_for("re-attached", WAIT)
+            .unwrap_or_else(|| panic!("manager {i} did not re-attach: {}", m.err.text()));
+        assert!(m.running(), "manager {i} exited: {}", m.err.text());
+        assert!(alive(pids[i]), "application {i} died");
+    }
+    // Same pids, reported by the restarted server.
+    let mut after: Vec<u32> = server.recorded().iter().map(|r| r.pid).collect();
+    let mut before: Vec<u32> = pids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 7)
+        .map(|(_, p)| *p)
+        .collect();
+    after.sort();
+    before.sort();
+    assert_eq!(after, before);
+    // And an exit after the restart still arrives.
+    std::fs::write(&flags[3], "").unwrap();
+    assert_eq!(managers[3].code(), 43, "{}", managers[3].err.text());
+}
+
+#[test]
+fn kill_9_of_the_server_loses_no_application_and_no_exit_code() {
+    survive_outage(false);
+}
+
+#[test]
+fn an_upgrade_to_a_new_binary_adopts_the_running_applications() {
+    survive_outage(true);
+}
+
+#[test]
+fn a_maintenance_stop_is_announced_and_managers_wait_for_the_server() {
+    let f = fixture();
+    let mut server = Server::start(&f.dir.join("srv"), &f.keys, "");
+    let flag = f.dir.join("flag");
+    let mut m = Mgr::spawn(
+        &f.conf,
+        &server.node(),
+        30.0,
+        &[],
+        &["/bin/sh", "-c", &waits_for(&flag, 5)],
+    );
+    let pid = pid_in(&m.err.wait_for("started", WAIT).unwrap());
+    assert!(server.term().success());
+    m.err
+        .wait_for("stopping for maintenance", WAIT)
+        .unwrap_or_else(|| panic!("{}", m.err.text()));
+    assert!(alive(pid), "the application was stopped with the server");
+    server.restart(None);
+    m.err
+        .wait_for("re-attached", WAIT)
+        .unwrap_or_else(|| panic!("{}", m.err.text()));
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(m.code(), 5, "{}", m.err.text());
+}
+
+#[test]
+fn after_a_guest_reboot_a_reattaching_manager_is_told_its_process_is_gone() {
+    let f = fixture();
+    let mut server = Server::start_with(
+        &f.dir.join("srv"),
+        &f.keys,
+        "",
+        cmapp_tests::bin("cmappserver"),
+        None,
+        vec![("CMAPPSERVER_BOOT_ID".into(), "boot-1".into())],
+    );
+    let mut m = Mgr::spawn(&f.conf, &server.node(), 30.0, &[], &["/bin/sleep", "1000"]);
+    let pid = pid_in(&m.err.wait_for("started", WAIT).unwrap());
+    // The "reboot": everything in the guest dies, and the boot id changes.
+    server.kill9();
+    for r in server.recorded() {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(r.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(r.shim_pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(wait_until(WAIT, || !alive(pid)));
+    server.env = vec![("CMAPPSERVER_BOOT_ID".into(), "boot-2".into())];
+    server.restart(None);
+    assert_eq!(m.code(), 69, "{}", m.err.text());
+    assert!(m.err.contains("is gone"), "{}", m.err.text());
+    // The cluster's restart of the service starts it afresh.
+    let again = Mgr::spawn(&f.conf, &server.node(), 30.0, &[], &["/bin/sleep", "1000"]);
+    again
+        .err
+        .wait_for("started", WAIT)
+        .unwrap_or_else(|| panic!("{}", again.err.text()));
+}
+
+fn monitor_args(conf: &Path, node: &str, timeout: f64, run: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "-node".into(),
+        node.into(),
+        "-cmappserver_timeout".into(),
+        timeout.to_string(),
+        "--conf".into(),
+        conf.display().to_string(),
+        "--no_syslog".into(),
+        "-service".into(),
+    ];
+    a.extend(run.iter().map(|s| s.to_string()));
+    a
+}
+
+#[test]
+fn a_short_partition_is_invisible_and_a_long_one_ends_the_manager_at_the_timeout() {
+    let net = NetPair::new("p");
+    let f = fixture();
+    let extra = format!("listen={}:5315\n", net.guest_ip);
+    let server = Server::start_with(
+        &f.dir.join("srv"),
+        &f.keys,
+        &extra,
+        cmapp_tests::bin("cmappserver"),
+        Some(net.guest_ns.clone()),
+        Vec::new(),
+    );
+    let node = server.node();
+    let flag = f.dir.join("flag");
+    let timeout = 4.0;
+    let run = ["/bin/sh", "-c", &waits_for(&flag, 12)];
+    let mut m = Mgr::spawn_in(Some(&net.host_ns), &monitor_args(&f.conf, &node, timeout, &run));
+    let pid = pid_in(
+        &m.err
+            .wait_for("started", WAIT)
+            .unwrap_or_else(|| panic!("{}", m.err.text())),
+    );
+
+    // Shorter than the timeout: the manager loses the connection (pings go
+    // unanswered), reconnects once the link is back, and the cluster sees nothing.
+    net.partition();
+    m.err
+        .wait_for("lost", WAIT)
+        .unwrap_or_else(|| panic!("{}", m.err.text()));
+    net.heal();
+    m.err
+        .wait_for("re-attached", WAIT)
+        .unwrap_or_else(|| panic!("{}", m.err.text()));
+    assert!(m.running() && alive(pid));
+
+    // Longer than the timeout: the manager exits 1 at about the timeout,
+    // while the application keeps running in the guest.
+    net.partition();
+    let cut = Instant::now();
+    assert_eq!(m.code_within(Duration::from_secs(30)), 1, "{}", m.err.text());
+    let took = cut.elapsed().as_secs_f64();
+    assert!(
+        took > timeout - 1.5 && took < timeout + 3.0,
+        "exited {took:.1} s after the cut (timeout {timeout} s)"
+    );
+    assert!(m.err.contains("Lost the node"), "{}", m.err.text());
+    assert!(alive(pid), "the application died with the link");
+
+    // After the link comes back, a new manager re-attaches to it and gets its exit code.
+    net.heal();
+    let mut again = Mgr::spawn_in(Some(&net.host_ns), &monitor_args(&f.conf, &node, timeout, &run));
+    let line = again
+        .err
+        .wait_for("attached to running", WAIT)
+        .unwrap_or_else(|| panic!("{}", again.err.text()));
+    assert_eq!(pid_in(&line), pid);
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(again.code(), 12, "{}", again.err.text());
+}
+
+/// Counts of one process's resources.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    fds: usize,
+    rss_kb: u64,
+    zombies: usize,
+    threads: u64,
+}
+
+fn usage(pid: u32) -> Usage {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut zombies = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let rest: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        if rest.first() == Some(&"Z") && rest.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            zombies += 1;
+        }
+    }
+    Usage {
+        fds,
+        rss_kb: field("VmRSS:"),
+        zombies,
+        threads: field("Threads:"),
+    }
+}
+
+/// Relaunch churn across the process limit, with dropped connections: the
+/// server's file descriptors, zombies, threads and memory must not grow.
+/// `CMAPP_SOAK_SECS` lengthens it (default 45 s).
+#[test]
+fn soak_churn_leaks_nothing() {
+    let secs: u64 = std::env::var("CMAPP_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(45);
+    let f = fixture();
+    let server = Server::start(&f.dir.join("srv"), &f.keys, "maxProcesses=8\n");
+    let spid = server.pid();
+    let round = |n: u64| {
+        // 10 launches against a limit of 8: some are refused; one manager is
+        // killed mid-run and replaced, and its successor collects the exit.
+        let launch = |i: u64| {
+            Mgr::spawn(
+                &f.conf,
+                &server.node(),
+                10.0,
+                &[],
+                &["/bin/sh", "-c", &format!("sleep 0.3; exit {}", (n + i) % 50)],
+            )
+        };
+        let mut ms = vec![launch(0)];
+        ms[0]
+            .err
+            .wait_for("started", WAIT)
+            .expect("first launch of a round starts");
+        ms.extend((1..10).map(launch));
+        ms[0].kill9();
+        let mut refused = 0;
+        for (i, m) in ms.iter_mut().enumerate().skip(1) {
+            match m.code() {
+                75 => refused += 1,
+                c => assert_eq!(c as u64, (n + i as u64) % 50, "{}", m.err.text()),
+            }
+        }
+        let run = format!("sleep 0.3; exit {}", n % 50);
+        let mut successor = Mgr::spawn(&f.conf, &server.node(), 10.0, &[], &["/bin/sh", "-c", &run]);
+        let c = successor.code();
+        assert!(c as u64 == n % 50, "successor got {c}: {}", successor.err.text());
+        refused
+    };
+    // Warm up, then measure.
+    round(0);
+    let start = usage(spid);
+    let t0 = Instant::now();
+    let mut rounds = 1;
+    let mut refused = 0;
+    while t0.elapsed() < Duration::from_secs(secs) {
+        refused += round(rounds);
+        rounds += 1;
+    }
+    // Let the last exits settle before the final count.
+    assert!(
+        wait_until(WAIT, || server.recorded().is_empty()),
+        "records left: {:?}",
+        server.recorded()
+    );
+    let end = usage(spid);
+    eprintln!(
+        "soak: {rounds} rounds in {secs} s, {refused} launches refused at the limit; start {start:?}, end {end:?}"
+    );
+    assert!(refused > 0, "the limit was never reached");
+    assert_eq!(end.zombies, 0, "zombies left");
+    assert!(end.fds <= start.fds + 2, "file descriptors grew: {start:?} → {end:?}");
+    assert!(end.threads <= start.threads + 2, "threads grew: {start:?} → {end:?}");
+    assert!(end.rss_kb <= start.rss_kb + 4096, "memory grew: {start:?} → {end:?}");
+}
