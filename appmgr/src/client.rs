@@ -163,7 +163,7 @@ impl Connector {
                         return Err(e);
                     }
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             }
         }

@@ -234,8 +234,16 @@ fn a_short_partition_is_invisible_and_a_long_one_ends_the_manager_at_the_timeout
     let node = server.node();
     let flag = f.dir.join("flag");
     let timeout = 4.0;
+    // Pings every 0.25 s: a dead link is noticed after 1 s, well inside the timeout.
+    let conf = keys::manager_conf(
+        &f.dir,
+        "fast-ping.conf",
+        &f.keys.client_private,
+        &f.keys.client_trust,
+        "pingInterval=0.25\n",
+    );
     let run = ["/bin/sh", "-c", &waits_for(&flag, 12)];
-    let mut m = Mgr::spawn_in(Some(&net.host_ns), &monitor_args(&f.conf, &node, timeout, &run));
+    let mut m = Mgr::spawn_in(Some(&net.host_ns), &monitor_args(&conf, &node, timeout, &run));
     let pid = pid_in(
         &m.err
             .wait_for("started", WAIT)
@@ -269,7 +277,7 @@ fn a_short_partition_is_invisible_and_a_long_one_ends_the_manager_at_the_timeout
 
     // After the link comes back, a new manager re-attaches to it and gets its exit code.
     net.heal();
-    let mut again = Mgr::spawn_in(Some(&net.host_ns), &monitor_args(&f.conf, &node, timeout, &run));
+    let mut again = Mgr::spawn_in(Some(&net.host_ns), &monitor_args(&conf, &node, timeout, &run));
     let line = again
         .err
         .wait_for("attached to running", WAIT)
