@@ -610,3 +610,60 @@ fn an_unreadable_manager_configuration_exits_78_naming_the_file() {
     assert_eq!(m.code(), 78);
     assert!(m.err.contains("/nonexistent/cmappmgr.conf"), "{}", m.err.text());
 }
+
+#[test]
+fn keygen_ca_mode_issues_working_certificates_for_both_sides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, host, guest) = (tmp.path().join("ca"), tmp.path().join("host"), tmp.path().join("guest"));
+    let run = |bin: &str, args: &[&str]| {
+        let out = std::process::Command::new(cmapp_tests::bin(bin))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{bin} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    run("cmappmgr", &["keygen", "ca", "--dir", &s(&ca)]);
+    run(
+        "cmappmgr",
+        &[
+            "keygen",
+            "issue",
+            "--ca-dir",
+            &s(&ca),
+            "--dir",
+            &s(&host),
+            "--name",
+            "host1",
+        ],
+    );
+    run(
+        "cmappserver",
+        &[
+            "keygen",
+            "issue",
+            "--ca-dir",
+            &s(&ca),
+            "--dir",
+            &s(&guest),
+            "--name",
+            "127.0.0.1",
+        ],
+    );
+    let keys = Keys {
+        server_private: guest.join("server.private"),
+        server_public: guest.join("server.public"),
+        client_private: host.join("client.private"),
+        client_public: host.join("client.public"),
+        server_trust: ca.join("ca.public"),
+        client_trust: ca.join("ca.public"),
+    };
+    let server = Server::start(&tmp.path().join("srv"), &keys, "");
+    let conf = keys::manager_conf(tmp.path(), "m.conf", &keys.client_private, &keys.client_trust, "");
+    let mut m = Mgr::spawn(&conf, &server.node(), 5.0, &[], &["/bin/sh", "-c", "exit 11"]);
+    assert_eq!(m.code(), 11, "{}", m.err.text());
+}
