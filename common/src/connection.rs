@@ -1,6 +1,7 @@
 //! Typed messages over a byte stream.
 //!
-//! [`Connection`] owns the framing buffers. `read` returns `Ok(None)` on a
+//! [`split`] turns a stream into a [`MessageReader`] and a [`MessageWriter`],
+//! which own the framing buffers. `read` returns `Ok(None)` on a
 //! clean close between frames and an error on anything else (a close inside a
 //! frame, an oversized frame, a body that is not the expected JSON), so that
 //! callers can tell "the peer hung up" from "the peer is broken".
@@ -10,7 +11,7 @@ use std::io;
 use futures::{SinkExt, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::codec::{codec, MAX_FRAME_LEN};
 
@@ -46,71 +47,26 @@ impl ConnectionError {
     }
 }
 
-/// A framed, typed connection over any stream (TLS, TCP or a Unix socket).
-#[derive(Debug)]
-pub struct Connection<S> {
-    framed: Framed<S, LengthDelimitedCodec>,
+/// Parses one frame's body.
+fn decode<T: DeserializeOwned>(
+    frame: Option<Result<bytes::BytesMut, io::Error>>,
+) -> Result<Option<T>, ConnectionError> {
+    match frame {
+        None => Ok(None),
+        Some(Err(e)) => Err(ConnectionError::from_codec(e)),
+        Some(Ok(frame)) => serde_json::from_slice(&frame)
+            .map(Some)
+            .map_err(ConnectionError::Malformed),
+    }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
-    pub fn new(stream: S) -> Self {
-        Self {
-            framed: Framed::new(stream, codec()),
-        }
+/// Serialises one message, refusing one that would exceed the frame cap.
+fn encode<T: Serialize>(msg: &T) -> Result<bytes::Bytes, ConnectionError> {
+    let body = serde_json::to_vec(msg).map_err(ConnectionError::Malformed)?;
+    if body.len() > MAX_FRAME_LEN {
+        return Err(ConnectionError::FrameTooLarge);
     }
-
-    /// Reads one message. `Ok(None)` means the peer closed cleanly.
-    pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectionError> {
-        match self.framed.next().await {
-            None => Ok(None),
-            Some(Err(e)) => Err(ConnectionError::from_codec(e)),
-            Some(Ok(frame)) => serde_json::from_slice(&frame)
-                .map(Some)
-                .map_err(ConnectionError::Malformed),
-        }
-    }
-
-    /// Writes one message and flushes it.
-    pub async fn write<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnectionError> {
-        let body = serde_json::to_vec(msg).map_err(ConnectionError::Malformed)?;
-        if body.len() > MAX_FRAME_LEN {
-            return Err(ConnectionError::FrameTooLarge);
-        }
-        self.framed
-            .send(bytes::Bytes::from(body))
-            .await
-            .map_err(ConnectionError::from_codec)
-    }
-
-    /// Queues one message without flushing (for bursts; call [`flush`](Self::flush)).
-    pub async fn feed<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnectionError> {
-        let body = serde_json::to_vec(msg).map_err(ConnectionError::Malformed)?;
-        if body.len() > MAX_FRAME_LEN {
-            return Err(ConnectionError::FrameTooLarge);
-        }
-        self.framed
-            .feed(bytes::Bytes::from(body))
-            .await
-            .map_err(ConnectionError::from_codec)
-    }
-
-    pub async fn flush(&mut self) -> Result<(), ConnectionError> {
-        SinkExt::<bytes::Bytes>::flush(&mut self.framed)
-            .await
-            .map_err(ConnectionError::from_codec)
-    }
-
-    pub fn get_ref(&self) -> &S {
-        self.framed.get_ref()
-    }
-
-    pub fn get_mut(&mut self) -> &mut S {
-        self.framed.get_mut()
-    }
-
-    pub fn into_inner(self) -> S {
-        self.framed.into_inner()
-    }
+    Ok(body.into())
 }
 
 /// The reading half of a split connection.
@@ -129,13 +85,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
     /// Reads one message; `Ok(None)` on a clean close. Cancel-safe: a
     /// partly received frame stays buffered for the next call.
     pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectionError> {
-        match self.inner.next().await {
-            None => Ok(None),
-            Some(Err(e)) => Err(ConnectionError::from_codec(e)),
-            Some(Ok(frame)) => serde_json::from_slice(&frame)
-                .map(Some)
-                .map_err(ConnectionError::Malformed),
-        }
+        decode(self.inner.next().await)
     }
 }
 
@@ -154,14 +104,7 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
 
     /// Writes one message and flushes it.
     pub async fn write<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnectionError> {
-        let body = serde_json::to_vec(msg).map_err(ConnectionError::Malformed)?;
-        if body.len() > MAX_FRAME_LEN {
-            return Err(ConnectionError::FrameTooLarge);
-        }
-        self.inner
-            .send(bytes::Bytes::from(body))
-            .await
-            .map_err(ConnectionError::from_codec)
+        self.inner.send(encode(msg)?).await.map_err(ConnectionError::from_codec)
     }
 
     pub fn get_mut(&mut self) -> &mut W {
@@ -196,25 +139,25 @@ mod tests {
     #[tokio::test]
     async fn round_trip_and_clean_close() {
         let (a, b) = tokio::io::duplex(4096);
-        let mut a = Connection::new(a);
-        let mut b = Connection::new(b);
-        a.write(&serde_json::json!({"x": 1})).await.unwrap();
-        let v: serde_json::Value = b.read().await.unwrap().unwrap();
+        let (_ra, mut wa) = split(a);
+        let (mut rb, _wb) = split(b);
+        wa.write(&serde_json::json!({"x": 1})).await.unwrap();
+        let v: serde_json::Value = rb.read().await.unwrap().unwrap();
         assert_eq!(v["x"], 1);
-        drop(a);
-        assert!(b.read::<serde_json::Value>().await.unwrap().is_none());
+        drop((_ra, wa));
+        assert!(rb.read::<serde_json::Value>().await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn oversized_and_garbage_frames_are_protocol_violations() {
         let (mut raw, b) = tokio::io::duplex(64);
-        let mut b = Connection::new(b);
+        let mut b = MessageReader::new(b);
         raw.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
         let err = b.read::<serde_json::Value>().await.unwrap_err();
         assert!(matches!(err, ConnectionError::FrameTooLarge), "{err:?}");
 
         let (mut raw, b) = tokio::io::duplex(64);
-        let mut b = Connection::new(b);
+        let mut b = MessageReader::new(b);
         raw.write_all(&3u32.to_be_bytes()).await.unwrap();
         raw.write_all(b"{{{").await.unwrap();
         let err = b.read::<serde_json::Value>().await.unwrap_err();
@@ -224,10 +167,18 @@ mod tests {
     #[tokio::test]
     async fn close_inside_a_frame_is_an_error_not_a_clean_close() {
         let (mut raw, b) = tokio::io::duplex(64);
-        let mut b = Connection::new(b);
+        let mut b = MessageReader::new(b);
         raw.write_all(&10u32.to_be_bytes()).await.unwrap();
         raw.write_all(b"{\"a").await.unwrap();
         drop(raw);
         assert!(b.read::<serde_json::Value>().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_cap_is_not_sent() {
+        let (a, _b) = tokio::io::duplex(64);
+        let mut w = MessageWriter::new(a);
+        let big = "x".repeat(MAX_FRAME_LEN + 1);
+        assert!(matches!(w.write(&big).await, Err(ConnectionError::FrameTooLarge)));
     }
 }

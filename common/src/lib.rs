@@ -3,7 +3,7 @@
 //! | module         | what it holds                                                        |
 //! |----------------|----------------------------------------------------------------------|
 //! | [`codec`]      | the frame: a 4-byte length header and a JSON body, capped at 1 MiB   |
-//! | [`connection`] | typed reads and writes of messages over any byte stream              |
+//! | [`connection`] | typed message reader and writer over any byte stream               |
 //! | [`message`]    | the messages: hello/welcome, requests, events, exit statuses        |
 //! | [`service`]    | how a run string becomes an argv, and the identity used to attach    |
 //! | [`config`]     | the original's `key=value` files (`cmappmgr.conf`, `cmappserver.conf`)|

@@ -76,3 +76,16 @@ pub fn manager_conf(dir: &Path, name: &str, private: &Path, trust: &Path, extra:
     .unwrap();
     p
 }
+
+/// Key files as `keygen` writes them: `client.*` in `host`, `server.*` in
+/// `guest`; each side trusts the other's public file, or `ca` when given.
+pub fn from_keygen_dirs(host: &Path, guest: &Path, ca: Option<&Path>) -> Keys {
+    Keys {
+        server_private: guest.join("server.private"),
+        server_public: guest.join("server.public"),
+        client_private: host.join("client.private"),
+        client_public: host.join("client.public"),
+        server_trust: ca.map_or_else(|| host.join("client.public"), Path::to_path_buf),
+        client_trust: ca.map_or_else(|| guest.join("server.public"), Path::to_path_buf),
+    }
+}

@@ -566,14 +566,7 @@ fn keygen_makes_working_pinned_keys_and_refuses_to_overwrite() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 
-    let keys = Keys {
-        server_private: guest.join("server.private"),
-        server_public: guest.join("server.public"),
-        client_private: host.join("client.private"),
-        client_public: host.join("client.public"),
-        server_trust: host.join("client.public"),
-        client_trust: guest.join("server.public"),
-    };
+    let keys = keys::from_keygen_dirs(&host, &guest, None);
     let server = Server::start(&tmp.path().join("srv"), &keys, "");
     let conf = keys::manager_conf(tmp.path(), "m.conf", &keys.client_private, &keys.client_trust, "");
     let mut m = Mgr::spawn(&conf, &server.node(), 5.0, &[], &["/bin/sh", "-c", "exit 8"]);
@@ -654,14 +647,7 @@ fn keygen_ca_mode_issues_working_certificates_for_both_sides() {
             "127.0.0.1",
         ],
     );
-    let keys = Keys {
-        server_private: guest.join("server.private"),
-        server_public: guest.join("server.public"),
-        client_private: host.join("client.private"),
-        client_public: host.join("client.public"),
-        server_trust: ca.join("ca.public"),
-        client_trust: ca.join("ca.public"),
-    };
+    let keys = keys::from_keygen_dirs(&host, &guest, Some(&ca.join("ca.public")));
     let server = Server::start(&tmp.path().join("srv"), &keys, "");
     let conf = keys::manager_conf(tmp.path(), "m.conf", &keys.client_private, &keys.client_trust, "");
     let mut m = Mgr::spawn(&conf, &server.node(), 5.0, &[], &["/bin/sh", "-c", "exit 11"]);
