@@ -8,9 +8,10 @@
 //! | `server` | a real cmappserver on 127.0.0.1:0, cleaned up with its processes  |
 //! | `mgr`    | a real cmappmgr run against a server                              |
 //! | `netpair`| a host and a guest network namespace joined by a veth pair        |
-//! | `libvirt`| a private libvirtd (QEMU driver), test domains, `cmappmgr vm` runs |
+//! | `loopdev`| loop devices over sparse files, and a FUSE file that hangs reads  |
 
 pub mod keys;
+pub mod loopdev;
 pub mod mgr;
 pub mod netpair;
 pub mod output;

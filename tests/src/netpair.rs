@@ -35,7 +35,7 @@ impl NetPair {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}{}", std::process::id() % 100_000, n);
         // A /24 chosen per pair, inside namespaces we own.
-        let subnet = 10 + (std::process::id() % 200) as u8 + n as u8;
+        let subnet = 10 + (std::process::id() + n) % 240;
         let p = NetPair {
             host_ns: format!("cmh{tag}{id}"),
             guest_ns: format!("cmg{tag}{id}"),
@@ -82,7 +82,27 @@ impl NetPair {
             ip(&["-n", ns, "link", "set", "lo", "up"]);
             ip(&["-n", ns, "link", "set", dev, "up"]);
         }
+        // A veth just set up gets its carrier a moment later (the kernel's
+        // link watch): wait until both ends say so.
+        let up = |ns: &str, dev: &str| {
+            Command::new("ip")
+                .args(["-n", ns, "-o", "link", "show", "dev", dev])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(" state UP "))
+        };
+        assert!(
+            crate::wait_until(crate::WAIT, || up(&p.host_ns, &p.host_if)
+                && up(&p.guest_ns, &p.guest_if)),
+            "the veth pair {p:?} did not come up"
+        );
         p
+    }
+
+    /// Runs `ip ARGS` inside the host namespace (`-n`).
+    pub fn host_ip_cmd(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.host_ns.as_str()];
+        all.extend_from_slice(args);
+        ip(&all);
     }
 
     /// Cuts the link (the guest's end goes down; the host's sees no carrier).
