@@ -9,8 +9,10 @@
 //! | `mgr`    | a real cmappmgr run against a server                              |
 //! | `netpair`| a host and a guest network namespace joined by a veth pair        |
 //! | `loopdev`| loop devices over sparse files, and a FUSE file that hangs reads  |
+//! | `libvirt`| a private libvirtd (QEMU driver), test domains, `cmappmgr vm` runs |
 
 pub mod keys;
+pub mod libvirt;
 pub mod loopdev;
 pub mod mgr;
 pub mod netpair;

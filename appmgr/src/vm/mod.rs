@@ -1,7 +1,491 @@
-//! Host-side VM lifecycle hooks (`cmappmgr vm ...`).
+//! Host-side VM lifecycle hooks (`cmappmgr vm ...`): what the original
+//! toolkit's module script (`tkit_module.sh start|stop|validate|guest_monitor`)
+//! and `cmdeployvpkg -m 1|0` do for HP Integrity VM, done for KVM/QEMU guests
+//! managed by libvirt, in the shape of Pacemaker's VirtualDomain agent.
+//!
+//! ```text
+//! cmappmgr vm [--connect URI] [--virsh PATH] [--virsh-timeout SECS] COMMAND ...
+//!
+//!   start GUEST [--timeout SECS] [--check-node NODE [--check-timeout SECS] [--conf PATH]]
+//!               [--tkit-dir DIR] [--package-conf FILE]
+//!       Starts the domain unless it runs (a paused one is resumed) and waits,
+//!       at most --timeout (60 s), until it is running. With --check-node, then
+//!       waits at most --check-timeout (240 s) until the guest's cmappserver
+//!       answers, so the application services that follow do not race the
+//!       guest's boot. Already running is success. Warns if the package is in
+//!       maintenance mode. A failed check leaves the domain running (the
+//!       cluster runs the halt script, which stops it).
+//!
+//!   stop GUEST [--timeout SECS] [--force]
+//!       Graceful shutdown (`virsh shutdown`: ACPI power button, or the guest
+//!       agent if the domain has one), waiting at most --timeout (60 s); then,
+//!       or at once with --force, --timeout 0 or a paused domain, a forced stop
+//!       (`virsh destroy`). Already stopped, or not defined here, is success.
+//!       Not done yet: asking the guest's cmappserver to stop its monitored
+//!       applications before the shutdown.
+//!
+//!   monitor GUEST [--interval SECS] [--no-events] [--max-query-failures N]
+//!                 [--check-node NODE [--check-timeout SECS] [--conf PATH]]
+//!                 [--tkit-dir DIR] [--maintenance-flag yes|no] [--package-conf FILE]
+//!       The package's guest-monitor service. Checks the domain's state every
+//!       --interval seconds (MONITOR_INTERVAL, default 30; fractions allowed)
+//!       and at once on each libvirt lifecycle event (a `virsh event` child;
+//!       polling remains the fallback). Exits 1 when the domain is anything
+//!       but running ("guest vm1 is no longer running (state: shut off)"), is
+//!       no longer defined, its state cannot be read at --max-query-failures
+//!       (3) intervals in a row (libvirtd down), or, with --check-node, its
+//!       cmappserver does not answer within --check-timeout (10 s; asked once
+//!       per interval, the first time one interval after the monitor starts).
+//!       While the maintenance file exists (and MAINTENANCE_FLAG is yes) it
+//!       logs "Maintenance mode is enabled for the package" and fails for
+//!       nothing; once the file is removed it checks again (and fails if the
+//!       domain is not running). Each change of mode is logged. SIGTERM or
+//!       SIGINT ends it with exit 0 and ends its `virsh event` child.
+//!
+//!   validate GUEST [--no-check-files]
+//!       The domain is defined persistently on this host and its definition
+//!       can be read (`virsh dominfo`, `virsh dumpxml`); the disk images,
+//!       block devices and boot files it names exist.
+//!
+//!   maintenance on|off|status GUEST [--tkit-dir DIR] [--maintenance-flag yes|no]
+//!                                   [--package-conf FILE]
+//!       Creates or removes TKIT_DIR/maintenance (`cmdeployvpkg -m 1|0`), or
+//!       prints `on` or `off`. `on` is refused when MAINTENANCE_FLAG is no.
+//! ```
+//!
+//! In a package, e.g. for guest vm1 (an external script's start and stop,
+//! and a service):
+//!
+//! ```text
+//! start:   cmappmgr vm start vm1 --check-node vm1
+//! stop:    cmappmgr vm stop vm1 --timeout 120
+//! service: cmappmgr vm monitor vm1 --package-conf /etc/cmcluster/vm1/vm1.conf
+//! ```
+//!
+//! `--connect` defaults to `$LIBVIRT_DEFAULT_URI`, then `qemu:///system`.
+//! TKIT_DIR defaults to `/etc/cmcluster/GUEST`; TKIT_DIR, MAINTENANCE_FLAG and
+//! MONITOR_INTERVAL can also come from the package configuration file
+//! (`tkit/vtn/vtn/NAME value` lines), see [`tkit`].
+//!
+//! Exit codes: 0 success (and monitor stopped by a signal); 1 failure (the
+//! domain is not running, could not be started, stopped or validated, is not
+//! defined, or maintenance mode is refused); 64 usage error (`--help` exits 0).
+//! Hypervisor errors are reported with the command that failed, e.g.
+//! `virsh --connect qemu:///system start vm1 failed: error: ...`.
+//!
+//! Layout: [`hypervisor`] is the driver trait, [`virsh`] the libvirt driver,
+//! [`tkit`] the package attributes and the maintenance file; one file per
+//! command.
+
+mod hypervisor;
+mod maintenance;
+mod monitor;
+mod start;
+mod stop;
+mod tkit;
+mod validate;
+mod virsh;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use hypervisor::{HvError, Hypervisor};
+
+/// Exit code: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: the operation failed (see the message on stderr).
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code: the command line is wrong (EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+
+/// Why a VM command failed. Every variant says which guest and what was done.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Hypervisor(#[from] HvError),
+    #[error("guest {guest} is not defined on this host: {source}")]
+    NotDefined {
+        guest: String,
+        #[source]
+        source: HvError,
+    },
+    /// The monitor found the guest unhealthy (the original's wording).
+    #[error("Service monitor detected a failure in guest {guest}: {detail}")]
+    GuestFailed { guest: String, detail: String },
+    /// A bad package configuration or toolkit directory.
+    #[error("{0}")]
+    Config(String),
+    /// Anything else, with a full message.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl VmError {
+    /// Wraps a hypervisor error, telling "not defined" apart.
+    fn from_hv(guest: &str, e: HvError) -> VmError {
+        if e.is_not_found() {
+            VmError::NotDefined {
+                guest: guest.to_string(),
+                source: e,
+            }
+        } else {
+            VmError::Hypervisor(e)
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cmappmgr-vm",
+    bin_name = "cmappmgr vm",
+    about = "Start, stop, monitor and validate a libvirt guest run as a cluster package",
+    after_help = "Exit codes: 0 success, 1 failure, 64 usage error."
+)]
+struct Cli {
+    /// libvirt connection URI.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URI",
+        env = "LIBVIRT_DEFAULT_URI",
+        default_value = "qemu:///system"
+    )]
+    connect: String,
+    /// The virsh program.
+    #[arg(long, global = true, value_name = "PATH", default_value = "virsh")]
+    virsh: PathBuf,
+    /// Longest time one virsh call may take, in seconds.
+    #[arg(long, global = true, value_name = "SECS", default_value = "60", value_parser = parse_positive_secs)]
+    virsh_timeout: Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the guest unless it runs; wait until it runs (and its cmappserver answers).
+    Start(StartArgs),
+    /// Shut the guest down gracefully, then force it off after --timeout.
+    Stop(StopArgs),
+    /// Watch the guest until it stops running (the package's guest-monitor service).
+    Monitor(MonitorArgs),
+    /// Check that the guest is defined here and its definition is usable.
+    Validate(ValidateArgs),
+    /// Turn the package's maintenance mode on or off, or show it.
+    Maintenance(MaintenanceArgs),
+}
+
+#[derive(Debug, Args)]
+struct StartArgs {
+    /// The libvirt domain (the package name in the original).
+    guest: String,
+    /// Longest wait for the domain to be running, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_positive_secs)]
+    timeout: Duration,
+    #[command(flatten)]
+    check: CheckArgs,
+    #[command(flatten)]
+    tkit: TkitArgs,
+}
+
+#[derive(Debug, Args)]
+struct StopArgs {
+    guest: String,
+    /// Longest wait for the graceful shutdown before forcing the guest off, in
+    /// seconds (0: force at once).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    timeout: Duration,
+    /// Force the guest off at once (`virsh destroy`), without a graceful shutdown.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct MonitorArgs {
+    guest: String,
+    /// Seconds between checks (MONITOR_INTERVAL; default 30, or the package's).
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
+    interval: Option<Duration>,
+    /// Do not subscribe to libvirt lifecycle events; poll only.
+    #[arg(long)]
+    no_events: bool,
+    /// Fail after this many state queries in a row fail (libvirtd unreachable).
+    #[arg(long, value_name = "N", default_value = "3", value_parser = clap::value_parser!(u32).range(1..))]
+    max_query_failures: u32,
+    #[command(flatten)]
+    check: CheckArgs,
+    #[command(flatten)]
+    tkit: TkitArgs,
+}
+
+#[derive(Debug, Args)]
+struct ValidateArgs {
+    guest: String,
+    /// Do not check that the disk images and boot files exist.
+    #[arg(long)]
+    no_check_files: bool,
+}
+
+#[derive(Debug, Args)]
+struct MaintenanceArgs {
+    action: MaintenanceAction,
+    guest: String,
+    #[command(flatten)]
+    tkit: TkitArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MaintenanceAction {
+    On,
+    Off,
+    Status,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum YesNo {
+    Yes,
+    No,
+}
+
+/// The optional check that the guest's cmappserver answers.
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// The guest's cmappserver (host name or address, optionally :port).
+    #[arg(long, value_name = "NODE")]
+    check_node: Option<String>,
+    /// Longest wait for the guest's cmappserver to answer, in seconds
+    /// (default: 240 for start, 10 for monitor).
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
+    check_timeout: Option<Duration>,
+    /// cmappmgr's configuration (keys and trust stores for the check).
+    #[arg(long, value_name = "PATH", default_value = "/etc/cmappmgr.conf")]
+    conf: PathBuf,
+}
+
+impl CheckArgs {
+    fn guest_check(&self, default_timeout: Duration) -> Option<GuestCheck> {
+        self.check_node.as_ref().map(|node| GuestCheck {
+            node: node.clone(),
+            conf: self.conf.clone(),
+            timeout: self.check_timeout.unwrap_or(default_timeout),
+        })
+    }
+}
+
+/// The toolkit's package attributes (see [`tkit`]).
+#[derive(Debug, Args)]
+struct TkitArgs {
+    /// The package directory holding the maintenance file (TKIT_DIR;
+    /// default /etc/cmcluster/GUEST).
+    #[arg(long, value_name = "DIR")]
+    tkit_dir: Option<PathBuf>,
+    /// Whether the package may run in maintenance mode (MAINTENANCE_FLAG; default yes).
+    #[arg(long, value_name = "yes|no", ignore_case = true)]
+    maintenance_flag: Option<YesNo>,
+    /// A Serviceguard package configuration file to read TKIT_DIR,
+    /// MAINTENANCE_FLAG and MONITOR_INTERVAL from.
+    #[arg(long, value_name = "FILE")]
+    package_conf: Option<PathBuf>,
+}
+
+impl TkitArgs {
+    fn resolve(&self, guest: &str) -> Result<tkit::Toolkit, VmError> {
+        tkit::Toolkit::resolve(
+            guest,
+            &tkit::Overrides {
+                tkit_dir: self.tkit_dir.clone(),
+                maintenance_flag: self.maintenance_flag.map(|f| f == YesNo::Yes),
+                package_conf: self.package_conf.clone(),
+            },
+        )
+    }
+}
+
+/// Wait for the guest's cmappserver to answer.
+#[derive(Debug, Clone)]
+pub struct GuestCheck {
+    pub node: String,
+    pub conf: PathBuf,
+    pub timeout: Duration,
+}
+
+impl GuestCheck {
+    /// Asks the guest's cmappserver once (the client retries until the
+    /// timeout); bounded even if the client overruns it.
+    async fn ask(&self) -> Result<common::message::Welcome, String> {
+        let grace = Duration::from_secs(5);
+        match tokio::time::timeout(
+            self.timeout + grace,
+            crate::client::check_node(&self.node, &self.conf, self.timeout),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {} s", self.timeout.as_secs_f64())),
+        }
+    }
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if secs == 0.0 {
+        return Ok(Duration::ZERO);
+    }
+    tkit::positive_secs(secs).ok_or_else(|| format!("{s:?} is not a non-negative number of seconds"))
+}
+
+fn parse_positive_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    tkit::positive_secs(secs).ok_or_else(|| format!("{s:?} is not a positive number of seconds"))
+}
+
+/// A current-thread runtime for the async parts (signals, events, the
+/// cmappserver check).
+fn runtime() -> Result<tokio::runtime::Runtime, VmError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| VmError::Failed(format!("cannot start the async runtime: {e}")))
+}
 
 /// Runs `cmappmgr vm` with the arguments after `vm`; returns the exit code.
-pub fn main(_args: Vec<String>) -> i32 {
-    eprintln!("cmappmgr vm: not implemented yet");
-    70
+pub fn main(args: Vec<String>) -> i32 {
+    let cli = match Cli::try_parse_from(std::iter::once("cmappmgr vm".to_string()).chain(args)) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => EXIT_OK,
+                _ => EXIT_USAGE,
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    // A no-op if the program already installed its subscriber.
+    common::logging::init("cmappmgr", common::logging::Verbosity::Normal, true);
+    match run(cli) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            tracing::error!("{e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), VmError> {
+    let hv = Arc::new(virsh::Virsh::new(cli.virsh, cli.connect, cli.virsh_timeout));
+    match cli.command {
+        Command::Start(a) => {
+            let tkit = a.tkit.resolve(&a.guest)?;
+            let opts = start::StartOptions {
+                timeout: a.timeout,
+                check: a.check.guest_check(Duration::from_secs(240)),
+            };
+            start::run(hv.as_ref(), &a.guest, &tkit, &opts)
+        }
+        Command::Stop(a) => {
+            let opts = stop::StopOptions {
+                timeout: a.timeout,
+                force: a.force,
+            };
+            stop::run(hv.as_ref(), &a.guest, &opts)
+        }
+        Command::Monitor(a) => {
+            let tkit = a.tkit.resolve(&a.guest)?;
+            let opts = monitor::MonitorOptions {
+                interval: a
+                    .interval
+                    .or(tkit.monitor_interval)
+                    .unwrap_or(tkit::DEFAULT_MONITOR_INTERVAL),
+                events: !a.no_events,
+                max_query_failures: a.max_query_failures,
+                check: a.check.guest_check(Duration::from_secs(10)),
+            };
+            let hv: Arc<dyn Hypervisor> = hv;
+            monitor::run(hv, a.guest, tkit, opts)
+        }
+        Command::Validate(a) => validate::run(hv.as_ref(), &a.guest, !a.no_check_files),
+        Command::Maintenance(a) => {
+            let tkit = a.tkit.resolve(&a.guest)?;
+            let action = match a.action {
+                MaintenanceAction::On => maintenance::Action::On,
+                MaintenanceAction::Off => maintenance::Action::Off,
+                MaintenanceAction::Status => maintenance::Action::Status,
+            };
+            maintenance::run(action, &a.guest, &tkit)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cmappmgr vm").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn options_and_defaults() {
+        let cli = parse(&["monitor", "vm1", "--interval", "0.5", "--connect", "test:///default"]).unwrap();
+        assert_eq!(cli.connect, "test:///default");
+        let Command::Monitor(m) = cli.command else { panic!() };
+        assert_eq!(m.interval, Some(Duration::from_millis(500)));
+        assert_eq!(m.check.check_timeout, None);
+        assert_eq!(m.check.conf, PathBuf::from("/etc/cmappmgr.conf"));
+
+        let Command::Start(s) = parse(&["start", "vm1"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(s.timeout, Duration::from_secs(60));
+        assert!(s.check.guest_check(Duration::from_secs(240)).is_none());
+        let Command::Start(s) = parse(&["start", "vm1", "--check-node", "g1"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(
+            s.check.guest_check(Duration::from_secs(240)).unwrap().timeout,
+            Duration::from_secs(240)
+        );
+
+        let Command::Stop(s) = parse(&["stop", "vm1", "--timeout", "0"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(s.timeout, Duration::ZERO);
+
+        let Command::Maintenance(m) = parse(&["maintenance", "on", "vm1", "--maintenance-flag", "NO"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(m.action, MaintenanceAction::On);
+        assert_eq!(m.tkit.maintenance_flag, Some(YesNo::No));
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        assert!(parse(&["monitor", "vm1", "--interval", "0"]).is_err());
+        assert!(parse(&["monitor", "vm1", "--interval", "-1"]).is_err());
+        assert!(parse(&["stop", "vm1", "--timeout", "soon"]).is_err());
+        assert!(parse(&["maintenance", "maybe", "vm1"]).is_err());
+        assert_eq!(main(vec!["frobnicate".into()]), EXIT_USAGE);
+        assert_eq!(main(vec![]), EXIT_USAGE);
+        assert_eq!(main(vec!["--help".into()]), EXIT_OK);
+    }
 }
