@@ -10,6 +10,7 @@
 //! | `netpair`| a host and a guest network namespace joined by a veth pair        |
 //! | `loopdev`| loop devices over sparse files, and a FUSE file that hangs reads  |
 //! | `libvirt`| a private libvirtd (QEMU driver), test domains, `cmappmgr vm` runs |
+//! | `qemu`   | QEMU guests running cmappserver on bridges in a namespace, QMP   |
 
 pub mod keys;
 pub mod libvirt;
@@ -17,6 +18,7 @@ pub mod loopdev;
 pub mod mgr;
 pub mod netpair;
 pub mod output;
+pub mod qemu;
 pub mod server;
 
 use std::path::PathBuf;

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -17,20 +18,52 @@ pub struct Mgr {
     status: Option<std::process::ExitStatus>,
 }
 
+/// The legacy monitoring form's arguments:
+/// `-node NODE -cmappserver_timeout T --conf CONF --no_syslog [extra...] -service RUN...`.
+pub fn monitor_args(conf: &Path, node: &str, timeout: f64, extra: &[&str], run: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "-node".into(),
+        node.into(),
+        "-cmappserver_timeout".into(),
+        timeout.to_string(),
+    ];
+    args.extend(["--conf".to_string(), conf.display().to_string(), "--no_syslog".into()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push("-service".into());
+    args.extend(run.iter().map(|s| s.to_string()));
+    args
+}
+
 impl Mgr {
-    /// `cmappmgr -node NODE -cmappserver_timeout T --conf CONF [extra...] -service RUN...`
+    /// The legacy monitoring form (see [`monitor_args`]).
     pub fn spawn(conf: &Path, node: &str, timeout: f64, extra: &[&str], run: &[&str]) -> Mgr {
-        let mut args: Vec<String> = vec![
-            "-node".into(),
-            node.into(),
-            "-cmappserver_timeout".into(),
-            timeout.to_string(),
-        ];
-        args.extend(["--conf".to_string(), conf.display().to_string(), "--no_syslog".into()]);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args.push("-service".into());
-        args.extend(run.iter().map(|s| s.to_string()));
-        Self::spawn_args(&args)
+        Self::spawn_args(&monitor_args(conf, node, timeout, extra, run))
+    }
+
+    /// Runs cmappmgr to completion (bounded by `limit`); returns its exit code and the run.
+    pub fn run_in<S: AsRef<std::ffi::OsStr>>(netns: Option<&str>, args: &[S], limit: Duration) -> (i32, Mgr) {
+        let mut m = Self::spawn_in(netns, args);
+        let code = m.code_within(limit);
+        (code, m)
+    }
+
+    /// Waits for a line containing `needle` on stderr or stdout; panics with both if none comes.
+    pub fn expect_line(&self, needle: &str, limit: Duration) -> String {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(l) = self.err.wait_for(needle, Duration::from_millis(50)) {
+                return l;
+            }
+            if let Some(l) = self.out.wait_for(needle, Duration::ZERO) {
+                return l;
+            }
+            assert!(
+                Instant::now() < end,
+                "cmappmgr printed no line with {needle:?} within {limit:?}; stdout:\n{}\nstderr:\n{}",
+                self.out.text(),
+                self.err.text()
+            );
+        }
     }
 
     /// cmappmgr with exactly these arguments.
@@ -77,18 +110,18 @@ impl Mgr {
         self.code_within(crate::WAIT)
     }
 
-    pub fn code_within(&mut self, limit: std::time::Duration) -> i32 {
+    pub fn code_within(&mut self, limit: Duration) -> i32 {
         if self.status.is_none() {
-            let end = std::time::Instant::now() + limit;
+            let end = Instant::now() + limit;
             while self.status.is_none() {
                 self.status = self.child.try_wait().unwrap();
                 if self.status.is_none() {
                     assert!(
-                        std::time::Instant::now() < end,
+                        Instant::now() < end,
                         "cmappmgr did not exit in {limit:?}; stderr:\n{}",
                         self.err.text()
                     );
-                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    std::thread::sleep(Duration::from_millis(2));
                 }
             }
             self.err.wait_closed(crate::WAIT);

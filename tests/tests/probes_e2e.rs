@@ -7,21 +7,10 @@ use std::path::Path;
 
 use cmapp_tests::keys;
 use cmapp_tests::loopdev::{sparse_file, LoopDev};
-use cmapp_tests::mgr::Mgr;
+use cmapp_tests::mgr::{monitor_args, Mgr};
 use cmapp_tests::netpair::NetPair;
 use cmapp_tests::server::Server;
 use cmapp_tests::{require_root, wait_until, WAIT};
-
-fn monitor_args(conf: &Path, node: &str, run: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = ["-node", node, "-cmappserver_timeout", "10", "--conf"]
-        .map(String::from)
-        .to_vec();
-    a.push(conf.display().to_string());
-    a.push("--no_syslog".into());
-    a.push("-service".into());
-    a.extend(run.iter().map(|s| s.to_string()));
-    a
-}
 
 fn file_contains(path: &Path, needle: &str) -> bool {
     std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle))
@@ -64,7 +53,10 @@ fn lan_probe_through_cmappmgr_fails_the_service_and_fills_the_host_log() {
         "--polling_interval",
         "0.2",
     ];
-    let mut m = Mgr::spawn_in(Some(&net.host_ns), &monitor_args(&conf, &server.node(), &run));
+    let mut m = Mgr::spawn_in(
+        Some(&net.host_ns),
+        &monitor_args(&conf, &server.node(), 10.0, &[], &run),
+    );
     m.err
         .wait_for("started", WAIT)
         .unwrap_or_else(|| panic!("{}", m.err.text()));
@@ -107,7 +99,7 @@ fn disk_probe_through_cmappmgr_fails_the_service_naming_the_device() {
         "0.2",
         &name,
     ];
-    let mut m = Mgr::spawn_args(&monitor_args(&conf, &server.node(), &run));
+    let mut m = Mgr::spawn_args(&monitor_args(&conf, &server.node(), 10.0, &[], &run));
     m.err
         .wait_for("started", WAIT)
         .unwrap_or_else(|| panic!("{}", m.err.text()));
@@ -143,7 +135,7 @@ fn an_unopenable_host_log_file_is_refused_before_anything_runs() {
         "/nonexistent/dir/x.log",
         "/dev/null",
     ];
-    let mut m = Mgr::spawn_args(&monitor_args(&conf, &server.node(), &run));
+    let mut m = Mgr::spawn_args(&monitor_args(&conf, &server.node(), 10.0, &[], &run));
     assert_eq!(m.code(), 78, "{}", m.err.text());
     assert!(
         m.err.contains("cannot open the host log file /nonexistent/dir/x.log"),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cmapp_tests::keys::{self, Keys};
-use cmapp_tests::mgr::Mgr;
+use cmapp_tests::mgr::{monitor_args, Mgr};
 use cmapp_tests::netpair::NetPair;
 use cmapp_tests::server::Server;
 use cmapp_tests::{alive, wait_until, WAIT};
@@ -203,21 +203,6 @@ fn after_a_guest_reboot_a_reattaching_manager_is_told_its_process_is_gone() {
         .unwrap_or_else(|| panic!("{}", again.err.text()));
 }
 
-fn monitor_args(conf: &Path, node: &str, timeout: f64, run: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "-node".into(),
-        node.into(),
-        "-cmappserver_timeout".into(),
-        timeout.to_string(),
-        "--conf".into(),
-        conf.display().to_string(),
-        "--no_syslog".into(),
-        "-service".into(),
-    ];
-    a.extend(run.iter().map(|s| s.to_string()));
-    a
-}
-
 #[test]
 fn a_short_partition_is_invisible_and_a_long_one_ends_the_manager_at_the_timeout() {
     let net = NetPair::new("p");
@@ -243,7 +228,7 @@ fn a_short_partition_is_invisible_and_a_long_one_ends_the_manager_at_the_timeout
         "pingInterval=0.25\n",
     );
     let run = ["/bin/sh", "-c", &waits_for(&flag, 12)];
-    let mut m = Mgr::spawn_in(Some(&net.host_ns), &monitor_args(&conf, &node, timeout, &run));
+    let mut m = Mgr::spawn_in(Some(&net.host_ns), &monitor_args(&conf, &node, timeout, &[], &run));
     let pid = pid_in(
         &m.err
             .wait_for("started", WAIT)
@@ -277,7 +262,7 @@ fn a_short_partition_is_invisible_and_a_long_one_ends_the_manager_at_the_timeout
 
     // After the link comes back, a new manager re-attaches to it and gets its exit code.
     net.heal();
-    let mut again = Mgr::spawn_in(Some(&net.host_ns), &monitor_args(&conf, &node, timeout, &run));
+    let mut again = Mgr::spawn_in(Some(&net.host_ns), &monitor_args(&conf, &node, timeout, &[], &run));
     let line = again
         .err
         .wait_for("attached to running", WAIT)
