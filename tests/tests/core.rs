@@ -315,47 +315,35 @@ fn check_and_status_report_the_server() {
     );
 }
 
+/// `cmappserver --check-config --conf CONF`: its exit code and stderr.
+fn check_config(conf: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(cmapp_tests::bin("cmappserver"))
+        .args(["--check-config", "--conf"])
+        .arg(conf)
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 #[test]
 fn check_config_reports_every_problem() {
     let f = fixture("");
-    let bin = cmapp_tests::bin("cmappserver");
-    let ok = std::process::Command::new(&bin)
-        .args(["--check-config", "--conf"])
-        .arg(&f.server.conf)
-        .output()
-        .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let (code, err) = check_config(&f.server.conf);
+    assert_eq!(code, Some(0), "{err}");
 
     let bad = f.dir.join("bad.conf");
-    std::fs::write(
-        &bad,
-        "keyStore=/nonexistent/server.private\ntrustStore=/nonexistent/client.public\nbogus=1\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(&bin)
-        .args(["--check-config", "--conf"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let missing = "keyStore=/nonexistent/server.private\ntrustStore=/nonexistent/client.public\n";
+    std::fs::write(&bad, format!("{missing}bogus=1\n")).unwrap();
+    let (code, err) = check_config(&bad);
+    assert_eq!(code, Some(1));
     assert!(
         err.contains(&format!("{}:3: unknown key \"bogus\"", bad.display())),
         "{err}"
     );
 
-    std::fs::write(
-        &bad,
-        "keyStore=/nonexistent/server.private\ntrustStore=/nonexistent/client.public\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(&bin)
-        .args(["--check-config", "--conf"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    std::fs::write(&bad, missing).unwrap();
+    let (code, err) = check_config(&bad);
+    assert_eq!(code, Some(1));
     assert!(
         err.contains("/nonexistent/server.private") && err.contains("/nonexistent/client.public"),
         "both problems: {err}"

@@ -138,21 +138,7 @@ async fn run(dir: &Path) -> Result<(), String> {
         Ok(c) => c,
         Err(e) => {
             let status = spawn_failure(&e, &meta.argv[0]);
-            let exited_at_ms = now_ms();
-            state::write_json(
-                dir,
-                state::EXIT,
-                &ExitRecord {
-                    status: status.clone(),
-                    exited_at_ms,
-                },
-            )
-            .map_err(|e| format!("cannot record exit: {e}"))?;
-            let _ = std::fs::remove_file(&sock_path);
-            Link::start(first, 0, started_at_ms)
-                .finish(ShimEvent::Exited { status, exited_at_ms })
-                .await;
-            return Ok(());
+            return record_exit(dir, Some(Link::start(first, 0, started_at_ms)), status, now_ms()).await;
         }
     };
     let pid = child.id().unwrap_or(0);
@@ -216,6 +202,12 @@ async fn run(dir: &Path) -> Result<(), String> {
             forward(&link, &mut dropped, Some(line));
         }
     }
+    record_exit(dir, link, status, exited_at_ms).await
+}
+
+/// Records the exit in `exit.json` (first: it must survive whatever happens
+/// next), removes the socket, and tells the connected server, if any.
+async fn record_exit(dir: &Path, link: Option<Link>, status: ExitStatus, exited_at_ms: u64) -> Result<(), String> {
     state::write_json(
         dir,
         state::EXIT,
@@ -225,7 +217,7 @@ async fn run(dir: &Path) -> Result<(), String> {
         },
     )
     .map_err(|e| format!("cannot record exit status {status}: {e}"))?;
-    let _ = std::fs::remove_file(&sock_path);
+    let _ = std::fs::remove_file(dir.join(state::SOCK));
     if let Some(link) = link {
         link.finish(ShimEvent::Exited { status, exited_at_ms }).await;
     }
