@@ -32,6 +32,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::output::Lines;
+use crate::qemu::Kernel;
 use crate::{alive, require_root, wait_until};
 
 /// What a machine needs for these tests (the CI script does this).
@@ -387,7 +388,8 @@ fn domain(name: &str, os: &str, mib: u32, devices: &str) -> String {
 
 /// A kernel and an initramfs whose init prints `CMAPP-GUEST-READY` on the
 /// console once it watches the ACPI power button, and powers off when it is
-/// pressed (see `tests/fixtures/vm/init`).
+/// pressed (see `tests/fixtures/vm/init`). The kernel is the Debian cloud
+/// kernel the QEMU guest tests use, from their cache ([`crate::qemu::Kernel`]).
 #[derive(Debug, Clone)]
 pub struct GuestImage {
     pub kernel: PathBuf,
@@ -398,35 +400,23 @@ pub struct GuestImage {
 pub const GUEST_READY: &str = "CMAPP-GUEST-READY";
 
 impl GuestImage {
-    /// Builds the image in `out`. `kernel_dir` holds a Debian cloud kernel as
-    /// `tests/fixtures/vm/fetch-kernel.sh` leaves it (`vmlinuz`, `modules/`);
-    /// the script is run if it is not there yet. `fixtures` is
-    /// `tests/fixtures/vm`.
-    pub fn build(fixtures: &Path, kernel_dir: &Path, out: &Path) -> GuestImage {
-        let kernel = kernel_dir.join("vmlinuz");
-        if !kernel.exists() || !kernel_dir.join("modules/button.ko").exists() {
-            let script = fixtures.join("fetch-kernel.sh");
-            let st = Command::new("sh")
-                .arg(&script)
-                .arg(kernel_dir)
-                .status()
-                .expect("run fetch-kernel.sh");
-            assert!(
-                st.success() && kernel.exists(),
-                "{} {} failed ({st}): the graceful-stop test needs a Debian cloud kernel \
-                 (apt-get download linux-image-*-cloud-amd64 needs the apt lists and the network)",
-                script.display(),
-                kernel_dir.display()
-            );
-        }
+    /// Builds the image in `out` around `kernel` (see
+    /// [`crate::qemu::Kernel::cached`]), with its
+    /// [`POWER_BUTTON_MODULES`](crate::qemu::Kernel::POWER_BUTTON_MODULES).
+    /// `fixtures` is `tests/fixtures/vm`.
+    pub fn build(fixtures: &Path, kernel: &Kernel, out: &Path) -> GuestImage {
         let busybox = which("busybox").expect("busybox is not installed: install busybox-static");
         let root = out.join("initramfs");
         for sub in ["bin", "proc", "sys", "dev", "lib/modules"] {
             std::fs::create_dir_all(root.join(sub)).unwrap();
         }
         std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
-        for m in ["button.ko", "evdev.ko"] {
-            std::fs::copy(kernel_dir.join("modules").join(m), root.join("lib/modules").join(m)).unwrap();
+        // At /lib/modules/NAME.ko, where the init loads them (in its own order).
+        for m in Kernel::POWER_BUTTON_MODULES {
+            let m = format!("{m}.ko");
+            let from = kernel.modules.join(&m);
+            std::fs::copy(&from, root.join("lib/modules").join(&m))
+                .unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
         }
         std::fs::copy(fixtures.join("init"), root.join("init")).unwrap();
         let initrd = out.join("initrd.cpio");
@@ -443,7 +433,10 @@ impl GuestImage {
             .status()
             .expect("run busybox cpio");
         assert!(st.success(), "building the initramfs failed ({st})");
-        GuestImage { kernel, initrd }
+        GuestImage {
+            kernel: kernel.vmlinuz.clone(),
+            initrd,
+        }
     }
 }
 

@@ -4,7 +4,9 @@
 //! * [`Kernel`]: a Debian cloud kernel (`apt-get download` of the versioned
 //!   `linux-image-*-cloud-amd64` package that `linux-image-cloud-amd64`
 //!   depends on, unpacked with `dpkg-deb -x`), cached under
-//!   `target/guest-cache/` so that only the first run downloads it;
+//!   `target/guest-cache/` so that only the first run downloads it. The VM
+//!   lifecycle tests' guest (`crate::libvirt::GuestImage`) boots the same
+//!   cached kernel, with its power-button modules;
 //! * [`Image`]: that kernel and an initramfs written here (a `newc` cpio
 //!   archive) with busybox-static, a stripped copy of `cmappserver`, the
 //!   libraries `ldd` names, the virtio modules, key material and
@@ -161,19 +163,25 @@ fn run_ok(cmd: &mut Command, limit: Duration) -> String {
 // ---------------------------------------------------------------------------
 // The kernel
 
-/// A Debian cloud kernel and the modules the guest loads, unpacked in the cache.
+/// A Debian cloud kernel and the modules the test guests load, unpacked in
+/// the cache: the virtio modules of this module's guests
+/// ([`Kernel::MODULES`]) and the power-button modules of the VM lifecycle
+/// tests' guest ([`Kernel::POWER_BUTTON_MODULES`]).
 #[derive(Debug, Clone)]
 pub struct Kernel {
     /// `6.1.0-56-cloud-amd64`: what `uname -r` says in the guest.
     pub version: String,
     pub vmlinuz: PathBuf,
-    /// Flat directory of `NAME.ko` files.
+    /// Flat directory of `NAME.ko` files, uncompressed: every module of
+    /// [`Kernel::MODULES`] and [`Kernel::POWER_BUTTON_MODULES`].
     pub modules: PathBuf,
 }
 
 impl Kernel {
-    /// The modules the guest needs, in load order (the package has no
-    /// modules.dep the initramfs could use).
+    /// The modules this module's guest needs, in load order (the package has
+    /// no modules.dep the initramfs could use): `tests/fixtures/guest/init`
+    /// loads them in this order, and [`Image`] puts exactly these in its
+    /// initramfs.
     pub const MODULES: &'static [&'static str] = &[
         "virtio_ring",
         "virtio",
@@ -186,9 +194,21 @@ impl Kernel {
         "virtio-rng",
     ];
 
+    /// The modules the VM lifecycle tests' guest needs to see the ACPI power
+    /// button (`crate::libvirt::GuestImage`), in the order
+    /// `tests/fixtures/vm/init` loads them: evdev, then the button driver.
+    /// Neither depends on the other or on the virtio modules.
+    pub const POWER_BUTTON_MODULES: &'static [&'static str] = &["evdev", "button"];
+
+    /// Every module the cache holds.
+    fn cached_modules() -> impl Iterator<Item = &'static str> {
+        Self::MODULES.iter().chain(Self::POWER_BUTTON_MODULES).copied()
+    }
+
     /// The cached kernel in `cache/kernel/`, downloaded first if it is not
-    /// there. Test processes running at the same time take turns on a lock
-    /// file, so the package is downloaded once.
+    /// there (or lacks a module, as a cache made before a module was added
+    /// does). Test processes running at the same time, of any test binary,
+    /// take turns on a lock file, so the package is downloaded once.
     pub fn cached(cache: &Path) -> Kernel {
         std::fs::create_dir_all(cache).expect("create the guest cache directory");
         let lock = File::create(cache.join("lock")).expect("create the cache lock file");
@@ -224,7 +244,11 @@ impl Kernel {
         std::fs::copy(tree.join(format!("boot/vmlinuz-{version}")), staged.join("vmlinuz"))
             .unwrap_or_else(|e| panic!("{package} has no boot/vmlinuz-{version}: {e}"));
         let module_root = tree.join(format!("lib/modules/{version}"));
-        for m in Self::MODULES {
+        // Found by file name anywhere in the tree: a kernel's module names
+        // are unique (its build refuses two modules with one name), so the
+        // name alone says which file it is, wherever the kernel keeps it
+        // (button.ko is kernel/drivers/acpi/, evdev.ko kernel/drivers/input/).
+        for m in Self::cached_modules() {
             let to = staged.join("modules").join(format!("{m}.ko"));
             // Plain in Debian 12's kernels; compressed ones are unpacked here.
             if let Some(f) = find_file(&module_root, &format!("{m}.ko")) {
@@ -266,10 +290,7 @@ impl Kernel {
             vmlinuz: dir.join("vmlinuz"),
             modules: dir.join("modules"),
         };
-        let all = k.vmlinuz.is_file()
-            && Self::MODULES
-                .iter()
-                .all(|m| k.modules.join(format!("{m}.ko")).is_file());
+        let all = k.vmlinuz.is_file() && Self::cached_modules().all(|m| k.modules.join(format!("{m}.ko")).is_file());
         all.then_some(k)
     }
 
