@@ -3,16 +3,18 @@
 //!
 //! Syslog goes through the `syslog` crate to the local socket (`/dev/log`);
 //! where there is none (a minimal container or initramfs) the program logs to
-//! stderr only and says so once at debug level. `RUST_LOG` refines the level.
+//! stderr only and says so once at debug level. `RUST_LOG` (a level, or
+//! `target=level` pairs) refines the level.
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::Layer;
 
 type SyslogLogger = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
 
@@ -81,7 +83,12 @@ pub fn init(program: &str, verbosity: Verbosity, use_syslog: bool) {
         Verbosity::Normal => "info",
         Verbosity::Debug => "debug",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // `RUST_LOG` in its simple forms (`debug`, `warn,common=debug`); a
+    // per-target filter without regular expressions keeps both binaries small.
+    let filter: Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| default.parse().expect("a level name parses"));
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
