@@ -194,13 +194,57 @@ pub fn wait_child(c: &mut Child) -> Option<ExitStatus> {
     }
 }
 
+/// Pids of the processes whose command line contains `needle`, and of their children.
+fn shims_and_children(needle: &str) -> Vec<(u32, Vec<u32>)> {
+    let mut procs: Vec<(u32, u32, String)> = Vec::new(); // pid, ppid, cmdline
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok());
+        procs.push((
+            pid,
+            ppid.unwrap_or(0),
+            String::from_utf8_lossy(&cmdline).replace('\0', " "),
+        ));
+    }
+    procs
+        .iter()
+        .filter(|(_, _, cmd)| cmd.contains(" shim ") && cmd.contains(needle))
+        .map(|(shim, _, _)| {
+            (
+                *shim,
+                procs
+                    .iter()
+                    .filter(|(_, pp, _)| pp == shim)
+                    .map(|(p, _, _)| *p)
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
-        // Monitored processes outlive the server by design: end them here.
+        // Monitored processes outlive the server by design: end them here,
+        // from the state directory's records and, should those be gone
+        // already, from the process table.
         for r in self.recorded() {
             let _ = killpg(Pid::from_raw(r.pid as i32), Signal::SIGKILL);
             let _ = kill(Pid::from_raw(r.shim_pid as i32), Signal::SIGKILL);
+        }
+        for (shim, children) in shims_and_children(&self.state_dir.display().to_string()) {
+            for c in children {
+                let _ = killpg(Pid::from_raw(c as i32), Signal::SIGKILL);
+            }
+            let _ = kill(Pid::from_raw(shim as i32), Signal::SIGKILL);
         }
     }
 }

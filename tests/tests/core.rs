@@ -11,12 +11,14 @@ use cmapp_tests::server::Server;
 use cmapp_tests::{alive, wait_until, WAIT};
 use nix::sys::signal::Signal;
 
+/// Fields drop in order: the server (and the processes it started) before
+/// the temporary directory that holds its state.
 struct Fixture {
-    _tmp: tempfile::TempDir,
+    server: Server,
     dir: PathBuf,
     keys: Keys,
-    server: Server,
     conf: PathBuf,
+    _tmp: tempfile::TempDir,
 }
 
 fn fixture(extra: &str) -> Fixture {

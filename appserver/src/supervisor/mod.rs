@@ -153,6 +153,8 @@ struct Table {
     /// Exited processes in the order they ended, for the history bound.
     exited: VecDeque<Arc<Proc>>,
     shutting_down: bool,
+    /// Launches past the limit check whose process is not in `by_key` yet.
+    spawning: usize,
 }
 
 /// The process table.
@@ -162,10 +164,13 @@ pub struct Supervisor {
     limits: Limits,
     exe: PathBuf,
     table: Mutex<Table>,
-    /// Serialises launches so that two managers launching the same service
-    /// at once start it once.
-    launch_lock: tokio::sync::Mutex<()>,
+    /// One lock per service being launched, so that two managers launching
+    /// the same service at once start it once, while different services
+    /// start in parallel.
+    launching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     seq: AtomicU64,
+    /// Record directories to delete, handed to one long-lived thread.
+    janitor: Mutex<std::sync::mpsc::Sender<PathBuf>>,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
@@ -183,11 +188,24 @@ impl Supervisor {
             limits,
             exe,
             table: Mutex::new(Table::default()),
-            launch_lock: tokio::sync::Mutex::new(()),
+            launching: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
+            janitor: Mutex::new(janitor()),
         });
         sup.recover().await;
         sup
+    }
+
+    /// Deletes a record directory on the janitor thread.
+    fn remove_later(&self, dir: PathBuf) {
+        let sent = self
+            .janitor
+            .lock()
+            .map(|j| j.send(dir.clone()).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -218,9 +236,10 @@ impl Supervisor {
     pub async fn launch(self: &Arc<Self>, req: Launch, sub: Subscriber) -> Result<Started, ErrorReply> {
         let spec = ServiceSpec::parse(req.run, req.name).map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
         let key = spec.key();
-        let _guard = self.launch_lock.lock().await;
+        let slot = LaunchSlot::take(self, &key);
+        let _guard = slot.lock.lock().await;
         {
-            let table = self.table();
+            let mut table = self.table();
             if let Some(p) = table.by_key.get(&key) {
                 if req.attach_only.as_ref().is_some_and(|id| *id != p.id) {
                     return Err(gone(&spec));
@@ -237,17 +256,20 @@ impl Supervisor {
                 ));
             }
             let running = table.by_key.values().filter(|p| p.is_running()).count();
-            if running >= self.limits.max_processes {
+            if running + table.spawning >= self.limits.max_processes {
                 return Err(err(
                     ErrorKind::Limit,
                     format!("limit of {} monitored processes reached", self.limits.max_processes),
                 ));
             }
+            table.spawning += 1;
         }
+        let counted = Spawning(self);
         // The subscriber is attached before the shim's first line can arrive.
         let (proc, started) = self.spawn(&spec, key, sub).await?;
         let exited = !proc.is_running();
         self.table().by_key.insert(proc.key.clone(), proc.clone());
+        drop(counted);
         if exited {
             self.table().exited.push_back(proc.clone());
             self.enforce_history();
@@ -403,7 +425,7 @@ impl Supervisor {
                     old.display,
                     self.limits.exit_history
                 );
-                let _ = std::fs::remove_dir_all(&old.dir);
+                self.remove_later(old.dir.clone());
             }
         }
     }
@@ -452,7 +474,9 @@ impl Supervisor {
         table.by_key.remove(&proc.key);
         table.exited.retain(|p| !Arc::ptr_eq(p, &proc));
         drop(table);
-        let _ = std::fs::remove_dir_all(&proc.dir);
+        // Off the reply path: the manager exits on the reply, and removing a
+        // directory can wait on the disk (ids are unique; nothing reuses it).
+        self.remove_later(proc.dir.clone());
         Ok(())
     }
 
@@ -540,6 +564,58 @@ impl Supervisor {
             }
         }
         self.enforce_history();
+    }
+}
+
+/// Starts the thread that deletes record directories off the request path.
+fn janitor() -> std::sync::mpsc::Sender<PathBuf> {
+    let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+    let spawned = std::thread::Builder::new().name("janitor".into()).spawn(move || {
+        for dir in rx {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the janitor thread ({e}); records are deleted inline");
+    }
+    tx
+}
+
+/// One launch counted in `Table::spawning` until dropped (also on error or cancellation).
+struct Spawning<'a>(&'a Supervisor);
+
+impl Drop for Spawning<'_> {
+    fn drop(&mut self) {
+        self.0.table().spawning -= 1;
+    }
+}
+
+/// A service's launch lock, removed from the map by the last one to let go.
+struct LaunchSlot<'a> {
+    sup: &'a Supervisor,
+    key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> LaunchSlot<'a> {
+    fn take(sup: &'a Supervisor, key: &str) -> LaunchSlot<'a> {
+        let mut map = sup.launching.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = map.entry(key.to_string()).or_default().clone();
+        LaunchSlot {
+            sup,
+            key: key.to_string(),
+            lock,
+        }
+    }
+}
+
+impl Drop for LaunchSlot<'_> {
+    fn drop(&mut self) {
+        let mut map = self.sup.launching.lock().unwrap_or_else(|p| p.into_inner());
+        // Two holders: the map and this slot. More: another launch of the same service waits.
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(&self.key);
+        }
     }
 }
 

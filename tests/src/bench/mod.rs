@@ -1,0 +1,21 @@
+//! The benchmark suite behind `cmapp-bench` (see BENCHMARKS.md).
+//!
+//! | module      | what it measures or provides                                      |
+//! |-------------|-------------------------------------------------------------------|
+//! | `sys`       | the monotonic clock, `/proc` readings, limits, the cleanup registry |
+//! | `fixture`   | the binaries, key material, real cmappserver and cmappmgr processes |
+//! | `footprint` | idle resident memory and binary sizes                              |
+//! | `latency`   | exit-to-manager-exit detection latency                             |
+//! | `roundtrip` | remote `/bin/echo ok` round trip, against NRPE                     |
+//! | `handshake` | mutual-TLS connections per second                                  |
+//! | `scale`     | N processes and N managers on one server                           |
+//! | `report`    | the table, the targets, the machine                                |
+
+pub mod fixture;
+pub mod footprint;
+pub mod handshake;
+pub mod latency;
+pub mod report;
+pub mod roundtrip;
+pub mod scale;
+pub mod sys;
