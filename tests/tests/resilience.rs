@@ -382,3 +382,32 @@ fn soak_churn_leaks_nothing() {
     assert!(end.threads <= start.threads + 2, "threads grew: {start:?} → {end:?}");
     assert!(end.rss_kb <= start.rss_kb + 4096, "memory grew: {start:?} → {end:?}");
 }
+
+#[test]
+fn a_killed_supervisor_reports_the_status_lost_and_leaves_no_unmonitored_copy() {
+    let f = fixture();
+    let server = Server::start(&f.dir.join("srv"), &f.keys, "");
+    let mut m = Mgr::spawn(&f.conf, &server.node(), 10.0, &[], &["/bin/sleep", "1000"]);
+    let pid = pid_in(&m.err.wait_for("started", WAIT).unwrap());
+    let shim = server
+        .recorded()
+        .into_iter()
+        .find(|r| r.pid == pid)
+        .expect("recorded")
+        .shim_pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert_eq!(m.code(), 70, "{}", m.err.text());
+    assert!(m.err.contains("exit status lost"), "{}", m.err.text());
+    assert!(
+        wait_until(WAIT, || !alive(pid)),
+        "the unmonitored application still runs"
+    );
+    server
+        .log
+        .wait_for("can no longer be monitored and was killed", WAIT)
+        .unwrap();
+}

@@ -363,11 +363,21 @@ impl Supervisor {
     }
 
     /// Reads `exit.json` for a process whose shim is gone; without one, the
-    /// status is lost.
+    /// status is lost, and an application still running is killed: nobody
+    /// can report its exit any more, and the cluster's restart of the service
+    /// must not find a second copy running beside it.
     fn exit_from_disk(proc: &Proc, why: &str) -> Exited {
         let (status, at) = match state::read_json::<ExitRecord>(&proc.dir, state::EXIT) {
             Ok(Some(r)) => (r.status, r.exited_at_ms),
-            Ok(None) => (ExitStatus::Lost { error: why.to_string() }, now_ms()),
+            Ok(None) => {
+                let killed = kill_orphan(proc);
+                (
+                    ExitStatus::Lost {
+                        error: format!("{why}{killed}"),
+                    },
+                    now_ms(),
+                )
+            }
             Err(e) => (
                 ExitStatus::Lost {
                     error: format!("{why}; its exit record is unreadable: {e}"),
@@ -565,6 +575,51 @@ impl Supervisor {
         }
         self.enforce_history();
     }
+}
+
+/// Kills the process group of an application whose shim is gone, if that
+/// application still runs: the same process, by its start time in the pid
+/// record, so that a recycled pid is never touched. Returns a note for the status.
+fn kill_orphan(proc: &Proc) -> String {
+    let Ok(Some(record)) = state::read_json::<PidRecord>(&proc.dir, state::PID) else {
+        return String::new();
+    };
+    // Only when the shim itself is really gone (not merely its connection).
+    if record.pid == 0 || running(record.shim_pid) || !same_process(&record) {
+        return String::new();
+    }
+    let pgid = nix::unistd::Pid::from_raw(record.pid as i32);
+    match nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL) {
+        Ok(()) => {
+            tracing::error!(
+                service = %proc.display,
+                pid = record.pid,
+                "the supervisor of {} died; its application can no longer be monitored and was killed, so that a restart does not run two copies",
+                proc.display
+            );
+            "; the unmonitored application was killed".into()
+        }
+        Err(_) => String::new(),
+    }
+}
+
+/// True while `pid` exists and is not a zombie.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"))
+}
+
+/// True when the recorded process still runs as the leader of its group and
+/// started at the recorded tick.
+fn same_process(record: &PidRecord) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", record.pid)) else {
+        return false;
+    };
+    let rest: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    rest.first() != Some(&"Z")
+        && rest.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(record.pid)
+        && record.start_ticks.is_some()
+        && state::start_ticks(record.pid) == record.start_ticks
 }
 
 /// Starts the thread that deletes record directories off the request path.

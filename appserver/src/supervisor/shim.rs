@@ -147,6 +147,7 @@ async fn run(dir: &Path) -> Result<(), String> {
         pid,
         started_at_ms,
         shim_pid: std::process::id(),
+        start_ticks: state::start_ticks(pid),
     };
     state::write_json(dir, state::PID, &record).map_err(|e| format!("cannot record pid: {e}"))?;
     let mut link: Option<Link> = Some(Link::start(first, pid, started_at_ms));

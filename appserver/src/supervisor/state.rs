@@ -50,6 +50,16 @@ pub struct PidRecord {
     pub pid: u32,
     pub started_at_ms: u64,
     pub shim_pid: u32,
+    /// The process's start time in clock ticks since boot (/proc/PID/stat),
+    /// which tells it from a later process that got the same pid.
+    #[serde(default)]
+    pub start_ticks: Option<u64>,
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, in ticks since boot.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.split_whitespace().nth(19)?.parse().ok()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
