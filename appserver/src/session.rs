@@ -43,6 +43,18 @@ pub enum SessionEnd {
 
 pub async fn run<S: AsyncRead + AsyncWrite>(stream: S, ctx: SessionContext) -> SessionEnd {
     let (mut rd, mut wr) = connection::split(stream);
+    let end = converse(&mut rd, &mut wr, &ctx).await;
+    // close_notify on every path, so that the manager reads everything sent
+    // before the close (an error reply included) and sees a clean close.
+    let _ = tokio::time::timeout(Duration::from_secs(1), tokio::io::AsyncWriteExt::shutdown(wr.get_mut())).await;
+    end
+}
+
+async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    rd: &mut connection::MessageReader<R>,
+    wr: &mut connection::MessageWriter<W>,
+    ctx: &SessionContext,
+) -> SessionEnd {
     let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
 
     let hello = match tokio::time::timeout(ctx.hello_timeout, rd.read::<Hello>()).await {
@@ -90,7 +102,7 @@ pub async fn run<S: AsyncRead + AsyncWrite>(stream: S, ctx: SessionContext) -> S
                 Ok(Ok(None)) => break SessionEnd::Closed,
                 Ok(Err(e)) => {
                     if e.is_protocol_violation() {
-                        let _ = write(&mut wr, &Event::Error(ErrorReply { kind: ErrorKind::BadRequest, message: e.to_string() })).await;
+                        let _ = write(wr, &Event::Error(ErrorReply { kind: ErrorKind::BadRequest, message: e.to_string() })).await;
                     }
                     break end_for(e);
                 }
@@ -104,21 +116,19 @@ pub async fn run<S: AsyncRead + AsyncWrite>(stream: S, ctx: SessionContext) -> S
                 } else {
                     "cmappserver is stopping, and is stopping its monitored processes"
                 };
-                let _ = write(&mut wr, &Event::ShuttingDown(ShuttingDown { reason: reason.into(), processes_keep_running: keep })).await;
+                let _ = write(wr, &Event::ShuttingDown(ShuttingDown { reason: reason.into(), processes_keep_running: keep })).await;
                 // Let queued exits reach the manager before closing.
                 while let Ok(ev) = rx.try_recv() {
-                    let _ = write(&mut wr, &ev).await;
+                    let _ = write(wr, &ev).await;
                 }
                 break SessionEnd::Shutdown;
             }
         };
-        if let Err(e) = write(&mut wr, &reply).await {
+        if let Err(e) = write(wr, &reply).await {
             break e;
         }
     };
     sup.detach(session);
-    // close_notify, so the manager sees a clean close.
-    let _ = tokio::time::timeout(Duration::from_secs(1), tokio::io::AsyncWriteExt::shutdown(wr.get_mut())).await;
     end
 }
 

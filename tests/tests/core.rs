@@ -353,7 +353,9 @@ fn check_config_reports_every_problem() {
 }
 
 /// Runs `openssl s_client` against the server with `input` on its stdin and
-/// returns what it printed.
+/// returns what it printed. Stdin stays open: s_client ends when the server
+/// closes the connection (which every case here makes it do), so whatever the
+/// server answered before closing has been read.
 fn s_client(server: &Server, cert: Option<&Path>, input: &[u8]) -> String {
     use std::io::Write;
     let mut cmd = std::process::Command::new("openssl");
@@ -367,16 +369,30 @@ fn s_client(server: &Server, cert: Option<&Path>, input: &[u8]) -> String {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("openssl");
-    child.stdin.as_mut().unwrap().write_all(input).unwrap();
-    // Keep stdin open until the server has had its say, then close it.
-    std::thread::sleep(Duration::from_millis(300));
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    // Raw bytes: the frames' length headers are not text.
+    let drain = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let exited = cmapp_tests::server::wait_child(&mut child);
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    drop(stdin);
+    let text = format!("{}{}", out.join().unwrap(), err.join().unwrap());
+    assert!(
+        exited.is_some(),
+        "the server did not close the connection; s_client printed:\n{text}"
+    );
+    text
 }
 
 fn frame(body: &[u8]) -> Vec<u8> {
