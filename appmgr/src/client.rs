@@ -237,7 +237,7 @@ impl Client {
     }
 
     /// Sends `req` and returns the first event that is not an output line
-    /// or another push (which are handed to `other`).
+    /// or another push (those are skipped: a caller of `call` is not attached).
     pub async fn call(&mut self, req: &Request, limit: Duration) -> Result<Event, ClientError> {
         self.send(req).await?;
         let deadline = Instant::now() + limit;
@@ -265,7 +265,6 @@ impl Client {
 /// Connects to `node` (host or address, optionally `:port`), authenticates,
 /// pings, and returns the server's welcome. Retries until `timeout`.
 /// (Used by the `vm` hooks to wait for, and watch, a guest's cmappserver.)
-#[allow(dead_code)]
 pub async fn check_node(node: &str, conf_path: &Path, timeout: Duration) -> Result<Welcome, String> {
     let conf = ManagerConfig::load(conf_path).map_err(|e| e.to_string())?;
     let connector = Connector::new(&conf, node).map_err(|e| e.to_string())?;

@@ -34,6 +34,16 @@ pub fn monitor_args(conf: &Path, node: &str, timeout: f64, extra: &[&str], run: 
     args
 }
 
+/// The pid in a cmappmgr log line such as "started SERVICE (pid 123) on NODE".
+pub fn pid_in(line: &str) -> u32 {
+    let at = line.find("(pid ").unwrap_or_else(|| panic!("no pid in {line:?}")) + 5;
+    line[at..]
+        .split(')')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
 impl Mgr {
     /// The legacy monitoring form (see [`monitor_args`]).
     pub fn spawn(conf: &Path, node: &str, timeout: f64, extra: &[&str], run: &[&str]) -> Mgr {

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cmapp_tests::keys;
-use cmapp_tests::mgr::{monitor_args, Mgr};
+use cmapp_tests::mgr::{monitor_args, pid_in, Mgr};
 use cmapp_tests::qemu::{self, Guest, Image, Kernel, Netns};
 use cmapp_tests::wait_until;
 use nix::sys::signal::Signal;
@@ -88,12 +88,7 @@ impl Lab {
 
 /// The pid in cmappmgr's "started SERVICE (pid N) on NODE" line.
 fn started_pid(m: &Mgr) -> u32 {
-    let line = m.expect_line("started ", WAIT);
-    line.split("(pid ")
-        .nth(1)
-        .and_then(|r| r.split(')').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+    pid_in(&m.expect_line("started ", WAIT))
 }
 
 /// Scenarios 1 and 2: a command runs in the guest (its output says so) and

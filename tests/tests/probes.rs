@@ -183,18 +183,7 @@ fn lan(tag: &str, socket: Socket) -> NetPair {
         Socket::Raw => "net.ipv4.ping_group_range=1 0",
     };
     run("ip", &["netns", "exec", &net.guest_ns, "sysctl", "-q", "-w", range]);
-    // A veth just set up gets its carrier a moment later (the kernel's link
-    // watch); a probe started before would rightly report it down.
-    let operational = |ns: &str, dev: &str| {
-        let out = Command::new("ip")
-            .args(["-n", ns, "-o", "link", "show", "dev", dev])
-            .output();
-        out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(" state UP "))
-    };
-    let up = cmapp_tests::wait_until(WAIT, || {
-        operational(&net.host_ns, &net.host_if) && operational(&net.guest_ns, &net.guest_if)
-    });
-    assert!(up, "the veth pair of {net:?} did not come up");
+    // NetPair::new has waited until both ends have their carrier.
     net
 }
 

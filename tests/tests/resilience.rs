@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cmapp_tests::keys::{self, Keys};
-use cmapp_tests::mgr::{monitor_args, Mgr};
+use cmapp_tests::mgr::{monitor_args, pid_in, Mgr};
 use cmapp_tests::netpair::NetPair;
 use cmapp_tests::server::Server;
 use cmapp_tests::{alive, wait_until, WAIT};
@@ -33,11 +33,6 @@ fn fixture() -> Fixture {
 /// An app that runs until `flag` exists, then exits with `code`.
 fn waits_for(flag: &Path, code: i32) -> String {
     format!("while [ ! -e {} ]; do sleep 0.05; done; exit {code}", flag.display())
-}
-
-fn pid_in(line: &str) -> u32 {
-    let at = line.find("(pid ").unwrap_or_else(|| panic!("no pid in {line:?}")) + 5;
-    line[at..].split(')').next().unwrap().parse().unwrap()
 }
 
 /// The record directory of the process with this pid.

@@ -82,16 +82,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Ok(args) => args,
         Err(code) => return code,
     };
-    let log = match Log::open(NAME, args.log_level, None) {
-        Ok(log) => log,
-        Err(e) => {
-            eprintln!("{NAME}: {e}");
-            return EX_USAGE;
-        }
-    };
-    let (code, message) = run(&args, &log);
-    log.fatal(message);
-    code
+    super::log::watch(NAME, args.log_level, None, |log| run(&args, log))
 }
 
 /// Watches until a device fails; returns the exit code and the reason.

@@ -24,6 +24,27 @@ pub struct Log {
     guest: Option<File>,
 }
 
+/// What every probe's `main` does once its options are parsed: open the
+/// log, watch until something fails, log the reason as fatal, and return the
+/// exit code (64 when the guest log file cannot be opened).
+pub fn watch(
+    probe: &'static str,
+    level: u8,
+    guest_file: Option<&Path>,
+    run: impl FnOnce(&Log) -> (i32, String),
+) -> i32 {
+    let log = match Log::open(probe, level, guest_file) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("{probe}: {e}");
+            return super::EX_USAGE;
+        }
+    };
+    let (code, message) = run(&log);
+    log.fatal(message);
+    code
+}
+
 impl Log {
     /// A log for `probe` that keeps messages of `level` and below; appends to
     /// `guest_file` too when one is given (an error if it cannot be opened).

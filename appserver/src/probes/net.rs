@@ -34,7 +34,7 @@ use nix::sys::socket::{
 use nix::sys::time::{TimeVal, TimeValLike};
 
 use super::log::{parse_host_path, parse_seconds, secs, Log};
-use super::{parse_args, EXIT_FAILED, EX_SOFTWARE, EX_USAGE};
+use super::{parse_args, EXIT_FAILED, EX_SOFTWARE};
 
 const NAME: &str = "cmapp_net_mon";
 
@@ -89,16 +89,9 @@ pub fn main(args: Vec<String>) -> i32 {
         Ok(args) => args,
         Err(code) => return code,
     };
-    let log = match Log::open(NAME, args.log_level, args.guest_logfile.as_deref()) {
-        Ok(log) => log,
-        Err(e) => {
-            eprintln!("{NAME}: {e}");
-            return EX_USAGE;
-        }
-    };
-    let (code, message) = run(&args, &log);
-    log.fatal(message);
-    code
+    super::log::watch(NAME, args.log_level, args.guest_logfile.as_deref(), |log| {
+        run(&args, log)
+    })
 }
 
 /// Watches until something fails; returns the exit code and the reason.
@@ -432,7 +425,7 @@ mod tests {
             &["--lan", "a-name-far-too-long", "--ip", "10.0.0.1"],
             &["--lan", "eth0", "--ip"],
         ] {
-            assert_eq!(parse(bad).err(), Some(EX_USAGE), "{bad:?}");
+            assert_eq!(parse(bad).err(), Some(super::super::EX_USAGE), "{bad:?}");
         }
     }
 
