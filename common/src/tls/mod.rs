@@ -1,0 +1,235 @@
+//! TLS 1.3 with mutual authentication, set up in one place.
+//!
+//! Both programs present a certificate and check the other's: `cmappserver`
+//! (the guest) requires a client certificate, `cmappmgr` (the host) checks the
+//! server's. Only TLS 1.3 is offered or accepted, with the ring provider.
+//!
+//! # Files
+//!
+//! * The **key store** ([`load_key_store`]) is one PEM file with the private key
+//!   (PKCS#8, SEC1 `EC PRIVATE KEY`, PKCS#1 `RSA PRIVATE KEY`, or a
+//!   password-protected PKCS#8 `ENCRYPTED PRIVATE KEY`) and its certificate
+//!   chain, leaf first. Like ssh, we refuse a key file that group or others
+//!   may read or write.
+//! * The **trust store** ([`load_trust_store`]) is one PEM file with one or more
+//!   certificates. CA certificates (basicConstraints `CA:TRUE`) go to
+//!   [`TrustStore::cas`], every other one to [`TrustStore::pinned`].
+//!
+//! # Trust rules (the same in both directions)
+//!
+//! A peer is trusted when either
+//!
+//! 1. **pinned**: its end-entity certificate is byte-for-byte equal to one of
+//!    the trust store's certificates (as in the original product, whose trust
+//!    store holds the peer's exported public certificate). No chain is built
+//!    and no name is checked, but the certificate's validity period *is*
+//!    checked: an expired (or not yet valid) pinned certificate is refused.
+//!    Equality with a CA certificate of the trust store also counts, so a
+//!    self-signed certificate that happens to say `CA:TRUE` (as
+//!    `openssl req -x509` writes by default) can still be pinned; that grants
+//!    nothing beyond what trusting that CA already grants. Or
+//! 2. **CA**: its chain verifies against [`TrustStore::cas`] with webpki
+//!    (validity, key usage: serverAuth for servers, clientAuth for clients).
+//!    The client also checks that the server certificate carries the name it
+//!    connected to (a DNS name or IP address subject alternative name).
+//!
+//! In both modes the peer proves it holds the private key by its TLS 1.3
+//! handshake signature.
+//!
+//! # A TLS 1.3 subtlety for the client
+//!
+//! In TLS 1.3 the client finishes its handshake *before* the server has
+//! checked the client certificate. When the server rejects us, the client's
+//! `connect` therefore succeeds and the rejection (an alert) surfaces as the
+//! error of the first read. Pass that error to [`describe_handshake_error`]
+//! and [`is_auth_failure`] too.
+//!
+//! # Layout
+//!
+//! * `files`: reading store files and the policy on their modes (every
+//!   permission check is there);
+//! * `keystore`, `truststore`: parsing the two files;
+//! * `verify`: the pinned-or-CA verifiers behind rustls's client and server traits;
+//! * `diagnose`: turning a failed handshake into a sentence for the user;
+//! * this module: the shared types and the configuration builders.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::InconsistentKeys;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+mod diagnose;
+mod files;
+mod keystore;
+#[cfg(test)]
+mod tests;
+mod truststore;
+mod verify;
+
+pub use diagnose::{describe_handshake_error, is_auth_failure};
+pub use files::check_key_file_mode;
+pub use keystore::load_key_store;
+pub use truststore::load_trust_store;
+
+use verify::{ClientVerifier, ServerVerifier};
+
+/// The ALPN protocol both sides offer.
+pub const ALPN_PROTOCOL: &[u8] = b"cmapp/1";
+
+/// What can go wrong loading key material or building a TLS configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A key store or trust store file is missing, unreadable, unsafe or malformed.
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    /// The material loaded but cannot make a TLS configuration.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+/// A private key with its certificate chain (the `keyStore` file).
+#[derive(Debug)]
+pub struct KeyMaterial {
+    /// The certificate chain, end-entity certificate first.
+    pub certs: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for KeyMaterial {
+    fn clone(&self) -> Self {
+        KeyMaterial {
+            certs: self.certs.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+/// The certificates a peer is trusted by (the `trustStore` file).
+#[derive(Debug, Clone, Default)]
+pub struct TrustStore {
+    /// Non-CA certificates: the peer must present exactly one of these.
+    pub pinned: Vec<CertificateDer<'static>>,
+    /// CA certificates: the peer's chain must lead to one of these.
+    pub cas: Vec<CertificateDer<'static>>,
+}
+
+impl TrustStore {
+    /// True when the store trusts nobody.
+    pub fn is_empty(&self) -> bool {
+        self.pinned.is_empty() && self.cas.is_empty()
+    }
+}
+
+/// Installs the process-wide crypto provider (ring). Idempotent.
+///
+/// The configurations built here name their provider explicitly; this only
+/// matters for other rustls users in the process.
+pub fn install_crypto_provider() {
+    // An error means a provider is installed already, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The provider every configuration here is built with.
+pub(super) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A one-line description of a certificate's subject, for messages.
+pub(super) fn subject_of(cert: &CertificateDer<'_>) -> String {
+    match x509_parser::parse_x509_certificate(cert) {
+        Ok((_, x509)) => {
+            let subject = x509.subject().to_string();
+            if subject.is_empty() {
+                "an empty subject".into()
+            } else {
+                subject
+            }
+        }
+        Err(_) => "an unparsable certificate".into(),
+    }
+}
+
+fn config_error(what: &str) -> impl FnOnce(rustls::Error) -> TlsError + '_ {
+    move |e| match e {
+        rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch) => {
+            TlsError::Config("the private key does not match the certificate".into())
+        }
+        e => TlsError::Config(format!("{what}: {e}")),
+    }
+}
+
+fn check_usable(key: &KeyMaterial, trust: &TrustStore) -> Result<(), TlsError> {
+    if key.certs.is_empty() {
+        return Err(TlsError::Config("the key store holds no certificate".into()));
+    }
+    if trust.is_empty() {
+        return Err(TlsError::Config(
+            "the trust store is empty: no peer would be accepted".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The server side: TLS 1.3 only, client certificate required.
+pub fn server_config(key: KeyMaterial, trust: TrustStore) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    check_usable(&key, &trust)?;
+    let provider = provider();
+    let verifier = Arc::new(ClientVerifier::new(&trust, &provider)?);
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error("TLS versions"))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(key.certs, key.key)
+        .map_err(config_error("server certificate"))?;
+    config.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The client side: TLS 1.3 only, presents `key`, checks the server against `trust`.
+pub fn client_config(key: KeyMaterial, trust: TrustStore) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    check_usable(&key, &trust)?;
+    let provider = provider();
+    let verifier = Arc::new(ServerVerifier::new(&trust, &provider)?);
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error("TLS versions"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(key.certs, key.key)
+        .map_err(config_error("client certificate"))?;
+    config.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A short description of the verified peer certificate for logs (its subject CN or first SAN).
+pub fn peer_identity(conn: &rustls::CommonState) -> String {
+    conn.peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|cert| certificate_name(cert))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The subject CN of a certificate, or else its first subject alternative name.
+pub(super) fn certificate_name(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, x509) = x509_parser::parse_x509_certificate(cert).ok()?;
+    if let Some(cn) = x509.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()) {
+        return Some(cn.to_string());
+    }
+    let san = x509.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        GeneralName::DNSName(dns) => Some((*dns).to_string()),
+        GeneralName::IPAddress(bytes) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(*bytes)
+                .ok()
+                .map(|b| std::net::Ipv4Addr::from(b).to_string()),
+            16 => <[u8; 16]>::try_from(*bytes)
+                .ok()
+                .map(|b| std::net::Ipv6Addr::from(b).to_string()),
+            _ => None,
+        },
+        _ => None,
+    })
+}

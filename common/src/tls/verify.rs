@@ -1,0 +1,237 @@
+//! The certificate verifiers: pinned, or else a chain to a trusted CA.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use super::{subject_of, TlsError, TrustStore};
+
+/// Checks a certificate's validity period against `now`.
+pub(super) fn check_validity(cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
+    let (_, x509) =
+        x509_parser::parse_x509_certificate(cert).map_err(|_| rustls::Error::from(CertificateError::BadEncoding))?;
+    let validity = x509.validity();
+    let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    let as_unix = |t: i64| UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(t).unwrap_or(0)));
+    let not_before = validity.not_before.timestamp();
+    let not_after = validity.not_after.timestamp();
+    if now_secs < not_before {
+        return Err(CertificateError::NotValidYetContext {
+            time: now,
+            not_before: as_unix(not_before),
+        }
+        .into());
+    }
+    if now_secs > not_after {
+        return Err(CertificateError::ExpiredContext {
+            time: now,
+            not_after: as_unix(not_after),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// What both verifiers share: the certificates accepted as they are, and the
+/// signature algorithms.
+#[derive(Debug)]
+struct Pins {
+    exact: Vec<CertificateDer<'static>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl Pins {
+    fn new(trust: &TrustStore, provider: &CryptoProvider) -> Self {
+        let exact = trust.pinned.iter().chain(trust.cas.iter()).cloned().collect();
+        Pins {
+            exact,
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+
+    /// `None` when `end_entity` is not pinned; otherwise whether it is in its validity period.
+    fn check(&self, end_entity: &CertificateDer<'_>, now: UnixTime) -> Option<Result<(), rustls::Error>> {
+        self.exact
+            .iter()
+            .any(|c| c.as_ref() == end_entity.as_ref())
+            .then(|| check_validity(end_entity, now))
+    }
+
+    fn verify_tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+}
+
+fn tls12_refused() -> rustls::Error {
+    rustls::Error::General("TLS 1.2 is not accepted; TLS 1.3 is required".into())
+}
+
+fn not_trusted() -> rustls::Error {
+    CertificateError::UnknownIssuer.into()
+}
+
+fn root_store(cas: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in cas {
+        roots.add(cert.clone()).map_err(|e| {
+            TlsError::Config(format!(
+                "CA certificate {} cannot be a trust anchor: {e}",
+                subject_of(cert)
+            ))
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The client's check of the server: pinned, or else webpki with the CAs.
+#[derive(Debug)]
+pub(super) struct ServerVerifier {
+    pins: Pins,
+    webpki: Option<Arc<WebPkiServerVerifier>>,
+}
+
+impl ServerVerifier {
+    pub(super) fn new(trust: &TrustStore, provider: &Arc<CryptoProvider>) -> Result<Self, TlsError> {
+        let webpki = if trust.cas.is_empty() {
+            None
+        } else {
+            let verifier = WebPkiServerVerifier::builder_with_provider(root_store(&trust.cas)?, provider.clone())
+                .build()
+                .map_err(|e| TlsError::Config(format!("server certificate verifier: {e}")))?;
+            Some(verifier)
+        };
+        Ok(ServerVerifier {
+            pins: Pins::new(trust, provider),
+            webpki,
+        })
+    }
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(valid) = self.pins.check(end_entity, now) {
+            return valid.map(|()| ServerCertVerified::assertion());
+        }
+        match &self.webpki {
+            Some(webpki) => webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
+            None => Err(not_trusted()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(tls12_refused())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.pins.verify_tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.pins.algorithms.supported_schemes()
+    }
+}
+
+/// The server's check of the client: a certificate is mandatory; pinned, or
+/// else webpki with the CAs.
+#[derive(Debug)]
+pub(super) struct ClientVerifier {
+    pins: Pins,
+    webpki: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ClientVerifier {
+    pub(super) fn new(trust: &TrustStore, provider: &Arc<CryptoProvider>) -> Result<Self, TlsError> {
+        let webpki = if trust.cas.is_empty() {
+            None
+        } else {
+            let verifier = WebPkiClientVerifier::builder_with_provider(root_store(&trust.cas)?, provider.clone())
+                .build()
+                .map_err(|e| TlsError::Config(format!("client certificate verifier: {e}")))?;
+            Some(verifier)
+        };
+        Ok(ClientVerifier {
+            pins: Pins::new(trust, provider),
+            webpki,
+        })
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if let Some(valid) = self.pins.check(end_entity, now) {
+            return valid.map(|()| ClientCertVerified::assertion());
+        }
+        match &self.webpki {
+            Some(webpki) => webpki.verify_client_cert(end_entity, intermediates, now),
+            None => Err(not_trusted()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(tls12_refused())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.pins.verify_tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.pins.algorithms.supported_schemes()
+    }
+}
