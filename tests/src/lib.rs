@@ -3,6 +3,7 @@
 //!
 //! | module   | what it gives a test                                             |
 //! |----------|------------------------------------------------------------------|
+//! | `golden` | the frozen v1 state-directory and shim formats, a fake v1 shim, a frame recorder |
 //! | `keys`   | pinned and CA key material written to a temp dir                 |
 //! | `output` | a child's stdout/stderr captured line by line, with waits on lines |
 //! | `server` | a real cmappserver on 127.0.0.1:0, cleaned up with its processes  |
@@ -12,6 +13,7 @@
 //! | `libvirt`| a private libvirtd (QEMU driver), test domains, `cmappmgr vm` runs |
 //! | `qemu`   | QEMU guests running cmappserver on bridges in a namespace, QMP   |
 
+pub mod golden;
 pub mod keys;
 pub mod libvirt;
 pub mod loopdev;

@@ -1,7 +1,9 @@
 //! The protocol between cmappserver and a process's supervisor (the shim),
 //! over the Unix socket in the process's state directory. Same framing as the
 //! network protocol; versioned so that a new server can adopt the shims of an
-//! older one after an upgrade.
+//! older one after an upgrade. A frozen format: see `appserver/FORMATS.md`,
+//! and `tests/tests/golden.rs`, which holds this code to frames recorded
+//! from v1.
 
 use common::message::{ExitStatus, Stream};
 

@@ -17,6 +17,10 @@
 //! never a torn one. Nothing is fsynced: the records only have to survive a
 //! process crash (the page cache does), and a guest reboot clears them on
 //! purpose, since the processes they describe are gone with it.
+//!
+//! A frozen, versioned format (a new cmappserver adopts an older one's
+//! records): see `appserver/FORMATS.md`; `tests/tests/golden.rs` reads a
+//! state directory recorded from v1 with this code.
 
 use std::fs;
 use std::io::{self, Write};
