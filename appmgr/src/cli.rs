@@ -52,9 +52,14 @@ pub struct MonitorArgs {
     /// Identify the process by this name instead of by its run string.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// On SIGTERM, leave the application running instead of stopping it.
-    #[arg(long)]
+    /// On SIGTERM, leave the application running (the default; overrides
+    /// `stopOnHalt=yes` in the configuration file).
+    #[arg(long, conflicts_with = "stop_on_halt")]
     pub detach: bool,
+    /// On SIGTERM, stop the application (TERM, KILL after the server's grace
+    /// period) and wait up to `stopTimeout` for it to be gone.
+    #[arg(long = "stop_on_halt", alias = "stop-on-halt")]
+    pub stop_on_halt: bool,
     #[command(flatten)]
     pub common: Common,
     /// The run string (everything after -service).
@@ -133,6 +138,8 @@ const WORD_OPTIONS: &[&str] = &[
     "cmappserver-timeout",
     "name",
     "detach",
+    "stop_on_halt",
+    "stop-on-halt",
     "conf",
     "timeout",
     "json",
@@ -246,6 +253,19 @@ mod tests {
         assert_eq!(m.timeout, Duration::from_millis(2500));
         assert!(m.detach);
         assert_eq!(m.run, ["/bin/sh", "-c", "exit 7", "--node", "x"]);
+    }
+
+    #[test]
+    fn stop_on_halt_is_an_explicit_choice() {
+        let Invocation::Monitor(m) = p(&["-node", "g", "-service", "/bin/true"]).unwrap() else {
+            panic!()
+        };
+        assert!(!m.stop_on_halt && !m.detach);
+        let Invocation::Monitor(m) = p(&["-node", "g", "-stop_on_halt", "-service", "/bin/true"]).unwrap() else {
+            panic!()
+        };
+        assert!(m.stop_on_halt);
+        assert!(p(&["-node", "g", "-stop_on_halt", "-detach", "-service", "x"]).is_err());
     }
 
     #[test]

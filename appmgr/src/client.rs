@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::config::ManagerConfig;
 use common::connection::{self, MessageReader, MessageWriter};
-use common::message::{ErrorKind, Event, Hello, Request, Welcome};
+use common::message::{Ack, ErrorKind, ErrorReply, Event, ExitStatus, Hello, InstanceId, Request, Stop, Welcome};
 use rustls_pki_types::ServerName;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -33,6 +33,12 @@ pub enum ClientError {
     /// The peer broke the protocol.
     #[error("{0}")]
     Protocol(String),
+    /// cmappserver refused the request (the process is unknown, a limit, ...).
+    #[error("{}", .0.message)]
+    Refused(ErrorReply),
+    /// The server did not do what was asked within the time allowed.
+    #[error("{0}")]
+    Timeout(String),
 }
 
 impl ClientError {
@@ -249,6 +255,63 @@ impl Client {
                 Ok(Ok(Some(Event::Output(_) | Event::ShuttingDown(_) | Event::Superseded(_)))) => continue,
                 Ok(Ok(Some(ev))) => return Ok(ev),
             }
+        }
+    }
+
+    /// Acknowledges the exit status of `id` and waits (bounded by `limit`) for
+    /// the server's reply. Anything else that arrives meanwhile — output, a
+    /// pong to a ping that crossed the exit on the wire — is not the reply.
+    pub async fn ack(&mut self, id: &InstanceId, limit: Duration) -> Result<(), ClientError> {
+        self.send(&Request::Ack(Ack { id: id.clone() })).await?;
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.event_before(deadline, "acknowledgement").await? {
+                Event::Acked(a) if a.id == *id => return Ok(()),
+                Event::Error(e) => return Err(ClientError::Refused(e)),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Stops the process `id` and waits until it is gone, bounded by `limit`
+    /// (cmappmgr's `stopTimeout`): cmappserver sends TERM to its process group
+    /// and KILL after its grace period. The exit status is acknowledged and
+    /// returned. Every other event that arrives meanwhile (the process's
+    /// output) is handed to `on_event`. The one stop path: the halt of a
+    /// monitoring cmappmgr and the one-shot stop both use it.
+    pub async fn stop_process(
+        &mut self,
+        id: &InstanceId,
+        limit: Duration,
+        mut on_event: impl FnMut(&Event),
+    ) -> Result<ExitStatus, ClientError> {
+        let deadline = Instant::now() + limit;
+        self.send(&Request::Stop(Stop {
+            id: id.clone(),
+            grace_ms: None,
+        }))
+        .await?;
+        loop {
+            match self.event_before(deadline, "end of the stopped process").await? {
+                Event::Exited(x) if x.id == *id => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    self.ack(id, left.max(Duration::from_secs(1))).await?;
+                    return Ok(x.status);
+                }
+                Event::Stopping(a) if a.id == *id => {}
+                Event::Error(e) => return Err(ClientError::Refused(e)),
+                other => on_event(&other),
+            }
+        }
+    }
+
+    /// The next event, or `Timeout` naming `what` at `deadline`.
+    async fn event_before(&mut self, deadline: Instant, what: &str) -> Result<Event, ClientError> {
+        match tokio::time::timeout_at(deadline, self.next_event()).await {
+            Err(_) => Err(ClientError::Timeout(format!("no {what} from cmappserver in time"))),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(None)) => Err(ClientError::Unreachable("cmappserver closed the connection".into())),
+            Ok(Ok(Some(ev))) => Ok(ev),
         }
     }
 

@@ -8,7 +8,8 @@
 /// Could not reach cmappserver within `cmappserver_timeout` (at start or after
 /// losing it). The original's code for the same condition.
 pub const UNREACHABLE: i32 = 1;
-/// Halted on request (SIGTERM) and the application was stopped or left running (`-detach`).
+/// Halted on request (SIGTERM): the application was left running (the
+/// default), or stopped (`-stop_on_halt` / `stopOnHalt=yes`).
 pub const HALTED: i32 = 0;
 /// The command line is wrong.
 pub const USAGE: i32 = 64;
@@ -26,6 +27,8 @@ pub const AUTH: i32 = 77;
 /// The configuration file or key material is unusable.
 pub const CONFIG: i32 = 78;
 
+use common::message::ErrorKind;
+
 use crate::client::ClientError;
 
 /// The exit code for a client error.
@@ -35,5 +38,13 @@ pub fn for_error(e: &ClientError) -> i32 {
         ClientError::Unreachable(_) => UNREACHABLE,
         ClientError::Auth(_) => AUTH,
         ClientError::Version(_) | ClientError::Protocol(_) => PROTOCOL,
+        ClientError::Timeout(_) => UNREACHABLE,
+        ClientError::Refused(e) => match e.kind {
+            ErrorKind::NotFound => PROCESS_GONE,
+            ErrorKind::Limit | ErrorKind::Internal => REFUSED,
+            ErrorKind::BadRequest => USAGE,
+            ErrorKind::Version => PROTOCOL,
+            ErrorKind::ShuttingDown => UNREACHABLE,
+        },
     }
 }

@@ -9,13 +9,17 @@
 //! ```
 //! The "unreachable" clock starts at the last message heard from the server;
 //! only when it reaches `cmappserver_timeout` does the manager give up.
+//!
+//! A halt (SIGTERM) leaves the application running, as the original does;
+//! with `-stop_on_halt` (or `stopOnHalt=yes`) it stops it through
+//! [`Client::stop_process`], the one stop path.
 
 use std::fs::File;
 use std::io::Write;
 use std::time::Duration;
 
 use common::config::ManagerConfig;
-use common::message::{Ack, ErrorKind, Event, ExitStatus, InstanceId, Launch, Ping, Request, Stop, Stream};
+use common::message::{ErrorKind, Event, ExitStatus, InstanceId, Launch, Ping, Request, Stream};
 use common::service::{Probe, ServiceSpec};
 use tokio::time::Instant;
 
@@ -62,6 +66,7 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
         connector,
         ping_every,
         stop_timeout: conf.stop_timeout,
+        stop_on_halt: !args.detach && (args.stop_on_halt || conf.stop_on_halt),
         instance: None,
         last_heard: Instant::now(),
         stopping: None,
@@ -73,9 +78,13 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
         let connect = w.connector.connect(deadline);
         let client = tokio::select! {
             c = connect => c,
-            _ = &mut stop_signal, if w.stopping.is_none() => {
+            sig = &mut stop_signal, if w.stopping.is_none() => {
                 // Halted while the guest is unreachable: nothing can be stopped.
-                tracing::warn!("halted while cmappserver on {} is unreachable; the application could not be stopped", args.node);
+                if w.stop_on_halt {
+                    tracing::warn!("received {sig:?} while cmappserver on {} is unreachable; the application could not be stopped", args.node);
+                } else {
+                    tracing::info!("received {sig:?} while cmappserver on {} is unreachable; the application keeps running in the guest", args.node);
+                }
                 return exit::HALTED;
             }
         };
@@ -92,6 +101,8 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
                         args.timeout.as_secs_f64()
                     ),
                 }
+                // The line the original prints, and admins' scripts look for.
+                tracing::error!("PROGRAM EXIT CODE {}", exit::UNREACHABLE);
                 return exit::UNREACHABLE;
             }
             Err(e) => {
@@ -118,10 +129,12 @@ struct Watcher<'a> {
     connector: Connector,
     ping_every: Duration,
     stop_timeout: Duration,
+    /// Stop the application on SIGTERM (otherwise leave it running).
+    stop_on_halt: bool,
     /// The process this manager watches, once launched.
     instance: Option<InstanceId>,
     last_heard: Instant,
-    /// Set once a stop was requested: the deadline for its confirmation.
+    /// Set once a stop was requested: the deadline for the process to be gone.
     stopping: Option<Instant>,
     host_log: Option<File>,
 }
@@ -172,12 +185,8 @@ impl Watcher<'_> {
         let id = started.id.clone();
         self.instance = Some(id.clone());
         if self.stopping.is_some() {
-            let _ = client
-                .send(&Request::Stop(Stop {
-                    id: id.clone(),
-                    grace_ms: None,
-                }))
-                .await;
+            // Re-attached during a stop: ask again (harmless if it ended meanwhile).
+            return self.stop(client, &id).await;
         }
 
         let dead_after = (self.ping_every * 3).max(Duration::from_secs(1));
@@ -198,8 +207,8 @@ impl Watcher<'_> {
                     };
                     self.last_heard = Instant::now();
                     match ev {
-                        Event::Output(o) if o.id == id => self.output(o.stream, &o.line),
-                        Event::Exited(x) if x.id == id => return self.exited(client, x.status).await,
+                        Event::Output(o) if o.id == id => output(&mut self.host_log, o.stream, &o.line),
+                        Event::Exited(x) if x.id == id => return self.exited(client, &id, x.status).await,
                         Event::ShuttingDown(s) => {
                             if s.processes_keep_running {
                                 tracing::warn!("{}; waiting up to {} s for it to come back", s.reason, self.args.timeout.as_secs_f64());
@@ -219,28 +228,52 @@ impl Watcher<'_> {
                     if self.last_heard.elapsed() >= dead_after {
                         return WatchEnd::Lost(format!("no answer to pings for {:.1} s", self.last_heard.elapsed().as_secs_f64()));
                     }
-                    if let Some(deadline) = self.stopping {
-                        if Instant::now() >= deadline {
-                            tracing::error!("cmappserver did not confirm the stop of {} within {} s", started.service, self.stop_timeout.as_secs_f64());
-                            return WatchEnd::Exit(1);
-                        }
-                    }
                     seq += 1;
                     if let Err(e) = client.send(&Request::Ping(Ping { seq })).await {
                         return WatchEnd::Lost(e.to_string());
                     }
                 }
                 sig = &mut *stop_signal, if self.stopping.is_none() => {
-                    if self.args.detach {
+                    if !self.stop_on_halt {
                         tracing::info!("received {sig:?}: detaching; {} keeps running in the guest", started.service);
                         return WatchEnd::Exit(exit::HALTED);
                     }
                     tracing::info!("received {sig:?}: stopping {} (pid {})", started.service, started.pid);
                     self.stopping = Some(Instant::now() + self.stop_timeout);
-                    if let Err(e) = client.send(&Request::Stop(Stop { id: id.clone(), grace_ms: None })).await {
-                        return WatchEnd::Lost(e.to_string());
+                    return self.stop(client, &id).await;
+                }
+            }
+        }
+    }
+
+    /// Stops the process (the halt with `stop_on_halt`) before the deadline
+    /// set in `stopping`, forwarding its last output meanwhile.
+    async fn stop(&mut self, client: &mut Client, id: &InstanceId) -> WatchEnd {
+        let deadline = self.stopping.unwrap_or_else(Instant::now);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let result = client
+            .stop_process(id, left, |ev| {
+                if let Event::Output(o) = ev {
+                    if o.id == *id {
+                        output(&mut self.host_log, o.stream, &o.line);
                     }
                 }
+            })
+            .await;
+        match result {
+            Ok(status) => {
+                self.last_heard = Instant::now();
+                let code = status.exit_code();
+                tracing::info!("application stopped on request ({status}); PROGRAM EXIT CODE {code}");
+                WatchEnd::Exit(exit::HALTED)
+            }
+            Err(e) if e.is_retryable() && Instant::now() < deadline => WatchEnd::Lost(e.to_string()),
+            Err(e) => {
+                tracing::error!(
+                    "could not stop the application within stopTimeout ({} s): {e}",
+                    self.stop_timeout.as_secs_f64()
+                );
+                WatchEnd::Exit(exit::for_error(&e))
             }
         }
     }
@@ -277,18 +310,12 @@ impl Watcher<'_> {
         }
     }
 
-    async fn exited(&mut self, client: &mut Client, status: ExitStatus) -> WatchEnd {
-        let id = self.instance.clone().unwrap_or_default();
+    async fn exited(&mut self, client: &mut Client, id: &InstanceId, status: ExitStatus) -> WatchEnd {
         // Acknowledge, so the server forgets the status only once we have it.
-        match client.call(&Request::Ack(Ack { id }), Duration::from_secs(5)).await {
-            Ok(Event::Acked(_)) => {}
-            other => tracing::warn!("exit status not acknowledged by cmappserver: {other:?}"),
+        if let Err(e) = client.ack(id, Duration::from_secs(5)).await {
+            tracing::warn!("exit status not acknowledged by cmappserver: {e}");
         }
         let code = status.exit_code();
-        if self.stopping.is_some() {
-            tracing::info!("application stopped on request ({status}); PROGRAM EXIT CODE {code}");
-            return WatchEnd::Exit(exit::HALTED);
-        }
         match &status {
             ExitStatus::Code(_) => tracing::info!("PROGRAM EXIT CODE {code}"),
             ExitStatus::Lost { .. } => tracing::error!("{status}; PROGRAM EXIT CODE {code}"),
@@ -296,16 +323,18 @@ impl Watcher<'_> {
         }
         WatchEnd::Exit(code)
     }
+}
 
-    fn output(&mut self, stream: Stream, line: &str) {
-        if let Some(f) = &mut self.host_log {
-            let _ = writeln!(f, "{line}");
-        }
-        let _ = match stream {
-            Stream::Stdout => writeln!(std::io::stdout().lock(), "{line}"),
-            Stream::Stderr => writeln!(std::io::stderr().lock(), "{line}"),
-        };
+/// Forwards one output line of the application: to the host log file when
+/// the run string names one, and to our stdout or stderr.
+fn output(host_log: &mut Option<File>, stream: Stream, line: &str) {
+    if let Some(f) = host_log {
+        let _ = writeln!(f, "{line}");
     }
+    let _ = match stream {
+        Stream::Stdout => writeln!(std::io::stdout().lock(), "{line}"),
+        Stream::Stderr => writeln!(std::io::stderr().lock(), "{line}"),
+    };
 }
 
 /// The host log file a probe's run string names (`--host_logfile` for the

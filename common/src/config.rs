@@ -338,8 +338,12 @@ pub struct ManagerConfig {
     pub port: u16,
     /// Interval between pings; by default a quarter of the timeout, between 0.2 and 5 seconds.
     pub ping_interval: Option<Duration>,
-    /// How long to wait for the server to confirm a stop requested on SIGTERM.
+    /// How long to wait for a stopped application to be gone (on SIGTERM with
+    /// `stop_on_halt`, or a one-shot stop).
     pub stop_timeout: Duration,
+    /// Stop the application when cmappmgr is halted (SIGTERM). Off by
+    /// default: as in the original, a halted manager leaves it running.
+    pub stop_on_halt: bool,
 }
 
 impl ManagerConfig {
@@ -352,6 +356,7 @@ impl ManagerConfig {
         "port",
         "pingInterval",
         "stopTimeout",
+        "stopOnHalt",
     ];
 
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
@@ -396,6 +401,7 @@ impl ManagerConfig {
                 "port" => c.port = r.parse(e, key, "a port number").unwrap_or(c.port),
                 "pingInterval" => c.ping_interval = r.seconds(e, key, false).or(c.ping_interval),
                 "stopTimeout" => c.stop_timeout = r.seconds(e, key, false).unwrap_or(c.stop_timeout),
+                "stopOnHalt" => c.stop_on_halt = r.boolean(e, key).unwrap_or(c.stop_on_halt),
                 _ => unreachable!("every known key is handled"),
             }
         }
@@ -431,6 +437,7 @@ impl Default for ManagerConfig {
             port: DEFAULT_PORT,
             ping_interval: None,
             stop_timeout: Duration::from_secs(30),
+            stop_on_halt: false,
         }
     }
 }
@@ -503,6 +510,15 @@ trustStorePassword=public
         assert_eq!(c.listen_addrs().len(), 2);
         assert_eq!(c.stop_grace, Duration::from_millis(500));
         assert!(c.stop_processes_on_shutdown);
+    }
+
+    #[test]
+    fn stop_on_halt_is_off_unless_asked_for() {
+        assert!(!ManagerConfig::default().stop_on_halt);
+        let c = ManagerConfig::parse(Path::new("m"), "stopOnHalt=yes\n").unwrap();
+        assert!(c.stop_on_halt);
+        let err = ManagerConfig::parse(Path::new("m"), "stoponhalt=sometimes\n").unwrap_err();
+        assert_eq!(err.to_string(), "m:1: stopOnHalt=sometimes is not yes or no");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! | module   | what it gives a test                                             |
 //! |----------|------------------------------------------------------------------|
+//! | `fixture`| pinned keys, a server on 127.0.0.1:0 and a manager configuration |
 //! | `golden` | the frozen v1 state-directory and shim formats, a fake v1 shim, a frame recorder |
 //! | `keys`   | pinned and CA key material written to a temp dir                 |
 //! | `output` | a child's stdout/stderr captured line by line, with waits on lines |
@@ -13,6 +14,7 @@
 //! | `libvirt`| a private libvirtd (QEMU driver), test domains, `cmappmgr vm` runs |
 //! | `qemu`   | QEMU guests running cmappserver on bridges in a namespace, QMP   |
 
+pub mod fixture;
 pub mod golden;
 pub mod keys;
 pub mod libvirt;

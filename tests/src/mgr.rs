@@ -83,6 +83,11 @@ impl Mgr {
 
     /// cmappmgr with these arguments, inside a network namespace if one is given.
     pub fn spawn_in<S: AsRef<std::ffi::OsStr>>(netns: Option<&str>, args: &[S]) -> Mgr {
+        Self::spawn_env(netns, args, &[])
+    }
+
+    /// cmappmgr with these arguments and extra environment variables.
+    pub fn spawn_env<S: AsRef<std::ffi::OsStr>>(netns: Option<&str>, args: &[S], env: &[(&str, &str)]) -> Mgr {
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -94,6 +99,7 @@ impl Mgr {
         let mut child = cmd
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -2,44 +2,18 @@
 //! rejections, bad frames, timeouts, re-attach, stop and detach.
 //! Every test runs the real binaries with key material made at test time.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use cmapp_tests::fixture::Fixture;
 use cmapp_tests::keys::{self, Keys};
 use cmapp_tests::mgr::{pid_in, Mgr};
 use cmapp_tests::server::Server;
 use cmapp_tests::{alive, wait_until, WAIT};
 use nix::sys::signal::Signal;
 
-/// Fields drop in order: the server (and the processes it started) before
-/// the temporary directory that holds its state.
-struct Fixture {
-    server: Server,
-    dir: PathBuf,
-    keys: Keys,
-    conf: PathBuf,
-    _tmp: tempfile::TempDir,
-}
-
 fn fixture(extra: &str) -> Fixture {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    let keys = keys::pinned(&dir, "");
-    let server = Server::start(&dir, &keys, extra);
-    let conf = keys::manager_conf(&dir, "cmappmgr.conf", &keys.client_private, &keys.client_trust, "");
-    Fixture {
-        _tmp: tmp,
-        dir,
-        keys,
-        server,
-        conf,
-    }
-}
-
-impl Fixture {
-    fn mgr(&self, run: &[&str]) -> Mgr {
-        Mgr::spawn(&self.conf, &self.server.node(), 10.0, &[], run)
-    }
+    Fixture::new(extra)
 }
 
 #[test]
@@ -163,6 +137,17 @@ fn no_server_listening_exits_1_after_about_the_timeout() {
         m.err.text()
     );
     assert!(m.err.contains("Connection refused"), "{}", m.err.text());
+    // The line admins scrape for, right after (as the original's guide shows).
+    let lines = m.err.snapshot();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("Could not connect to the node"))
+        .unwrap();
+    assert!(
+        lines.get(at + 1).is_some_and(|l| l.ends_with("PROGRAM EXIT CODE 1")),
+        "{}",
+        m.err.text()
+    );
 }
 
 #[test]
@@ -204,11 +189,14 @@ fn a_restarted_manager_reattaches_and_gets_an_exit_that_happened_meanwhile() {
 }
 
 #[test]
-fn sigterm_stops_the_application_and_its_grandchildren() {
+fn sigterm_with_stop_on_halt_stops_the_application_and_its_grandchildren() {
     let f = fixture("stopGracePeriod=5\n");
     // TERM goes to the whole process group: the shell and its grandchild
     // (sleep) both die of it. (The KILL after the grace: the next test.)
-    let mut m = f.mgr(&["/bin/sh", "-c", "sleep 1000 & echo grandchild=$!; wait"]);
+    let mut m = f.mgr_with(
+        &["-stop_on_halt"],
+        &["/bin/sh", "-c", "sleep 1000 & echo grandchild=$!; wait"],
+    );
     let line = m.out.wait_for("grandchild=", WAIT).expect("grandchild pid");
     let grandchild: u32 = line.trim_start_matches("grandchild=").trim().parse().unwrap();
     let app = pid_in(&m.err.wait_for("started", WAIT).unwrap());
@@ -225,11 +213,14 @@ fn sigterm_stops_the_application_and_its_grandchildren() {
 #[test]
 fn a_process_that_ignores_term_is_killed_after_the_grace() {
     let f = fixture("stopGracePeriod=0.5\n");
-    let mut m = f.mgr(&[
-        "/bin/sh",
-        "-c",
-        "trap '' TERM; echo ready; while true; do sleep 0.05; done",
-    ]);
+    let mut m = f.mgr_with(
+        &["-stop_on_halt"],
+        &[
+            "/bin/sh",
+            "-c",
+            "trap '' TERM; echo ready; while true; do sleep 0.05; done",
+        ],
+    );
     m.out.wait_for("ready", WAIT).expect("ready");
     let app = pid_in(&m.err.wait_for("started", WAIT).unwrap());
     let t0 = Instant::now();

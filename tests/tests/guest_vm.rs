@@ -71,9 +71,14 @@ impl Lab {
 
     /// `cmappmgr -node GUEST -cmappserver_timeout T -service RUN...` in the namespace.
     fn mgr(&self, timeout: f64, run: &[&str]) -> Mgr {
+        self.mgr_with(timeout, &[], run)
+    }
+
+    /// The same with extra options before `-service`.
+    fn mgr_with(&self, timeout: f64, extra: &[&str], run: &[&str]) -> Mgr {
         Mgr::spawn_in(
             Some(&self.net.name),
-            &monitor_args(&self.conf, &qemu::node(), timeout, &[], run),
+            &monitor_args(&self.conf, &qemu::node(), timeout, extra, run),
         )
     }
 
@@ -268,7 +273,11 @@ fn monitoring_survives_a_live_migration_of_the_guest() {
             "echo first $$; while [ ! -e /tmp/finish ]; do sleep 0.2; done; echo finishing; exit 42",
         ],
     );
-    let mut second = lab.mgr(30.0, &["/bin/sh", "-c", "echo second $$; exec sleep 100000"]);
+    let mut second = lab.mgr_with(
+        30.0,
+        &["-stop_on_halt"],
+        &["/bin/sh", "-c", "echo second $$; exec sleep 100000"],
+    );
     let pids = (started_pid(&first), started_pid(&second));
     let before = qemu::status(&lab.net, &lab.conf);
     let listed = |list: &[qemu::Listed], word: &str| {
@@ -444,7 +453,7 @@ fn monitoring_survives_a_live_migration_of_the_guest() {
     assert!(first.err.contains("PROGRAM EXIT CODE 42"), "{}", first.err.text());
     assert!(!first.err.contains("re-attached"), "{}", first.err.text());
 
-    // The second is still under control: a halt stops it in the guest.
+    // The second is still under control: a halt (with -stop_on_halt) stops it in the guest.
     second.signal(Signal::SIGTERM);
     assert_eq!(second.code_within(WAIT), 0, "{}", second.err.text());
     assert!(second.err.contains("stopped on request"), "{}", second.err.text());

@@ -325,6 +325,8 @@ pub fn mgr_command(env: &Env, node: &str, timeout_s: u32, run: &[String]) -> Com
         .arg("--conf")
         .arg(&env.mgr_conf)
         .arg("--no_syslog")
+        // Halting a benchmark's manager stops its application (the footprint run checks it).
+        .arg("-stop_on_halt")
         .arg("-service")
         .args(run)
         .env("RUST_LOG", "info")

@@ -45,7 +45,7 @@ pub fn run(env: &Env, server: &Server) -> Result<Footprint, String> {
         server_bin: size(&env.bins.server)?,
         mgr_bin: size(&env.bins.mgr)?,
     };
-    // Halting the manager stops the application and exits 0.
+    // Halting the manager (-stop_on_halt) stops the application and exits 0.
     let _ = kill(Pid::from_raw(m.pid as i32), Signal::SIGTERM);
     let status = wait_child(&mut m.child, WAIT)
         .ok_or_else(|| format!("cmappmgr did not exit on SIGTERM; its log:\n{}", tail(&m.err, 20)))?;

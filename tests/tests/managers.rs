@@ -1,0 +1,179 @@
+//! What the original's administrators rely on: halting cmappmgr leaves the
+//! application running unless asked otherwise, several managers may watch
+//! one process, and the log lines they scrape (the last output of a failure
+//! in syslog, no spurious ack warnings).
+//! Every test runs the real binaries over loopback with keys made at test time.
+
+use cmapp_tests::fixture::Fixture;
+use cmapp_tests::mgr::{pid_in, Mgr};
+use cmapp_tests::{alive, wait_until, WAIT};
+use nix::sys::signal::Signal;
+
+// ---------------------------------------------------------------- halting
+
+#[test]
+fn sigterm_leaves_the_application_running_by_default_and_a_new_manager_reattaches() {
+    let f = Fixture::new("");
+    let mut m = f.mgr(&["/bin/sleep", "1000"]);
+    let app = pid_in(&m.err.wait_for("started", WAIT).unwrap());
+    m.signal(Signal::SIGTERM);
+    assert_eq!(m.code(), 0, "{}", m.err.text());
+    assert!(m.err.contains("keeps running"), "{}", m.err.text());
+    assert!(alive(app), "the application was stopped:\n{}", m.err.text());
+    assert!(!m.err.contains("PROGRAM EXIT CODE"), "{}", m.err.text());
+
+    // The cluster's next start of the service finds the same process.
+    let mut again = f.mgr(&["/bin/sleep", "1000"]);
+    let line = again
+        .err
+        .wait_for("attached to running", WAIT)
+        .unwrap_or_else(|| panic!("{}", again.err.text()));
+    assert_eq!(pid_in(&line), app);
+    assert!(again.running());
+}
+
+#[test]
+fn stop_on_halt_is_chosen_by_the_option_or_the_configuration_file() {
+    let f = Fixture::new("");
+    let stopping = f.mgr_conf("stopping.conf", "stopOnHalt=yes\n");
+
+    // From the configuration file.
+    let mut m = Mgr::spawn(&stopping, &f.server.node(), 10.0, &[], &["/bin/sleep", "1001"]);
+    let app = pid_in(&m.err.wait_for("started", WAIT).unwrap());
+    m.signal(Signal::SIGTERM);
+    assert_eq!(m.code(), 0, "{}", m.err.text());
+    assert!(m.err.contains("stopped on request"), "{}", m.err.text());
+    assert!(wait_until(WAIT, || !alive(app)), "the application survived");
+
+    // -detach on the command line wins over the file.
+    let mut m = Mgr::spawn(&stopping, &f.server.node(), 10.0, &["-detach"], &["/bin/sleep", "1002"]);
+    let app = pid_in(&m.err.wait_for("started", WAIT).unwrap());
+    m.signal(Signal::SIGTERM);
+    assert_eq!(m.code(), 0, "{}", m.err.text());
+    assert!(alive(app), "the application was stopped:\n{}", m.err.text());
+
+    // Both at once is a usage error.
+    let mut m = f.mgr_with(&["-detach", "-stop_on_halt"], &["/bin/true"]);
+    assert_eq!(m.code(), 64, "{}", m.err.text());
+
+    // A bad value of the key is an error naming the file and the line.
+    let bad = f.mgr_conf("bad.conf", "stopOnHalt=perhaps\n");
+    let mut m = Mgr::spawn(&bad, &f.server.node(), 10.0, &[], &["/bin/true"]);
+    assert_eq!(m.code(), 78, "{}", m.err.text());
+    assert!(
+        m.err
+            .contains(&format!("{}:3: stopOnHalt=perhaps is not yes or no", bad.display())),
+        "{}",
+        m.err.text()
+    );
+}
+
+// ------------------------------------------------------------- log lines
+
+/// A scripted cmappserver: answers the hello and the launch, then holds back
+/// the answer to the manager's first ping and sends it between the process's
+/// exit and the reply to the manager's ack — the order a real server produces
+/// when a ping crosses the exit on the wire.
+fn scripted_server(
+    keys: &cmapp_tests::keys::Keys,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<Result<(), String>>) {
+    use common::message::{Ack, Event, ExitStatus, Exited, Hello, Ping, Request, Started, Welcome};
+    common::tls::install_crypto_provider();
+    let key = common::tls::load_key_store(&keys.server_private, "serverpw").unwrap();
+    let trust = common::tls::load_trust_store(&keys.server_trust).unwrap();
+    let cfg = common::tls::server_config(key, trust).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let e = |e: &dyn std::fmt::Display| e.to_string();
+            let listener = tokio::net::TcpListener::from_std(listener).map_err(|x| e(&x))?;
+            let (tcp, _) = tokio::time::timeout(WAIT, listener.accept())
+                .await
+                .map_err(|x| e(&x))?
+                .map_err(|x| e(&x))?;
+            let tls = tokio_rustls::TlsAcceptor::from(cfg)
+                .accept(tcp)
+                .await
+                .map_err(|x| e(&x))?;
+            let (mut rd, mut wr) = common::connection::split(tls);
+            let next = |r: Result<Option<Request>, common::connection::ConnectionError>| match r {
+                Ok(Some(req)) => Ok(req),
+                Ok(None) => Err("the manager closed the connection".to_string()),
+                Err(x) => Err(e(&x)),
+            };
+            let _: Option<Hello> = rd.read().await.map_err(|x| e(&x))?;
+            let welcome = Welcome {
+                protocol: common::message::PROTOCOL_VERSION,
+                software: "scripted".into(),
+                monitored: 0,
+                max_processes: 30,
+            };
+            wr.write(&welcome).await.map_err(|x| e(&x))?;
+            let Request::Launch(_) = next(rd.read().await)? else {
+                return Err("expected a launch".into());
+            };
+            let id = "scripted-1".to_string();
+            let started = Started {
+                id: id.clone(),
+                service: "scripted".into(),
+                pid: 4242,
+                started_at_ms: common::message::now_ms(),
+                attached: false,
+                exited: false,
+            };
+            wr.write(&Event::Started(started)).await.map_err(|x| e(&x))?;
+            let seq = loop {
+                if let Request::Ping(p) = next(rd.read().await)? {
+                    break p.seq;
+                }
+            };
+            let exited = Exited {
+                id: id.clone(),
+                pid: 4242,
+                status: ExitStatus::Code(7),
+                exited_at_ms: common::message::now_ms(),
+            };
+            wr.write(&Event::Exited(exited)).await.map_err(|x| e(&x))?;
+            wr.write(&Event::Pong(Ping { seq })).await.map_err(|x| e(&x))?;
+            loop {
+                match next(rd.read().await)? {
+                    Request::Ack(a) if a.id == id => {
+                        wr.write(&Event::Acked(Ack { id })).await.map_err(|x| e(&x))?;
+                        break;
+                    }
+                    Request::Ping(p) => wr.write(&Event::Pong(p)).await.map_err(|x| e(&x))?,
+                    other => return Err(format!("unexpected {other:?}")),
+                }
+            }
+            // Until the manager closes.
+            while let Ok(Some(_)) = rd.read::<Request>().await {}
+            Ok(())
+        })
+    });
+    (addr, handle)
+}
+
+#[test]
+fn a_pong_between_the_exit_and_the_ack_reply_is_not_a_missing_ack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = cmapp_tests::keys::pinned(tmp.path(), "");
+    let conf = cmapp_tests::keys::manager_conf(
+        tmp.path(),
+        "m.conf",
+        &keys.client_private,
+        &keys.client_trust,
+        "pingInterval=0.2\n",
+    );
+    let (addr, server) = scripted_server(&keys);
+    let mut m = Mgr::spawn(&conf, &addr.to_string(), 10.0, &[], &["/bin/true"]);
+    assert_eq!(m.code(), 7, "{}", m.err.text());
+    server.join().unwrap().unwrap();
+    assert!(m.err.contains("PROGRAM EXIT CODE 7"), "{}", m.err.text());
+    assert!(!m.err.contains("not acknowledged"), "{}", m.err.text());
+}
