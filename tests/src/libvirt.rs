@@ -453,8 +453,24 @@ pub struct VmRun {
 
 impl VmRun {
     pub fn spawn(args: &[&str]) -> VmRun {
-        let mut child = Command::new(crate::bin("cmappmgr"))
-            .arg("vm")
+        Self::spawn_env(args, &[])
+    }
+
+    /// `cmappmgr vm ARGS` with extra environment.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> VmRun {
+        let mut all = vec!["vm"];
+        all.extend(args);
+        Self::spawn_program(&crate::bin("cmappmgr"), &all, env)
+    }
+
+    /// Any program (the Serviceguard module script) with extra environment,
+    /// captured the same way.
+    pub fn spawn_program(program: &Path, args: &[&str], env: &[(&str, &str)]) -> VmRun {
+        let mut cmd = Command::new(program);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .args(args)
             .env("RUST_LOG", "debug")
             .env_remove("LIBVIRT_DEFAULT_URI")

@@ -201,7 +201,7 @@ fn lifecycle_against_a_real_libvirtd() {
     // The guest with an OS boots in the background while the others run.
     let b = boot_guest_with_acpi(&cx);
 
-    let steps: [(&str, Step); 8] = [
+    let steps: [(&str, Step); 9] = [
         ("validate", validate),
         ("start", start),
         ("monitor sees a destroyed guest at once through events", monitor_events),
@@ -210,6 +210,7 @@ fn lifecycle_against_a_real_libvirtd() {
         ("monitor checks the guest's cmappserver", monitor_check_node),
         ("maintenance mode suspends monitoring", maintenance),
         ("stop forces a guest that ignores ACPI", stop_forced),
+        ("Serviceguard module script and deploy", serviceguard_module),
     ];
     for (what, step) in steps {
         let t = Instant::now();
@@ -559,4 +560,310 @@ fn stop_graceful(cx: &Ctx, b: &AcpiGuest) {
     assert!(t.elapsed() < Duration::from_secs(30));
     assert_eq!(cx.lv.state(&b.name), "shut off");
     assert!(console().contains("CMAPP-GUEST-POWER-BUTTON"), "{}", console());
+}
+
+/// The packaging's Serviceguard files.
+fn serviceguard_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/serviceguard")
+}
+
+/// A package configuration's attributes, in order: `name value` lines,
+/// comments and blank lines skipped, one pair of double quotes removed.
+fn attributes(conf: &str) -> Vec<(String, String)> {
+    conf.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
+            let v = v.trim();
+            let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// The tkit/vtn/vtn attributes we add beyond the guide's three.
+const OUR_TKIT_ATTRS: &[&str] = &[
+    "GUEST_NAME",
+    "LIBVIRT_URI",
+    "START_TIMEOUT",
+    "STOP_TIMEOUT",
+    "GUEST_NODE",
+    "CMAPPSERVER_TIMEOUT",
+];
+
+/// `cmappmgr vm deploy` writes the guide's Appendix A package; the module
+/// script's entry points run the guest the way Serviceguard's master control
+/// script and the guest-monitor service would call them; `maintenance` finds
+/// the file the monitor watches whatever options each was given.
+fn serviceguard_module(cx: &Ctx) {
+    let a = cx.a.as_str();
+    if cx.lv.state(a) != "shut off" {
+        cx.lv.virsh(&["destroy", a]);
+    }
+    let sgconf = cx.lv.dir().join("cmcluster");
+    let run_dir = cx.lv.dir().join("run");
+    let sg = sgconf.to_str().unwrap();
+    let run = run_dir.to_str().unwrap();
+    let cmappmgr = cmapp_tests::bin("cmappmgr");
+    let cmappmgr = cmappmgr.to_str().unwrap();
+
+    // cmdeployvpkg -P A -x appmon=ping_mon:/apps/ping_mon:10:none:300, for nodes node1 and node2.
+    let base = [("SGCONF", sg), ("CMAPPMGR_RUN_DIR", run)];
+    let mut r = VmRun::spawn_env(
+        &[
+            "deploy",
+            a,
+            "--connect",
+            cx.uri(),
+            "-n",
+            "node1",
+            "-n",
+            "node2",
+            "-x",
+            "appmon=ping_mon:/apps/ping_mon:10:none:300",
+        ],
+        &base,
+    );
+    assert_eq!(r.code_within(CMD), 0, "{}", r.err.text());
+    let conf_path = sgconf.join(a).join(format!("{a}.conf"));
+    let conf = std::fs::read_to_string(&conf_path).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(sgconf.join(a)).unwrap().permissions().mode();
+    assert_eq!(mode & 0o022, 0, "package directory writable by group/others: {mode:o}");
+
+    // Appendix A, attribute by attribute and in order, with the guest's name
+    // for slvm1 and $SGCONF for /etc/cmcluster. Left out, being site
+    // specific: the SLVM dependency (dependency_name/condition/location) and
+    // monitored_subnet (written only for a guest bridged to a subnet here).
+    let tkit_dir = format!("{sg}/{a}");
+    let appmon = format!("/usr/sbin/cmappmgr -node {a} -cmappserver_timeout 10 -service /apps/ping_mon");
+    let mut want: Vec<(&str, &str)> = vec![("package_name", a), ("package_description", "Serviceguard Package")];
+    for m in [
+        "sg/basic",
+        "tkit/vtn/vtn",
+        "sg/priority",
+        "sg/failover",
+        "sg/external",
+        "sg/service",
+        "sg/monitor_subnet",
+    ] {
+        want.extend([("module_name", m), ("module_version", "1")]);
+    }
+    want.extend([
+        ("package_type", "failover"),
+        ("node_name", "node1"),
+        ("node_name", "node2"),
+        ("auto_run", "yes"),
+        ("node_fail_fast_enabled", "no"),
+        ("run_script_timeout", "no_timeout"),
+        ("halt_script_timeout", "no_timeout"),
+        ("successor_halt_timeout", "no_timeout"),
+        ("script_log_file", "$SGRUN/log/$SG_PACKAGE.log"),
+        ("operation_sequence", "$SGCONF/scripts/tkit/vtn/tkit_module.sh"),
+        ("operation_sequence", "$SGCONF/scripts/sg/external.sh"),
+        ("operation_sequence", "$SGCONF/scripts/sg/service.sh"),
+        ("failover_policy", "configured_node"),
+        ("failback_policy", "manual"),
+        ("tkit/vtn/vtn/TKIT_DIR", &tkit_dir),
+        ("tkit/vtn/vtn/MAINTENANCE_FLAG", "yes"),
+        ("tkit/vtn/vtn/MONITOR_INTERVAL", "30"),
+        ("priority", "no_priority"),
+        ("service_name", a),
+        ("service_cmd", "$SGCONF/scripts/tkit/vtn/tkit_module.sh guest_monitor"),
+        ("service_restart", "none"),
+        ("service_fail_fast_enabled", "no"),
+        ("service_halt_timeout", "300"),
+        ("local_lan_failover_allowed", "yes"),
+        ("service_name", "ping_mon"),
+        ("service_cmd", &appmon),
+        ("service_restart", "none"),
+        ("service_fail_fast_enabled", "no"),
+        ("service_halt_timeout", "300"),
+    ]);
+    let got = attributes(&conf);
+    let ours = |k: &str| {
+        k.strip_prefix("tkit/vtn/vtn/")
+            .is_some_and(|n| OUR_TKIT_ATTRS.contains(&n))
+    };
+    let appendix_a: Vec<(&str, &str)> = got
+        .iter()
+        .filter(|(k, _)| !ours(k))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(appendix_a, want, "generated:\n{conf}");
+    assert!(got.contains(&("tkit/vtn/vtn/GUEST_NAME".into(), a.into())), "{conf}");
+    assert!(
+        got.contains(&("tkit/vtn/vtn/LIBVIRT_URI".into(), cx.uri().into())),
+        "{conf}"
+    );
+    assert!(conf.contains("# Storage: the guest has no disks."), "{conf}");
+
+    // The module's ADF declares exactly the attributes deploy writes, and the
+    // module script reads each of them.
+    let adf = std::fs::read_to_string(serviceguard_dir().join("modules/tkit/vtn/vtn.1")).unwrap();
+    let script_path = serviceguard_dir().join("scripts/tkit/vtn/tkit_module.sh");
+    let script = std::fs::read_to_string(&script_path).unwrap();
+    let mut declared: Vec<&str> = adf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("NAME"))
+        .map(str::trim)
+        .collect();
+    let mut written: Vec<&str> = got
+        .iter()
+        .filter_map(|(k, _)| k.strip_prefix("tkit/vtn/vtn/"))
+        .collect();
+    declared.sort();
+    written.sort();
+    assert_eq!(declared, written);
+    for attr in &written {
+        assert!(
+            script.contains(&format!("${attr}")) || script.contains(&format!("${{{attr}")),
+            "tkit_module.sh does not read {attr}"
+        );
+    }
+
+    // A second deploy keeps the first file in .backup/.
+    let mut r = VmRun::spawn_env(&["deploy", a, "--connect", cx.uri()], &base);
+    assert_eq!(r.code_within(CMD), 0, "{}", r.err.text());
+    let backups = std::fs::read_dir(sgconf.join(a).join(".backup")).unwrap().count();
+    assert_eq!(backups, 1);
+
+    // The module script, with the package's environment as Serviceguard gives it.
+    let attrs = [
+        ("SG_PACKAGE", a),
+        ("SGCONF", sg),
+        ("CMAPPMGR", cmappmgr),
+        ("CMAPPMGR_RUN_DIR", run),
+        ("GUEST_NAME", a),
+        ("TKIT_DIR", &tkit_dir),
+        ("MAINTENANCE_FLAG", "yes"),
+        ("MONITOR_INTERVAL", "0.5"),
+        ("LIBVIRT_URI", cx.uri()),
+        ("START_TIMEOUT", "30"),
+        ("STOP_TIMEOUT", "1"),
+        ("GUEST_NODE", ""),
+        ("CMAPPSERVER_TIMEOUT", "240"),
+    ];
+    let sh = Path::new("/bin/sh");
+    let module =
+        |action: &str, env: &[(&str, &str)]| VmRun::spawn_program(sh, &[script_path.to_str().unwrap(), action], env);
+    let module_expect = |code: i32, action: &str| {
+        let mut r = module(action, &attrs);
+        assert_eq!(
+            r.code_within(CMD),
+            code,
+            "tkit_module.sh {action}: {}\n{}",
+            r.out.text(),
+            r.err.text()
+        );
+        r
+    };
+    let r = module_expect(0, "validate");
+    assert!(
+        r.err.contains(&format!("guest {a} is defined on this host")),
+        "{}",
+        r.err.text()
+    );
+    module_expect(0, "start");
+    assert_eq!(cx.lv.state(a), "running");
+
+    // The guest-monitor service; maintenance mode from an admin's shell with
+    // no options at all, as `cmdeployvpkg -m 1 -P A` is typed.
+    let mut m = module("guest_monitor", &attrs);
+    let line = m.expect_line(&format!("monitoring guest {a}"), WAIT);
+    assert!(
+        line.contains(&format!(
+            "maintenance file: {tkit_dir}/maintenance (TKIT_DIR from --tkit-dir)"
+        )),
+        "{line}"
+    );
+    m.expect_line(&format!("guest {a} is running"), WAIT);
+    let r = vm_env(0, &["maintenance", "on", a], &base);
+    let line = r.expect_line("Maintenance mode is enabled", WAIT);
+    assert!(
+        line.contains(&format!(
+            "{tkit_dir}/maintenance (TKIT_DIR from TKIT_DIR in {})",
+            conf_path.display()
+        )),
+        "{line}"
+    );
+    m.expect_line(&format!("Maintenance mode is enabled for the package {a}"), WAIT);
+    cx.lv.virsh(&["destroy", a]);
+    m.expect_line(&format!("guest {a} is shut off (maintenance mode: not checked)"), WAIT);
+    assert!(m.running(), "{}", m.err.text());
+    vm_env(0, &["maintenance", "off", a], &base);
+    assert_eq!(m.code_within(Duration::from_secs(10)), 1, "{}", m.err.text());
+    assert!(
+        m.err.contains(&format!(
+            "Service monitor detected a failure in guest {a}: guest {a} is no longer running (state: shut off)"
+        )),
+        "{}",
+        m.err.text()
+    );
+
+    // A monitor given another TKIT_DIR: `maintenance` with no options follows
+    // it (and says so); with a different one of its own it refuses.
+    module_expect(0, "start");
+    let other = cx.lv.dir().join("other-tkit");
+    std::fs::create_dir_all(&other).unwrap();
+    let other_s = other.to_str().unwrap();
+    let mut env = attrs.to_vec();
+    env.retain(|(k, _)| *k != "TKIT_DIR");
+    env.push(("TKIT_DIR", other_s));
+    let mut m = module("guest_monitor", &env);
+    m.expect_line(&format!("guest {a} is running"), WAIT);
+    let r = vm_env(0, &["maintenance", "on", a], &base);
+    let line = r.expect_line("Maintenance mode is enabled", WAIT);
+    assert!(
+        line.contains(&format!(
+            "{other_s}/maintenance (TKIT_DIR from the running guest monitor of {a} (pid {})",
+            m.pid()
+        )),
+        "{line}"
+    );
+    assert!(other.join("maintenance").exists());
+    m.expect_line(&format!("Maintenance mode is enabled for the package {a}"), WAIT);
+    let r = vm_env(1, &["maintenance", "on", a, "--tkit-dir", &tkit_dir], &base);
+    assert!(
+        r.err.contains(&format!(
+            "the guest monitor of {a} (pid {}) looks for the maintenance file at {other_s}/maintenance",
+            m.pid()
+        )),
+        "{}",
+        r.err.text()
+    );
+    assert!(!Path::new(&tkit_dir).join("maintenance").exists());
+    vm_env(0, &["maintenance", "off", a], &base);
+    assert!(!other.join("maintenance").exists());
+    m.expect_line(&format!("Maintenance mode is disabled for the package {a}"), WAIT);
+    m.signal(Signal::SIGTERM);
+    assert_eq!(m.code_within(Duration::from_secs(10)), 0, "{}", m.err.text());
+    assert!(
+        wait_until(WAIT, || std::fs::read_dir(run_dir.join("vm")).map_or(0, |d| d.count())
+            == 0),
+        "the monitor's registration outlived it"
+    );
+
+    // Package halt: the guest ignores ACPI, so it is forced off after STOP_TIMEOUT.
+    let r = module_expect(0, "stop");
+    assert!(r.err.contains(&format!("guest {a} was forced off")), "{}", r.err.text());
+    assert_eq!(cx.lv.state(a), "shut off");
+
+    // Without a guest name the script refuses, saying why.
+    let mut r = module("start", &[("SGCONF", sg), ("CMAPPMGR", cmappmgr)]);
+    assert_eq!(r.code_within(CMD), 1);
+    assert!(
+        r.out.contains("neither GUEST_NAME nor SG_PACKAGE is set"),
+        "{}",
+        r.out.text()
+    );
+}
+
+/// `cmappmgr vm ARGS` with extra environment, run to completion.
+fn vm_env(code: i32, args: &[&str], env: &[(&str, &str)]) -> VmRun {
+    let mut r = VmRun::spawn_env(args, env);
+    let c = r.code_within(CMD);
+    assert_eq!(c, code, "cmappmgr vm {args:?} exited {c}; stderr:\n{}", r.err.text());
+    r
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::domain::DomainXml;
+
 /// The state of a domain, as libvirt names them (`virsh domstate`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DomainState {
@@ -98,14 +100,21 @@ impl HvError {
     }
 }
 
-/// What a domain's definition says, as far as validation cares.
+/// What a domain's definition says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainDefinition {
     /// Defined (survives a stop), as opposed to transient.
     pub persistent: bool,
+    /// Its XML definition, parsed.
+    pub domain: DomainXml,
+}
+
+impl DomainDefinition {
     /// Local files the domain needs to start: file- and block-backed disks
     /// (other than those marked optional), and a direct-boot kernel/initrd.
-    pub files: Vec<PathBuf>,
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.domain.referenced_files()
+    }
 }
 
 /// A notification from a lifecycle event subscription.

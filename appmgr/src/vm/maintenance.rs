@@ -25,14 +25,15 @@ pub fn run(action: Action, guest: &str, tkit: &Toolkit) -> Result<(), VmError> {
             }
             if !tkit.tkit_dir.is_dir() {
                 return Err(VmError::Config(format!(
-                    "TKIT_DIR {} is not a directory (the package directory of {guest}; see --tkit-dir)",
-                    tkit.tkit_dir.display()
+                    "TKIT_DIR {} (from {}) is not a directory (the package directory of {guest}; see --tkit-dir)",
+                    tkit.tkit_dir.display(),
+                    tkit.tkit_dir_from
                 )));
             }
             if tkit.maintenance_file_present() {
                 tracing::info!(
                     "Maintenance mode is already enabled for the package {guest} ({})",
-                    path.display()
+                    tkit.describe()
                 );
                 return Ok(());
             }
@@ -49,19 +50,23 @@ pub fn run(action: Action, guest: &str, tkit: &Toolkit) -> Result<(), VmError> {
             );
             tracing::info!(
                 "Maintenance mode is enabled for the package {guest} ({}): its guest monitor no longer fails the package",
-                path.display()
+                tkit.describe()
             );
             Ok(())
         }
         Action::Off => match std::fs::remove_file(&path) {
             Ok(()) => {
                 tracing::info!(
-                    "Maintenance mode is disabled for the package {guest}: its guest monitor checks the guest again"
+                    "Maintenance mode is disabled for the package {guest} (removed {}): its guest monitor checks the guest again",
+                    tkit.describe()
                 );
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::info!("Maintenance mode is already disabled for the package {guest}");
+                tracing::info!(
+                    "Maintenance mode is already disabled for the package {guest} (no {})",
+                    tkit.describe()
+                );
                 Ok(())
             }
             Err(e) => Err(VmError::Failed(format!(
@@ -71,6 +76,7 @@ pub fn run(action: Action, guest: &str, tkit: &Toolkit) -> Result<(), VmError> {
         },
         Action::Status => {
             let present = tkit.maintenance_file_present();
+            tracing::info!("maintenance file of the package {guest}: {}", tkit.describe());
             if present && !tkit.maintenance_allowed {
                 println!("off (the maintenance file exists but MAINTENANCE_FLAG is no: it is ignored)");
             } else {
@@ -90,6 +96,8 @@ mod tests {
             tkit_dir: dir.to_path_buf(),
             maintenance_allowed: allowed,
             monitor_interval: None,
+            tkit_dir_from: "--tkit-dir".into(),
+            explicit: true,
         }
     }
 

@@ -39,7 +39,9 @@
 //!       While the maintenance file exists (and MAINTENANCE_FLAG is yes) it
 //!       logs "Maintenance mode is enabled for the package" and fails for
 //!       nothing; once the file is removed it checks again (and fails if the
-//!       domain is not running). Each change of mode is logged. SIGTERM or
+//!       domain is not running). A file created while a cycle is in flight
+//!       counts: it looks again right before failing. Each change of mode is
+//!       logged, and its first line says which file it watches and why. SIGTERM or
 //!       SIGINT ends it with exit 0 and ends its `virsh event` child.
 //!
 //!   validate GUEST [--no-check-files]
@@ -51,6 +53,15 @@
 //!                                   [--package-conf FILE]
 //!       Creates or removes TKIT_DIR/maintenance (`cmdeployvpkg -m 1|0`), or
 //!       prints `on` or `off`. `on` is refused when MAINTENANCE_FLAG is no.
+//!       Without --tkit-dir or --package-conf, it uses the file a running
+//!       guest monitor of GUEST watches (see [`registry`]); with one that
+//!       differs from the monitor's, it refuses. Its log says where it looked.
+//!
+//!   deploy GUEST [-x appmon=NAME:CMD:TIMEOUT:RESTART:HALT]... [-n NODE]...
+//!                [--guest-node NODE] [--tkit-dir DIR] [--maintenance-flag yes|no]
+//!                [--monitor-interval SECS] [--cmappmgr PATH] [-o FILE]
+//!       Writes the guest's Serviceguard package configuration
+//!       (`cmdeployvpkg -P GUEST`), see [`deploy`] and `packaging/serviceguard/`.
 //! ```
 //!
 //! In a package, e.g. for guest vm1 (an external script's start and stop,
@@ -63,9 +74,10 @@
 //! ```
 //!
 //! `--connect` defaults to `$LIBVIRT_DEFAULT_URI`, then `qemu:///system`.
-//! TKIT_DIR defaults to `/etc/cmcluster/GUEST`; TKIT_DIR, MAINTENANCE_FLAG and
-//! MONITOR_INTERVAL can also come from the package configuration file
-//! (`tkit/vtn/vtn/NAME value` lines), see [`tkit`].
+//! TKIT_DIR defaults to `$SGCONF/GUEST` (`/etc/cmcluster/GUEST`); TKIT_DIR,
+//! MAINTENANCE_FLAG and MONITOR_INTERVAL can also come from the package
+//! configuration file (`tkit/vtn/vtn/NAME value` lines): the one named by
+//! --package-conf, or `$SGCONF/GUEST/GUEST.conf` if it exists, see [`tkit`].
 //!
 //! Exit codes: 0 success (and monitor stopped by a signal); 1 failure (the
 //! domain is not running, could not be started, stopped or validated, is not
@@ -74,12 +86,16 @@
 //! `virsh --connect qemu:///system start vm1 failed: error: ...`.
 //!
 //! Layout: [`hypervisor`] is the driver trait, [`virsh`] the libvirt driver,
-//! [`tkit`] the package attributes and the maintenance file; one file per
-//! command.
+//! [`domain`] the domain definition's parser, [`tkit`] the package attributes
+//! and the maintenance file, [`registry`] where running monitors look for it;
+//! one file per command.
 
+mod deploy;
+mod domain;
 mod hypervisor;
 mod maintenance;
 mod monitor;
+mod registry;
 mod start;
 mod stop;
 mod tkit;
@@ -176,6 +192,41 @@ enum Command {
     Validate(ValidateArgs),
     /// Turn the package's maintenance mode on or off, or show it.
     Maintenance(MaintenanceArgs),
+    /// Write the guest's Serviceguard package configuration (the original's cmdeployvpkg).
+    Deploy(DeployArgs),
+}
+
+#[derive(Debug, Args)]
+struct DeployArgs {
+    /// The libvirt domain; also the package's name.
+    guest: String,
+    /// An application monitor service, as cmdeployvpkg takes it (repeatable):
+    /// NAME, the run string in the guest, -cmappserver_timeout, service_restart
+    /// (none, unlimited or a count), service_halt_timeout.
+    #[arg(short = 'x', value_name = "appmon=NAME:CMD:TIMEOUT:RESTART:HALT", value_parser = deploy::parse_x)]
+    appmon: Vec<deploy::AppMon>,
+    /// A cluster node that may run the package, in order (repeatable; default `*`, every node).
+    #[arg(short = 'n', long = "node-name", value_name = "NODE")]
+    nodes: Vec<String>,
+    /// The guest's cmappserver address for the services' -node (default: the guest's name).
+    #[arg(long, value_name = "NODE")]
+    guest_node: Option<String>,
+    /// TKIT_DIR (default $SGCONF/GUEST).
+    #[arg(long, value_name = "DIR")]
+    tkit_dir: Option<PathBuf>,
+    /// MAINTENANCE_FLAG.
+    #[arg(long, value_name = "yes|no", ignore_case = true, default_value = "yes")]
+    maintenance_flag: YesNo,
+    /// MONITOR_INTERVAL, seconds.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_positive_secs)]
+    monitor_interval: Duration,
+    /// The cmappmgr the services run.
+    #[arg(long, value_name = "PATH", default_value = "/usr/sbin/cmappmgr")]
+    cmappmgr: PathBuf,
+    /// Where to write the configuration (default $SGCONF/GUEST/GUEST.conf;
+    /// an existing file is moved to .backup/ beside it first).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -382,7 +433,44 @@ pub fn main(args: Vec<String>) -> i32 {
     }
 }
 
+/// The maintenance file a running guest monitor of `guest` looks for, if
+/// there is one and it differs from `own`: without a TKIT_DIR chosen on
+/// purpose, `maintenance` uses the monitor's; with one, it refuses, since a
+/// file the monitor does not read would not protect the package.
+fn follow_monitor(guest: &str, own: tkit::Toolkit) -> Result<tkit::Toolkit, VmError> {
+    let monitors = registry::monitors(guest);
+    let Some(m) = monitors.iter().find(|m| m.tkit_dir != own.tkit_dir) else {
+        if monitors.is_empty() {
+            tracing::debug!("no guest monitor of {guest} runs on this node");
+        }
+        return Ok(own);
+    };
+    let theirs = m.tkit_dir.join(tkit::MAINTENANCE_FILE);
+    if own.explicit {
+        return Err(VmError::Config(format!(
+            "the guest monitor of {guest} (pid {}) looks for the maintenance file at {} (TKIT_DIR from {}), \
+             not at {}: give --tkit-dir {} or correct TKIT_DIR",
+            m.pid,
+            theirs.display(),
+            m.tkit_dir_from,
+            own.describe(),
+            m.tkit_dir.display()
+        )));
+    }
+    Ok(tkit::Toolkit {
+        tkit_dir: m.tkit_dir.clone(),
+        maintenance_allowed: m.maintenance_allowed,
+        monitor_interval: own.monitor_interval,
+        tkit_dir_from: format!(
+            "the running guest monitor of {guest} (pid {}), which has it from {}",
+            m.pid, m.tkit_dir_from
+        ),
+        explicit: false,
+    })
+}
+
 fn run(cli: Cli) -> Result<(), VmError> {
+    let cli_uri = cli.connect.clone();
     let hv = Arc::new(virsh::Virsh::new(cli.virsh, cli.connect, cli.virsh_timeout));
     match cli.command {
         Command::Start(a) => {
@@ -415,8 +503,22 @@ fn run(cli: Cli) -> Result<(), VmError> {
             monitor::run(hv, a.guest, tkit, opts)
         }
         Command::Validate(a) => validate::run(hv.as_ref(), &a.guest, !a.no_check_files),
+        Command::Deploy(a) => {
+            let opts = deploy::DeployOptions {
+                appmons: a.appmon,
+                nodes: a.nodes,
+                guest_node: a.guest_node,
+                tkit_dir: a.tkit_dir,
+                maintenance_flag: a.maintenance_flag == YesNo::Yes,
+                monitor_interval: a.monitor_interval,
+                cmappmgr: a.cmappmgr,
+                uri: cli_uri,
+                output: a.output,
+            };
+            deploy::run(hv.as_ref(), &a.guest, &opts)
+        }
         Command::Maintenance(a) => {
-            let tkit = a.tkit.resolve(&a.guest)?;
+            let tkit = follow_monitor(&a.guest, a.tkit.resolve(&a.guest)?)?;
             let action = match a.action {
                 MaintenanceAction::On => maintenance::Action::On,
                 MaintenanceAction::Off => maintenance::Action::Off,

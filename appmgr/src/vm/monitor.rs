@@ -33,7 +33,13 @@ pub struct MonitorOptions {
 /// Runs the monitor until the guest fails or a stop signal arrives.
 pub fn run(hv: Arc<dyn Hypervisor>, guest: String, tkit: Toolkit, opts: MonitorOptions) -> Result<(), VmError> {
     let rt = super::runtime()?;
-    let result = rt.block_on(monitor(hv, guest, tkit, opts));
+    let result = rt.block_on(async {
+        let shutdown = common::shutdown::shutdown_signal()
+            .map_err(|e| VmError::Failed(format!("cannot install the SIGTERM/SIGINT handlers: {e}")))?;
+        // Where this monitor looks, for `cmappmgr vm maintenance`; removed on return.
+        let _registered = super::registry::register(&guest, &tkit);
+        monitor(hv, guest, tkit, opts, shutdown).await
+    });
     // A virsh call still running on the blocking pool is bounded by its own
     // timeout; do not wait for it here.
     rt.shutdown_timeout(Duration::from_millis(100));
@@ -58,9 +64,13 @@ impl Wake {
     }
 }
 
-async fn monitor(hv: Arc<dyn Hypervisor>, guest: String, tkit: Toolkit, opts: MonitorOptions) -> Result<(), VmError> {
-    let shutdown = common::shutdown::shutdown_signal()
-        .map_err(|e| VmError::Failed(format!("cannot install the SIGTERM/SIGINT handlers: {e}")))?;
+async fn monitor(
+    hv: Arc<dyn Hypervisor>,
+    guest: String,
+    tkit: Toolkit,
+    opts: MonitorOptions,
+    shutdown: impl std::future::Future<Output = StopSignal>,
+) -> Result<(), VmError> {
     tokio::pin!(shutdown);
     let g = guest.as_str();
     let secs = opts.interval.as_secs_f64();
@@ -68,7 +78,7 @@ async fn monitor(hv: Arc<dyn Hypervisor>, guest: String, tkit: Toolkit, opts: Mo
         "monitoring guest {g} through {} every {secs} s (lifecycle events: {}; maintenance file: {}{})",
         hv.describe(),
         if opts.events { "on" } else { "off" },
-        tkit.maintenance_file().display(),
+        tkit.describe(),
         if tkit.maintenance_allowed {
             ""
         } else {
@@ -144,6 +154,7 @@ async fn monitor(hv: Arc<dyn Hypervisor>, guest: String, tkit: Toolkit, opts: Mo
                 ),
             }
         } else {
+            let mut failure: Option<String> = None;
             match state {
                 Ok(s) if s.is_running() => {
                     query_failures = 0;
@@ -158,21 +169,18 @@ async fn monitor(hv: Arc<dyn Hypervisor>, guest: String, tkit: Toolkit, opts: Mo
                         match answer {
                             Ok(_) => tracing::debug!("the cmappserver of guest {g} at {} answers", check.node),
                             Err(e) => {
-                                return Err(failed(
-                                    g,
-                                    format!(
-                                        "its cmappserver at {} did not answer within {} s: {e}",
-                                        check.node,
-                                        check.timeout.as_secs_f64()
-                                    ),
+                                failure = Some(format!(
+                                    "its cmappserver at {} did not answer within {} s: {e}",
+                                    check.node,
+                                    check.timeout.as_secs_f64()
                                 ))
                             }
                         }
                     }
                 }
-                Ok(s) => return Err(failed(g, format!("guest {g} is no longer running (state: {s})"))),
+                Ok(s) => failure = Some(format!("guest {g} is no longer running (state: {s})")),
                 Err(e) if e.is_not_found() => {
-                    return Err(failed(g, format!("guest {g} is no longer defined on this host: {e}")))
+                    failure = Some(format!("guest {g} is no longer defined on this host: {e}"))
                 }
                 Err(e) if wake == Wake::Event => {
                     // Counted once per interval only: a dying subscription
@@ -182,15 +190,28 @@ async fn monitor(hv: Arc<dyn Hypervisor>, guest: String, tkit: Toolkit, opts: Mo
                 Err(e) => {
                     query_failures += 1;
                     if query_failures >= opts.max_query_failures {
-                        return Err(failed(
-                            g,
-                            format!("its state could not be read {query_failures} times in a row: {e}"),
+                        failure = Some(format!(
+                            "its state could not be read {query_failures} times in a row: {e}"
                         ));
+                    } else {
+                        tracing::warn!(
+                            "cannot read the state of guest {g} ({query_failures} of {} tries): {e}",
+                            opts.max_query_failures
+                        );
                     }
+                }
+            }
+            if let Some(detail) = failure {
+                // The cycle took time (the state query, the cmappserver
+                // check): a maintenance file created meanwhile is honoured,
+                // so look again right before failing the package.
+                if tkit.maintenance_allowed && tkit.maintenance_file_present() {
                     tracing::warn!(
-                        "cannot read the state of guest {g} ({query_failures} of {} tries): {e}",
-                        opts.max_query_failures
+                        "Maintenance mode was enabled for the package {g} while the guest was being checked: \
+                         not failing the package ({detail})"
                     );
+                } else {
+                    return Err(failed(g, detail));
                 }
             }
         }
@@ -257,4 +278,128 @@ fn stopped(guest: &str, sig: StopSignal) -> Result<(), VmError> {
     };
     tracing::info!("received {name}: the monitor of guest {guest} stops");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::hypervisor::DomainDefinition;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A guest that is shut off; while its state is being read (the cycle
+    /// in flight), it can create the maintenance file, as an admin running
+    /// `cmappmgr vm maintenance on` at that instant would.
+    #[derive(Debug)]
+    struct ShutOffGuest {
+        maintenance_during_query: Option<PathBuf>,
+        queries: AtomicU32,
+    }
+
+    impl Hypervisor for ShutOffGuest {
+        fn describe(&self) -> String {
+            "a fake hypervisor".into()
+        }
+        fn state(&self, _: &str) -> Result<DomainState, HvError> {
+            if let Some(file) = &self.maintenance_during_query {
+                std::fs::write(file, "on").unwrap();
+            }
+            self.queries.fetch_add(1, Ordering::SeqCst);
+            Ok(DomainState::ShutOff)
+        }
+        fn start(&self, _: &str) -> Result<(), HvError> {
+            unreachable!()
+        }
+        fn resume(&self, _: &str) -> Result<(), HvError> {
+            unreachable!()
+        }
+        fn shutdown(&self, _: &str) -> Result<(), HvError> {
+            unreachable!()
+        }
+        fn destroy(&self, _: &str) -> Result<(), HvError> {
+            unreachable!()
+        }
+        fn definition(&self, _: &str) -> Result<DomainDefinition, HvError> {
+            unreachable!()
+        }
+        fn subscribe(
+            &self,
+            _: &str,
+            _: tokio::sync::mpsc::UnboundedSender<HvEvent>,
+        ) -> Result<Box<dyn Subscription>, HvError> {
+            unreachable!()
+        }
+    }
+
+    fn toolkit(dir: &std::path::Path) -> Toolkit {
+        Toolkit {
+            tkit_dir: dir.to_path_buf(),
+            maintenance_allowed: true,
+            monitor_interval: None,
+            tkit_dir_from: "--tkit-dir".into(),
+            explicit: true,
+        }
+    }
+
+    fn options() -> MonitorOptions {
+        MonitorOptions {
+            interval: Duration::from_millis(10),
+            events: false,
+            max_query_failures: 3,
+            check: None,
+        }
+    }
+
+    /// Runs the monitor until it returns, or until `queries` cycles have
+    /// passed, when it is stopped as SIGTERM would.
+    fn monitor_for(hv: Arc<ShutOffGuest>, tkit: Toolkit, queries: u32) -> Result<(), VmError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let seen = hv.clone();
+        rt.block_on(async move {
+            let stop = async move {
+                while seen.queries.load(Ordering::SeqCst) < queries {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                StopSignal::Term
+            };
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                monitor(hv, "vm1".into(), tkit, options(), stop),
+            )
+            .await
+            .expect("the monitor neither failed nor stopped")
+        })
+    }
+
+    #[test]
+    fn a_maintenance_file_created_while_a_cycle_is_in_flight_is_honoured() {
+        let dir = tempfile::tempdir().unwrap();
+        let hv = Arc::new(ShutOffGuest {
+            maintenance_during_query: Some(dir.path().join("maintenance")),
+            queries: AtomicU32::new(0),
+        });
+        // The file did not exist when the cycle began; it does once the
+        // state (shut off) comes back: no failure, and the monitor goes on
+        // in maintenance mode until it is stopped.
+        monitor_for(hv.clone(), toolkit(dir.path()), 3).expect("the package was failed during maintenance");
+        assert!(hv.queries.load(Ordering::SeqCst) >= 3);
+    }
+
+    #[test]
+    fn without_the_maintenance_file_a_shut_off_guest_fails_the_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let hv = Arc::new(ShutOffGuest {
+            maintenance_during_query: None,
+            queries: AtomicU32::new(0),
+        });
+        let e = monitor_for(hv.clone(), toolkit(dir.path()), 3).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Service monitor detected a failure in guest vm1: guest vm1 is no longer running (state: shut off)"
+        );
+        assert_eq!(hv.queries.load(Ordering::SeqCst), 1);
+    }
 }

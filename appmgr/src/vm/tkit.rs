@@ -5,9 +5,14 @@
 //! is created), `tkit/vtn/vtn/MAINTENANCE_FLAG` (whether the package may run in
 //! maintenance mode; default yes) and `tkit/vtn/vtn/MONITOR_INTERVAL` (seconds
 //! between monitor cycles; default 30). We take each from the command line
-//! first, then from the package configuration file (`--package-conf`, the
-//! Serviceguard `name value` format), then the default. The manual does not
-//! name the maintenance file; ours is `TKIT_DIR/maintenance`.
+//! first, then from the package configuration file (the Serviceguard
+//! `name value` format): the one named by `--package-conf`, or else the
+//! package's own, `$SGCONF/GUEST/GUEST.conf` (where `cmappmgr vm deploy`
+//! writes it; `SGCONF` defaults to `/etc/cmcluster`) if it exists; then the
+//! default. The manual does not name the maintenance file; ours is
+//! `TKIT_DIR/maintenance`. Every command that uses it says where it looked and
+//! why (see [`Toolkit::tkit_dir_from`]); `maintenance` also follows a running
+//! guest monitor (see [`super::registry`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,6 +33,12 @@ pub struct Toolkit {
     pub maintenance_allowed: bool,
     /// MONITOR_INTERVAL, when the package configuration sets it.
     pub monitor_interval: Option<Duration>,
+    /// Where TKIT_DIR came from, for the log ("--tkit-dir", "TKIT_DIR in
+    /// /etc/cmcluster/vm1/vm1.conf", "the default: ...").
+    pub tkit_dir_from: String,
+    /// TKIT_DIR was chosen on purpose: by `--tkit-dir` or in a package
+    /// configuration named by `--package-conf`.
+    pub explicit: bool,
 }
 
 /// Attributes given on the command line (each optional).
@@ -42,7 +53,12 @@ impl Toolkit {
     /// Resolves the attributes for `guest`: command line, then the package
     /// configuration file, then the defaults (`/etc/cmcluster/<guest>`, yes).
     pub fn resolve(guest: &str, over: &Overrides) -> Result<Toolkit, VmError> {
-        let from_file = match &over.package_conf {
+        let own = package_conf_path(guest);
+        let conf = match &over.package_conf {
+            Some(path) => Some(path.clone()),
+            None => own.is_file().then(|| own.clone()),
+        };
+        let from_file = match &conf {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     VmError::Config(format!("cannot read package configuration {}: {e}", path.display()))
@@ -51,15 +67,37 @@ impl Toolkit {
             }
             None => PackageAttrs::default(),
         };
+        let default_dir = sgconf().join(guest);
+        let (tkit_dir, tkit_dir_from, explicit) = match (&over.tkit_dir, from_file.tkit_dir, &conf) {
+            (Some(d), _, _) => (d.clone(), "--tkit-dir".to_string(), true),
+            (None, Some(d), Some(c)) => (d, format!("TKIT_DIR in {}", c.display()), over.package_conf.is_some()),
+            (None, _, Some(c)) => (
+                default_dir,
+                format!("the default: TKIT_DIR is not set in {}", c.display()),
+                over.package_conf.is_some(),
+            ),
+            (None, _, None) => (
+                default_dir,
+                format!("the default: no package configuration at {}", own.display()),
+                false,
+            ),
+        };
         Ok(Toolkit {
-            tkit_dir: over
-                .tkit_dir
-                .clone()
-                .or(from_file.tkit_dir)
-                .unwrap_or_else(|| Path::new("/etc/cmcluster").join(guest)),
+            tkit_dir,
             maintenance_allowed: over.maintenance_flag.or(from_file.maintenance_flag).unwrap_or(true),
             monitor_interval: from_file.monitor_interval,
+            tkit_dir_from,
+            explicit,
         })
+    }
+
+    /// "FILE (TKIT_DIR from WHERE)", for log lines.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} (TKIT_DIR from {})",
+            self.maintenance_file().display(),
+            self.tkit_dir_from
+        )
     }
 
     pub fn maintenance_file(&self) -> PathBuf {
@@ -81,6 +119,19 @@ impl Toolkit {
             }
         }
     }
+}
+
+/// `$SGCONF`, or `/etc/cmcluster`: where Serviceguard keeps packages.
+pub fn sgconf() -> PathBuf {
+    std::env::var_os("SGCONF")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/cmcluster"))
+}
+
+/// The package's own configuration: `$SGCONF/GUEST/GUEST.conf`.
+pub fn package_conf_path(guest: &str) -> PathBuf {
+    sgconf().join(guest).join(format!("{guest}.conf"))
 }
 
 /// The toolkit attributes found in a package configuration file.
@@ -194,10 +245,19 @@ service_cmd                     "$SGCONF/scripts/tkit/vtn/tkit_module.sh guest_m
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("pkg.conf");
         std::fs::write(&conf, CONF).unwrap();
-        let t = Toolkit::resolve("vm1", &Overrides::default()).unwrap();
-        assert_eq!(t.tkit_dir, Path::new("/etc/cmcluster/vm1"));
+        let t = Toolkit::resolve("cmapp-unit-no-such-guest", &Overrides::default()).unwrap();
+        assert_eq!(t.tkit_dir, Path::new("/etc/cmcluster/cmapp-unit-no-such-guest"));
+        assert!(!t.explicit);
+        assert!(
+            t.tkit_dir_from.starts_with("the default: no package configuration at"),
+            "{}",
+            t.tkit_dir_from
+        );
         assert!(t.maintenance_allowed);
-        assert_eq!(t.maintenance_file(), Path::new("/etc/cmcluster/vm1/maintenance"));
+        assert_eq!(
+            t.maintenance_file(),
+            Path::new("/etc/cmcluster/cmapp-unit-no-such-guest/maintenance")
+        );
 
         let over = Overrides {
             package_conf: Some(conf.clone()),
@@ -205,6 +265,11 @@ service_cmd                     "$SGCONF/scripts/tkit/vtn/tkit_module.sh guest_m
         };
         let t = Toolkit::resolve("vm1", &over).unwrap();
         assert_eq!(t.tkit_dir, Path::new("/etc/cmcluster/slvm1"));
+        assert!(t.explicit);
+        assert_eq!(
+            t.tkit_dir_from,
+            format!("TKIT_DIR in {}", dir.path().join("pkg.conf").display())
+        );
         assert!(!t.maintenance_allowed);
         assert_eq!(t.monitor_interval, Some(Duration::from_secs(15)));
 
@@ -215,6 +280,7 @@ service_cmd                     "$SGCONF/scripts/tkit/vtn/tkit_module.sh guest_m
         };
         let t = Toolkit::resolve("vm1", &over).unwrap();
         assert_eq!(t.tkit_dir, Path::new("/tmp/x"));
+        assert_eq!(t.tkit_dir_from, "--tkit-dir");
         assert!(t.maintenance_allowed);
     }
 }

@@ -13,7 +13,7 @@ pub fn run(hv: &dyn Hypervisor, guest: &str, check_files: bool) -> Result<(), Vm
     }
     if check_files {
         let missing: Vec<String> = def
-            .files
+            .files()
             .iter()
             .filter(|p| !p.exists())
             .map(|p| p.display().to_string())
@@ -27,7 +27,7 @@ pub fn run(hv: &dyn Hypervisor, guest: &str, check_files: bool) -> Result<(), Vm
     }
     tracing::info!(
         "guest {guest} is defined on this host and usable ({} referenced files{})",
-        def.files.len(),
+        def.files().len(),
         if check_files { " present" } else { ", not checked" }
     );
     Ok(())

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::domain::DomainXml;
 use super::hypervisor::{DomainDefinition, DomainState, HvError, HvEvent, Hypervisor, Subscription};
 
 /// libvirt through the `virsh` command.
@@ -130,11 +131,10 @@ impl Hypervisor for Virsh {
             let mut kv = l.splitn(2, ':');
             kv.next().map(str::trim) == Some("Persistent") && kv.next().map(str::trim) == Some("yes")
         });
+        let command = self.command_line(&["dumpxml", domain]);
         let xml = self.run(&["dumpxml", domain])?;
-        Ok(DomainDefinition {
-            persistent,
-            files: referenced_files(&xml),
-        })
+        let domain = DomainXml::parse(&xml).map_err(|detail| HvError::Failed { command, detail })?;
+        Ok(DomainDefinition { persistent, domain })
     }
 
     fn subscribe(&self, domain: &str, events: UnboundedSender<HvEvent>) -> Result<Box<dyn Subscription>, HvError> {
@@ -262,156 +262,9 @@ fn quote(arg: &str) -> String {
     }
 }
 
-/// The local files a domain's XML needs in order to start: the sources of
-/// file- and block-backed disks (except `startupPolicy='optional'` ones) and
-/// a direct-boot firmware, kernel or initrd. A small scanner, not an XML
-/// parser: it relies on libvirt's own, regular `dumpxml` output.
-pub(crate) fn referenced_files(xml: &str) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut rest = xml;
-    while let Some(start) = find_tag(rest, "disk") {
-        let after = &rest[start..];
-        let end = after
-            .find("</disk>")
-            .map(|e| e + "</disk>".len())
-            .unwrap_or(after.len());
-        let disk = &after[..end];
-        rest = &after[end..];
-        let open = &disk[..disk.find('>').unwrap_or(disk.len())];
-        let attr_name = match attr(open, "type").as_deref() {
-            Some("file") => "file",
-            Some("block") => "dev",
-            _ => continue,
-        };
-        let Some(src) = find_tag(disk, "source") else { continue };
-        let tag = &disk[src..];
-        let tag = &tag[..tag.find('>').unwrap_or(tag.len())];
-        if attr(tag, "startupPolicy").as_deref() == Some("optional") {
-            continue;
-        }
-        if let Some(path) = attr(tag, attr_name) {
-            files.push(PathBuf::from(path));
-        }
-    }
-    if let Some(os_start) = find_tag(xml, "os") {
-        let os = &xml[os_start..];
-        let os = &os[..os.find("</os>").unwrap_or(os.len())];
-        for name in ["loader", "kernel", "initrd"] {
-            if let Some(text) = element_text(os, name) {
-                if !text.is_empty() {
-                    files.push(PathBuf::from(text));
-                }
-            }
-        }
-    }
-    files
-}
-
-/// Byte offset of the next `<name` tag (followed by a space, `>` or `/`).
-fn find_tag(text: &str, name: &str) -> Option<usize> {
-    let pat = format!("<{name}");
-    let mut from = 0;
-    while let Some(i) = text[from..].find(&pat) {
-        let at = from + i;
-        match text[at + pat.len()..].chars().next() {
-            Some(c) if c.is_whitespace() || c == '>' || c == '/' => return Some(at),
-            _ => from = at + pat.len(),
-        }
-    }
-    None
-}
-
-/// The value of attribute `name` in an opening tag, entities decoded.
-fn attr(tag: &str, name: &str) -> Option<String> {
-    for q in ['\'', '"'] {
-        let pat = format!(" {name}={q}");
-        if let Some(i) = tag.find(&pat) {
-            let v = &tag[i + pat.len()..];
-            let end = v.find(q)?;
-            return Some(unescape(&v[..end]));
-        }
-    }
-    None
-}
-
-/// The text content of the first `<name ...>text</name>` element.
-fn element_text(text: &str, name: &str) -> Option<String> {
-    let start = find_tag(text, name)?;
-    let el = &text[start..];
-    let open_end = el.find('>')?;
-    if el[..open_end].ends_with('/') {
-        return None;
-    }
-    let body = &el[open_end + 1..];
-    let close = body.find(&format!("</{name}>"))?;
-    Some(unescape(body[..close].trim()))
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("&apos;", "'")
-        .replace("&quot;", "\"")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const XML: &str = r#"<domain type='qemu'>
-  <name>vm1</name>
-  <os>
-    <type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type>
-    <kernel>/boot/vmlinuz-guest</kernel>
-    <initrd>/srv/guest&apos;s initrd.gz</initrd>
-    <cmdline>console=ttyS0</cmdline>
-  </os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='/var/lib/libvirt/images/vm1.qcow2'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <disk type="block" device="disk">
-      <source dev="/dev/vg0/vm1data"/>
-      <target dev='vdb' bus='virtio'/>
-    </disk>
-    <disk type='file' device='cdrom'>
-      <source file='/iso/optional.iso' startupPolicy='optional'/>
-      <target dev='hdc' bus='ide'/>
-    </disk>
-    <disk type='file' device='cdrom'>
-      <target dev='hdd' bus='ide'/>
-    </disk>
-    <disk type='network' device='disk'>
-      <source protocol='rbd' name='pool/img'/>
-    </disk>
-    <diskette/>
-  </devices>
-</domain>"#;
-
-    #[test]
-    fn finds_disk_sources_and_boot_files() {
-        let files = referenced_files(XML);
-        let files: Vec<_> = files.iter().map(|p| p.to_string_lossy().into_owned()).collect();
-        assert_eq!(
-            files,
-            [
-                "/var/lib/libvirt/images/vm1.qcow2",
-                "/dev/vg0/vm1data",
-                "/boot/vmlinuz-guest",
-                "/srv/guest's initrd.gz",
-            ]
-        );
-    }
-
-    #[test]
-    fn a_domain_without_disks_needs_no_files() {
-        let xml = "<domain type='qemu'><name>x</name><os><type>hvm</type></os><devices/></domain>";
-        assert!(referenced_files(xml).is_empty());
-    }
 
     #[test]
     fn messages_name_the_command_and_quote_odd_arguments() {
