@@ -97,8 +97,8 @@ impl Connector {
         let trust_path = conf.trust_store_for(&host);
         let key = common::tls::load_key_store(&conf.key_store, &conf.key_store_password)
             .map_err(|e| ClientError::Config(format!("keyStore: {e}")))?;
-        let trust =
-            common::tls::load_trust_store(trust_path).map_err(|e| ClientError::Config(format!("trustStore: {e}")))?;
+        let trust = common::tls::load_trust_store(trust_path, &conf.trust_store_password)
+            .map_err(|e| ClientError::Config(format!("trustStore: {e}")))?;
         let tls = common::tls::client_config(key, trust).map_err(|e| ClientError::Config(e.to_string()))?;
         let server_name = ServerName::try_from(host.clone())
             .map_err(|e| ClientError::Config(format!("-node {host:?} is not a valid server name: {e}")))?;

@@ -124,7 +124,7 @@ fn load(cli: &Cli) -> Result<Loaded, Vec<String>> {
     let key = common::tls::load_key_store(&config.key_store, &config.key_store_password)
         .map_err(|e| problems.push(format!("keyStore: {e}")))
         .ok();
-    let trust = common::tls::load_trust_store(&config.trust_store)
+    let trust = common::tls::load_trust_store(&config.trust_store, &config.trust_store_password)
         .map_err(|e| problems.push(format!("trustStore: {e}")))
         .ok();
     let tls = match (key, trust) {

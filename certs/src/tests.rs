@@ -27,7 +27,7 @@ fn load(dir: &Path, stem: &str, pem: &Pem) -> (KeyMaterial, TrustStore) {
     write_public(&public, &pem.public_pem, false).unwrap();
     (
         tls::load_key_store(&private, "").unwrap(),
-        tls::load_trust_store(&public).unwrap(),
+        tls::load_trust_store(&public, "public").unwrap(),
     )
 }
 
@@ -148,7 +148,7 @@ async fn ca_material_loads_and_handshakes() {
     let (server_key, _) = load(dir.path(), "server", &server);
     let (client_key, _) = load(dir.path(), "client", &client);
     assert_eq!(server_key.certs.len(), 2, "leaf and CA certificate");
-    let trust = tls::load_trust_store(&ca_cert).unwrap();
+    let trust = tls::load_trust_store(&ca_cert, "public").unwrap();
     assert_eq!((trust.pinned.len(), trust.cas.len()), (0, 1));
 
     let s = tls::server_config(server_key.clone(), trust.clone()).unwrap();
@@ -271,12 +271,12 @@ async fn keygen_runs_end_to_end() {
 
     let s = tls::server_config(
         tls::load_key_store(&guest.join("server.private"), "serverpw").unwrap(),
-        tls::load_trust_store(&host.join("client.public")).unwrap(),
+        tls::load_trust_store(&host.join("client.public"), "public").unwrap(),
     )
     .unwrap();
     let c = tls::client_config(
         tls::load_key_store(&host.join("client.private"), "clientpw").unwrap(),
-        tls::load_trust_store(&guest.join("server.public")).unwrap(),
+        tls::load_trust_store(&guest.join("server.public"), "public").unwrap(),
     )
     .unwrap();
     let (s_res, c_res) = handshake(s, c, "guest1").await;
@@ -328,7 +328,7 @@ async fn keygen_runs_end_to_end() {
     .unwrap();
     assert!(out.contains("guest1, 192.0.2.8"), "{out}");
 
-    let trust = tls::load_trust_store(&ca_dir.join("ca.public")).unwrap();
+    let trust = tls::load_trust_store(&ca_dir.join("ca.public"), "public").unwrap();
     let s = tls::server_config(
         tls::load_key_store(&guest.join("server.private"), "").unwrap(),
         trust.clone(),

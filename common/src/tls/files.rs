@@ -19,17 +19,36 @@ pub(super) fn file_error(path: &Path, message: impl Into<String>) -> TlsError {
 /// Refuses a private key file that group or others may read or write, as ssh does.
 pub fn check_key_file_mode(path: &Path) -> Result<(), TlsError> {
     let meta = std::fs::metadata(path).map_err(|e| file_error(path, read_error("key store", &e)))?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(file_error(
-            path,
-            format!(
-                "private key is accessible by group or others (mode {mode:04o}); run chmod 600 {}",
-                path.display()
-            ),
-        ));
+    key_store_mode(path, meta.permissions().mode(), false)
+}
+
+/// The mode policy for a key store file.
+///
+/// A plain private key that group or others may read or write is refused,
+/// as ssh does. A private key encrypted with `keyStorePassword` (a PKCS#12 or
+/// JKS store, or an `ENCRYPTED PRIVATE KEY`) is only warned about: keytool
+/// writes its files 0644, and the original's guide never asks for a chmod.
+pub(super) fn key_store_mode(path: &Path, mode: u32, encrypted: bool) -> Result<(), TlsError> {
+    let mode = mode & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
     }
-    Ok(())
+    if encrypted {
+        tracing::warn!(
+            "{}: key store is accessible by group or others (mode {mode:04o}); its private key is \
+             password-protected, so it is used, but run chmod 600 {}",
+            path.display(),
+            path.display()
+        );
+        return Ok(());
+    }
+    Err(file_error(
+        path,
+        format!(
+            "private key is accessible by group or others (mode {mode:04o}); run chmod 600 {}",
+            path.display()
+        ),
+    ))
 }
 
 pub(super) fn read_error(what: &str, e: &io::Error) -> String {
@@ -40,6 +59,33 @@ pub(super) fn read_error(what: &str, e: &io::Error) -> String {
     }
 }
 
-pub(super) fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| file_error(path, read_error(what, &e)))
+/// Key and trust stores larger than this are refused unread.
+const MAX_STORE_SIZE: u64 = 4 << 20;
+
+/// A store file's contents and its mode, both from one open file.
+#[derive(Debug)]
+pub(super) struct StoreFile {
+    pub(super) bytes: Vec<u8>,
+    pub(super) mode: u32,
+}
+
+pub(super) fn read_file(path: &Path, what: &str) -> Result<StoreFile, TlsError> {
+    let fail = |e: io::Error| file_error(path, read_error(what, &e));
+    let file = std::fs::File::open(path).map_err(fail)?;
+    let meta = file.metadata().map_err(fail)?;
+    if !meta.is_file() {
+        return Err(file_error(path, format!("the {what} is not a regular file")));
+    }
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(file, MAX_STORE_SIZE + 1), &mut bytes).map_err(fail)?;
+    if bytes.len() as u64 > MAX_STORE_SIZE {
+        return Err(file_error(
+            path,
+            format!("the {what} is larger than {} MiB", MAX_STORE_SIZE >> 20),
+        ));
+    }
+    Ok(StoreFile {
+        bytes,
+        mode: meta.permissions().mode(),
+    })
 }

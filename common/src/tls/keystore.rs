@@ -1,4 +1,4 @@
-//! The `keyStore` file: one private key and its certificate chain.
+//! The `keyStore` file: one private key and its certificate chain (PEM, PKCS#12 or JKS).
 
 use rustls::sign::CertifiedKey;
 use rustls::InconsistentKeys;
@@ -8,18 +8,65 @@ use rustls_pki_types::{
 };
 use std::path::Path;
 
-use super::files::{check_key_file_mode, file_error, read_file};
+use super::files::{file_error, key_store_mode, read_file};
+use super::java::{self, Format, PasswordName};
 use super::verify::check_validity;
 use super::{provider, subject_of, KeyMaterial, TlsError};
 
-/// Loads a `keyStore` PEM file: one private key and its certificate chain.
+/// Loads a `keyStore` file: one private key and its certificate chain.
 ///
-/// `password` decrypts an `ENCRYPTED PRIVATE KEY`; it is ignored for a
-/// plain key (the original's configuration always names one).
+/// The format is told by content: PEM (a `PRIVATE KEY`, `EC PRIVATE KEY`,
+/// `RSA PRIVATE KEY` or `ENCRYPTED PRIVATE KEY` section and the certificates),
+/// PKCS#12 or JKS as keytool writes them. `password` opens a PKCS#12 or JKS
+/// store and decrypts an `ENCRYPTED PRIVATE KEY`; it is ignored for a plain
+/// PEM key (the original's configuration always names one).
 pub fn load_key_store(path: &Path, password: &str) -> Result<KeyMaterial, TlsError> {
-    check_key_file_mode(path)?;
-    let pem = read_file(path, "key store")?;
-    parse_key_store(&pem, password).map_err(|message| file_error(path, message))
+    let file = read_file(path, "key store")?;
+    let opened = open_key_store(&file.bytes, password).map_err(|message| file_error(path, message))?;
+    key_store_mode(path, file.mode, opened.encrypted)?;
+    tracing::debug!("{}: {} key store", path.display(), opened.format.name());
+    Ok(opened.material)
+}
+
+/// A key store's material, with what the mode policy needs to know.
+#[derive(Debug)]
+pub(super) struct Opened {
+    pub(super) material: KeyMaterial,
+    /// The private key is encrypted with the password.
+    pub(super) encrypted: bool,
+    pub(super) format: Format,
+}
+
+pub(super) fn open_key_store(data: &[u8], password: &str) -> Result<Opened, String> {
+    const WHICH: PasswordName = PasswordName("keyStorePassword");
+    let format = java::detect(data)?;
+    let pkcs8 = |keys: Vec<Vec<u8>>| -> Vec<PrivateKeyDer<'static>> {
+        keys.into_iter().map(|k| PrivatePkcs8KeyDer::from(k).into()).collect()
+    };
+    let (keys, certs, encrypted) = match format {
+        Format::Pem => parse_pem(data, password)?,
+        Format::Pkcs12 => {
+            let c = java::read_pkcs12(data, password, WHICH)?;
+            (pkcs8(c.keys), c.certs, !password.is_empty())
+        }
+        Format::Jks => {
+            let c = java::read_jks(data, password, WHICH, true)?;
+            (pkcs8(c.keys), c.certs, !password.is_empty())
+        }
+        Format::DerCertificate => {
+            return Err(
+                "holds a single certificate (as `keytool -export` writes it), not a key store; \
+                        keyStore names the .private file"
+                    .into(),
+            )
+        }
+    };
+    let material = assemble(keys, certs, format)?;
+    Ok(Opened {
+        material,
+        encrypted,
+        format,
+    })
 }
 
 /// The PEM sections rustls-pki-types does not know: PKCS#8 encrypted keys.
@@ -75,7 +122,16 @@ fn decrypt_pkcs8(der: &[u8], password: &str) -> Result<PrivatePkcs8KeyDer<'stati
     Ok(PrivatePkcs8KeyDer::from(doc.as_bytes().to_vec()))
 }
 
-pub(super) fn parse_key_store(pem: &[u8], password: &str) -> Result<KeyMaterial, String> {
+/// The material of a key store, or why it cannot be used.
+#[cfg(test)]
+pub(super) fn parse_key_store(data: &[u8], password: &str) -> Result<KeyMaterial, String> {
+    open_key_store(data, password).map(|o| o.material)
+}
+
+type Parts = (Vec<PrivateKeyDer<'static>>, Vec<CertificateDer<'static>>, bool);
+
+/// The keys and certificates of a PEM key store, and whether a key was encrypted.
+fn parse_pem(pem: &[u8], password: &str) -> Result<Parts, String> {
     let text = String::from_utf8_lossy(pem);
     if text.contains("Proc-Type: 4,ENCRYPTED") {
         return Err(
@@ -96,14 +152,32 @@ pub(super) fn parse_key_store(pem: &[u8], password: &str) -> Result<KeyMaterial,
             _ => {}
         }
     }
+    let mut encrypted = false;
     for der in encrypted_key_sections(&text)? {
         keys.push(decrypt_pkcs8(&der, password)?.into());
+        encrypted = true;
     }
+    Ok((keys, certs, encrypted))
+}
+
+/// The one private key, checked against its certificate, which goes first.
+fn assemble(
+    mut keys: Vec<PrivateKeyDer<'static>>,
+    mut certs: Vec<CertificateDer<'static>>,
+    format: Format,
+) -> Result<KeyMaterial, String> {
     let key = match keys.len() {
-        0 => {
+        0 if format == Format::Pem => {
             return Err("no private key found (expected a PRIVATE KEY, ENCRYPTED PRIVATE KEY, \
                         EC PRIVATE KEY or RSA PRIVATE KEY section)"
                 .into())
+        }
+        0 => {
+            return Err(format!(
+                "no private key found in this {} store: it holds only certificates \
+                 (is it the .public file? keyStore names the .private file)",
+                format.name()
+            ))
         }
         1 => keys.remove(0),
         n => return Err(format!("holds {n} private keys; a key store holds exactly one")),
@@ -117,10 +191,13 @@ pub(super) fn parse_key_store(pem: &[u8], password: &str) -> Result<KeyMaterial,
         }
     }
 
-    let signing_key = provider()
-        .key_provider
-        .load_private_key(key.clone_key())
-        .map_err(|e| format!("the private key cannot be used: {e}"))?;
+    if let Some(problem) = unusable_algorithm(&key) {
+        return Err(problem);
+    }
+    let key = with_ec_public_key(key);
+    let signing_key = provider().key_provider.load_private_key(key.clone_key()).map_err(|e| {
+        format!("the private key cannot be used: {e} (TLS 1.3 here takes RSA, ECDSA P-256 or P-384, or Ed25519 keys)")
+    })?;
     let matches = |cert: &CertificateDer<'static>| match CertifiedKey::new(vec![cert.clone()], signing_key.clone())
         .keys_match()
     {
@@ -152,6 +229,42 @@ pub(super) fn parse_key_store(pem: &[u8], password: &str) -> Result<KeyMaterial,
     }
     warn_if_outside_validity(&certs[0]);
     Ok(KeyMaterial { certs, key })
+}
+
+/// Java writes EC private keys without their public key, which ring needs:
+/// a P-256 or P-384 key is re-encoded with its public key, computed from the
+/// private one. Any other key is returned as it is.
+fn with_ec_public_key(key: PrivateKeyDer<'static>) -> PrivateKeyDer<'static> {
+    use pkcs8::{DecodePrivateKey, EncodePrivateKey};
+    let PrivateKeyDer::Pkcs8(der) = &key else {
+        return key;
+    };
+    let der = der.secret_pkcs8_der();
+    let reencoded = match p256::SecretKey::from_pkcs8_der(der) {
+        Ok(k) => k.to_pkcs8_der().ok(),
+        Err(_) => p384::SecretKey::from_pkcs8_der(der).and_then(|k| k.to_pkcs8_der()).ok(),
+    };
+    match reencoded {
+        Some(doc) => PrivatePkcs8KeyDer::from(doc.as_bytes().to_vec()).into(),
+        None => key,
+    }
+}
+
+/// The OID of DSA keys, keytool's default algorithm before Java 17.
+const DSA: &str = "1.2.840.10040.4.1";
+
+/// A clear message for key algorithms TLS 1.3 cannot use.
+fn unusable_algorithm(key: &PrivateKeyDer<'_>) -> Option<String> {
+    let PrivateKeyDer::Pkcs8(der) = key else {
+        return None;
+    };
+    let info = pkcs8::PrivateKeyInfo::try_from(der.secret_pkcs8_der()).ok()?;
+    (info.algorithm.oid.to_string() == DSA).then(|| {
+        "the private key is a DSA key (the old keytool default), which TLS 1.3 cannot use; \
+         make a new key with `cmappmgr keygen` (host) or `cmappserver keygen` (guest), \
+         or with keytool adding `-keyalg EC`, and distribute its certificate again"
+            .to_string()
+    })
 }
 
 fn warn_if_outside_validity(cert: &CertificateDer<'_>) {

@@ -6,14 +6,18 @@
 //!
 //! # Files
 //!
-//! * The **key store** ([`load_key_store`]) is one PEM file with the private key
-//!   (PKCS#8, SEC1 `EC PRIVATE KEY`, PKCS#1 `RSA PRIVATE KEY`, or a
-//!   password-protected PKCS#8 `ENCRYPTED PRIVATE KEY`) and its certificate
-//!   chain, leaf first. Like ssh, we refuse a key file that group or others
-//!   may read or write.
-//! * The **trust store** ([`load_trust_store`]) is one PEM file with one or more
-//!   certificates. CA certificates (basicConstraints `CA:TRUE`) go to
+//! * The **key store** ([`load_key_store`]) holds the private key and its
+//!   certificate chain: a PKCS#12 or JKS store as keytool writes it (opened
+//!   with `keyStorePassword`), or PEM (PKCS#8, SEC1 `EC PRIVATE KEY`, PKCS#1
+//!   `RSA PRIVATE KEY`, or a password-protected PKCS#8 `ENCRYPTED PRIVATE KEY`).
+//!   Like ssh, we refuse a plain key file that group or others may read or
+//!   write; a password-protected one only gets a warning (keytool writes 0644).
+//! * The **trust store** ([`load_trust_store`]) holds one or more
+//!   certificates: PKCS#12, JKS (opened with `trustStorePassword`), PEM, or one
+//!   DER certificate. CA certificates (basicConstraints `CA:TRUE`) go to
 //!   [`TrustStore::cas`], every other one to [`TrustStore::pinned`].
+//!
+//! The format is told by content, never by the file's name.
 //!
 //! # Trust rules (the same in both directions)
 //!
@@ -48,6 +52,7 @@
 //!
 //! * `files`: reading store files and the policy on their modes (every
 //!   permission check is there);
+//! * `java`: PKCS#12 and JKS, as keytool writes them;
 //! * `keystore`, `truststore`: parsing the two files;
 //! * `verify`: the pinned-or-CA verifiers behind rustls's client and server traits;
 //! * `diagnose`: turning a failed handshake into a sentence for the user;
@@ -62,6 +67,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 mod diagnose;
 mod files;
+mod java;
 mod keystore;
 #[cfg(test)]
 mod tests;

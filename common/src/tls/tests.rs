@@ -33,7 +33,7 @@ impl Party {
         parse_key_store(self.key_store_pem().as_bytes(), "").unwrap()
     }
     fn trust(&self) -> TrustStore {
-        parse_trust_store(self.cert_pem.as_bytes()).unwrap()
+        parse_trust_store(self.cert_pem.as_bytes(), "").unwrap()
     }
 }
 
@@ -98,7 +98,7 @@ impl TestCa {
         }
     }
     fn trust(&self) -> TrustStore {
-        parse_trust_store(self.cert_pem.as_bytes()).unwrap()
+        parse_trust_store(self.cert_pem.as_bytes(), "").unwrap()
     }
 }
 
@@ -166,7 +166,7 @@ async fn pinned_trust_store_with_several_peers() {
     let client = pinned("host1");
     let others = [pinned("guest2"), pinned("guest3")];
     let trust_pem = format!("{}{}{}", others[0].cert_pem, server.cert_pem, others[1].cert_pem);
-    let trust = parse_trust_store(trust_pem.as_bytes()).unwrap();
+    let trust = parse_trust_store(trust_pem.as_bytes(), "").unwrap();
     assert_eq!(trust.pinned.len(), 3);
     let s = server_config(server.material(), client.trust()).unwrap();
     let c = client_config(client.material(), trust).unwrap();
@@ -579,7 +579,7 @@ fn openssl_key_formats_load() {
             assert!(e.contains("wrong password"), "{key}: {e}");
         }
         // openssl's self-signed certificates say CA:TRUE: pinned anyway.
-        let trust = load_trust_store(&dir.path().join(&cert)).unwrap();
+        let trust = load_trust_store(&dir.path().join(&cert), "").unwrap();
         let client = pinned("host1");
         server_config(m, client.trust()).unwrap();
         client_config(client.material(), trust).unwrap();
@@ -594,19 +594,19 @@ fn trust_store_classifies_and_names_the_file_in_errors() {
     let peer = pinned("host1");
     let pem = format!("{}{}{}", ca.cert_pem, leaf.cert_pem, peer.cert_pem);
     let path = write(dir.path(), "trust.public", &pem, 0o644);
-    let t = load_trust_store(&path).unwrap();
+    let t = load_trust_store(&path, "").unwrap();
     assert_eq!((t.cas.len(), t.pinned.len()), (1, 2));
 
     let empty = write(dir.path(), "empty.public", "", 0o644);
-    let e = message(load_trust_store(&empty).unwrap_err());
+    let e = message(load_trust_store(&empty, "").unwrap_err());
     assert!(e.contains("empty.public") && e.contains("no certificate found"), "{e}");
 
     let missing = dir.path().join("missing.public");
-    let e = message(load_trust_store(&missing).unwrap_err());
+    let e = message(load_trust_store(&missing, "").unwrap_err());
     assert!(e.contains("missing.public") && e.contains("does not exist"), "{e}");
 
     let private = write(dir.path(), "oops.public", &peer.key_store_pem(), 0o600);
-    let e = message(load_trust_store(&private).unwrap_err());
+    let e = message(load_trust_store(&private, "").unwrap_err());
     assert!(e.contains("holds a private key"), "{e}");
 
     let garbage = write(
@@ -615,7 +615,7 @@ fn trust_store_classifies_and_names_the_file_in_errors() {
         "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
         0o644,
     );
-    let e = message(load_trust_store(&garbage).unwrap_err());
+    let e = message(load_trust_store(&garbage, "").unwrap_err());
     assert!(e.contains("not a valid X.509 certificate"), "{e}");
 }
 
@@ -631,4 +631,257 @@ fn install_crypto_provider_is_idempotent() {
     install_crypto_provider();
     install_crypto_provider();
     assert!(CryptoProvider::get_default().is_some());
+}
+
+// ---- Java key stores (PKCS#12 and JKS), without keytool ----
+// tests/tests/keytool.rs runs the real keytool; these cover the edges.
+
+fn key_der(party: &Party) -> Vec<u8> {
+    pkcs8::der::pem::decode_vec(party.key_pem.as_bytes()).unwrap().1
+}
+
+fn cert_der(party: &Party) -> Vec<u8> {
+    CertificateDer::from_pem_slice(party.cert_pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// A PKCS#12 key store (with `key`) or trust store (without), as keytool writes them.
+fn pkcs12(party: &Party, with_key: bool, password: &str) -> Vec<u8> {
+    use p12_keystore::{KeyStore, KeyStoreEntry, PrivateKey, PrivateKeyChain};
+    let cert = p12_keystore::Certificate::from_der(&cert_der(party)).unwrap();
+    let mut ks = KeyStore::new();
+    if with_key {
+        let key = PrivateKey::from_der(&key_der(party)).unwrap();
+        let chain = PrivateKeyChain::new(vec![1u8, 2, 3, 4], key, [cert]);
+        ks.add_entry("serverprivate", KeyStoreEntry::PrivateKeyChain(chain));
+    } else {
+        ks.add_entry("clientpublic", KeyStoreEntry::Certificate(cert));
+    }
+    ks.writer(password).write().unwrap()
+}
+
+fn sha1(parts: &[&[u8]]) -> Vec<u8> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    for p in parts {
+        ctx.update(p);
+    }
+    ctx.finish().as_ref().to_vec()
+}
+
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let n = content.len();
+    let mut v = vec![tag];
+    match n {
+        0..=127 => v.push(n as u8),
+        128..=255 => v.extend([0x81, n as u8]),
+        _ => v.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    v.extend(content);
+    v
+}
+
+fn utf16(password: &str) -> Vec<u8> {
+    password.encode_utf16().flat_map(u16::to_be_bytes).collect()
+}
+
+/// Sun's KeyProtector, as JKS stores a private key.
+fn jks_protect(plain: &[u8], password: &str) -> Vec<u8> {
+    let pw = utf16(password);
+    let salt = [7u8; 20];
+    let mut data = salt.to_vec();
+    let mut block = sha1(&[&pw, &salt]);
+    for chunk in plain.chunks(20) {
+        data.extend(chunk.iter().zip(&block).map(|(a, b)| a ^ b));
+        block = sha1(&[&pw, &block]);
+    }
+    data.extend(sha1(&[&pw, plain]));
+    let oid = [0x06, 0x0a, 0x2b, 0x06, 0x01, 0x04, 0x01, 0x2a, 0x02, 0x11, 0x01, 0x01];
+    let algorithm = tlv(0x30, &[&oid[..], &[0x05, 0x00]].concat());
+    tlv(0x30, &[algorithm, tlv(0x04, &data)].concat())
+}
+
+fn utf(s: &str) -> Vec<u8> {
+    [&(s.len() as u16).to_be_bytes()[..], s.as_bytes()].concat()
+}
+
+/// A JKS file as keytool -storetype JKS writes it.
+fn jks(party: &Party, with_key: bool, store_password: &str, key_password: &str) -> Vec<u8> {
+    let cert = cert_der(party);
+    let cert_field = [utf("X.509"), (cert.len() as u32).to_be_bytes().to_vec(), cert].concat();
+    let mut body = [0xFEED_FEEDu32.to_be_bytes(), 2u32.to_be_bytes(), 1u32.to_be_bytes()].concat();
+    if with_key {
+        let protected = jks_protect(&key_der(party), key_password);
+        body.extend(1u32.to_be_bytes());
+        body.extend(utf("serverprivate"));
+        body.extend(0u64.to_be_bytes());
+        body.extend((protected.len() as u32).to_be_bytes());
+        body.extend(protected);
+        body.extend(1u32.to_be_bytes());
+        body.extend(cert_field);
+    } else {
+        body.extend(2u32.to_be_bytes());
+        body.extend(utf("clientpublic"));
+        body.extend(0u64.to_be_bytes());
+        body.extend(cert_field);
+    }
+    let digest = sha1(&[&utf16(store_password), b"Mighty Aphrodite", &body]);
+    [body, digest].concat()
+}
+
+/// Re-signs a hand-edited JKS body, so that only its structure is wrong.
+fn jks_resign(body: &[u8], password: &str) -> Vec<u8> {
+    [body.to_vec(), sha1(&[&utf16(password), b"Mighty Aphrodite", body])].concat()
+}
+
+/// A store of either Java format: key store, trust store, and how each is written.
+type Maker = fn(&Party, bool, &str) -> Vec<u8>;
+
+fn jks_same_password(party: &Party, with_key: bool, password: &str) -> Vec<u8> {
+    jks(party, with_key, password, password)
+}
+
+#[tokio::test]
+async fn java_key_and_trust_stores_load_and_handshake() {
+    for (name, make) in [("PKCS#12", pkcs12 as Maker), ("JKS", jks_same_password as Maker)] {
+        let server = pinned("guest1");
+        let client = pinned("host1");
+        let key = make(&server, true, "serverpw");
+        let trust = make(&client, false, "public");
+        let m = parse_key_store(&key, "serverpw").unwrap_or_else(|e| panic!("{name}: {e}"));
+        let t = parse_trust_store(&trust, "public").unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((t.pinned.len(), t.cas.len()), (1, 0), "{name}");
+        let s = server_config(m, t).unwrap();
+        let c = client_config(client.material(), server.trust()).unwrap();
+        let (s_res, c_res) = handshake(s, c, "guest1").await;
+        assert_eq!(s_res.unwrap(), "host1", "{name}");
+        assert_eq!(c_res.unwrap(), "guest1", "{name}");
+
+        let e = parse_key_store(&key, "nope").unwrap_err();
+        assert!(e.contains("wrong password (keyStorePassword)"), "{name}: {e}");
+        let e = parse_key_store(&key, "").unwrap_err();
+        assert!(e.contains("none was given (keyStorePassword)"), "{name}: {e}");
+        let e = parse_trust_store(&trust, "nope").unwrap_err();
+        assert!(e.contains("wrong password (trustStorePassword)"), "{name}: {e}");
+        // The two files swapped in the configuration.
+        let e = parse_trust_store(&key, "serverpw").unwrap_err();
+        assert!(e.contains("holds a private key"), "{name}: {e}");
+        let e = parse_key_store(&trust, "public").unwrap_err();
+        assert!(
+            e.contains("no private key found") && e.contains(".public file"),
+            "{name}: {e}"
+        );
+    }
+}
+
+#[test]
+fn ec_keys_without_their_public_key_load() {
+    // Java writes EC keys without the optional public key; ring needs it.
+    let party = pinned("guest1");
+    let full = key_der(&party);
+    let info = pkcs8::PrivateKeyInfo::try_from(full.as_slice()).unwrap();
+    let secret = p256::SecretKey::from_sec1_der(info.private_key).unwrap();
+    let scalar = secret.to_bytes();
+    // ECPrivateKey { version 1, privateKey } only.
+    let sec1 = tlv(0x30, &[&[0x02, 0x01, 0x01][..], &tlv(0x04, &scalar)].concat());
+    let algorithm = pkcs8::der::Encode::to_der(&info.algorithm).unwrap();
+    let bare = tlv(0x30, &[&[0x02, 0x01, 0x00][..], &algorithm, &tlv(0x04, &sec1)].concat());
+    let pem = pkcs8::der::pem::encode_string("PRIVATE KEY", pkcs8::LineEnding::LF, &bare).unwrap();
+    let m = parse_key_store(format!("{pem}{}", party.cert_pem).as_bytes(), "").unwrap();
+    server_config(m, pinned("host1").trust()).unwrap();
+}
+
+#[test]
+fn jks_edge_cases_are_explained() {
+    let party = pinned("guest1");
+    let e = parse_key_store(&jks(&party, true, "serverpw", "other"), "serverpw").unwrap_err();
+    assert!(
+        e.contains("its private key has another password (keytool -keypass)"),
+        "{e}"
+    );
+
+    // A damaged byte fails the integrity check, like a wrong password.
+    let mut damaged = jks(&party, true, "serverpw", "serverpw");
+    damaged[40] ^= 1;
+    let e = parse_key_store(&damaged, "serverpw").unwrap_err();
+    assert!(
+        e.contains("wrong password (keyStorePassword), or the file is damaged"),
+        "{e}"
+    );
+
+    // Well signed but lying about lengths: an error, no panic, no huge allocation.
+    let good = jks(&party, false, "public", "public");
+    let body = &good[..good.len() - 20];
+    for cut in 0..body.len() {
+        let e = parse_trust_store(&jks_resign(&body[..cut.max(4)], "public"), "public");
+        assert!(e.is_err(), "cut at {cut}");
+    }
+    let mut huge = body.to_vec();
+    let at = body.len() - cert_der(&party).len() - 4;
+    huge[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+    let e = parse_trust_store(&jks_resign(&huge, "public"), "public").unwrap_err();
+    assert!(e.contains("truncated or damaged"), "{e}");
+
+    let jceks = [0xCE, 0xCE, 0xCE, 0xCE, 0, 0, 0, 2];
+    let e = parse_key_store(&jceks, "x").unwrap_err();
+    assert!(e.contains("JCEKS") && e.contains("-deststoretype pkcs12"), "{e}");
+}
+
+#[test]
+fn exported_der_certificate_is_a_trust_store_only() {
+    let party = pinned("host1");
+    let der = cert_der(&party);
+    let t = parse_trust_store(&der, "public").unwrap();
+    assert_eq!(t.pinned.len(), 1);
+    let e = parse_key_store(&der, "clientpw").unwrap_err();
+    assert!(e.contains("single certificate") && e.contains("keytool -export"), "{e}");
+}
+
+#[test]
+fn dsa_key_is_refused_with_a_way_out() {
+    // A PKCS#8 key with the DSA algorithm (its parameters do not matter here).
+    let oid = [0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x38, 0x04, 0x01];
+    let dsa = tlv(
+        0x30,
+        &[
+            &[0x02, 0x01, 0x00][..],
+            &tlv(0x30, &oid),
+            &tlv(0x04, &[0x02, 0x01, 0x05]),
+        ]
+        .concat(),
+    );
+    let pem = pkcs8::der::pem::encode_string("PRIVATE KEY", pkcs8::LineEnding::LF, &dsa).unwrap();
+    let party = pinned("guest1");
+    let e = parse_key_store(format!("{pem}{}", party.cert_pem).as_bytes(), "").unwrap_err();
+    assert!(
+        e.contains("DSA key") && e.contains("TLS 1.3 cannot use") && e.contains("keygen") && e.contains("-keyalg EC"),
+        "{e}"
+    );
+}
+
+#[test]
+fn mode_policy_warns_for_encrypted_keys_and_refuses_plain_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let party = pinned("guest1");
+    let write_bytes = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        path
+    };
+    // keytool's files: 0644, key encrypted with the store password: used.
+    let p12 = write_bytes("p12.private", &pkcs12(&party, true, "serverpw"));
+    load_key_store(&p12, "serverpw").unwrap();
+    let jks_file = write_bytes("jks.private", &jks(&party, true, "serverpw", "serverpw"));
+    load_key_store(&jks_file, "serverpw").unwrap();
+    let enc = format!("{}{}", encrypt(&party.key_pem, "secret"), party.chain_pem);
+    let enc = write_bytes("enc.private", enc.as_bytes());
+    load_key_store(&enc, "secret").unwrap();
+    // Not encrypted: refused, whatever the format.
+    let plain = write_bytes("plain.private", party.key_store_pem().as_bytes());
+    let e = message(load_key_store(&plain, "").unwrap_err());
+    assert!(e.contains("mode 0644") && e.contains("chmod 600"), "{e}");
+    let open_p12 = write_bytes("open.p12", &pkcs12(&party, true, ""));
+    let e = message(load_key_store(&open_p12, "").unwrap_err());
+    assert!(e.contains("mode 0644"), "{e}");
 }

@@ -41,7 +41,7 @@ impl Handshakes {
 pub fn run(env: &Env, server: &Server, window: Duration, concurrency: usize) -> Result<Handshakes, String> {
     common::tls::install_crypto_provider();
     let key = common::tls::load_key_store(&env.keys.client_private, "clientpw").map_err(|e| e.to_string())?;
-    let trust = common::tls::load_trust_store(&env.keys.client_trust).map_err(|e| e.to_string())?;
+    let trust = common::tls::load_trust_store(&env.keys.client_trust, "public").map_err(|e| e.to_string())?;
     let config = common::tls::client_config(key, trust).map_err(|e| e.to_string())?;
     let mut config = (*config).clone();
     config.resumption = rustls::client::Resumption::disabled();
