@@ -80,7 +80,7 @@ fn scripted_server(
     use common::message::{Ack, Event, ExitStatus, Exited, Hello, Ping, Request, Started, Welcome};
     common::tls::install_crypto_provider();
     let key = common::tls::load_key_store(&keys.server_private, "serverpw").unwrap();
-    let trust = common::tls::load_trust_store(&keys.server_trust).unwrap();
+    let trust = common::tls::load_trust_store(&keys.server_trust, "public").unwrap();
     let cfg = common::tls::server_config(key, trust).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
