@@ -170,14 +170,19 @@ impl Ctx {
     fn vm(&self, code: i32, args: &[&str]) -> VmRun {
         let mut all = args.to_vec();
         all.extend(["--connect", self.uri()]);
-        vm_expect(code, &all)
+        vm_env(code, &all, &[("CMAPPMGR_RUN_DIR", &self.run_dir())])
     }
 
     /// A `cmappmgr vm monitor GUEST ARGS --connect URI --tkit-dir T` run.
     fn monitor(&self, guest: &str, args: &[&str]) -> VmRun {
         let mut all = vec!["monitor", guest, "--connect", self.uri(), "--tkit-dir", self.tkit()];
         all.extend(args);
-        VmRun::spawn(&all)
+        VmRun::spawn_env(&all, &[("CMAPPMGR_RUN_DIR", &self.run_dir())])
+    }
+
+    /// Where the monitors record where they look (not the machine's /run).
+    fn run_dir(&self) -> String {
+        self.lv.dir().join("run").to_string_lossy().into_owned()
     }
 
     fn ensure_running(&self, guest: &str) {
