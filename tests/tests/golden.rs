@@ -4,9 +4,10 @@
 //! These tests hold the current code to the formats recorded from v1 (see
 //! `appserver/FORMATS.md` and `tests/fixtures/golden/v1/`):
 //!
-//! * a recorded state directory (an exited process with its `exit.json`, a
-//!   running one whose shim is gone) is adopted, and the recorded exit code
-//!   is handed to the manager that re-attaches;
+//! * a recorded state directory (processes that exited with a code and by a
+//!   signal, each with its `exit.json`, and a running one whose shim is gone)
+//!   is adopted, and each recorded status is handed to the manager that
+//!   re-attaches (the lost one as 70);
 //! * a stand-in v1 shim replays the recorded frames, byte for byte, to a
 //!   current server, which understands them and sends a stop request that
 //!   the frozen v1 types decode;
@@ -36,7 +37,8 @@ const RECORDED_CONF: &str = "stopProcessesOnShutdown=yes\nstopGracePeriod=5\n";
 struct Fixture {
     server: Server,
     conf: PathBuf,
-    exited: Record,
+    /// Every exited record (an exit code, a signal).
+    exited: Vec<Record>,
     running: Record,
     _tmp: tempfile::TempDir,
 }
@@ -75,7 +77,7 @@ fn read<T: serde::de::DeserializeOwned>(path: &Path) -> T {
 /// starts a current cmappserver over it, on the recorded boot (so that the
 /// records are not cleared as belonging to an earlier boot). `before_start`
 /// runs once the records are in place (to put a stand-in shim at a `sock`).
-fn fixture(extra: &str, before_start: impl FnOnce(&Record, &Record)) -> Fixture {
+fn fixture(extra: &str, before_start: impl FnOnce(&Record)) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let keys: Keys = keys::pinned(&dir, "");
@@ -85,7 +87,7 @@ fn fixture(extra: &str, before_start: impl FnOnce(&Record, &Record)) -> Fixture 
     copy_tree(&golden::fixtures("v1").join("state"), &state);
     let boot_id = std::fs::read_to_string(state.join("boot_id")).unwrap();
 
-    let mut exited = None;
+    let mut exited = Vec::new();
     let mut running = None;
     for e in std::fs::read_dir(state.join("procs")).unwrap() {
         let dir = e.unwrap().path();
@@ -97,13 +99,17 @@ fn fixture(extra: &str, before_start: impl FnOnce(&Record, &Record)) -> Fixture 
         );
         let r = Record { dir: dir.clone(), meta };
         if dir.join("exit.json").exists() {
-            exited = Some(r);
+            exited.push(r);
         } else {
             running = Some(r);
         }
     }
-    let (exited, running) = (exited.expect("an exited record"), running.expect("a running record"));
-    before_start(&exited, &running);
+    assert!(
+        exited.len() >= 2,
+        "the v1 state has an exited record per kind of status"
+    );
+    let running = running.expect("a running record");
+    before_start(&running);
     let server = Server::start_with(
         &srv,
         &keys,
@@ -129,22 +135,28 @@ impl Fixture {
 
 #[test]
 fn a_current_server_adopts_v1_records_and_hands_out_their_exit_codes() {
-    let f = fixture("", |_, _| {});
-    let recorded: V1ExitRecord = read(&f.exited.dir.join("exit.json"));
-    let code = match recorded.status {
-        golden::V1ExitStatus::Code(c) => c,
-        other => panic!("the recorded exited process should carry a code: {other:?}"),
-    };
-
-    // The exited one: the manager re-attaching gets the recorded code, and
-    // acknowledging it removes the record.
-    let mut m = f.mgr(&f.exited.run());
-    assert_eq!(m.code(), code, "{}", m.err.text());
-    assert!(m.err.contains(&format!("PROGRAM EXIT CODE {code}")), "{}", m.err.text());
-    assert!(
-        wait_until(WAIT, || !f.exited.dir.exists()),
-        "the acknowledged v1 record was not removed"
-    );
+    let f = fixture("", |_| {});
+    let mut kinds = Vec::new();
+    for exited in &f.exited {
+        let recorded: V1ExitRecord = read(&exited.dir.join("exit.json"));
+        let code = match recorded.status {
+            golden::V1ExitStatus::Code(c) => c,
+            golden::V1ExitStatus::Signal(s) => 128 + s,
+            other => panic!("no exited record of this kind in v1: {other:?}"),
+        };
+        kinds.push(code);
+        // The manager re-attaching gets the recorded status, and
+        // acknowledging it removes the record.
+        let mut m = f.mgr(&exited.run());
+        assert_eq!(m.code(), code, "{}", m.err.text());
+        assert!(m.err.contains(&format!("PROGRAM EXIT CODE {code}")), "{}", m.err.text());
+        assert!(
+            wait_until(WAIT, || !exited.dir.exists()),
+            "the acknowledged v1 record was not removed"
+        );
+    }
+    kinds.sort();
+    assert_eq!(kinds, [3, 137], "the recorded exits: code 3, signal 9");
 
     // The running one, whose shim is gone: its status is lost (70), not
     // invented, and nothing is signalled (the recorded pids cannot exist).
@@ -199,7 +211,7 @@ fn a_current_server_speaks_the_v1_shim_protocol() {
     assert_eq!(pid, FIXTURE_PID);
 
     let mut shim = None;
-    let mut f = fixture(RECORDED_CONF, |_, running| {
+    let mut f = fixture(RECORDED_CONF, |running| {
         shim = Some(FakeShim::listen(&running.dir.join("sock"), &hello));
     });
     let shim = shim.unwrap();
@@ -296,8 +308,9 @@ fn record_golden() {
     let keys = keys::pinned(dir, "");
     let conf = keys::manager_conf(dir, "cmappmgr.conf", &keys.client_private, &keys.client_trust, "");
     let mut server = Server::start(&dir.join("srv"), &keys, RECORDED_CONF);
-    let (fx, fy) = (dir.join("fx"), dir.join("fy"));
+    let (fx, fy, fz) = (dir.join("fx"), dir.join("fy"), dir.join("fz"));
     let run_x = format!("while [ ! -e {} ]; do sleep 0.05; done; exit 3", fx.display());
+    let run_z = format!("while [ ! -e {} ]; do sleep 0.05; done; kill -9 $$", fz.display());
     let run_y = format!(
         "trap 'echo v1 stopping; exit 7' TERM; while [ ! -e {} ]; do sleep 0.05; done; \
          echo v1 stdout line; echo v1 stderr line >&2; while :; do sleep 0.05; done",
@@ -305,7 +318,9 @@ fn record_golden() {
     );
     let mut mx = Mgr::spawn(&conf, &server.node(), 30.0, &[], &["/bin/sh", "-c", &run_x]);
     let mut my = Mgr::spawn(&conf, &server.node(), 30.0, &[], &["/bin/sh", "-c", &run_y]);
+    let mut mz = Mgr::spawn(&conf, &server.node(), 30.0, &[], &["/bin/sh", "-c", &run_z]);
     let px = pid_in(&mx.expect_line("started", WAIT));
+    let pz = pid_in(&mz.expect_line("started", WAIT));
     let py = pid_in(&my.expect_line("started", WAIT));
     let record = |pid: u32| {
         let r = server.recorded().into_iter().find(|r| r.pid == pid).unwrap();
@@ -313,12 +328,15 @@ fn record_golden() {
     };
     let (dx, rx) = record(px);
     let (dy, ry) = record(py);
+    let (dz, rz) = record(pz);
     let read_text = |p: PathBuf| std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let y_files = (read_text(dy.join("meta.json")), read_text(dy.join("pid.json")));
     mx.kill9();
     my.kill9();
+    mz.kill9();
     std::fs::write(&fx, "").unwrap();
-    assert!(wait_until(WAIT, || dx.join("exit.json").exists()));
+    std::fs::write(&fz, "").unwrap();
+    assert!(wait_until(WAIT, || dx.join("exit.json").exists() && dz.join("exit.json").exists()));
     server.kill9();
 
     // The conversation of an adoption, through a recording proxy.
@@ -351,6 +369,21 @@ fn record_golden() {
     std::fs::write(
         ox.join("pid.json"),
         sanitize(&read_text(dx.join("pid.json")), rx.pid, rx.shim_pid, xp, xs),
+    )
+    .unwrap();
+    let oz = procs.join(&rz.id);
+    std::fs::create_dir_all(&oz).unwrap();
+    std::fs::copy(dz.join("meta.json"), oz.join("meta.json")).unwrap();
+    std::fs::copy(dz.join("exit.json"), oz.join("exit.json")).unwrap();
+    std::fs::write(
+        oz.join("pid.json"),
+        sanitize(
+            &read_text(dz.join("pid.json")),
+            rz.pid,
+            rz.shim_pid,
+            FIXTURE_PID + 4,
+            FIXTURE_SHIM_PID + 4,
+        ),
     )
     .unwrap();
     std::fs::write(oy.join("meta.json"), &y_files.0).unwrap();

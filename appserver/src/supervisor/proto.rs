@@ -44,3 +44,56 @@ pub enum ShimRequest {
     /// TERM the process group now, KILL it after `grace_ms`.
     Stop { grace_ms: u64 },
 }
+
+/// The v1 fixtures (`tests/fixtures/golden/v1`, see `appserver/FORMATS.md`)
+/// read with the live types: a quick guard for `cargo test -p appserver`;
+/// `tests/tests/golden.rs` runs the real binaries over them.
+#[cfg(test)]
+mod golden {
+    use super::super::state::{self, ExitRecord, Meta, PidRecord};
+    use super::*;
+    use std::path::PathBuf;
+
+    fn v1() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/golden/v1")
+    }
+
+    #[test]
+    fn every_recorded_v1_shim_frame_decodes() {
+        let text = std::fs::read_to_string(v1().join("shim-conversation.txt")).unwrap();
+        let (mut events, mut requests) = (0, 0);
+        for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let (who, body) = line.split_once(' ').unwrap();
+            match who {
+                "shim" => {
+                    let ev: ShimEvent = serde_json::from_str(body).unwrap_or_else(|e| panic!("{body}: {e}"));
+                    if let ShimEvent::Hello { protocol, .. } = ev {
+                        assert_eq!(protocol, SHIM_PROTOCOL, "a v1 hello must be accepted as is");
+                    }
+                    events += 1;
+                }
+                "server" => {
+                    let _: ShimRequest = serde_json::from_str(body).unwrap_or_else(|e| panic!("{body}: {e}"));
+                    requests += 1;
+                }
+                other => panic!("unknown sender {other}"),
+            }
+        }
+        assert!(events >= 3 && requests >= 1, "{events} events, {requests} requests");
+    }
+
+    #[test]
+    fn every_recorded_v1_record_decodes() {
+        let mut exits = 0;
+        for e in std::fs::read_dir(v1().join("state/procs")).unwrap() {
+            let dir = e.unwrap().path();
+            let meta: Meta = state::read_json(&dir, state::META).unwrap().unwrap();
+            assert_eq!(Some(meta.id.as_str()), dir.file_name().and_then(|n| n.to_str()));
+            let _: PidRecord = state::read_json(&dir, state::PID).unwrap().unwrap();
+            if let Some(_exit) = state::read_json::<ExitRecord>(&dir, state::EXIT).unwrap() {
+                exits += 1;
+            }
+        }
+        assert!(exits >= 2);
+    }
+}
