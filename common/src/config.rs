@@ -1,13 +1,19 @@
 //! The original product's configuration files, and our additions to them.
 //!
-//! Both files are Java-properties style: one `key=value` per line, `#` or `!`
-//! starts a comment line, white space around keys and values is ignored, and
-//! an empty value means "use the default" (the original ships its files with
-//! `keyStore=` lines for exactly that). Keys are matched without regard to
-//! case. An unknown key, a bad value or a key given twice is an error naming
-//! the file and the line; [`ServerConfig::load`] and [`ManagerConfig::load`]
-//! collect every problem in a file, not only the first, so that
-//! `cmappserver --check-config` can list them all.
+//! Both files are Java properties, read as the original's
+//! `java.util.Properties` read them ([`parse_properties`]): `key=value`,
+//! `key:value` or `key value`, `#` and `!` comments, `\` line continuations
+//! and escapes. An empty value means "use the default" (the original ships
+//! its files with `keyStore=` lines for exactly that). Keys are matched
+//! without regard to case.
+//!
+//! An unknown key, or a key set twice (the last one wins, as in Java), is a
+//! **warning** naming the file, the line and the nearest known key: one typo
+//! in `/etc/cmappmgr.conf` must not stop every package on the host. A bad
+//! value of a known key, or a malformed escape, is an **error**.
+//! [`ServerConfig::check`] and [`ManagerConfig::check`] collect every problem
+//! in a file, not only the first, so that `cmappserver --check-config` can
+//! list them all; `load` and `parse` log the warnings.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -55,70 +61,280 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// A `key=value` line.
+/// One logical line of a properties file: a key and its value, unescaped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub key: String,
     pub value: String,
+    /// The (1-based) line the entry starts on.
     pub line: usize,
 }
 
-/// Splits a properties text into entries; lines without a separator are errors.
+/// Java's white space in properties files: space, tab and form feed.
+fn is_blank(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\u{c}')
+}
+
+/// True when `s` ends with an odd number of backslashes (a line continuation).
+fn ends_with_continuation(s: &str) -> bool {
+    s.chars().rev().take_while(|&c| c == '\\').count() % 2 == 1
+}
+
+/// Splits a properties text into entries, as `java.util.Properties.load` reads it:
+///
+/// * natural lines end with `\n`, `\r\n` or `\r`; a line ending with an odd
+///   number of backslashes continues on the next one, whose leading white
+///   space is dropped;
+/// * a line whose first non-blank character is `#` or `!` is a comment (and
+///   never continues);
+/// * the key ends at the first unescaped `=`, `:` or white space; white space
+///   around the separator is skipped; a line with only a key has an empty value;
+/// * `\t`, `\n`, `\r`, `\f`, `\uXXXX` and `\` before any other character are
+///   escapes, in keys and values.
+///
+/// One difference: unescaped white space at the end of a value is dropped
+/// (Java keeps it; `\ ` keeps a space), since it is never meant in a path or
+/// password and is invisible in an editor.
 pub fn parse_properties(path: &Path, text: &str) -> (Vec<Entry>, Vec<ConfigError>) {
     let mut entries = Vec::new();
     let mut errors = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+    let mut lines = natural_lines(text).into_iter().enumerate().peekable();
+    while let Some((i, first)) = lines.next() {
+        let first = first.trim_start_matches(is_blank);
+        if first.is_empty() || first.starts_with('#') || first.starts_with('!') {
             continue;
         }
-        match line.find(['=', ':']) {
-            Some(at) if at > 0 => entries.push(Entry {
-                key: line[..at].trim().to_string(),
-                value: line[at + 1..].trim().to_string(),
+        let mut logical = String::from(first);
+        while ends_with_continuation(&logical) {
+            logical.pop();
+            match lines.next() {
+                Some((_, next)) => {
+                    let next = next.trim_start_matches(is_blank);
+                    logical.push_str(next);
+                    if next.is_empty() {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        match split_entry(&logical) {
+            Ok((key, value)) => entries.push(Entry {
+                key,
+                value,
                 line: i + 1,
             }),
-            _ => errors.push(ConfigError {
+            Err(message) => errors.push(ConfigError {
                 path: path.to_path_buf(),
                 line: Some(i + 1),
-                message: format!("expected key=value, found {line:?}"),
+                message,
             }),
         }
     }
     (entries, errors)
 }
 
-/// Walks the entries of one file, checking keys and collecting errors.
+/// The natural lines of `text` (`\n`, `\r\n` or `\r` end one).
+fn natural_lines(text: &str) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        match rest.find(['\n', '\r']) {
+            Some(at) => {
+                lines.push(&rest[..at]);
+                let skip = if rest[at..].starts_with("\r\n") { 2 } else { 1 };
+                rest = &rest[at + skip..];
+            }
+            None => {
+                lines.push(rest);
+                rest = "";
+            }
+        }
+    }
+    lines
+}
+
+/// Splits one logical line (leading white space gone) into its unescaped key and value.
+fn split_entry(line: &str) -> Result<(String, String), String> {
+    let mut key_end = line.len();
+    let mut value_start = line.len();
+    let mut has_separator = false;
+    let mut escaped = false;
+    for (at, c) in line.char_indices() {
+        if !escaped && (c == '=' || c == ':') {
+            key_end = at;
+            value_start = at + 1;
+            has_separator = true;
+            break;
+        }
+        if !escaped && is_blank(c) {
+            key_end = at;
+            value_start = at + 1;
+            break;
+        }
+        escaped = c == '\\' && !escaped;
+    }
+    let mut rest = &line[value_start..];
+    loop {
+        rest = rest.trim_start_matches(is_blank);
+        match rest.chars().next() {
+            Some(c @ ('=' | ':')) if !has_separator => {
+                has_separator = true;
+                rest = &rest[c.len_utf8()..];
+            }
+            _ => break,
+        }
+    }
+    let key = unescape(&line[..key_end])?;
+    let value = unescape(trim_unescaped_end(rest))?;
+    Ok((key, value))
+}
+
+/// `s` without its trailing white space, except white space escaped by a backslash.
+fn trim_unescaped_end(s: &str) -> &str {
+    let mut end = s.len();
+    while let Some(c) = s[..end].chars().next_back() {
+        if !is_blank(c) {
+            break;
+        }
+        let before = &s[..end - c.len_utf8()];
+        if ends_with_continuation(before) {
+            break; // `\ `: an escaped blank stays
+        }
+        end -= c.len_utf8();
+    }
+    &s[..end]
+}
+
+/// Java's escapes: `\t \n \r \f`, `\uXXXX`, and `\` + any other character is that character.
+fn unescape(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('f') => out.push('\u{c}'),
+            Some('u') => {
+                let hex: String = chars.by_ref().take(4).collect();
+                let unit = (hex.len() == 4 && hex.chars().all(|h| h.is_ascii_hexdigit()))
+                    .then(|| u32::from_str_radix(&hex, 16).ok())
+                    .flatten();
+                let Some(unit) = unit else {
+                    return Err(format!(
+                        "malformed \\uXXXX escape \"\\u{hex}\" (four hex digits expected)"
+                    ));
+                };
+                // A UTF-16 surrogate pair is two escapes.
+                match char::from_u32(unit) {
+                    Some(ch) => out.push(ch),
+                    None => {
+                        let low = chars.as_str().strip_prefix("\\u").and_then(|r| r.get(..4));
+                        let low = low.and_then(|h| u32::from_str_radix(h, 16).ok());
+                        match low.and_then(|l| char::decode_utf16([unit as u16, l as u16]).next()?.ok()) {
+                            Some(ch) => {
+                                out.push(ch);
+                                chars.nth(5);
+                            }
+                            None => return Err(format!("\\u{hex} is half of a UTF-16 pair without its other half")),
+                        }
+                    }
+                }
+            }
+            Some(other) => out.push(other),
+            None => {} // a lone backslash at the very end: dropped, as Java does
+        }
+    }
+    Ok(out)
+}
+
+/// A configuration read from a file, or its errors, and the file's warnings either way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked<T> {
+    pub result: Result<T, ConfigErrors>,
+    /// Problems that do not stop the program: unknown keys, keys set twice.
+    pub warnings: Vec<ConfigError>,
+}
+
+impl<T> Checked<T> {
+    /// Logs the warnings (stderr, and syslog where it is set up) and returns the result.
+    pub fn logged(self) -> Result<T, ConfigErrors> {
+        for w in &self.warnings {
+            tracing::warn!("{w}");
+        }
+        self.result
+    }
+}
+
+/// Walks the entries of one file, checking keys and collecting errors and warnings.
 struct Reader<'a> {
     path: &'a Path,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
+    /// Slot → index of its entry in `effective`'s output.
     seen: BTreeMap<String, usize>,
 }
 
 impl<'a> Reader<'a> {
-    fn new(path: &'a Path) -> Self {
+    fn new(path: &'a Path, errors: Vec<ConfigError>) -> Self {
         Reader {
             path,
-            errors: Vec::new(),
+            errors,
+            warnings: Vec::new(),
             seen: BTreeMap::new(),
         }
     }
 
-    fn error(&mut self, line: usize, message: String) {
-        self.errors.push(ConfigError {
+    fn problem(&self, line: usize, message: String) -> ConfigError {
+        ConfigError {
             path: self.path.to_path_buf(),
             line: Some(line),
             message,
-        });
+        }
     }
 
-    /// Records a single-valued key; a second occurrence is an error.
-    fn once(&mut self, e: &Entry, canonical: &str) -> bool {
-        if let Some(first) = self.seen.insert(canonical.to_string(), e.line) {
-            self.error(e.line, format!("{canonical} is set twice (first on line {first})"));
-            return false;
+    fn error(&mut self, line: usize, message: String) {
+        self.errors.push(self.problem(line, message));
+    }
+
+    fn warn(&mut self, line: usize, message: String) {
+        self.warnings.push(self.problem(line, message));
+    }
+
+    /// The entries that take effect, with their canonical keys. An unknown
+    /// key is dropped with a warning; of two entries in the same `slot` (the
+    /// canonical key, or `None` for a repeatable key) the last one wins, as in
+    /// Java, with a warning.
+    fn effective<'e>(
+        &mut self,
+        entries: &'e [Entry],
+        known: &[&'static str],
+        slot: impl Fn(&'static str, &Entry) -> Option<String>,
+    ) -> Vec<(&'e Entry, &'static str)> {
+        let mut out: Vec<Option<(&'e Entry, &'static str)>> = Vec::new();
+        for e in entries {
+            let Some(key) = canonical(&e.key, known) else {
+                self.unknown(e, known);
+                continue;
+            };
+            if let Some(slot) = slot(key, e) {
+                if let Some(first) = self.seen.insert(slot.clone(), out.len()) {
+                    if let Some((earlier, _)) = out[first].take() {
+                        self.warn(
+                            e.line,
+                            format!("{slot} is set twice (first on line {}); this line wins", earlier.line),
+                        );
+                    }
+                }
+            }
+            out.push(Some((e, key)));
         }
-        true
+        out.into_iter().flatten().collect()
     }
 
     fn parse<T: std::str::FromStr>(&mut self, e: &Entry, canonical: &str, what: &str) -> Option<T> {
@@ -161,29 +377,65 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// An unknown key is ignored with a warning naming the nearest known key:
+    /// one typo must not stop every package that reads the file.
     fn unknown(&mut self, e: &Entry, known: &[&str]) {
-        self.error(
+        let nearest = nearest_key(&e.key, known);
+        self.warn(
             e.line,
-            format!("unknown key {:?} (known keys: {})", e.key, known.join(", ")),
+            format!("unknown key {:?} ignored (nearest known key: {nearest})", e.key),
         );
     }
 
-    fn finish<T>(self, value: T) -> Result<T, ConfigErrors> {
-        if self.errors.is_empty() {
+    fn finish<T>(self, value: T) -> Checked<T> {
+        let result = if self.errors.is_empty() {
             Ok(value)
         } else {
             Err(ConfigErrors(self.errors))
+        };
+        Checked {
+            result,
+            warnings: self.warnings,
         }
     }
 }
 
+/// The known key closest to `key` by edit distance, ignoring case.
+fn nearest_key<'k>(key: &str, known: &[&'k str]) -> &'k str {
+    let key = key.to_ascii_lowercase();
+    known
+        .iter()
+        .copied()
+        .min_by_key(|k| strsim::levenshtein(&key, &k.to_ascii_lowercase()))
+        .unwrap_or("")
+}
+
+/// Configuration files larger than this are refused unread.
+const MAX_CONFIG_SIZE: u64 = 1 << 20;
+
+/// Reads a configuration file: UTF-8, or else ISO 8859-1 as Java's
+/// `Properties.load(InputStream)` reads it.
 fn read_file(path: &Path) -> Result<String, ConfigErrors> {
-    std::fs::read_to_string(path).map_err(|e| {
+    let fail = |message: String| {
         ConfigErrors(vec![ConfigError {
             path: path.to_path_buf(),
             line: None,
-            message: format!("cannot read configuration file: {e}"),
+            message,
         }])
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read configuration file: {e}")))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_CONFIG_SIZE + 1), &mut bytes)
+        .map_err(|e| fail(format!("cannot read configuration file: {e}")))?;
+    if bytes.len() as u64 > MAX_CONFIG_SIZE {
+        return Err(fail(format!(
+            "configuration file is larger than {} MiB",
+            MAX_CONFIG_SIZE >> 20
+        )));
+    }
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => e.into_bytes().iter().map(|&b| char::from(b)).collect(),
     })
 }
 
@@ -242,24 +494,24 @@ impl ServerConfig {
         "stopProcessesOnShutdown",
     ];
 
+    /// Reads the file; its warnings are logged.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let text = read_file(path)?;
         Self::parse(path, &text)
     }
 
+    /// Parses a file's text; its warnings are logged.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigErrors> {
+        Self::check(path, text).logged()
+    }
+
+    /// Parses a file's text, returning its warnings too.
+    pub fn check(path: &Path, text: &str) -> Checked<Self> {
         let (entries, errors) = parse_properties(path, text);
-        let mut r = Reader::new(path);
-        r.errors = errors;
+        let mut r = Reader::new(path, errors);
         let mut c = ServerConfig::default();
-        for e in &entries {
-            let Some(key) = canonical(&e.key, Self::KEYS) else {
-                r.unknown(e, Self::KEYS);
-                continue;
-            };
-            if key != "listen" && !r.once(e, key) {
-                continue;
-            }
+        let slot = |key: &str, _: &Entry| (key != "listen").then(|| key.to_string());
+        for (e, key) in r.effective(&entries, Self::KEYS, slot) {
             if e.value.is_empty() {
                 continue; // the default stands, as in the original's files
             }
@@ -359,39 +611,40 @@ impl ManagerConfig {
         "stopOnHalt",
     ];
 
+    /// Reads the file; its warnings are logged.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let text = read_file(path)?;
         Self::parse(path, &text)
     }
 
+    /// Parses a file's text; its warnings are logged.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigErrors> {
+        Self::check(path, text).logged()
+    }
+
+    /// Parses a file's text, returning its warnings too.
+    pub fn check(path: &Path, text: &str) -> Checked<Self> {
         let (entries, errors) = parse_properties(path, text);
-        let mut r = Reader::new(path);
-        r.errors = errors;
+        let mut r = Reader::new(path, errors);
         let mut c = ManagerConfig::default();
-        for e in &entries {
-            let Some(key) = canonical(&e.key, Self::KEYS) else {
-                r.unknown(e, Self::KEYS);
-                continue;
-            };
+        // `trustStore=<node>:<path>` has a slot per node.
+        let slot = |key: &str, e: &Entry| match (key, split_node_prefix(&e.value)) {
+            ("trustStore", (Some(node), _)) => Some(format!("trustStore for node {}", node.to_ascii_lowercase())),
+            _ => Some(key.to_string()),
+        };
+        for (e, key) in r.effective(&entries, Self::KEYS, slot) {
             if key == "trustStore" {
                 match split_node_prefix(&e.value) {
+                    (Some(node), "") => r.error(e.line, format!("trustStore for node {node} names no file")),
                     (Some(node), p) => {
-                        if p.is_empty() {
-                            r.error(e.line, format!("trustStore for node {node} names no file"));
-                        } else if let Some(_old) = c.node_trust_stores.insert(node.to_ascii_lowercase(), p.into()) {
-                            r.error(e.line, format!("trustStore for node {node} is set twice"));
-                        }
+                        c.node_trust_stores.insert(node.to_ascii_lowercase(), p.into());
                     }
-                    (None, p) => {
-                        if r.once(e, "trustStore (default)") && !p.is_empty() {
-                            c.trust_store = p.into();
-                        }
-                    }
+                    (None, "") => {}
+                    (None, p) => c.trust_store = p.into(),
                 }
                 continue;
             }
-            if !r.once(e, key) || e.value.is_empty() {
+            if e.value.is_empty() {
                 continue;
             }
             match key {
@@ -480,27 +733,220 @@ trustStorePassword=public
         assert_eq!(c.listen_addrs().len(), 2);
     }
 
+    fn shown(problems: &[ConfigError]) -> String {
+        problems.iter().map(|p| format!("{p}\n")).collect()
+    }
+
     #[test]
-    fn every_problem_is_reported_with_file_and_line() {
-        let text = "keystore=/a\nbogus=1\nmaxProcesses=0\nport=x\nno separator here\nKEYSTORE=/b\nlisten=1.2.3.4\n";
-        let errs = ServerConfig::parse(Path::new("/etc/s.conf"), text).unwrap_err();
-        let shown = errs.to_string();
-        assert_eq!(errs.0.len(), 6, "{shown}");
-        assert!(shown.contains("/etc/s.conf:2: unknown key \"bogus\""), "{shown}");
+    fn errors_and_warnings_are_reported_with_file_and_line() {
+        let text =
+            "keystore=/a\nbogus=1\nmaxProcesses=0\nport=x\nkeyStor=/c\nKEYSTORE=/b\nlisten=1.2.3.4\nport=\\u12\n";
+        let checked = ServerConfig::check(Path::new("/etc/s.conf"), text);
+        let errs = checked.result.unwrap_err();
+        let errors = errs.to_string();
+        assert_eq!(errs.0.len(), 4, "{errors}");
         assert!(
-            shown.contains("/etc/s.conf:3: maxProcesses=0 must be between 1 and 100000"),
-            "{shown}"
-        );
-        assert!(shown.contains("/etc/s.conf:4: port=x is not a port number"), "{shown}");
-        assert!(shown.contains("/etc/s.conf:5: expected key=value"), "{shown}");
-        assert!(
-            shown.contains("/etc/s.conf:6: keyStore is set twice (first on line 1)"),
-            "{shown}"
+            errors.contains("/etc/s.conf:3: maxProcesses=0 must be between 1 and 100000"),
+            "{errors}"
         );
         assert!(
-            shown.contains("/etc/s.conf:7: listen=1.2.3.4 is not an address and port"),
-            "{shown}"
+            errors.contains("/etc/s.conf:4: port=x is not a port number"),
+            "{errors}"
         );
+        assert!(
+            errors.contains("/etc/s.conf:7: listen=1.2.3.4 is not an address and port"),
+            "{errors}"
+        );
+        assert!(errors.contains("/etc/s.conf:8: malformed \\uXXXX escape"), "{errors}");
+        let warnings = shown(&checked.warnings);
+        assert_eq!(checked.warnings.len(), 3, "{warnings}");
+        assert!(
+            warnings.contains("/etc/s.conf:2: unknown key \"bogus\" ignored (nearest known key: port)"),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains("/etc/s.conf:5: unknown key \"keyStor\" ignored (nearest known key: keyStore)"),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains("/etc/s.conf:6: keyStore is set twice (first on line 1); this line wins"),
+            "{warnings}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_repeats_are_only_warnings() {
+        let text = "keyStor=/typo\nkeyStore=/a\ntrustStorePasword=x\nkeyStore=/b\n";
+        let checked = ManagerConfig::check(Path::new("/etc/cmappmgr.conf"), text);
+        let c = checked.result.unwrap();
+        assert_eq!(c.key_store, PathBuf::from("/b"), "the last one wins, as in Java");
+        let warnings = shown(&checked.warnings);
+        assert!(
+            warnings.contains("/etc/cmappmgr.conf:1: unknown key \"keyStor\" ignored (nearest known key: keyStore)"),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains("/etc/cmappmgr.conf:3: unknown key \"trustStorePasword\" ignored (nearest known key: trustStorePassword)"),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains(":4: keyStore is set twice (first on line 2)"),
+            "{warnings}"
+        );
+        // A later empty value gives the default back, as the original's getProperty did.
+        let c = ManagerConfig::parse(Path::new("m"), "keyStore=/a\nkeyStore=\n").unwrap();
+        assert_eq!(c.key_store, ManagerConfig::default().key_store);
+        // Per-node trust stores: one slot per node.
+        let c = ManagerConfig::parse(Path::new("m"), "trustStore=g1:/a\ntrustStore=G1:/b\ntrustStore=g2:/c\n").unwrap();
+        assert_eq!(c.trust_store_for("g1"), Path::new("/b"));
+        assert_eq!(c.trust_store_for("g2"), Path::new("/c"));
+    }
+
+    #[test]
+    fn the_guides_manager_file_as_printed_loads() {
+        // The guide's sample, with its comment wrapped onto a line of its own.
+        let text = "keyStore=/etc/cmcluster/cmappmgr/client.private\n\
+                    # If unspecified, the default value is /etc/client.private\n\
+                    keyStorePassword=\n\
+                    # Specify node name where the trustStore comes from, followed by a \":\", e.g.,\n\
+                    mmpf121:\n\
+                    trustStore=/etc/cmcluster/cmappmgr/server_mmpf121.public\n\
+                    trustStorePassword=public\n";
+        let checked = ManagerConfig::check(Path::new("/etc/cmappmgr.conf"), text);
+        let c = checked.result.unwrap();
+        assert_eq!(
+            c.trust_store,
+            PathBuf::from("/etc/cmcluster/cmappmgr/server_mmpf121.public")
+        );
+        assert_eq!(checked.warnings.len(), 1);
+        assert!(checked.warnings[0].to_string().contains(":5: unknown key \"mmpf121\""));
+    }
+
+    /// `text` as `java.util.Properties.load` splits it: (key, value, line).
+    fn props(text: &str) -> Vec<(String, String, usize)> {
+        let (entries, errors) = parse_properties(Path::new("p"), text);
+        assert!(errors.is_empty(), "{text:?}: {errors:?}");
+        entries.into_iter().map(|e| (e.key, e.value, e.line)).collect()
+    }
+
+    fn one(text: &str) -> (String, String) {
+        let mut all = props(text);
+        assert_eq!(all.len(), 1, "{text:?}: {all:?}");
+        let (k, v, _) = all.remove(0);
+        (k, v)
+    }
+
+    #[test]
+    fn every_java_spelling_of_a_property() {
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        for (text, expected) in [
+            // Separators: '=', ':', white space, and white space around them.
+            ("keyStore=/a", kv("keyStore", "/a")),
+            ("keyStore:/a", kv("keyStore", "/a")),
+            ("keyStore /a", kv("keyStore", "/a")),
+            ("keyStore\t/a", kv("keyStore", "/a")),
+            ("keyStore = /a", kv("keyStore", "/a")),
+            ("keyStore : /a", kv("keyStore", "/a")),
+            ("keyStore\u{c}=\u{c}/a", kv("keyStore", "/a")),
+            // Only the first separator counts; the rest is the value.
+            ("keyStore==/a", kv("keyStore", "=/a")),
+            ("keyStore=:/a", kv("keyStore", ":/a")),
+            ("keyStore = = /a", kv("keyStore", "= /a")),
+            ("trustStore=g1:/a", kv("trustStore", "g1:/a")),
+            // Leading white space; trailing white space dropped unless escaped.
+            ("   keyStore=/a", kv("keyStore", "/a")),
+            ("\t keyStore=/a   ", kv("keyStore", "/a")),
+            ("keyStorePassword=pw\\ ", kv("keyStorePassword", "pw ")),
+            // A key alone has an empty value.
+            ("keyStore", kv("keyStore", "")),
+            ("keyStore=", kv("keyStore", "")),
+            ("keyStore   ", kv("keyStore", "")),
+            // Escapes, in keys and values.
+            ("key\\=Store=/a", kv("key=Store", "/a")),
+            ("key\\:Store=/a", kv("key:Store", "/a")),
+            ("key\\ Store=/a", kv("key Store", "/a")),
+            ("keyStore=/path\\ with\\ spaces", kv("keyStore", "/path with spaces")),
+            ("keyStore=C:\\\\dir\\\\x", kv("keyStore", "C:\\dir\\x")),
+            ("keyStore=\\u002fetc\\u002Fx", kv("keyStore", "/etc/x")),
+            ("keyStorePassword=\\u00e9t\\u00E9", kv("keyStorePassword", "été")),
+            ("keyStorePassword=\\ud83d\\ude00", kv("keyStorePassword", "\u{1F600}")),
+            (
+                "keyStorePassword=a\\tb\\nc\\rd\\fe",
+                kv("keyStorePassword", "a\tb\nc\rd\u{c}e"),
+            ),
+            ("keyStorePassword=\\q\\#\\!", kv("keyStorePassword", "q#!")),
+            (
+                "keyStorePassword=#not!a comment",
+                kv("keyStorePassword", "#not!a comment"),
+            ),
+            // Continuations: the next line's leading white space is dropped.
+            (
+                "keyStore=/etc/\\\n    cmappmgr/client.private",
+                kv("keyStore", "/etc/cmappmgr/client.private"),
+            ),
+            ("keyStore=/etc/\\\r\n  x", kv("keyStore", "/etc/x")),
+            ("keyStore=/etc/\\\r  x", kv("keyStore", "/etc/x")),
+            ("keyStore=/a\\\n\\\n  /b", kv("keyStore", "/a/b")),
+            ("key\\\n  Store=/a", kv("keyStore", "/a")),
+            ("keyStore=\\\n  /a", kv("keyStore", "/a")),
+            // A continued line starting with '#' is not a comment.
+            ("keyStorePassword=a\\\n#b", kv("keyStorePassword", "a#b")),
+            // An even number of backslashes does not continue.
+            ("keyStore=C:\\\\\n", kv("keyStore", "C:\\")),
+            // A continuation at the end of the file just ends the value.
+            ("keyStore=/a\\", kv("keyStore", "/a")),
+        ] {
+            assert_eq!(one(text), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn comments_blank_lines_and_line_numbers() {
+        let text = "# comment\n! bang comment\n   # indented\n\t! indented too\n\n   \n\
+                    # a comment ending in a backslash does not continue \\\n\
+                    keyStore=/a\n\
+                    port=5315\\\n\
+                    \n\
+                    stateDir=/s\r\
+                    listen=1.2.3.4:5\r\n\
+                    maxProcesses\\\n  =\\\n  7\n";
+        let got = props(text);
+        let expect = [
+            ("keyStore", "/a", 8),
+            ("port", "5315", 9), // a blank continuation line ends the value
+            ("stateDir", "/s", 11),
+            ("listen", "1.2.3.4:5", 12),
+            ("maxProcesses", "7", 13),
+        ];
+        let expect: Vec<_> = expect
+            .iter()
+            .map(|(k, v, l)| (k.to_string(), v.to_string(), *l))
+            .collect();
+        assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn malformed_unicode_escapes_are_errors_with_the_line() {
+        for bad in ["k=\\u12", "k=\\u12zz", "k=\\ud83d", "k\\u=1"] {
+            let (_, errors) = parse_properties(Path::new("/etc/x.conf"), &format!("# c\n{bad}\n"));
+            assert_eq!(errors.len(), 1, "{bad}");
+            assert!(
+                errors[0].to_string().starts_with("/etc/x.conf:2: "),
+                "{bad}: {}",
+                errors[0]
+            );
+        }
+    }
+
+    #[test]
+    fn a_latin1_file_is_read_as_java_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.conf");
+        std::fs::write(&path, b"keyStorePassword=caf\xe9\n").unwrap();
+        let c = ManagerConfig::load(&path).unwrap();
+        assert_eq!(c.key_store_password, "café");
+        std::fs::write(&path, "keyStorePassword=café\n").unwrap();
+        assert_eq!(ManagerConfig::load(&path).unwrap().key_store_password, "café");
     }
 
     #[test]
