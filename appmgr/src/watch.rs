@@ -14,11 +14,13 @@
 //! with `-stop_on_halt` (or `stopOnHalt=yes`) it stops it through
 //! [`Client::stop_process`], the one stop path.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::time::Duration;
 
 use common::config::ManagerConfig;
+use common::logging;
 use common::message::{ErrorKind, Event, ExitStatus, InstanceId, Launch, Ping, Request, Stream};
 use common::service::{Probe, ServiceSpec};
 use tokio::time::Instant;
@@ -70,7 +72,10 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
         instance: None,
         last_heard: Instant::now(),
         stopping: None,
-        host_log,
+        sink: Sink {
+            host_log,
+            tail: VecDeque::new(),
+        },
     };
     let mut last_error: Option<String> = None;
     loop {
@@ -94,15 +99,17 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
                 let waited = w.last_heard.elapsed().as_secs();
                 let why = last_error.map(|l| format!(" (before that: {l})")).unwrap_or_default();
                 match w.instance {
-                    None => tracing::error!("Could not connect to the node {}: {e}", args.node),
+                    None => {
+                        tracing::error!("Could not connect to the node {}: {e}", args.node);
+                        // The line the original prints after it, which admins' scripts look for.
+                        tracing::error!("PROGRAM EXIT CODE {}", exit::UNREACHABLE);
+                    }
                     Some(_) => tracing::error!(
                         "Lost the node {}: cmappserver unreachable for {waited} s (cmappserver_timeout {} s); last error: {e}{why}",
                         args.node,
                         args.timeout.as_secs_f64()
                     ),
                 }
-                // The line the original prints, and admins' scripts look for.
-                tracing::error!("PROGRAM EXIT CODE {}", exit::UNREACHABLE);
                 return exit::UNREACHABLE;
             }
             Err(e) => {
@@ -136,7 +143,7 @@ struct Watcher<'a> {
     last_heard: Instant,
     /// Set once a stop was requested: the deadline for the process to be gone.
     stopping: Option<Instant>,
-    host_log: Option<File>,
+    sink: Sink,
 }
 
 impl Watcher<'_> {
@@ -207,7 +214,7 @@ impl Watcher<'_> {
                     };
                     self.last_heard = Instant::now();
                     match ev {
-                        Event::Output(o) if o.id == id => output(&mut self.host_log, o.stream, &o.line),
+                        Event::Output(o) if o.id == id => self.sink.line(o.stream, &o.line),
                         Event::Exited(x) if x.id == id => return self.exited(client, &id, x.status).await,
                         Event::ShuttingDown(s) => {
                             if s.processes_keep_running {
@@ -251,11 +258,12 @@ impl Watcher<'_> {
     async fn stop(&mut self, client: &mut Client, id: &InstanceId) -> WatchEnd {
         let deadline = self.stopping.unwrap_or_else(Instant::now);
         let left = deadline.saturating_duration_since(Instant::now());
+        let sink = &mut self.sink;
         let result = client
             .stop_process(id, left, |ev| {
                 if let Event::Output(o) = ev {
                     if o.id == *id {
-                        output(&mut self.host_log, o.stream, &o.line);
+                        sink.line(o.stream, &o.line);
                     }
                 }
             })
@@ -316,8 +324,16 @@ impl Watcher<'_> {
             tracing::warn!("exit status not acknowledged by cmappserver: {e}");
         }
         let code = status.exit_code();
+        if code != 0 {
+            // The reason, for whoever reads syslog rather than the package log.
+            let service = self.args.run.join(" ");
+            for line in &self.sink.tail {
+                tracing::warn!(target: logging::SYSLOG_ONLY, "{service}: {line}");
+            }
+        }
         match &status {
-            ExitStatus::Code(_) => tracing::info!("PROGRAM EXIT CODE {code}"),
+            ExitStatus::Code(0) => tracing::info!("PROGRAM EXIT CODE {code}"),
+            ExitStatus::Code(_) => tracing::warn!("PROGRAM EXIT CODE {code}"),
             ExitStatus::Lost { .. } => tracing::error!("{status}; PROGRAM EXIT CODE {code}"),
             _ => tracing::warn!("application {status}; PROGRAM EXIT CODE {code}"),
         }
@@ -325,16 +341,48 @@ impl Watcher<'_> {
     }
 }
 
-/// Forwards one output line of the application: to the host log file when
-/// the run string names one, and to our stdout or stderr.
-fn output(host_log: &mut Option<File>, stream: Stream, line: &str) {
-    if let Some(f) = host_log {
-        let _ = writeln!(f, "{line}");
+/// Output lines of a failed application copied to syslog.
+const TAIL_LINES: usize = 5;
+/// Each copied line is cut to this many bytes.
+const TAIL_LINE_LEN: usize = 512;
+
+/// Where the application's output goes: the host log file when the run
+/// string names one, our stdout or stderr, and a short tail kept for syslog.
+struct Sink {
+    host_log: Option<File>,
+    /// The last [`TAIL_LINES`] lines, each cut to [`TAIL_LINE_LEN`] bytes.
+    tail: VecDeque<String>,
+}
+
+impl Sink {
+    fn line(&mut self, stream: Stream, line: &str) {
+        if let Some(f) = &mut self.host_log {
+            let _ = writeln!(f, "{line}");
+        }
+        let _ = match stream {
+            Stream::Stdout => writeln!(std::io::stdout().lock(), "{line}"),
+            Stream::Stderr => writeln!(std::io::stderr().lock(), "{line}"),
+        };
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        let mut end = line.len().min(TAIL_LINE_LEN);
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        // Control characters never reach syslog as such.
+        let kept = line[..end]
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    format!("\\x{:02x}", c as u32)
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        self.tail.push_back(kept);
     }
-    let _ = match stream {
-        Stream::Stdout => writeln!(std::io::stdout().lock(), "{line}"),
-        Stream::Stderr => writeln!(std::io::stderr().lock(), "{line}"),
-    };
 }
 
 /// The host log file a probe's run string names (`--host_logfile` for the

@@ -4,7 +4,13 @@
 //! Syslog goes through the `syslog` crate to the local socket (`/dev/log`);
 //! where there is none (a minimal container or initramfs) the program logs to
 //! stderr only and says so once at debug level. `RUST_LOG` (a level, or
-//! `target=level` pairs) refines the level.
+//! `target=level` pairs) refines the level. `CMAPP_SYSLOG_SOCKET` names
+//! another syslog socket (a datagram socket path): for containers whose
+//! syslog daemon listens elsewhere, and for tests that read what was logged.
+//!
+//! Events with the target [`SYSLOG_ONLY`] go to syslog and not to stderr:
+//! lines the package log already has in another form (an application's last
+//! output lines, which cmappmgr forwards to its own stdout and stderr).
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -17,6 +23,12 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 type SyslogLogger = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
+
+/// The target of events meant for syslog only (`tracing::warn!(target: SYSLOG_ONLY, ...)`).
+pub const SYSLOG_ONLY: &str = "syslog_only";
+
+/// The environment variable naming a syslog socket other than `/dev/log`.
+pub const SYSLOG_SOCKET_ENV: &str = "CMAPP_SYSLOG_SOCKET";
 
 /// Sends events to syslog.
 struct SyslogLayer {
@@ -93,7 +105,8 @@ pub fn init(program: &str, verbosity: Verbosity, use_syslog: bool) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()
-        .with_ansi(false);
+        .with_ansi(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() != SYSLOG_ONLY));
     let syslog = if use_syslog {
         let formatter = syslog::Formatter3164 {
             facility: syslog::Facility::LOG_DAEMON,
@@ -101,7 +114,11 @@ pub fn init(program: &str, verbosity: Verbosity, use_syslog: bool) {
             process: program.to_string(),
             pid: std::process::id(),
         };
-        syslog::unix(formatter).ok().map(|logger| SyslogLayer {
+        let logger = match std::env::var_os(SYSLOG_SOCKET_ENV) {
+            Some(path) => syslog::unix_custom(formatter, path).ok(),
+            None => syslog::unix(formatter).ok(),
+        };
+        logger.map(|logger| SyslogLayer {
             logger: Mutex::new(logger),
         })
     } else {

@@ -5,7 +5,7 @@
 //! Every test runs the real binaries over loopback with keys made at test time.
 
 use cmapp_tests::fixture::Fixture;
-use cmapp_tests::mgr::{pid_in, Mgr};
+use cmapp_tests::mgr::{monitor_args, pid_in, Mgr};
 use cmapp_tests::{alive, wait_until, WAIT};
 use nix::sys::signal::Signal;
 
@@ -69,6 +69,55 @@ fn stop_on_halt_is_chosen_by_the_option_or_the_configuration_file() {
 }
 
 // ------------------------------------------------------------- log lines
+
+#[test]
+fn a_failing_application_leaves_its_last_output_lines_in_syslog() {
+    let f = Fixture::new("");
+    let socket = f.dir.join("syslog.sock");
+    let syslog = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    syslog.set_nonblocking(true).unwrap();
+    let run = |script: &str| {
+        let mut args = monitor_args(&f.conf, &f.server.node(), 10.0, &[], &["/bin/sh", "-c", script]);
+        args.retain(|a| a != "--no_syslog");
+        Mgr::spawn_env(None, &args, &[("CMAPP_SYSLOG_SOCKET", socket.to_str().unwrap())])
+    };
+    let drain = || {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = syslog.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        got
+    };
+
+    let mut ok = run("echo all-is-$((1 + 1)); exit 0");
+    assert_eq!(ok.code(), 0, "{}", ok.err.text());
+    let logged = drain();
+    assert!(logged.iter().any(|l| l.contains("PROGRAM EXIT CODE 0")), "{logged:?}");
+    assert!(!logged.iter().any(|l| l.contains("all-is-2")), "{logged:?}");
+
+    let mut failed =
+        run("for i in 1 2 3 4 5 6 7; do echo step-$i >&2; done; x=unreadable; echo \"disk /dev/sdx $x\" >&2; exit 3");
+    assert_eq!(failed.code(), 3, "{}", failed.err.text());
+    let logged = drain();
+    let at = |needle: &str| logged.iter().position(|l| l.contains(needle));
+    // The last five lines (one stream: their order is certain), then the exit code.
+    let tail = ["step-4", "step-5", "step-6", "step-7", "disk /dev/sdx unreadable"];
+    let positions: Vec<Option<usize>> = tail.iter().map(|n| at(n)).collect();
+    assert!(positions.iter().all(Option::is_some), "{logged:?}");
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{logged:?}");
+    assert!(at("step-3").is_none(), "more than five lines: {logged:?}");
+    assert!(at("PROGRAM EXIT CODE 3") > positions[4], "{logged:?}");
+    // In syslog only: the package log already has the output once.
+    let err = failed.err.snapshot();
+    assert_eq!(
+        err.iter().filter(|l| l.contains("disk /dev/sdx unreadable")).count(),
+        1,
+        "{}",
+        failed.err.text()
+    );
+    assert_eq!(err.iter().filter(|l| l.contains("step-7")).count(), 1);
+}
 
 /// A scripted cmappserver: answers the hello and the launch, then holds back
 /// the answer to the manager's first ping and sends it between the process's
