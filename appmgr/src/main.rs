@@ -184,7 +184,11 @@ async fn status(args: cli::StatusArgs, conf: ManagerConfig) -> i32 {
             p.pid,
             state,
             uptime,
-            if p.attached { "yes" } else { "no" },
+            match (p.attached, p.managers) {
+                (false, _) => "no".to_string(),
+                (true, 0 | 1) => "yes".to_string(),
+                (true, n) => format!("yes ({n})"),
+            },
             p.service
         );
     }

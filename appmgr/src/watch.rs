@@ -224,7 +224,7 @@ impl Watcher<'_> {
                             }
                         }
                         Event::Superseded(a) if a.id == id => {
-                            tracing::error!("another cmappmgr attached to {}; this one exits (service strings must be unique)", started.service);
+                            tracing::error!("an older cmappserver gave {} to another cmappmgr; this one exits (upgrade cmappserver: current ones let several managers watch one process)", started.service);
                             return WatchEnd::Exit(exit::UNREACHABLE);
                         }
                         Event::Error(e) => tracing::warn!("cmappserver: {}", e.message),

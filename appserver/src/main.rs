@@ -206,6 +206,9 @@ async fn run(loaded: Loaded) -> ExitCode {
         max_processes: config.max_processes,
         stop_grace: config.stop_grace,
         exit_history: config.exit_history,
+        // A manager that went away is waited for as long as a silent
+        // connection is kept: the server's one notion of "gone".
+        ack_wait: config.idle_timeout,
     };
     let sup = supervisor::Supervisor::open(state, limits, exe).await;
     let listeners = match server::bind(&config.listen_addrs()).await {

@@ -16,6 +16,8 @@ use crate::supervisor::{Subscriber, Supervisor};
 
 /// Events queued for one session before output lines are dropped.
 const SESSION_QUEUE: usize = 1024;
+/// The longest manager name kept from a hello.
+const MAX_MANAGER_NAME: usize = 128;
 /// A write that takes longer than this means the manager is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -82,6 +84,17 @@ async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             .await;
         return SessionEnd::Protocol(message);
     }
+    // Who the manager is, across its reconnections; shown in logs, so bounded
+    // and without control characters.
+    let manager: Arc<str> = match &hello.manager {
+        Some(m) if !m.trim().is_empty() => m
+            .chars()
+            .take(MAX_MANAGER_NAME)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect::<String>()
+            .into(),
+        _ => format!("manager of session {session}").into(),
+    };
     let sup = ctx.supervisor.clone();
     let welcome = Welcome {
         protocol: PROTOCOL_VERSION,
@@ -106,7 +119,7 @@ async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     }
                     break end_for(e);
                 }
-                Ok(Ok(Some(req))) => handle(req, &sup, Subscriber { session, tx: tx.clone() }).await,
+                Ok(Ok(Some(req))) => handle(req, &sup, Subscriber { session, manager: manager.clone(), tx: tx.clone() }).await,
             },
             Some(ev) = rx.recv() => ev,
             _ = async { let _ = shutdown.wait_for(Option::is_some).await; } => {
@@ -156,7 +169,7 @@ async fn handle(req: Request, sup: &Arc<Supervisor>, sub: Subscriber) -> Event {
             .stop(&s.id, s.grace_ms.map(Duration::from_millis))
             .await
             .map(|()| Event::Stopping(Ack { id: s.id })),
-        Request::Ack(a) => sup.ack(&a.id).map(|()| Event::Acked(a)),
+        Request::Ack(a) => sup.ack(&a.id, &sub.manager).map(|()| Event::Acked(a)),
         Request::List => Ok(Event::Processes(ProcessList { processes: sup.list() })),
         Request::Ping(p) => Ok(Event::Pong(p)),
     };

@@ -3,8 +3,9 @@
 //! A connection opens with [`Hello`] (manager to server) answered by
 //! [`Welcome`] or an [`ErrorReply`] of kind [`ErrorKind::Version`]. After that
 //! the manager sends [`Request`]s and the server sends [`Event`]s: replies to
-//! requests, and pushes (`Output`, `Exited`, `ShuttingDown`, `Superseded`) for
-//! the processes the connection is attached to.
+//! requests, and pushes (`Output`, `Exited`, `ShuttingDown`) for the
+//! processes the connection is attached to. Several managers may be attached
+//! to one process; each gets its output and its exit.
 //!
 //! Compatibility: `Hello` and `Welcome` are plain structs that ignore unknown
 //! fields, so any two versions can at least tell each other what they speak.
@@ -24,13 +25,21 @@ pub struct Hello {
     /// Free text for logs, e.g. `cmappmgr 0.1.0`.
     #[serde(default)]
     pub software: String,
+    /// Who this manager is, the same on each of its reconnections (for
+    /// example `cmappmgr on host1 (pid 4242)`): the server waits for every
+    /// manager attached at an exit to acknowledge it, and tells a manager's
+    /// new connection from another manager. Free text for logs otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<String>,
 }
 
 impl Hello {
     pub fn current(program: &str) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         Hello {
             protocol: PROTOCOL_VERSION,
             software: format!("{program} {}", crate::SOFTWARE_VERSION),
+            manager: Some(format!("{program} on {} (pid {})", host.trim(), std::process::id())),
         }
     }
 }
@@ -121,7 +130,9 @@ pub enum Event {
     Processes(ProcessList),
     /// The server is going away on purpose (maintenance or upgrade).
     ShuttingDown(ShuttingDown),
-    /// Another manager attached to this process; this connection no longer hears of it.
+    /// Sent by earlier servers when another manager attached to this process
+    /// and took it over. Current servers never send it: several managers may
+    /// watch one process. Kept so that a manager still understands an old server.
     Superseded(Ack),
     Error(ErrorReply),
 }
@@ -245,6 +256,9 @@ pub struct ProcessInfo {
     pub exit: Option<ExitStatus>,
     /// True when a manager connection is attached.
     pub attached: bool,
+    /// How many managers are attached (several may watch one process).
+    #[serde(default)]
+    pub managers: usize,
     /// Built-in probe (`net-mon`, `disk-mon`) or `None` for an ordinary command.
     #[serde(default)]
     pub probe: Option<String>,

@@ -68,6 +68,156 @@ fn stop_on_halt_is_chosen_by_the_option_or_the_configuration_file() {
     );
 }
 
+// ------------------------------------------------------- several managers
+
+/// A script that waits for `flag`, prints a line and exits 5.
+fn gated(flag: &std::path::Path) -> String {
+    format!(
+        "while [ ! -e {} ]; do sleep 0.02; done; echo shared-line; exit 5",
+        flag.display()
+    )
+}
+
+/// `cmappmgr status --json` against the fixture's server: the listed processes.
+fn status(f: &Fixture) -> Vec<serde_json::Value> {
+    let conf = f.conf.to_str().unwrap();
+    let mut s = Mgr::spawn_args(&[
+        "status",
+        "--node",
+        &f.server.node(),
+        "--conf",
+        conf,
+        "--json",
+        "--no_syslog",
+    ]);
+    assert_eq!(s.code(), 0, "{}", s.err.text());
+    serde_json::from_str::<serde_json::Value>(&s.out.text())
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn two_managers_with_one_run_string_both_get_the_output_and_the_exit() {
+    let f = Fixture::new("");
+    let flag = f.dir.join("go");
+    let script = gated(&flag);
+    let run = ["/bin/sh", "-c", script.as_str()];
+    let mut first = f.mgr(&run);
+    let app = pid_in(&first.err.wait_for("started", WAIT).unwrap());
+    let mut second = f.mgr(&run);
+    let line = second
+        .err
+        .wait_for("attached to running", WAIT)
+        .unwrap_or_else(|| panic!("{}", second.err.text()));
+    assert_eq!(pid_in(&line), app);
+    let note = f
+        .server
+        .log
+        .wait_for("managers now watch", WAIT)
+        .unwrap_or_else(|| panic!("{}", f.server.log.text()));
+    assert!(note.contains("INFO") && note.contains("2 managers now watch"), "{note}");
+
+    // The second manager stopped by SIGSTOP: it cannot acknowledge yet.
+    second.signal(Signal::SIGSTOP);
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(first.code(), 5, "{}", first.err.text());
+    assert!(first.out.contains("shared-line"), "{}", first.out.text());
+    assert!(first.err.contains("PROGRAM EXIT CODE 5"), "{}", first.err.text());
+    // The first has acknowledged (it exits on the reply); the record stays
+    // for the second, which was attached at the exit.
+    let listed = status(&f);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["exit"]["code"], 5, "{listed:?}");
+
+    second.signal(Signal::SIGCONT);
+    assert_eq!(second.code(), 5, "{}", second.err.text());
+    assert!(second.out.contains("shared-line"), "{}", second.out.text());
+    assert!(second.err.contains("PROGRAM EXIT CODE 5"), "{}", second.err.text());
+    assert!(!second.err.contains("not acknowledged"), "{}", second.err.text());
+    // Both acknowledged: the record is gone.
+    assert!(wait_until(WAIT, || f.records() == 0), "the record stayed");
+    assert!(status(&f).is_empty());
+}
+
+#[test]
+fn killing_one_of_two_managers_mid_run_leaves_the_other_its_exit() {
+    let f = Fixture::new("");
+    let flag = f.dir.join("go");
+    let script = gated(&flag);
+    let run = ["/bin/sh", "-c", script.as_str()];
+    let mut first = f.mgr(&run);
+    first.err.wait_for("started", WAIT).unwrap();
+    let mut second = f.mgr(&run);
+    second.err.wait_for("attached to running", WAIT).unwrap();
+    f.server.log.wait_for("2 managers now watch", WAIT).unwrap();
+    // The newer one goes; the older one keeps watching.
+    second.kill9();
+    f.server
+        .log
+        .wait_for("1 manager now watches", WAIT)
+        .unwrap_or_else(|| panic!("{}", f.server.log.text()));
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(first.code(), 5, "{}", first.err.text());
+    assert!(first.out.contains("shared-line"), "{}", first.out.text());
+}
+
+#[test]
+fn a_manager_gone_silent_does_not_hold_the_exit_status_forever() {
+    // The server closes a connection silent for 1 s and waits as long again
+    // for its manager to come back; the managers ping every 0.2 s.
+    let f = Fixture::new("idleTimeout=1\n");
+    let conf = f.mgr_conf("fast.conf", "pingInterval=0.2\n");
+    let flag = f.dir.join("go");
+    let script = gated(&flag);
+    let run = ["/bin/sh", "-c", script.as_str()];
+    let mut first = Mgr::spawn(&conf, &f.server.node(), 10.0, &[], &run);
+    first.err.wait_for("started", WAIT).unwrap();
+    let mut silent = Mgr::spawn(&conf, &f.server.node(), 10.0, &[], &run);
+    silent.err.wait_for("attached to running", WAIT).unwrap();
+    f.server.log.wait_for("2 managers now watch", WAIT).unwrap();
+
+    // Attached at the exit, and never acknowledging it.
+    silent.signal(Signal::SIGSTOP);
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(first.code(), 5, "{}", first.err.text());
+    f.server
+        .log
+        .wait_for("no longer waiting for", WAIT)
+        .unwrap_or_else(|| panic!("{}", f.server.log.text()));
+    assert!(wait_until(WAIT, || f.records() == 0), "the record stayed");
+    silent.kill9();
+}
+
+#[test]
+fn both_managers_get_an_exit_that_happened_while_cmappserver_was_down() {
+    let mut f = Fixture::new("");
+    let flag = f.dir.join("go");
+    let script = gated(&flag);
+    let run = ["/bin/sh", "-c", script.as_str()];
+    let mut first = f.mgr(&run);
+    let app = pid_in(&first.err.wait_for("started", WAIT).unwrap());
+    let mut second = f.mgr(&run);
+    second.err.wait_for("attached to running", WAIT).unwrap();
+    f.server.log.wait_for("2 managers now watch", WAIT).unwrap();
+
+    // The second comes back late; the process ends while no server runs.
+    second.signal(Signal::SIGSTOP);
+    f.server.kill9();
+    std::fs::write(&flag, "").unwrap();
+    assert!(wait_until(WAIT, || !alive(app)), "the application did not end");
+    f.server.restart(None);
+
+    // The first re-attaches and collects the exit...
+    assert_eq!(first.code(), 5, "{}", first.err.text());
+    assert!(first.err.contains("re-attached"), "{}", first.err.text());
+    // ...and the record stays for the second, which gets the same.
+    second.signal(Signal::SIGCONT);
+    assert_eq!(second.code(), 5, "{}", second.err.text());
+    assert!(second.err.contains("PROGRAM EXIT CODE 5"), "{}", second.err.text());
+}
+
 // ------------------------------------------------------------- log lines
 
 #[test]

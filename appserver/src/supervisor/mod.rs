@@ -11,9 +11,19 @@
 //! while nobody was listening.
 //!
 //! Sessions (manager connections) subscribe to a process by launching or
-//! attaching to it; the latest subscriber wins and the previous one is told
-//! it was superseded. An exit status stays in the table until a manager
-//! acknowledges it, bounded by `exitHistory` (oldest dropped, with a log line).
+//! attaching to it. Several managers may watch one process (two services
+//! with the same run string): each gets its output and its exit. A manager
+//! is known by the name in its hello, so its reconnection replaces its old
+//! connection instead of counting as another manager.
+//!
+//! An exit status stays until a manager acknowledges it; once one has, a new
+//! launch of the service starts afresh, and the record stays, by instance id,
+//! until every other manager that was attached at the exit (or whose
+//! connection had closed less than `ack_wait` before it) has acknowledged it
+//! too. A manager whose connection is gone is waited for `ack_wait` (the
+//! server's `idleTimeout`) from the moment it went; a connection that went
+//! dead without closing is closed by the idle timeout first. Every record is
+//! also bounded by `exitHistory` (oldest dropped, with a log line).
 
 mod link;
 pub mod proto;
@@ -43,12 +53,20 @@ pub struct Limits {
     pub max_processes: usize,
     pub stop_grace: Duration,
     pub exit_history: usize,
+    /// How long an exit status is kept for a manager whose connection
+    /// closed, counted from the close (see the module documentation).
+    pub ack_wait: Duration,
 }
+
+/// Managers remembered per process after their connection closed.
+const DEPARTED_KEPT: usize = 16;
 
 /// Where a session wants to hear about the processes it is attached to.
 #[derive(Debug, Clone)]
 pub struct Subscriber {
     pub session: u64,
+    /// The manager behind the session, the same across its reconnections.
+    pub manager: Arc<str>,
     pub tx: mpsc::Sender<Event>,
 }
 
@@ -69,7 +87,14 @@ pub struct Proc {
 #[derive(Debug, Default)]
 struct ProcInner {
     exit: Option<Exited>,
-    subscriber: Option<Subscriber>,
+    /// The managers attached now, one connection each.
+    subscribers: Vec<Subscriber>,
+    /// Managers whose connection closed, and when (at most [`DEPARTED_KEPT`]).
+    departed: Vec<(Arc<str>, tokio::time::Instant)>,
+    /// Managers that still have to acknowledge the exit (set at the exit).
+    owed: Vec<Arc<str>>,
+    /// A manager has acknowledged the exit.
+    acked: bool,
     /// Requests to the shim; `None` when no shim is reachable.
     link: Option<mpsc::Sender<ShimRequest>>,
     /// Output lines that could not be queued for the subscriber.
@@ -94,28 +119,35 @@ impl Proc {
             pid: self.pid,
             started_at_ms: self.started_at_ms,
             exit: inner.exit.as_ref().map(|e| e.status.clone()),
-            attached: inner.subscriber.as_ref().is_some_and(|s| !s.tx.is_closed()),
+            attached: inner.subscribers.iter().any(|s| !s.tx.is_closed()),
+            managers: inner.subscribers.iter().filter(|s| !s.tx.is_closed()).count(),
             probe: self.probe.clone(),
         }
     }
 
-    /// Makes `sub` the process's subscriber and returns the reply to send it.
+    /// Adds `sub` to the process's subscribers (replacing an older connection
+    /// of the same manager) and returns the reply to send it.
     fn attach(&self, sub: Subscriber, attached: bool) -> Started {
         let mut inner = self.lock();
-        if let Some(old) = inner.subscriber.take() {
-            if old.session != sub.session {
-                let _ = old
-                    .tx
-                    .try_send(Event::Superseded(common::message::Ack { id: self.id.clone() }));
-            }
-        }
+        inner.departed.retain(|(m, _)| *m != sub.manager);
         let exited = inner.exit.clone();
         if let Some(ex) = &exited {
             // The reply goes out first (the session writes it before reading
             // its queue), so the manager sees Started, then Exited.
             let _ = sub.tx.try_send(Event::Exited(ex.clone()));
         }
-        inner.subscriber = Some(sub);
+        match inner.subscribers.iter().position(|s| s.manager == sub.manager) {
+            // The same manager again: a new connection replaces its old one.
+            Some(i) => inner.subscribers[i] = sub,
+            None => {
+                let manager = sub.manager.clone();
+                inner.subscribers.push(sub);
+                let n = inner.subscribers.len();
+                if n > 1 {
+                    tracing::info!(service = %self.display, "{manager} attached to {}; {}", self.display, watching(n));
+                }
+            }
+        }
         Started {
             id: self.id.clone(),
             service: self.display.clone(),
@@ -126,19 +158,25 @@ impl Proc {
         }
     }
 
-    /// Forwards one output line to the subscriber, never waiting.
+    /// Forwards one output line to every subscriber, never waiting.
     fn output(&self, stream: Stream, line: String) {
         let mut inner = self.lock();
-        let Some(sub) = &inner.subscriber else { return };
-        if sub
-            .tx
-            .try_send(Event::Output(Output {
+        let Some((last, others)) = inner.subscribers.split_last() else {
+            return;
+        };
+        let ev = |line: String| {
+            Event::Output(Output {
                 id: self.id.clone(),
                 stream,
                 line,
-            }))
-            .is_err()
-        {
+            })
+        };
+        let mut lost = others
+            .iter()
+            .filter(|s| s.tx.try_send(ev(line.clone())).is_err())
+            .count() as u64;
+        lost += u64::from(last.tx.try_send(ev(line)).is_err());
+        for _ in 0..lost {
             inner.dropped += 1;
             if inner.dropped.is_power_of_two() {
                 tracing::warn!(service = %self.display, dropped = inner.dropped, "manager is not keeping up; output lines dropped");
@@ -149,7 +187,11 @@ impl Proc {
 
 #[derive(Debug, Default)]
 struct Table {
+    /// The current process of each service: running, or exited and not yet
+    /// acknowledged by any manager.
     by_key: HashMap<String, Arc<Proc>>,
+    /// Exits acknowledged by one manager and still owed to others, by id.
+    lingering: HashMap<InstanceId, Arc<Proc>>,
     /// Exited processes in the order they ended, for the history bound.
     exited: VecDeque<Arc<Proc>>,
     shutting_down: bool,
@@ -193,6 +235,20 @@ impl Supervisor {
             janitor: Mutex::new(janitor()),
         });
         sup.recover().await;
+        // The sweeper holds no strong reference: it ends with the supervisor.
+        let weak = Arc::downgrade(&sup);
+        let every = (sup.limits.ack_wait / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(sup) => sup.sweep(),
+                    None => return,
+                }
+            }
+        });
         sup
     }
 
@@ -222,14 +278,22 @@ impl Supervisor {
     }
 
     pub fn list(&self) -> Vec<ProcessInfo> {
-        let procs: Vec<Arc<Proc>> = self.table().by_key.values().cloned().collect();
+        let procs = self.all();
         let mut list: Vec<ProcessInfo> = procs.iter().map(|p| p.info()).collect();
         list.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then(a.id.cmp(&b.id)));
         list
     }
 
+    /// Every record: current and lingering.
+    fn all(&self) -> Vec<Arc<Proc>> {
+        let table = self.table();
+        table.by_key.values().chain(table.lingering.values()).cloned().collect()
+    }
+
     fn find(&self, id: &str) -> Option<Arc<Proc>> {
-        self.table().by_key.values().find(|p| p.id == id).cloned()
+        let table = self.table();
+        let current = table.by_key.values().find(|p| p.id == id);
+        current.or_else(|| table.lingering.get(id)).cloned()
     }
 
     /// Launches a service, or attaches `sub` to it if it is already known.
@@ -240,14 +304,18 @@ impl Supervisor {
         let _guard = slot.lock.lock().await;
         {
             let mut table = self.table();
-            if let Some(p) = table.by_key.get(&key) {
-                if req.attach_only.as_ref().is_some_and(|id| *id != p.id) {
-                    return Err(gone(&spec));
-                }
-                return Ok(p.attach(sub, true));
+            if let Some(want) = &req.attach_only {
+                // A manager coming back to its instance: current, or collected
+                // by another manager and kept for this one.
+                let current = table.by_key.get(&key).filter(|p| p.id == *want);
+                let kept = table.lingering.get(want).filter(|p| p.key == key);
+                return match current.or(kept) {
+                    Some(p) => Ok(p.attach(sub, true)),
+                    None => Err(gone(&spec)),
+                };
             }
-            if req.attach_only.is_some() {
-                return Err(gone(&spec));
+            if let Some(p) = table.by_key.get(&key) {
+                return Ok(p.attach(sub, true));
             }
             if table.shutting_down {
                 return Err(err(
@@ -400,23 +468,35 @@ impl Supervisor {
         self.record_exit(proc, ex).await;
     }
 
-    /// Records an exit and tells the subscriber, if any.
+    /// Records an exit, notes which managers owe an acknowledgement, and
+    /// tells every subscriber.
     async fn record_exit(&self, proc: &Arc<Proc>, ex: Exited) {
-        let sub = {
+        let subs = {
             let mut inner = proc.lock();
             if inner.exit.is_some() {
                 return;
             }
             inner.exit = Some(ex.clone());
             inner.link = None;
-            inner.subscriber.clone()
+            let wait = self.limits.ack_wait;
+            inner.departed.retain(|(_, at)| at.elapsed() < wait);
+            let mut owed: Vec<Arc<str>> = inner.subscribers.iter().map(|s| s.manager.clone()).collect();
+            owed.extend(inner.departed.iter().map(|(m, _)| m.clone()));
+            inner.owed = owed;
+            inner.subscribers.clone()
         };
         tracing::info!(service = %proc.display, pid = proc.pid, "{}", ex.status);
         self.table().exited.push_back(proc.clone());
         self.enforce_history();
-        if let Some(sub) = sub {
-            // Waits if the session's queue is full: an exit is never dropped.
-            let _ = sub.tx.send(Event::Exited(ex)).await;
+        for sub in subs {
+            let ev = Event::Exited(ex.clone());
+            if let Err(mpsc::error::TrySendError::Full(ev)) = sub.tx.try_send(ev) {
+                // Waits for room: an exit is never dropped, and one slow
+                // manager does not hold up the others.
+                tokio::spawn(async move {
+                    let _ = sub.tx.send(ev).await;
+                });
+            }
         }
     }
 
@@ -427,8 +507,7 @@ impl Supervisor {
             let Some(old) = table.exited.pop_front() else {
                 break;
             };
-            if table.by_key.get(&old.key).is_some_and(|p| Arc::ptr_eq(p, &old)) {
-                table.by_key.remove(&old.key);
+            if forget(&mut table, &old) {
                 tracing::warn!(
                     service = %old.display,
                     "dropping the uncollected exit status of {} ({} kept at most)",
@@ -472,31 +551,89 @@ impl Supervisor {
         })
     }
 
-    /// Forgets the exit status of `id`: a manager has it.
-    pub fn ack(&self, id: &str) -> Result<(), ErrorReply> {
+    /// `manager` has the exit status of `id`. The record goes once every
+    /// manager that owes an acknowledgement has given it; until then a new
+    /// launch of the service starts afresh and the record stays by id.
+    pub fn ack(&self, id: &str, manager: &str) -> Result<(), ErrorReply> {
         let mut table = self.table();
-        let Some(proc) = table.by_key.values().find(|p| p.id == id).cloned() else {
+        let current = table.by_key.values().find(|p| p.id == id);
+        let Some(proc) = current.or_else(|| table.lingering.get(id)).cloned() else {
             return Ok(()); // already forgotten: acknowledging twice is harmless
         };
-        if proc.is_running() {
-            return Err(err(ErrorKind::BadRequest, format!("{} is still running", proc.display)));
+        let done = {
+            let mut inner = proc.lock();
+            if inner.exit.is_none() {
+                return Err(err(ErrorKind::BadRequest, format!("{} is still running", proc.display)));
+            }
+            inner.acked = true;
+            inner.owed.retain(|m| &**m != manager);
+            inner.owed.is_empty()
+        };
+        if done {
+            forget(&mut table, &proc);
+            drop(table);
+            // Off the reply path: the manager exits on the reply, and removing a
+            // directory can wait on the disk (ids are unique; nothing reuses it).
+            self.remove_later(proc.dir.clone());
+        } else if table.by_key.get(&proc.key).is_some_and(|p| Arc::ptr_eq(p, &proc)) {
+            table.by_key.remove(&proc.key);
+            table.lingering.insert(proc.id.clone(), proc);
         }
-        table.by_key.remove(&proc.key);
-        table.exited.retain(|p| !Arc::ptr_eq(p, &proc));
-        drop(table);
-        // Off the reply path: the manager exits on the reply, and removing a
-        // directory can wait on the disk (ids are unique; nothing reuses it).
-        self.remove_later(proc.dir.clone());
         Ok(())
     }
 
-    /// Detaches a closed session from every process it was attached to.
+    /// Detaches a closed session from every process it was attached to; its
+    /// manager is remembered as departed (see [`Supervisor::sweep`]).
     pub fn detach(&self, session: u64) {
-        let procs: Vec<Arc<Proc>> = self.table().by_key.values().cloned().collect();
-        for p in procs {
+        let now = tokio::time::Instant::now();
+        for p in self.all() {
             let mut inner = p.lock();
-            if inner.subscriber.as_ref().is_some_and(|s| s.session == session) {
-                inner.subscriber = None;
+            let Some(i) = inner.subscribers.iter().position(|s| s.session == session) else {
+                continue;
+            };
+            let gone = inner.subscribers.remove(i);
+            if inner.departed.len() == DEPARTED_KEPT {
+                inner.departed.remove(0);
+            }
+            inner.departed.push((gone.manager.clone(), now));
+            let n = inner.subscribers.len();
+            if n > 0 {
+                tracing::info!(service = %p.display, "{} left {}; {}", gone.manager, p.display, watching(n));
+            }
+        }
+    }
+
+    /// Stops waiting for managers that owe an acknowledgement but whose
+    /// connection closed `ack_wait` ago or more (or who never came back
+    /// after a restart of cmappserver), and forgets the records nobody is
+    /// owed any more. Runs periodically (see [`Supervisor::open`]).
+    fn sweep(&self) {
+        let wait = self.limits.ack_wait;
+        let mut table = self.table();
+        let lingering: Vec<Arc<Proc>> = table.lingering.values().cloned().collect();
+        for proc in lingering {
+            let done = {
+                let mut inner = proc.lock();
+                let inner = &mut *inner;
+                let (subscribers, departed) = (&inner.subscribers, &inner.departed);
+                inner.owed.retain(|m| {
+                    let attached = subscribers.iter().any(|s| s.manager == *m);
+                    let left = departed.iter().find(|(d, _)| d == m).map(|(_, at)| at.elapsed());
+                    let keep = attached || left.is_some_and(|l| l < wait);
+                    if !keep {
+                        tracing::info!(
+                            service = %proc.display,
+                            "no longer waiting for {m} to acknowledge the exit of {}: gone for {} s",
+                            proc.display,
+                            left.unwrap_or(wait).as_secs()
+                        );
+                    }
+                    keep
+                });
+                inner.owed.is_empty()
+            };
+            if done && forget(&mut table, &proc) {
+                self.remove_later(proc.dir.clone());
             }
         }
     }
@@ -538,6 +675,14 @@ impl Supervisor {
                 argv: meta.argv.clone(),
                 name: meta.name.clone(),
             };
+            // Which managers watched it is not recorded: whoever they were,
+            // they count as gone at the restart, and are owed an exit that
+            // happens, or happened, for `ack_wait` from now (see `sweep`).
+            let before: Arc<str> = Arc::from("the managers from before the restart");
+            let inner = ProcInner {
+                departed: vec![(before.clone(), tokio::time::Instant::now())],
+                ..ProcInner::default()
+            };
             let proc = Arc::new(Proc {
                 id: meta.id.clone(),
                 key: meta.key.clone(),
@@ -547,7 +692,7 @@ impl Supervisor {
                 dir: dir.clone(),
                 pid: pid.map_or(0, |p| p.pid),
                 started_at_ms: pid.map_or(meta.created_at_ms, |p| p.started_at_ms),
-                inner: Mutex::new(ProcInner::default()),
+                inner: Mutex::new(inner),
             });
             let connected = match link::connect(&dir).await {
                 Ok(stream) => {
@@ -556,14 +701,29 @@ impl Supervisor {
                 }
                 Err(_) => {
                     let ex = Self::exit_from_disk(&proc, "its supervisor is gone and recorded no exit status");
-                    proc.lock().exit = Some(ex.clone());
+                    let mut inner = proc.lock();
+                    inner.exit = Some(ex.clone());
+                    inner.owed = vec![before];
+                    drop(inner);
                     tracing::info!(service = %proc.display, pid = proc.pid, "ended while cmappserver was away: {}", ex.status);
                     false
                 }
             };
             let mut table = self.table();
-            if let Some(dup) = table.by_key.insert(proc.key.clone(), proc.clone()) {
-                tracing::warn!(service = %dup.display, "two records for one service; keeping the newer");
+            let (newer, older) = match table.by_key.remove(&proc.key) {
+                Some(other) if other.started_at_ms > proc.started_at_ms => (other, Some(proc.clone())),
+                other => (proc.clone(), other),
+            };
+            table.by_key.insert(newer.key.clone(), newer);
+            if let Some(older) = older {
+                if older.is_running() {
+                    tracing::warn!(service = %older.display, "two running records for one service; keeping the newer");
+                } else {
+                    // An exit one manager collected before the restart (the
+                    // service was launched again since): kept for the others.
+                    older.lock().acked = true;
+                    table.lingering.insert(older.id.clone(), older);
+                }
             }
             if !connected {
                 table.exited.push_back(proc.clone());
@@ -620,6 +780,27 @@ fn same_process(record: &PidRecord) -> bool {
         && rest.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(record.pid)
         && record.start_ticks.is_some()
         && state::start_ticks(record.pid) == record.start_ticks
+}
+
+/// "1 manager now watches it", "2 managers now watch it".
+fn watching(n: usize) -> String {
+    if n == 1 {
+        "1 manager now watches it".into()
+    } else {
+        format!("{n} managers now watch it")
+    }
+}
+
+/// Takes `proc` out of the table (current, lingering and history); true if it was there.
+fn forget(table: &mut Table, proc: &Arc<Proc>) -> bool {
+    let mut found = false;
+    if table.by_key.get(&proc.key).is_some_and(|p| Arc::ptr_eq(p, proc)) {
+        table.by_key.remove(&proc.key);
+        found = true;
+    }
+    found |= table.lingering.remove(&proc.id).is_some();
+    table.exited.retain(|p| !Arc::ptr_eq(p, proc));
+    found
 }
 
 /// Starts the thread that deletes record directories off the request path.
