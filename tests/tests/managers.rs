@@ -78,6 +78,26 @@ fn gated(flag: &std::path::Path) -> String {
     )
 }
 
+/// Two managers with the same run string (configuration `conf`): the first
+/// starts the process, the second attaches to it. Returns both and the pid.
+fn two_watching(f: &Fixture, conf: &std::path::Path, run: &[&str]) -> (Mgr, Mgr, u32) {
+    let first = Mgr::spawn(conf, &f.server.node(), 10.0, &[], run);
+    let app = pid_in(&first.err.wait_for("started", WAIT).unwrap());
+    let second = Mgr::spawn(conf, &f.server.node(), 10.0, &[], run);
+    let line = second
+        .err
+        .wait_for("attached to running", WAIT)
+        .unwrap_or_else(|| panic!("{}", second.err.text()));
+    assert_eq!(pid_in(&line), app);
+    let note = f
+        .server
+        .log
+        .wait_for("managers now watch", WAIT)
+        .unwrap_or_else(|| panic!("{}", f.server.log.text()));
+    assert!(note.contains("INFO") && note.contains("2 managers now watch"), "{note}");
+    (first, second, app)
+}
+
 /// `cmappmgr status --json` against the fixture's server: the listed processes.
 fn status(f: &Fixture) -> Vec<serde_json::Value> {
     let conf = f.conf.to_str().unwrap();
@@ -104,20 +124,7 @@ fn two_managers_with_one_run_string_both_get_the_output_and_the_exit() {
     let flag = f.dir.join("go");
     let script = gated(&flag);
     let run = ["/bin/sh", "-c", script.as_str()];
-    let mut first = f.mgr(&run);
-    let app = pid_in(&first.err.wait_for("started", WAIT).unwrap());
-    let mut second = f.mgr(&run);
-    let line = second
-        .err
-        .wait_for("attached to running", WAIT)
-        .unwrap_or_else(|| panic!("{}", second.err.text()));
-    assert_eq!(pid_in(&line), app);
-    let note = f
-        .server
-        .log
-        .wait_for("managers now watch", WAIT)
-        .unwrap_or_else(|| panic!("{}", f.server.log.text()));
-    assert!(note.contains("INFO") && note.contains("2 managers now watch"), "{note}");
+    let (mut first, mut second, _) = two_watching(&f, &f.conf, &run);
 
     // The second manager stopped by SIGSTOP: it cannot acknowledge yet.
     second.signal(Signal::SIGSTOP);
@@ -147,11 +154,7 @@ fn killing_one_of_two_managers_mid_run_leaves_the_other_its_exit() {
     let flag = f.dir.join("go");
     let script = gated(&flag);
     let run = ["/bin/sh", "-c", script.as_str()];
-    let mut first = f.mgr(&run);
-    first.err.wait_for("started", WAIT).unwrap();
-    let mut second = f.mgr(&run);
-    second.err.wait_for("attached to running", WAIT).unwrap();
-    f.server.log.wait_for("2 managers now watch", WAIT).unwrap();
+    let (mut first, mut second, _) = two_watching(&f, &f.conf, &run);
     // The newer one goes; the older one keeps watching.
     second.kill9();
     f.server
@@ -172,11 +175,7 @@ fn a_manager_gone_silent_does_not_hold_the_exit_status_forever() {
     let flag = f.dir.join("go");
     let script = gated(&flag);
     let run = ["/bin/sh", "-c", script.as_str()];
-    let mut first = Mgr::spawn(&conf, &f.server.node(), 10.0, &[], &run);
-    first.err.wait_for("started", WAIT).unwrap();
-    let mut silent = Mgr::spawn(&conf, &f.server.node(), 10.0, &[], &run);
-    silent.err.wait_for("attached to running", WAIT).unwrap();
-    f.server.log.wait_for("2 managers now watch", WAIT).unwrap();
+    let (mut first, mut silent, _) = two_watching(&f, &conf, &run);
 
     // Attached at the exit, and never acknowledging it.
     silent.signal(Signal::SIGSTOP);
@@ -196,11 +195,7 @@ fn both_managers_get_an_exit_that_happened_while_cmappserver_was_down() {
     let flag = f.dir.join("go");
     let script = gated(&flag);
     let run = ["/bin/sh", "-c", script.as_str()];
-    let mut first = f.mgr(&run);
-    let app = pid_in(&first.err.wait_for("started", WAIT).unwrap());
-    let mut second = f.mgr(&run);
-    second.err.wait_for("attached to running", WAIT).unwrap();
-    f.server.log.wait_for("2 managers now watch", WAIT).unwrap();
+    let (mut first, mut second, app) = two_watching(&f, &f.conf, &run);
 
     // The second comes back late; the process ends while no server runs.
     second.signal(Signal::SIGSTOP);
