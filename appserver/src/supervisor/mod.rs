@@ -58,6 +58,9 @@ pub struct Limits {
     pub ack_wait: Duration,
 }
 
+/// How long a shim whose connection closed is given to finish exiting.
+const SHIM_EXIT_WAIT: Duration = Duration::from_secs(2);
+
 /// Managers remembered per process after their connection closed.
 const DEPARTED_KEPT: usize = 16;
 
@@ -145,6 +148,12 @@ impl Proc {
                 let n = inner.subscribers.len();
                 if n > 1 {
                     tracing::info!(service = %self.display, "{manager} attached to {}; {}", self.display, watching(n));
+                }
+                // For a restarted cmappserver: whom an exit is owed to.
+                let mut managers: Vec<String> = inner.subscribers.iter().map(|s| s.manager.to_string()).collect();
+                managers.extend(inner.departed.iter().map(|(m, _)| m.to_string()));
+                if let Err(e) = state::write_json(&self.dir, state::MANAGERS, &state::Managers { managers }) {
+                    tracing::warn!(service = %self.display, "cannot record the managers watching {}: {e}", self.display);
                 }
             }
         }
@@ -464,6 +473,17 @@ impl Supervisor {
     /// Records the exit of a process whose shim connection closed without an
     /// `Exited` event: the shim recorded it on disk just before, or died.
     async fn record_exit_from_disk(&self, proc: &Arc<Proc>) {
+        // A killed shim's socket closes while the shim is still exiting (the
+        // kernel closes its files before it becomes a zombie): wait, bounded,
+        // until it is gone, so that `kill_orphan` tells a dead shim from a
+        // live one. There is no event to wait on for a process we may not
+        // have started (an adopted shim), hence the short polls.
+        if let Ok(Some(record)) = state::read_json::<PidRecord>(&proc.dir, state::PID) {
+            let end = tokio::time::Instant::now() + SHIM_EXIT_WAIT;
+            while running(record.shim_pid) && tokio::time::Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         let ex = Self::exit_from_disk(proc, "its supervisor died without recording an exit status");
         self.record_exit(proc, ex).await;
     }
@@ -675,12 +695,13 @@ impl Supervisor {
                 argv: meta.argv.clone(),
                 name: meta.name.clone(),
             };
-            // Which managers watched it is not recorded: whoever they were,
-            // they count as gone at the restart, and are owed an exit that
-            // happens, or happened, for `ack_wait` from now (see `sweep`).
-            let before: Arc<str> = Arc::from("the managers from before the restart");
+            // The managers that watched it count as gone at the restart: an
+            // exit that happens, or happened, is owed to them for `ack_wait`
+            // from now (see `sweep`). An older server's record names none.
+            let now = tokio::time::Instant::now();
+            let before = recorded_managers(&dir);
             let inner = ProcInner {
-                departed: vec![(before.clone(), tokio::time::Instant::now())],
+                departed: before.iter().map(|m| (m.clone(), now)).collect(),
                 ..ProcInner::default()
             };
             let proc = Arc::new(Proc {
@@ -703,7 +724,7 @@ impl Supervisor {
                     let ex = Self::exit_from_disk(&proc, "its supervisor is gone and recorded no exit status");
                     let mut inner = proc.lock();
                     inner.exit = Some(ex.clone());
-                    inner.owed = vec![before];
+                    inner.owed = before;
                     drop(inner);
                     tracing::info!(service = %proc.display, pid = proc.pid, "ended while cmappserver was away: {}", ex.status);
                     false
@@ -721,7 +742,10 @@ impl Supervisor {
                 } else {
                     // An exit one manager collected before the restart (the
                     // service was launched again since): kept for the others.
-                    older.lock().acked = true;
+                    let mut inner = older.lock();
+                    inner.acked = true;
+                    inner.owed = recorded_managers(&older.dir);
+                    drop(inner);
                     table.lingering.insert(older.id.clone(), older);
                 }
             }
@@ -780,6 +804,27 @@ fn same_process(record: &PidRecord) -> bool {
         && rest.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(record.pid)
         && record.start_ticks.is_some()
         && state::start_ticks(record.pid) == record.start_ticks
+}
+
+/// The managers a record names (see [`state::Managers`]), bounded and
+/// cleaned: the file is input like any other.
+fn recorded_managers(dir: &std::path::Path) -> Vec<Arc<str>> {
+    let record: state::Managers = state::read_json(dir, state::MANAGERS)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let mut names: Vec<Arc<str>> = Vec::new();
+    for m in record.managers.iter().take(DEPARTED_KEPT) {
+        let clean: String = m
+            .chars()
+            .take(128)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        if !clean.is_empty() && !names.iter().any(|n| **n == *clean) {
+            names.push(clean.into());
+        }
+    }
+    names
 }
 
 /// "1 manager now watches it", "2 managers now watch it".

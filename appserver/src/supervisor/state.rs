@@ -10,6 +10,7 @@
 //!     exit.json     how it ended (written by the shim the instant it ends)
 //!     sock          the shim's socket while it runs
 //!     shim.log      the shim's own errors, if any
+//!     managers.json the managers that watch it (written by the server when one joins)
 //! ```
 //!
 //! Every file is written whole to a temporary name and renamed into place,
@@ -34,6 +35,15 @@ pub const PID: &str = "pid.json";
 pub const EXIT: &str = "exit.json";
 pub const SOCK: &str = "sock";
 pub const SHIM_LOG: &str = "shim.log";
+pub const MANAGERS: &str = "managers.json";
+
+/// The managers watching a process, so that a restarted cmappserver knows
+/// whom an exit is owed to. Optional: a record without it (an older
+/// server's) is owed to whichever manager acknowledges it first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Managers {
+    pub managers: Vec<String>,
+}
 
 /// What was launched: written by the server before it starts the shim.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
