@@ -108,17 +108,21 @@ fn survive_outage(upgrade: bool) {
         assert!(m.running(), "manager {i} exited: {}", m.err.text());
         assert!(alive(pids[i]), "application {i} died");
     }
-    // Same pids, reported by the restarted server.
-    let mut after: Vec<u32> = server.recorded().iter().map(|r| r.pid).collect();
+    // Same pids, recorded by the restarted server (the collected record of
+    // application 7 is deleted off the reply path: wait for it to go).
     let mut before: Vec<u32> = pids
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != 7)
         .map(|(_, p)| *p)
         .collect();
-    after.sort();
     before.sort();
-    assert_eq!(after, before);
+    let after = || {
+        let mut after: Vec<u32> = server.recorded().iter().map(|r| r.pid).collect();
+        after.sort();
+        after
+    };
+    assert!(wait_until(WAIT, || after() == before), "{:?} != {before:?}", after());
     // And an exit after the restart still arrives.
     std::fs::write(&flags[3], "").unwrap();
     assert_eq!(managers[3].code(), 43, "{}", managers[3].err.text());
