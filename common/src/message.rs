@@ -26,7 +26,7 @@ pub struct Hello {
     #[serde(default)]
     pub software: String,
     /// Who this manager is, the same on each of its reconnections (for
-    /// example `cmappmgr on host1 (pid 4242)`): the server waits for every
+    /// example `cmappmgr on host1 (pid 4242, 5f0c9e21)`): the server waits for every
     /// manager attached at an exit to acknowledge it, and tells a manager's
     /// new connection from another manager. Free text for logs otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,13 +35,29 @@ pub struct Hello {
 
 impl Hello {
     pub fn current(program: &str) -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         Hello {
             protocol: PROTOCOL_VERSION,
             software: format!("{program} {}", crate::SOFTWARE_VERSION),
-            manager: Some(format!("{program} on {} (pid {})", host.trim(), std::process::id())),
+            manager: Some(manager_name(program)),
         }
     }
+}
+
+/// This process's name as a manager: `cmappmgr on host1 (pid 4242, 5f0c9e21)`.
+/// The same on every connection of this process, and different for any
+/// other process, even one with the same host name and pid (containers):
+/// the last part is drawn once per process from the standard library's
+/// randomly seeded hasher.
+fn manager_name(program: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static TAG: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let tag = *TAG.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish() as u32
+    });
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{program} on {} (pid {}, {tag:08x})", host.trim(), std::process::id())
 }
 
 /// The server's answer to a compatible [`Hello`].
@@ -348,6 +364,20 @@ mod tests {
             serde_json::from_str::<Event>(&serde_json::to_string(&l).unwrap()).unwrap(),
             l
         );
+    }
+
+    #[test]
+    fn a_manager_keeps_its_name_across_connections() {
+        let (a, b) = (Hello::current("cmappmgr"), Hello::current("cmappmgr"));
+        assert_eq!(a.manager, b.manager);
+        let name = a.manager.unwrap();
+        assert!(
+            name.starts_with("cmappmgr on ") && name.contains(&format!("(pid {}, ", std::process::id())),
+            "{name}"
+        );
+        // An older manager's hello, without the field, still parses.
+        let h: Hello = serde_json::from_str(r#"{"protocol":1,"software":"x"}"#).unwrap();
+        assert_eq!(h.manager, None);
     }
 
     #[test]
