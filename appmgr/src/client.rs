@@ -204,6 +204,11 @@ impl Client {
                         )));
                     }
                 }
+                if e.is_protocol_violation() {
+                    return Err(ClientError::Protocol(format!(
+                        "cmappserver broke the protocol before its welcome: {e}"
+                    )));
+                }
                 return Err(io(e));
             }
             Ok(Ok(None)) => {
@@ -219,8 +224,11 @@ impl Client {
                 _ => ClientError::Protocol(e.message),
             });
         }
-        let welcome: Welcome = serde_json::from_value(reply)
-            .map_err(|e| ClientError::Protocol(format!("unexpected answer to hello: {e}")))?;
+        let welcome: Welcome = serde_json::from_value(reply).map_err(|e| {
+            ClientError::Protocol(format!(
+                "cmappserver broke the protocol: unexpected answer to hello: {e}"
+            ))
+        })?;
         Ok(Client { rd, wr, welcome })
     }
 
@@ -313,6 +321,38 @@ impl Client {
             Ok(Ok(None)) => Err(ClientError::Unreachable("cmappserver closed the connection".into())),
             Ok(Ok(Some(ev))) => Ok(ev),
         }
+    }
+
+    /// Every monitored process: the `List` reply's pages, gathered.
+    pub async fn list(&mut self, limit: Duration) -> Result<Vec<common::message::ProcessInfo>, ClientError> {
+        let deadline = Instant::now() + limit;
+        let mut page = match self.call(&Request::List, limit).await? {
+            Event::Processes(p) => p,
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "cmappserver broke the protocol: it answered the listing with {}",
+                    other.kind()
+                )))
+            }
+        };
+        let mut all = std::mem::take(&mut page.processes);
+        while page.more {
+            page = match tokio::time::timeout_at(deadline, self.next_event()).await {
+                Err(_) => return Err(ClientError::Unreachable("no answer from cmappserver in time".into())),
+                Ok(Ok(Some(Event::Processes(p)))) => p,
+                Ok(Ok(Some(Event::Output(_) | Event::ShuttingDown(_) | Event::Superseded(_)))) => continue,
+                Ok(Ok(Some(other))) => {
+                    return Err(ClientError::Protocol(format!(
+                        "cmappserver broke the protocol: {} in the middle of a listing",
+                        other.kind()
+                    )))
+                }
+                Ok(Ok(None)) => return Err(ClientError::Unreachable("cmappserver closed the connection".into())),
+                Ok(Err(e)) => return Err(e),
+            };
+            all.append(&mut page.processes);
+        }
+        Ok(all)
     }
 
     /// Closes the connection cleanly (TLS close_notify), bounded.

@@ -133,7 +133,7 @@ async fn check(args: cli::CheckArgs, conf: ManagerConfig) -> i32 {
             let w = &c.welcome;
             println!(
                 "{} on {}: {} monitored processes (limit {}), protocol {}, round trip {:.2} ms",
-                w.software,
+                common::text::clip(&w.software, 200),
                 args.node,
                 w.monitored,
                 w.max_processes,
@@ -155,11 +155,11 @@ async fn status(args: cli::StatusArgs, conf: ManagerConfig) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let list = match c.call(&Request::List, args.timeout).await {
-        Ok(Event::Processes(list)) => list.processes,
-        other => {
-            tracing::error!("cmappserver on {} did not list its processes: {other:?}", args.node);
-            return exit::UNREACHABLE;
+    let list = match c.list(args.timeout).await {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::error!("cmappserver on {} did not list its processes: {e}", args.node);
+            return exit::for_error(&e);
         }
     };
     c.close().await;
@@ -189,7 +189,7 @@ async fn status(args: cli::StatusArgs, conf: ManagerConfig) -> i32 {
                 (true, 0 | 1) => "yes".to_string(),
                 (true, n) => format!("yes ({n})"),
             },
-            p.service
+            common::text::escape(&p.service)
         );
     }
     0

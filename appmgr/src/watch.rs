@@ -7,8 +7,12 @@
 //!      ▲                            │
 //!      └── reconnect (attach only) ◄┘ connection lost / pings unanswered
 //! ```
-//! The "unreachable" clock starts at the last message heard from the server;
-//! only when it reaches `cmappserver_timeout` does the manager give up.
+//! The "unreachable" clock starts at the last proof that the server serves
+//! us: an answered ping (or the first connection). Answering a launch, or
+//! accepting connections, is not such proof: a server that does that but
+//! never answers pings is given up on after `cmappserver_timeout`, like an
+//! unreachable one. Only when the clock reaches `cmappserver_timeout` does
+//! the manager give up.
 //!
 //! A halt (SIGTERM) leaves the application running, as the original does;
 //! with `-stop_on_halt` (or `stopOnHalt=yes`) it stops it through
@@ -71,6 +75,7 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
         stop_on_halt: !args.detach && (args.stop_on_halt || conf.stop_on_halt),
         instance: None,
         last_heard: Instant::now(),
+        connected_once: false,
         stopping: None,
         sink: Sink {
             host_log,
@@ -80,6 +85,16 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
     let mut last_error: Option<String> = None;
     loop {
         let deadline = w.last_heard + args.timeout;
+        if let (Some(why), true) = (&last_error, Instant::now() >= deadline) {
+            tracing::error!(
+                "Lost the node {}: cmappserver has not answered for {} s (cmappserver_timeout {} s); last error: {why}",
+                args.node,
+                w.last_heard.elapsed().as_secs(),
+                args.timeout.as_secs_f64()
+            );
+            tracing::error!("PROGRAM EXIT CODE {}", exit::UNREACHABLE);
+            return exit::UNREACHABLE;
+        }
         let connect = w.connector.connect(deadline);
         let client = tokio::select! {
             c = connect => c,
@@ -117,7 +132,11 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
                 return exit::for_error(&e);
             }
         };
-        w.last_heard = Instant::now();
+        if !w.connected_once {
+            // The guest may have been booting: its first answer restarts the clock.
+            w.connected_once = true;
+            w.last_heard = Instant::now();
+        }
         match w.watch(&mut client, &mut stop_signal).await {
             WatchEnd::Exit(code) => {
                 client.close().await;
@@ -140,7 +159,9 @@ struct Watcher<'a> {
     stop_on_halt: bool,
     /// The process this manager watches, once launched.
     instance: Option<InstanceId>,
+    /// The last answered ping (or the first connection): the start of the "unreachable" clock.
     last_heard: Instant,
+    connected_once: bool,
     /// Set once a stop was requested: the deadline for the process to be gone.
     stopping: Option<Instant>,
     sink: Sink,
@@ -157,18 +178,26 @@ impl Watcher<'_> {
             name: self.args.name.clone(),
             attach_only: self.instance.clone(),
         });
-        let limit = self.ping_every * 3 + Duration::from_secs(30);
+        // A launch may wait for the process to start, but never past the give-up time.
+        let left = (self.last_heard + self.args.timeout).saturating_duration_since(Instant::now());
+        let limit = (self.ping_every * 3 + Duration::from_secs(30)).min(left.max(Duration::from_millis(100)));
         let started = match client.call(&launch, limit).await {
             Ok(Event::Started(s)) => s,
             Ok(Event::Error(e)) => return self.refused(e.kind, &e.message),
-            Ok(other) => return WatchEnd::Lost(format!("unexpected answer to launch: {other:?}")),
+            Ok(other) => {
+                tracing::error!(
+                    "cmappserver on {} broke the protocol: it answered the launch with {}",
+                    self.args.node,
+                    other.kind()
+                );
+                return WatchEnd::Exit(exit::PROTOCOL);
+            }
             Err(e) if e.is_retryable() => return WatchEnd::Lost(e.to_string()),
             Err(e) => {
                 tracing::error!("{e}");
                 return WatchEnd::Exit(exit::for_error(&e));
             }
         };
-        self.last_heard = Instant::now();
         match (&self.instance, started.attached) {
             (Some(_), _) => tracing::info!(
                 "re-attached to {} (pid {}) on {}",
@@ -200,6 +229,8 @@ impl Watcher<'_> {
         let mut ticker = tokio::time::interval(self.ping_every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0u64;
+        // The last sign of life on this connection: the launch's answer, then answered pings.
+        let mut alive_at = Instant::now();
         loop {
             tokio::select! {
                 ev = client.next_event() => {
@@ -212,8 +243,11 @@ impl Watcher<'_> {
                             return WatchEnd::Exit(exit::for_error(&e));
                         }
                     };
-                    self.last_heard = Instant::now();
                     match ev {
+                        Event::Pong(_) => {
+                            alive_at = Instant::now();
+                            self.last_heard = alive_at;
+                        }
                         Event::Output(o) if o.id == id => self.sink.line(o.stream, &o.line),
                         Event::Exited(x) if x.id == id => return self.exited(client, &id, x.status).await,
                         Event::ShuttingDown(s) => {
@@ -232,7 +266,10 @@ impl Watcher<'_> {
                     }
                 }
                 _ = ticker.tick() => {
-                    if self.last_heard.elapsed() >= dead_after {
+                    if alive_at.elapsed() >= dead_after {
+                        return WatchEnd::Lost(format!("no answer to pings for {:.1} s", alive_at.elapsed().as_secs_f64()));
+                    }
+                    if self.last_heard.elapsed() >= self.args.timeout {
                         return WatchEnd::Lost(format!("no answer to pings for {:.1} s", self.last_heard.elapsed().as_secs_f64()));
                     }
                     seq += 1;
@@ -271,6 +308,10 @@ impl Watcher<'_> {
         match result {
             Ok(status) => {
                 self.last_heard = Instant::now();
+                if let Err(e) = status.check() {
+                    tracing::error!("cmappserver on {} broke the protocol: {e}", self.args.node);
+                    return WatchEnd::Exit(exit::PROTOCOL);
+                }
                 let code = status.exit_code();
                 tracing::info!("application stopped on request ({status}); PROGRAM EXIT CODE {code}");
                 WatchEnd::Exit(exit::HALTED)
@@ -322,6 +363,10 @@ impl Watcher<'_> {
         // Acknowledge, so the server forgets the status only once we have it.
         if let Err(e) = client.ack(id, Duration::from_secs(5)).await {
             tracing::warn!("exit status not acknowledged by cmappserver: {e}");
+        }
+        if let Err(e) = status.check() {
+            tracing::error!("cmappserver on {} broke the protocol: {e}", self.args.node);
+            return WatchEnd::Exit(exit::PROTOCOL);
         }
         let code = status.exit_code();
         if code != 0 {

@@ -69,9 +69,9 @@ async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         let message = format!(
             "protocol version mismatch: {} speaks protocol {}, cmappserver {} speaks protocol {PROTOCOL_VERSION}",
             if hello.software.is_empty() {
-                "the manager"
+                "the manager".to_string()
             } else {
-                &hello.software
+                common::text::clip(&hello.software, 100)
             },
             hello.protocol,
             common::SOFTWARE_VERSION,
@@ -119,6 +119,22 @@ async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     }
                     break end_for(e);
                 }
+                Ok(Ok(Some(Request::List))) => {
+                    // Every page but the last here; the last is the reply below.
+                    let mut pages = ProcessList::pages(sup.list());
+                    let last = pages.pop().expect("one page at least");
+                    let mut failed = None;
+                    for page in pages {
+                        if let Err(e) = write(wr, &Event::Processes(page)).await {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    if let Some(e) = failed {
+                        break e;
+                    }
+                    Event::Processes(last)
+                }
                 Ok(Ok(Some(req))) => handle(req, &sup, Subscriber { session, manager: manager.clone(), tx: tx.clone() }).await,
             },
             Some(ev) = rx.recv() => ev,
@@ -163,6 +179,10 @@ fn end_for(e: ConnectionError) -> SessionEnd {
 
 /// Applies one request and returns the reply.
 async fn handle(req: Request, sup: &Arc<Supervisor>, sub: Subscriber) -> Event {
+    let session = sub.session;
+    if let Err(message) = req.check() {
+        return refused(session, ErrorKind::BadRequest, message);
+    }
     let result = match req {
         Request::Launch(l) => sup.launch(l, sub).await.map(Event::Started),
         Request::Stop(s) => sup
@@ -170,8 +190,18 @@ async fn handle(req: Request, sup: &Arc<Supervisor>, sub: Subscriber) -> Event {
             .await
             .map(|()| Event::Stopping(Ack { id: s.id })),
         Request::Ack(a) => sup.ack(&a.id, &sub.manager).map(|()| Event::Acked(a)),
-        Request::List => Ok(Event::Processes(ProcessList { processes: sup.list() })),
+        Request::List => unreachable!("a listing is answered in pages by `converse`"),
         Request::Ping(p) => Ok(Event::Pong(p)),
     };
-    result.unwrap_or_else(Event::Error)
+    match result {
+        Ok(ev) => ev,
+        Err(e) if e.kind == ErrorKind::BadRequest => refused(session, e.kind, e.message),
+        Err(e) => Event::Error(e),
+    }
+}
+
+/// A request refused as malformed: logged (escaped, clipped) and answered.
+fn refused(session: u64, kind: ErrorKind, message: String) -> Event {
+    tracing::warn!(session, "refused a request: {}", common::text::clip(&message, 300));
+    Event::Error(ErrorReply { kind, message })
 }

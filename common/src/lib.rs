@@ -10,6 +10,7 @@
 //! | [`tls`]        | TLS 1.3 with mutual authentication: key material, pinning, CA trust  |
 //! | [`logging`]    | tracing to stderr plus warnings and errors to syslog                 |
 //! | [`shutdown`]   | one future that resolves on SIGTERM or SIGINT                        |
+//! | [`text`]       | peer-supplied strings made safe to log and print (escaped, clipped)  |
 //!
 //! The layers never mix: `codec` knows bytes, `connection` knows I/O, and
 //! `message` knows meaning. Neither binary frames or parses anything itself.
@@ -22,6 +23,7 @@ pub mod logging;
 pub mod message;
 pub mod service;
 pub mod shutdown;
+pub mod text;
 pub mod tls;
 
 /// The TCP port the original product uses, and our default.

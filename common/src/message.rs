@@ -89,6 +89,29 @@ pub enum Request {
     Ping(Ping),
 }
 
+/// The longest instance id a request may carry, in bytes (ours are about 30).
+pub const MAX_ID_LEN: usize = 128;
+
+impl Request {
+    /// Checks the bounds of what the request carries that the run-string
+    /// parser does not check (see [`crate::service`] for those).
+    pub fn check(&self) -> Result<(), String> {
+        let id = match self {
+            Request::Launch(l) => l.attach_only.as_deref(),
+            Request::Stop(s) => Some(s.id.as_str()),
+            Request::Ack(a) => Some(a.id.as_str()),
+            Request::List | Request::Ping(_) => None,
+        };
+        match id {
+            Some(id) if id.len() > MAX_ID_LEN => Err(format!(
+                "the instance id is {} bytes, over the limit of {MAX_ID_LEN} bytes",
+                id.len()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Launch a service, or attach to it if it runs already or its exit status
 /// has not been collected yet.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -153,6 +176,24 @@ pub enum Event {
     Error(ErrorReply),
 }
 
+impl Event {
+    /// The event's name on the wire (`started`, `pong`, ...), for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Started(_) => "started",
+            Event::Output(_) => "output",
+            Event::Exited(_) => "exited",
+            Event::Acked(_) => "acked",
+            Event::Stopping(_) => "stopping",
+            Event::Pong(_) => "pong",
+            Event::Processes(_) => "processes",
+            Event::ShuttingDown(_) => "shutting_down",
+            Event::Superseded(_) => "superseded",
+            Event::Error(_) => "error",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Started {
     pub id: InstanceId,
@@ -211,17 +252,35 @@ pub enum ExitStatus {
     Lost { error: String },
 }
 
+/// The highest signal number (Linux's `SIGRTMAX`).
+pub const MAX_SIGNAL: i32 = 64;
+
 /// The exit code a manager reports for a status that carries none.
 pub const LOST_EXIT_CODE: i32 = 70;
 
 impl ExitStatus {
     /// The exit code a shell would report: the code, or 128 + signal.
+    /// (Saturating: a status from a broken peer never overflows; see [`check`](Self::check).)
     pub fn exit_code(&self) -> i32 {
         match self {
             ExitStatus::Code(c) => *c,
-            ExitStatus::Signal(s) => 128 + s,
+            ExitStatus::Signal(s) => s.saturating_add(128),
             ExitStatus::SpawnFailed { code, .. } => *code,
             ExitStatus::Lost { .. } => LOST_EXIT_CODE,
+        }
+    }
+
+    /// Whether a status received from a peer is one a process can have: an
+    /// exit code in 0..=255, a signal in 1..=[`MAX_SIGNAL`].
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            ExitStatus::Code(c) | ExitStatus::SpawnFailed { code: c, .. } if !(0..=255).contains(c) => {
+                Err(format!("exit code {c} is out of range (0 to 255)"))
+            }
+            ExitStatus::Signal(s) if !(1..=MAX_SIGNAL).contains(s) => {
+                Err(format!("signal number {s} is out of range (1 to {MAX_SIGNAL})"))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -255,9 +314,45 @@ impl fmt::Display for ExitStatus {
     }
 }
 
+/// Reply to `List`, in pages: a listing larger than [`LIST_PAGE_LEN`] comes
+/// as several `Processes` events, every one but the last with `more` set, so
+/// that no reply can exceed the frame cap however many processes there are.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProcessList {
     pub processes: Vec<ProcessInfo>,
+    /// More pages follow.
+    #[serde(default)]
+    pub more: bool,
+}
+
+/// The size a page of a listing is cut at (its JSON, in bytes). One entry is
+/// bounded well below the frame cap by the limits on names and run strings.
+pub const LIST_PAGE_LEN: usize = 256 * 1024;
+
+impl ProcessList {
+    /// Cuts a listing into pages of about [`LIST_PAGE_LEN`] bytes each (at least one page).
+    pub fn pages(processes: Vec<ProcessInfo>) -> Vec<ProcessList> {
+        let mut pages = vec![ProcessList {
+            processes: Vec::new(),
+            more: false,
+        }];
+        let mut size = 0;
+        for p in processes {
+            let len = serde_json::to_vec(&p).map(|v| v.len()).unwrap_or(0);
+            let page = pages.last_mut().expect("one page at least");
+            if !page.processes.is_empty() && size + len > LIST_PAGE_LEN {
+                page.more = true;
+                pages.push(ProcessList {
+                    processes: Vec::new(),
+                    more: false,
+                });
+                size = 0;
+            }
+            size += len;
+            pages.last_mut().expect("one page at least").processes.push(p);
+        }
+        pages
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -359,7 +454,10 @@ mod tests {
         let s = serde_json::to_string(&e).unwrap();
         assert_eq!(serde_json::from_str::<Event>(&s).unwrap(), e);
         // Every variant must serialise (internally tagged enums cannot hold sequences).
-        let l = Event::Processes(ProcessList { processes: vec![] });
+        let l = Event::Processes(ProcessList {
+            processes: vec![],
+            more: false,
+        });
         assert_eq!(
             serde_json::from_str::<Event>(&serde_json::to_string(&l).unwrap()).unwrap(),
             l
@@ -399,5 +497,27 @@ mod tests {
             127
         );
         assert_eq!(ExitStatus::Signal(9).to_string(), "killed by signal 9 (SIGKILL)");
+        assert_eq!(ExitStatus::Signal(i32::MAX).exit_code(), i32::MAX, "saturates");
+    }
+
+    #[test]
+    fn statuses_out_of_range_are_refused() {
+        for ok in [
+            ExitStatus::Code(0),
+            ExitStatus::Code(255),
+            ExitStatus::Signal(1),
+            ExitStatus::Signal(64),
+        ] {
+            assert_eq!(ok.check(), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            ExitStatus::Code(256),
+            ExitStatus::Code(-1),
+            ExitStatus::Signal(0),
+            ExitStatus::Signal(65),
+            ExitStatus::Signal(i32::MIN),
+        ] {
+            assert!(bad.check().unwrap_err().contains("out of range"), "{bad:?}");
+        }
     }
 }

@@ -15,13 +15,36 @@
 
 use std::fmt;
 
+/// The longest service name, in bytes.
+pub const MAX_NAME_LEN: usize = 1024;
+/// The longest run string, in bytes (all arguments together).
+pub const MAX_RUN_LEN: usize = 64 * 1024;
+/// The most arguments a run string may have (after splitting).
+pub const MAX_ARGS: usize = 1024;
+
 /// Why a run string cannot be turned into an argv.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServiceError {
     #[error("empty run string: nothing to run")]
     Empty,
-    #[error("cannot split run string {run:?}: {reason}")]
+    #[error("cannot split run string {}: {reason}", crate::text::clip(run, 200))]
     Split { run: String, reason: String },
+    #[error("the {what} is {len} {unit}, over the limit of {limit} {unit}")]
+    TooLong {
+        what: &'static str,
+        len: usize,
+        limit: usize,
+        unit: &'static str,
+    },
+    #[error("the {what} contains a NUL byte")]
+    Nul { what: &'static str },
+}
+
+fn bounded(what: &'static str, len: usize, limit: usize, unit: &'static str) -> Result<(), ServiceError> {
+    if len > limit {
+        return Err(ServiceError::TooLong { what, len, limit, unit });
+    }
+    Ok(())
 }
 
 /// A parsed run string.
@@ -36,8 +59,22 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
+    /// Checks the limits ([`MAX_NAME_LEN`], [`MAX_RUN_LEN`], [`MAX_ARGS`])
+    /// before anything else, then splits the run string.
     pub fn parse(run: Vec<String>, name: Option<String>) -> Result<Self, ServiceError> {
+        if let Some(n) = &name {
+            bounded("name", n.len(), MAX_NAME_LEN, "bytes")?;
+            if n.contains('\0') {
+                return Err(ServiceError::Nul { what: "name" });
+            }
+        }
+        bounded("run string", run.iter().map(String::len).sum(), MAX_RUN_LEN, "bytes")?;
+        bounded("run string's list of arguments", run.len(), MAX_ARGS, "arguments")?;
+        if run.iter().any(|a| a.contains('\0')) {
+            return Err(ServiceError::Nul { what: "run string" });
+        }
         let argv = split_run(&run)?;
+        bounded("run string's list of arguments", argv.len(), MAX_ARGS, "arguments")?;
         Ok(ServiceSpec {
             run,
             argv,
@@ -53,7 +90,8 @@ impl ServiceSpec {
         }
     }
 
-    /// A human-readable form for logs and listings.
+    /// A human-readable form for logs and listings (as sent: escape it
+    /// before printing, see [`crate::text`]).
     pub fn display(&self) -> String {
         match &self.name {
             Some(n) => n.clone(),
@@ -152,6 +190,27 @@ mod tests {
         ));
         assert_eq!(split_run(&[]), Err(ServiceError::Empty));
         assert_eq!(split_run(&s(&["   "])), Err(ServiceError::Empty));
+    }
+
+    #[test]
+    fn names_and_run_strings_are_bounded() {
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        let e = ServiceSpec::parse(s(&["/bin/true"]), Some(long)).unwrap_err();
+        assert_eq!(e.to_string(), "the name is 1025 bytes, over the limit of 1024 bytes");
+        let e = ServiceSpec::parse(vec!["y".repeat(MAX_RUN_LEN + 1)], None).unwrap_err();
+        assert!(e.to_string().starts_with("the run string is 65537 bytes"), "{e}");
+        let e = ServiceSpec::parse(vec!["a".into(); MAX_ARGS + 1], None).unwrap_err();
+        assert!(e.to_string().contains("1025 arguments, over the limit"), "{e}");
+        let split = vec!["a ".repeat(MAX_ARGS + 1)];
+        assert!(matches!(
+            ServiceSpec::parse(split, None),
+            Err(ServiceError::TooLong { .. })
+        ));
+        assert!(matches!(
+            ServiceSpec::parse(s(&["/bin/echo", "a\0b"]), None),
+            Err(ServiceError::Nul { .. })
+        ));
+        assert!(ServiceSpec::parse(s(&["/bin/true"]), Some("n".repeat(MAX_NAME_LEN))).is_ok());
     }
 
     #[test]

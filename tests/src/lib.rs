@@ -9,6 +9,7 @@
 //! | `output` | a child's stdout/stderr captured line by line, with waits on lines |
 //! | `server` | a real cmappserver on 127.0.0.1:0, cleaned up with its processes  |
 //! | `mgr`    | a real cmappmgr run against a server                              |
+//! | `peer`   | a raw manager, a misbehaving fake server, an unauthenticated flood |
 //! | `netpair`| a host and a guest network namespace joined by a veth pair        |
 //! | `loopdev`| loop devices over sparse files, and a FUSE file that hangs reads  |
 //! | `libvirt`| a private libvirtd (QEMU driver), test domains, `cmappmgr vm` runs |
@@ -22,6 +23,7 @@ pub mod loopdev;
 pub mod mgr;
 pub mod netpair;
 pub mod output;
+pub mod peer;
 pub mod qemu;
 pub mod server;
 
