@@ -221,6 +221,8 @@ impl Client {
         if let Ok(Event::Error(e)) = serde_json::from_value::<Event>(reply.clone()) {
             return Err(match e.kind {
                 ErrorKind::Version => ClientError::Version(e.message),
+                // The server's session limit: a later attempt may find room.
+                ErrorKind::Limit => ClientError::Unreachable(e.message),
                 _ => ClientError::Protocol(e.message),
             });
         }

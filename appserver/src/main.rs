@@ -103,6 +103,34 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: every connection
+/// the budgets allow (authenticated, in the handshake, silent) holds a
+/// descriptor, and so does each process's shim link; the usual soft limit of
+/// 1024 would make `accept` fail long before the budgets shed anything.
+fn raise_open_file_limit(config: &ServerConfig) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let needed = (config.max_connections
+        + config.max_pending_connections
+        + config.max_silent_connections
+        + 2 * config.max_processes
+        + 64) as u64;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+        }
+    }
+    let now = getrlimit(Resource::RLIMIT_NOFILE).map(|l| l.0).unwrap_or(soft);
+    if now < needed {
+        tracing::warn!(
+            "the open-file limit is {now}, below the {needed} descriptors the connection budgets allow; \
+             raise LimitNOFILE or lower maxConnections, maxPendingConnections, maxSilentConnections"
+        );
+    }
+}
+
 fn code(c: i32) -> ExitCode {
     ExitCode::from(u8::try_from(c).unwrap_or(1))
 }
@@ -211,6 +239,7 @@ async fn run(loaded: Loaded) -> ExitCode {
         ack_wait: config.idle_timeout,
     };
     let sup = supervisor::Supervisor::open(state, limits, exe).await;
+    raise_open_file_limit(&config);
     let listeners = match server::bind(&config.listen_addrs()).await {
         Ok(l) => l,
         Err(e) => {
@@ -222,6 +251,9 @@ async fn run(loaded: Loaded) -> ExitCode {
         handshake_timeout: config.handshake_timeout,
         idle_timeout: config.idle_timeout,
         max_connections: config.max_connections,
+        max_pending: config.max_pending_connections,
+        max_silent: config.max_silent_connections,
+        handshake_log_interval: config.handshake_log_interval,
         stop_processes_on_shutdown: config.stop_processes_on_shutdown,
     };
     tracing::info!(

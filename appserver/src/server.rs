@@ -1,14 +1,17 @@
 //! The listener side: accept, TLS handshake under a timeout inside each
-//! connection's own task (a stalled client never blocks the others), a cap on
-//! concurrent connections, and an orderly shutdown.
+//! connection's own task (a stalled client never blocks the others), budgets
+//! for connections not yet authenticated (the oldest shed to make room, see
+//! [`Pending`]), a cap on authenticated sessions, rate-limited logging of
+//! failed handshakes, and an orderly shutdown.
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -20,8 +23,30 @@ use crate::supervisor::Supervisor;
 pub struct ServerOptions {
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Authenticated sessions.
     pub max_connections: usize,
+    /// Connections in the TLS handshake.
+    pub max_pending: usize,
+    /// Connections that have sent nothing yet.
+    pub max_silent: usize,
+    /// How often failed handshakes (beyond the first few) are summarised.
+    pub handshake_log_interval: Duration,
     pub stop_processes_on_shutdown: bool,
+}
+
+/// The listen backlog: the kernel caps it at `net.core.somaxconn`. A deep
+/// backlog absorbs a burst of connections while the accept loop catches up,
+/// so that a manager's SYN is not dropped (and retried only a second later).
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Binds every address; `[::]` is dual-stack, so a following `0.0.0.0` on the
@@ -30,7 +55,7 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, String> {
     let mut listeners = Vec::new();
     let mut errors = Vec::new();
     for addr in addrs {
-        match TcpListener::bind(addr).await {
+        match listen(*addr) {
             Ok(l) => listeners.push(l),
             Err(e) => {
                 let covered = addr.ip().is_unspecified()
@@ -62,7 +87,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let limit = Arc::new(Semaphore::new(opts.max_connections));
+    let sessions = Arc::new(Semaphore::new(opts.max_connections));
+    let pending = Arc::new(Pending::new(opts.max_silent, opts.max_pending));
+    let failures = Arc::new(FailureLog::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(None);
     let ctx = SessionContext {
         supervisor: supervisor.clone(),
@@ -70,40 +97,60 @@ pub async fn run(
         hello_timeout: opts.handshake_timeout,
         shutdown: shutdown_rx,
     };
+    let shared = Arc::new(Shared {
+        acceptor,
+        sessions: sessions.clone(),
+        pending: pending.clone(),
+        failures: failures.clone(),
+        ctx,
+        opts: opts.clone(),
+    });
     let mut loops = JoinSet::new();
     for l in listeners {
         if let Ok(addr) = l.local_addr() {
             tracing::info!("listening on {addr}");
         }
-        loops.spawn(accept_loop(
-            l,
-            acceptor.clone(),
-            limit.clone(),
-            ctx.clone(),
-            opts.clone(),
-        ));
+        loops.spawn(accept_loop(l, shared.clone()));
     }
+    loops.spawn(summarise(failures, pending, opts.handshake_log_interval));
     shutdown.await;
     tracing::info!("shutting down");
     loops.abort_all();
     supervisor.shutdown(opts.stop_processes_on_shutdown).await;
     let _ = shutdown_tx.send(Some(!opts.stop_processes_on_shutdown));
     // Sessions hold permits: wait (bounded) for them to say goodbye.
-    let _ = tokio::time::timeout(Duration::from_secs(3), limit.acquire_many(opts.max_connections as u32)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(3),
+        sessions.acquire_many(opts.max_connections as u32),
+    )
+    .await;
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What every connection's task shares.
+struct Shared {
     acceptor: TlsAcceptor,
-    limit: Arc<Semaphore>,
+    /// One permit per authenticated session.
+    sessions: Arc<Semaphore>,
+    pending: Arc<Pending>,
+    failures: Arc<FailureLog>,
     ctx: SessionContext,
     opts: ServerOptions,
-) {
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Accepts for ever: never waits for a free slot (the kernel's backlog must
+/// never fill behind a limit), but makes room among the unauthenticated
+/// connections as each one arrives (see [`Pending`]).
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(10);
     loop {
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            return;
-        };
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => {
                 backoff = Duration::from_millis(10);
@@ -117,33 +164,69 @@ async fn accept_loop(
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
-        let ctx = ctx.clone();
-        let handshake_timeout = opts.handshake_timeout;
-        tokio::spawn(async move {
-            serve(tcp, peer, acceptor, ctx, handshake_timeout).await;
-            drop(permit);
-        });
+        let (ticket, shed) = shared.pending.admit();
+        tokio::spawn(serve(tcp, peer, ticket, shed, shared.clone()));
     }
 }
 
-async fn serve(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, ctx: SessionContext, timeout: Duration) {
+async fn serve(tcp: TcpStream, peer: SocketAddr, ticket: Ticket, shed: oneshot::Receiver<()>, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
     let _ = socket_keepalive(&tcp);
-    let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Err(_) => {
-            tracing::warn!(%peer, "TLS handshake timed out after {timeout:?}");
-            return;
+    let timeout = shared.opts.handshake_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Until authenticated, the connection may be shed to make room (the
+    // ticket's receiver resolves) and is bounded by the handshake timeout.
+    let handshake = async {
+        // A connection that has sent nothing yet costs a socket only; it
+        // enters the TLS handshake (and its budget) with its first bytes.
+        let mut first = [0u8; 1];
+        match tcp.peek(&mut first).await {
+            Ok(0) => return Err("the connection was closed before the TLS handshake".to_string()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("the connection failed before the TLS handshake ({e})")),
         }
-        Ok(Err(e)) => {
-            tracing::warn!(%peer, "TLS handshake failed: {}", common::tls::describe_handshake_error(&e));
-            return;
-        }
-        Ok(Ok(s)) => s,
+        ticket.promote();
+        shared
+            .acceptor
+            .accept(tcp)
+            .await
+            .map_err(|e| common::tls::describe_handshake_error(&e))
     };
+    let tls = tokio::select! {
+        r = tokio::time::timeout_at(deadline, handshake) => match r {
+            Err(_) => {
+                shared.failures.failed(peer, &format!("TLS handshake timed out after {timeout:?}"));
+                return;
+            }
+            Ok(Err(why)) => {
+                shared.failures.failed(peer, &format!("TLS handshake failed: {why}"));
+                return;
+            }
+            Ok(Ok(s)) => s,
+        },
+        _ = shed => {
+            tracing::debug!(%peer, "unauthenticated connection shed to make room");
+            return;
+        }
+    };
+    // Authenticated: from here on nothing sheds this connection.
+    drop(ticket);
     let who = common::tls::peer_identity(tls.get_ref().1);
+    let Ok(_permit) = shared.sessions.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, peer_cert = %who, "refusing a session: the limit of {} connections (maxConnections) is reached", shared.opts.max_connections);
+        session::refuse(
+            tls,
+            format!(
+                "cmappserver's connection limit ({}, maxConnections) is reached; try again later",
+                shared.opts.max_connections
+            ),
+            shared.ctx.hello_timeout,
+        )
+        .await;
+        return;
+    };
     tracing::debug!(%peer, peer_cert = %who, "connection authenticated");
-    match session::run(tls, ctx).await {
+    match session::run(tls, shared.ctx.clone()).await {
         SessionEnd::Closed | SessionEnd::Shutdown => tracing::debug!(%peer, "connection closed"),
         SessionEnd::IdleTimeout => {
             tracing::info!(%peer, peer_cert = %who, "closing idle connection")
@@ -152,6 +235,188 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, ctx: Ses
             tracing::warn!(%peer, peer_cert = %who, "closing connection: {e}")
         }
         SessionEnd::Io(e) => tracing::info!(%peer, peer_cert = %who, "connection lost: {e}"),
+    }
+}
+
+/// The connections not authenticated yet, in two budgets: those that have
+/// sent nothing (a socket each, `maxSilentConnections`) and those in the TLS
+/// handshake (`maxPendingConnections`). A newcomer that finds its budget
+/// full sheds the oldest connection of that budget, never an authenticated
+/// one: a flood of silent or stalled connections only ever displaces its own
+/// kind, while a real manager, which sends its ClientHello at once and
+/// completes the handshake in milliseconds, is the youngest in each budget
+/// for the little time it spends there.
+#[derive(Debug)]
+struct Pending {
+    max_silent: usize,
+    max_handshaking: usize,
+    inner: Mutex<PendingInner>,
+}
+
+#[derive(Debug, Default)]
+struct PendingInner {
+    next: u64,
+    /// Oldest first; dropping a sender sheds that connection.
+    silent: BTreeMap<u64, oneshot::Sender<()>>,
+    handshaking: BTreeMap<u64, oneshot::Sender<()>>,
+    /// Shed since the last summary.
+    shed: u64,
+}
+
+/// A connection's place among the unauthenticated ones. Dropping it leaves the budgets.
+#[derive(Debug)]
+struct Ticket {
+    id: u64,
+    pending: Arc<Pending>,
+}
+
+impl Pending {
+    fn new(max_silent: usize, max_handshaking: usize) -> Self {
+        Pending {
+            max_silent: max_silent.max(1),
+            max_handshaking: max_handshaking.max(1),
+            inner: Mutex::new(PendingInner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a newly accepted connection, shedding the oldest silent one
+    /// if need be. The receiver resolves when this connection is shed.
+    fn admit(self: &Arc<Self>) -> (Ticket, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let mut g = self.lock();
+        let id = g.next;
+        g.next += 1;
+        while g.silent.len() >= self.max_silent {
+            g.silent.pop_first();
+            g.shed += 1;
+        }
+        g.silent.insert(id, tx);
+        (
+            Ticket {
+                id,
+                pending: self.clone(),
+            },
+            rx,
+        )
+    }
+}
+
+impl Ticket {
+    /// The connection has sent its first bytes: it moves to the handshake
+    /// budget, shedding the oldest connection there if need be.
+    fn promote(&self) {
+        let p = &self.pending;
+        let mut g = p.lock();
+        let Some(tx) = g.silent.remove(&self.id) else {
+            return; // already shed
+        };
+        while g.handshaking.len() >= p.max_handshaking {
+            g.handshaking.pop_first();
+            g.shed += 1;
+        }
+        g.handshaking.insert(self.id, tx);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut g = self.pending.lock();
+        if g.silent.remove(&self.id).is_none() {
+            g.handshaking.remove(&self.id);
+        }
+    }
+}
+
+/// Failed handshakes: the first few of each interval are logged one by one,
+/// the rest counted by source and summarised once per interval, so that a
+/// scan or a flood cannot flood the log.
+#[derive(Debug, Default)]
+struct FailureLog {
+    inner: Mutex<FailureInner>,
+}
+
+#[derive(Debug, Default)]
+struct FailureInner {
+    logged: u32,
+    suppressed: u64,
+    by_source: HashMap<IpAddr, u64>,
+}
+
+/// Failed handshakes logged one by one per interval before the rest are only counted.
+const FAILURES_LOGGED_PER_INTERVAL: u32 = 5;
+/// Sources remembered per interval (the rest are counted as "other").
+const FAILURE_SOURCES: usize = 1000;
+
+impl FailureLog {
+    fn failed(&self, peer: SocketAddr, why: &str) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.logged < FAILURES_LOGGED_PER_INTERVAL {
+            g.logged += 1;
+            drop(g);
+            tracing::warn!(%peer, "{why}");
+            return;
+        }
+        g.suppressed += 1;
+        let ip = peer.ip();
+        if g.by_source.len() < FAILURE_SOURCES || g.by_source.contains_key(&ip) {
+            *g.by_source.entry(ip).or_default() += 1;
+        }
+    }
+
+    /// The summary of the interval just ended, if anything was suppressed; starts a new interval.
+    fn summary(&self, interval: Duration) -> Option<String> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let FailureInner {
+            suppressed, by_source, ..
+        } = std::mem::take(&mut *g);
+        if suppressed == 0 {
+            return None;
+        }
+        let mut sources: Vec<(IpAddr, u64)> = by_source.into_iter().collect();
+        sources.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let counted: u64 = sources.iter().map(|s| s.1).sum();
+        let mut top: Vec<String> = sources.iter().take(5).map(|(ip, n)| format!("{ip} ({n})")).collect();
+        if sources.len() > 5 || counted < suppressed {
+            top.push(format!(
+                "{} more",
+                suppressed - sources.iter().take(5).map(|s| s.1).sum::<u64>()
+            ));
+        }
+        Some(format!(
+            "{suppressed} more failed TLS handshakes in the last {} s, from {} source(s): {}",
+            interval.as_secs_f64(),
+            sources.len(),
+            top.join(", ")
+        ))
+    }
+}
+
+/// Once per interval: the summary of failed handshakes, and of connections shed.
+async fn summarise(failures: Arc<FailureLog>, pending: Arc<Pending>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Some(s) = failures.summary(interval) {
+            tracing::warn!("{s}");
+        }
+        let (shed, silent, handshaking) = {
+            let mut g = pending.lock();
+            (std::mem::take(&mut g.shed), g.silent.len(), g.handshaking.len())
+        };
+        if shed > 0 {
+            tracing::warn!(
+                "shed {shed} unauthenticated connections in the last {} s to make room (oldest first; now {silent} silent, {handshaking} in the TLS handshake; limits maxSilentConnections={}, maxPendingConnections={})",
+                interval.as_secs_f64(),
+                pending.max_silent,
+                pending.max_handshaking
+            );
+        }
     }
 }
 

@@ -52,6 +52,20 @@ pub async fn run<S: AsyncRead + AsyncWrite>(stream: S, ctx: SessionContext) -> S
     end
 }
 
+/// Answers the hello of an authenticated connection that cannot be served
+/// (the session limit is reached) with an error saying so, and closes it.
+pub async fn refuse<S: AsyncRead + AsyncWrite>(stream: S, message: String, hello_timeout: Duration) {
+    let (mut rd, mut wr) = connection::split(stream);
+    if let Ok(Ok(Some(_))) = tokio::time::timeout(hello_timeout, rd.read::<Hello>()).await {
+        let reply = Event::Error(ErrorReply {
+            kind: ErrorKind::Limit,
+            message,
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(1), wr.write(&reply)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), tokio::io::AsyncWriteExt::shutdown(wr.get_mut())).await;
+}
+
 async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     rd: &mut connection::MessageReader<R>,
     wr: &mut connection::MessageWriter<W>,

@@ -465,7 +465,14 @@ pub struct ServerConfig {
     /// Where process records and supervisors' sockets live.
     pub state_dir: PathBuf,
     pub handshake_timeout: Duration,
+    /// Authenticated sessions at once; one more is refused (never one dropped).
     pub max_connections: usize,
+    /// Connections in the TLS handshake at once; the oldest is shed for a newcomer.
+    pub max_pending_connections: usize,
+    /// Connections that have sent nothing yet; the oldest is shed for a newcomer.
+    pub max_silent_connections: usize,
+    /// How often failed handshakes beyond the first few are summarised in the log.
+    pub handshake_log_interval: Duration,
     /// Exit statuses kept for managers that have not collected them yet.
     pub exit_history: usize,
     /// A connection that sends nothing for this long is closed (managers ping far more often).
@@ -489,6 +496,9 @@ impl ServerConfig {
         "stateDir",
         "handshakeTimeout",
         "maxConnections",
+        "maxPendingConnections",
+        "maxSilentConnections",
+        "handshakeLogInterval",
         "exitHistory",
         "idleTimeout",
         "stopProcessesOnShutdown",
@@ -531,6 +541,15 @@ impl ServerConfig {
                 "stateDir" => c.state_dir = e.value.clone().into(),
                 "handshakeTimeout" => c.handshake_timeout = r.seconds(e, key, false).unwrap_or(c.handshake_timeout),
                 "maxConnections" => c.max_connections = r.count(e, key, 1, 1_000_000).unwrap_or(c.max_connections),
+                "maxPendingConnections" => {
+                    c.max_pending_connections = r.count(e, key, 1, 1_000_000).unwrap_or(c.max_pending_connections)
+                }
+                "maxSilentConnections" => {
+                    c.max_silent_connections = r.count(e, key, 1, 1_000_000).unwrap_or(c.max_silent_connections)
+                }
+                "handshakeLogInterval" => {
+                    c.handshake_log_interval = r.seconds(e, key, false).unwrap_or(c.handshake_log_interval)
+                }
                 "exitHistory" => c.exit_history = r.count(e, key, 1, 1_000_000).unwrap_or(c.exit_history),
                 "idleTimeout" => c.idle_timeout = r.seconds(e, key, false).unwrap_or(c.idle_timeout),
                 "stopProcessesOnShutdown" => {
@@ -569,6 +588,9 @@ impl Default for ServerConfig {
             state_dir: "/var/lib/cmappserver".into(),
             handshake_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            max_pending_connections: 512,
+            max_silent_connections: 8192,
+            handshake_log_interval: Duration::from_secs(60),
             exit_history: 256,
             idle_timeout: Duration::from_secs(120),
             stop_processes_on_shutdown: false,

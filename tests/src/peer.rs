@@ -203,7 +203,7 @@ impl Drop for FakeServer {
 
 /// Connections held against a server without ever authenticating: half of
 /// them silent (TCP only), half of them handshaking slowly (a TLS record
-/// header, then one byte of a ClientHello every 500 ms). Each one the server
+/// header, then one byte of a ClientHello every 250 ms). Each one the server
 /// drops is re-opened at once, as an attacker would.
 #[derive(Debug)]
 pub struct Flood {
@@ -211,6 +211,8 @@ pub struct Flood {
     pub held: Arc<AtomicU64>,
     /// Connections opened in total (re-opens included).
     pub opened: Arc<AtomicU64>,
+    /// Writes of the slow handshakes so far (each a few bytes of a ClientHello).
+    pub dripped: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -219,13 +221,14 @@ impl Flood {
     pub fn start(target: SocketAddr, connections: usize) -> Flood {
         let held = Arc::new(AtomicU64::new(0));
         let opened = Arc::new(AtomicU64::new(0));
+        let dripped = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (h, o, s) = (held.clone(), opened.clone(), stop.clone());
+        let (h, o, s, d) = (held.clone(), opened.clone(), stop.clone(), dripped.clone());
         let thread = std::thread::spawn(move || {
             runtime().block_on(async move {
                 let mut tasks = tokio::task::JoinSet::new();
                 for i in 0..connections {
-                    let (h, o, s) = (h.clone(), o.clone(), s.clone());
+                    let (h, o, s, d) = (h.clone(), o.clone(), s.clone(), d.clone());
                     tasks.spawn(async move {
                         while !s.load(Ordering::Relaxed) {
                             let Ok(Ok(tcp)) =
@@ -235,7 +238,7 @@ impl Flood {
                             };
                             o.fetch_add(1, Ordering::Relaxed);
                             h.fetch_add(1, Ordering::Relaxed);
-                            hold(tcp, i % 2 == 1, &s).await;
+                            hold(tcp, i % 2 == 1, &s, &d).await;
                             h.fetch_sub(1, Ordering::Relaxed);
                         }
                     });
@@ -246,6 +249,7 @@ impl Flood {
         Flood {
             held,
             opened,
+            dripped,
             stop,
             thread: Some(thread),
         }
@@ -255,24 +259,38 @@ impl Flood {
     pub fn wait_opened(&self, n: u64, limit: Duration) -> bool {
         crate::wait_until(limit, || self.opened.load(Ordering::Relaxed) >= n)
     }
+
+    /// Waits (bounded) until the slow handshakes have made `n` writes in all.
+    pub fn wait_dripped(&self, n: u64, limit: Duration) -> bool {
+        crate::wait_until(limit, || self.dripped.load(Ordering::Relaxed) >= n)
+    }
 }
 
 /// Holds one connection until the server closes it (or the flood stops).
-async fn hold(mut tcp: TcpStream, slow_handshake: bool, stop: &AtomicBool) {
-    // A TLS handshake record announcing a 512-byte ClientHello, sent a byte at a time.
+async fn hold(mut tcp: TcpStream, slow_handshake: bool, stop: &AtomicBool, dripped: &AtomicU64) {
+    // A TLS handshake record announcing a 512-byte ClientHello: its header at
+    // once, then the rest a byte at a time.
     let mut drip: Vec<u8> = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
     drip.extend(std::iter::repeat_n(0x42, 501));
     let mut next = 0;
+    if slow_handshake {
+        if tcp.write_all(&drip[..5]).await.is_err() {
+            return;
+        }
+        next = 5;
+        dripped.fetch_add(1, Ordering::Relaxed);
+    }
     let mut buf = [0u8; 256];
     while !stop.load(Ordering::Relaxed) {
         tokio::select! {
             r = tcp.read(&mut buf) => if !matches!(r, Ok(n) if n > 0) { return },
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
                 if slow_handshake && next < drip.len() {
                     if tcp.write_all(&drip[next..next + 1]).await.is_err() {
                         return;
                     }
                     next += 1;
+                    dripped.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
