@@ -11,6 +11,9 @@
 //! Events with the target [`SYSLOG_ONLY`] go to syslog and not to stderr:
 //! lines the package log already has in another form (an application's last
 //! output lines, which cmappmgr forwards to its own stdout and stderr).
+//!
+//! Control characters in any event are escaped on both sinks, so that a
+//! peer-supplied string can never forge a log line.
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -67,7 +70,7 @@ impl<S: Subscriber> Layer<S> for SyslogLayer {
         }
         let mut v = MessageVisitor::default();
         event.record(&mut v);
-        let line = format!("{}{}", v.message, v.fields);
+        let line = crate::text::escape(&format!("{}{}", v.message, v.fields)).into_owned();
         let Ok(mut logger) = self.logger.lock() else {
             return;
         };
@@ -77,6 +80,25 @@ impl<S: Subscriber> Layer<S> for SyslogLayer {
             Level::WARN => logger.warning(line),
             _ => logger.info(line),
         };
+    }
+}
+
+/// Writes each formatted event with its control characters escaped (see
+/// [`crate::text::escape_line`]): whatever a peer put in a name, a run string
+/// or a certificate, one event stays exactly one line, and no escape
+/// sequence reaches a terminal. The formatter hands over one whole event per
+/// `write` call.
+struct EscapingWriter<W>(W);
+
+impl<W: std::io::Write> std::io::Write for EscapingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.0.write_all(crate::text::escape_line(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -102,7 +124,7 @@ pub fn init(program: &str, verbosity: Verbosity, use_syslog: bool) {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| default.parse().expect("a level name parses"));
     let stderr = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(|| EscapingWriter(std::io::stderr()))
         .with_target(false)
         .without_time()
         .with_ansi(false)

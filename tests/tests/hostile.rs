@@ -363,16 +363,21 @@ fn control_characters_in_a_name_are_escaped_in_the_log_and_in_status() {
             lines.join("\n")
         );
         assert!(
-            lines
-                .iter()
-                .any(|l| l.contains(r"web\nERROR cmappserver: FORGED line\u{1b}[31m")),
+            lines.iter().any(|l| l.contains(r"web\nERROR cmappserver: FORGED line")),
             "{who} log does not show the name escaped:\n{}",
             lines.join("\n")
+        );
+    }
+    for (who, lines) in [("server", f.server.log.snapshot()), ("manager", m.err.snapshot())] {
+        assert!(
+            !lines.iter().any(|l| l.contains('\x1b')),
+            "{who} log has a raw escape sequence"
         );
     }
     let mut status = f.cmd("status", &[]);
     assert_eq!(status.code(), 0, "{}", status.err.text());
     let out = status.out.snapshot();
+    assert!(!out.iter().any(|l| l.contains('\x1b')), "{out:?}");
     assert!(!out.iter().any(|l| l.starts_with("ERROR")), "{out:?}");
     assert!(out.iter().any(|l| l.contains(r"web\nERROR")), "{out:?}");
 }
@@ -426,10 +431,13 @@ fn output_dropped_for_a_slow_manager_is_reported_as_such() {
     m.signal(Signal::SIGSTOP);
     f.server
         .log
-        .wait_for("output lines dropped", Duration::from_secs(30))
+        .wait_for("cmappmgr reads output slower", Duration::from_secs(30))
         .unwrap_or_else(|| panic!("{}", f.server.log.text()));
     m.signal(Signal::SIGCONT);
-    let line = m.expect_line("output lines dropped", Duration::from_secs(30));
-    assert!(line.contains("slower"), "{line}");
-    assert!(!line.contains("nobody was reading"), "{line}");
+    let line = m.expect_line(
+        "cmappmgr read them slower than the application wrote them",
+        Duration::from_secs(30),
+    );
+    assert!(line.contains("output lines dropped"), "{line}");
+    assert!(!m.err.contains("nobody was reading"), "{}", m.err.text());
 }

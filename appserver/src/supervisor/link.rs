@@ -71,10 +71,9 @@ pub(super) async fn run(
             ev = rd.read::<ShimEvent>() => match ev {
                 Ok(Some(ShimEvent::Hello { .. })) => {}
                 Ok(Some(ShimEvent::Output { stream, line })) => proc.output(stream, line),
-                Ok(Some(ShimEvent::Dropped { lines })) => proc.output(
-                    Stream::Stderr,
-                    format!("[cmappserver: {lines} output lines dropped: nobody was reading them]"),
-                ),
+                Ok(Some(ShimEvent::Dropped { lines, unconnected })) => {
+                    proc.output(Stream::Stderr, super::dropped_notice(lines, unconnected))
+                }
                 Ok(Some(ShimEvent::Exited { status, exited_at_ms })) => {
                     let ex = Exited { id: proc.id.clone(), pid: proc.pid, status, exited_at_ms };
                     sup.record_exit(&proc, ex).await;

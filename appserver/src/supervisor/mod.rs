@@ -100,8 +100,10 @@ struct ProcInner {
     acked: bool,
     /// Requests to the shim; `None` when no shim is reachable.
     link: Option<mpsc::Sender<ShimRequest>>,
-    /// Output lines that could not be queued for the subscriber.
+    /// Output lines that could not be queued for the subscriber, in all.
     dropped: u64,
+    /// Of those, the ones each subscriber (by session) has not been told of yet.
+    untold: HashMap<u64, u64>,
 }
 
 impl Proc {
@@ -167,31 +169,64 @@ impl Proc {
         }
     }
 
-    /// Forwards one output line to every subscriber, never waiting.
+    /// Forwards one output line to every subscriber, never waiting. Lines
+    /// that do not fit a subscriber's queue are dropped and counted, and that
+    /// manager is told how many, and why, as soon as its queue has room again.
     fn output(&self, stream: Stream, line: String) {
-        let mut inner = self.lock();
-        let Some((last, others)) = inner.subscribers.split_last() else {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if inner.subscribers.is_empty() {
             return;
-        };
-        let ev = |line: String| {
+        }
+        let ev = |stream, line: String| {
             Event::Output(Output {
                 id: self.id.clone(),
                 stream,
                 line,
             })
         };
-        let mut lost = others
-            .iter()
-            .filter(|s| s.tx.try_send(ev(line.clone())).is_err())
-            .count() as u64;
-        lost += u64::from(last.tx.try_send(ev(line)).is_err());
+        let mut lost = 0u64;
+        for sub in &inner.subscribers {
+            let untold = inner.untold.entry(sub.session).or_default();
+            if *untold > 0 {
+                let notice = format!(
+                    "[cmappserver: {untold} output lines dropped: cmappmgr read them slower than the application wrote them]"
+                );
+                if sub.tx.try_send(ev(Stream::Stderr, notice)).is_ok() {
+                    *untold = 0;
+                }
+            }
+            if sub.tx.try_send(ev(stream, line.clone())).is_err() {
+                *untold += 1;
+                lost += 1;
+            }
+        }
+        let subscribers = &inner.subscribers;
+        inner
+            .untold
+            .retain(|session, n| *n > 0 && subscribers.iter().any(|s| s.session == *session));
         for _ in 0..lost {
             inner.dropped += 1;
             if inner.dropped.is_power_of_two() {
-                tracing::warn!(service = %self.display, dropped = inner.dropped, "manager is not keeping up; output lines dropped");
+                tracing::warn!(service = %self.display, dropped = inner.dropped, "cmappmgr reads output slower than the application writes it; output lines dropped");
             }
         }
     }
+}
+
+/// The line a manager gets in place of output lines its process's shim had to drop.
+fn dropped_notice(lines: u64, unconnected: u64) -> String {
+    let slow = lines.saturating_sub(unconnected);
+    let mut why = Vec::new();
+    if slow > 0 {
+        why.push(format!(
+            "{slow} because cmappserver took them slower than the application wrote them"
+        ));
+    }
+    if unconnected > 0 {
+        why.push(format!("{unconnected} while no cmappserver was running"));
+    }
+    format!("[cmappserver: {lines} output lines dropped: {}]", why.join(", "))
 }
 
 #[derive(Debug, Default)]

@@ -26,9 +26,13 @@ pub enum ShimEvent {
         stream: Stream,
         line: String,
     },
-    /// Lines the shim had to drop because the server did not keep up.
+    /// Lines the shim had to drop: `lines` in all, of which `unconnected`
+    /// while no server was connected (the rest because the server took them
+    /// slower than the process wrote them).
     Dropped {
         lines: u64,
+        #[serde(default)]
+        unconnected: u64,
     },
     /// The process ended; the status is already on disk (`exit.json`).
     Exited {

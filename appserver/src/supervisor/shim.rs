@@ -156,7 +156,7 @@ async fn run(dir: &Path) -> Result<(), String> {
     let mut stderr = LineReader::new(Stream::Stderr, child.stderr.take().and_then(|p| p.into_owned_fd().ok()));
     // `link` is the connected server, if any: a writer task fed through a
     // bounded queue, so that a slow server never stops us draining the pipes.
-    let mut dropped: u64 = 0;
+    let mut dropped = Dropped::default();
     let mut kill_at: Option<tokio::time::Instant> = None;
     let mut stop_requested = false;
 
@@ -185,8 +185,18 @@ async fn run(dir: &Path) -> Result<(), String> {
                 let _ = killpg(pgid, Signal::SIGKILL);
                 kill_at = None;
             }
-            line = stdout.next_line() => forward(&link, &mut dropped, line),
-            line = stderr.next_line() => forward(&link, &mut dropped, line),
+            line = stdout.next_line() => {
+                forward(&link, &mut dropped, line);
+                yield_if_full(&link).await;
+            }
+            line = stderr.next_line() => {
+                forward(&link, &mut dropped, line);
+                yield_if_full(&link).await;
+            }
+            // Output stopped while lines were being dropped: say so now, not at the next line.
+            _ = tokio::time::sleep(Duration::from_millis(100)), if dropped.any() && link.is_some() => {
+                notify_dropped(&link, &mut dropped);
+            }
         }
     };
     let exited_at_ms = now_ms();
@@ -203,6 +213,7 @@ async fn run(dir: &Path) -> Result<(), String> {
             forward(&link, &mut dropped, Some(line));
         }
     }
+    notify_dropped(&link, &mut dropped);
     record_exit(dir, link, status, exited_at_ms).await
 }
 
@@ -225,18 +236,55 @@ async fn record_exit(dir: &Path, link: Option<Link>, status: ExitStatus, exited_
     Ok(())
 }
 
-fn forward(link: &Option<Link>, dropped: &mut u64, line: Option<(Stream, String)>) {
+/// Output lines dropped since the last notice, and why.
+#[derive(Debug, Default)]
+struct Dropped {
+    /// The server took them slower than the process wrote them.
+    slow: u64,
+    /// No server was connected.
+    unconnected: u64,
+}
+
+impl Dropped {
+    fn any(&self) -> bool {
+        self.slow + self.unconnected > 0
+    }
+}
+
+/// Lets the link's writer run when its queue is full: lines already in the
+/// pipe are split without waiting, so a fast writer would otherwise starve
+/// the writer and have its lines dropped though nobody is slow.
+async fn yield_if_full(link: &Option<Link>) {
+    if link.as_ref().is_some_and(|l| l.tx.capacity() == 0) {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Tells the server how many lines were dropped, if it has room for the notice.
+fn notify_dropped(link: &Option<Link>, dropped: &mut Dropped) {
+    let Some(l) = link else { return };
+    if dropped.any()
+        && l.tx
+            .try_send(ShimEvent::Dropped {
+                lines: dropped.slow + dropped.unconnected,
+                unconnected: dropped.unconnected,
+            })
+            .is_ok()
+    {
+        *dropped = Dropped::default();
+    }
+}
+
+fn forward(link: &Option<Link>, dropped: &mut Dropped, line: Option<(Stream, String)>) {
     let Some((stream, line)) = line else { return };
     match link {
         Some(l) => {
-            if *dropped > 0 && l.tx.try_send(ShimEvent::Dropped { lines: *dropped }).is_ok() {
-                *dropped = 0;
-            }
+            notify_dropped(link, dropped);
             if l.tx.try_send(ShimEvent::Output { stream, line }).is_err() {
-                *dropped += 1;
+                dropped.slow += 1;
             }
         }
-        None => *dropped += 1,
+        None => dropped.unconnected += 1,
     }
 }
 
