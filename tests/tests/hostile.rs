@@ -441,3 +441,23 @@ fn output_dropped_for_a_slow_manager_is_reported_as_such() {
     assert!(line.contains("output lines dropped"), "{line}");
     assert!(!m.err.contains("nobody was reading"), "{}", m.err.text());
 }
+
+#[test]
+fn a_trusted_certificate_without_its_key_is_named_as_such() {
+    let f = fixture("");
+    let tmp = tempfile::tempdir().unwrap();
+    let other = keys::pinned(tmp.path(), "-other");
+    // The manager's own (pinned, trusted) certificate, signed for with another key.
+    let cert = common::tls::load_key_store(&f.keys.client_private, "").unwrap().certs;
+    let wrong_key = common::tls::load_key_store(&other.client_private, "").unwrap().key;
+    let rt = peer::runtime();
+    let result = rt.block_on(peer::handshake_with_key(f.server.addr, cert, wrong_key));
+    assert!(result.is_err(), "the server accepted a certificate without its key");
+    let line = f
+        .server
+        .log
+        .wait_for("TLS handshake failed", WAIT)
+        .unwrap_or_else(|| panic!("{}", f.server.log.text()));
+    assert!(line.contains("does not hold its private key"), "{line}");
+    assert!(!line.contains("not in the trust store"), "{line}");
+}

@@ -60,6 +60,16 @@ pub fn describe_handshake_error(err: &io::Error) -> String {
                     .to_string()
             }
             CertificateError::BadEncoding => "the peer's certificate is malformed".to_string(),
+            CertificateError::Other(o) if o.0.downcast_ref::<super::verify::KeyMismatch>().is_some() => {
+                "the peer presented a trusted certificate but does not hold its private key (its handshake \
+                 signature was made with another key: a copied certificate, or a key store whose key and \
+                 certificate do not belong together)"
+                    .to_string()
+            }
+            CertificateError::BadSignature => {
+                "a signature in the peer's certificate chain does not verify (a forged or corrupted certificate)"
+                    .to_string()
+            }
             _ => "the peer's certificate is not trusted (not in the trust store and not signed by a trusted CA)"
                 .to_string(),
         },

@@ -64,15 +64,36 @@ impl Pins {
             .then(|| check_validity(end_entity, now))
     }
 
+    /// The handshake signature: a bad one means the peer presented a
+    /// certificate whose private key it does not hold (a copied certificate),
+    /// and the error says exactly that (see [`KeyMismatch`]).
     fn verify_tls13(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms).map_err(|e| match e {
+            rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
+                CertificateError::Other(rustls::OtherError(Arc::new(KeyMismatch))).into()
+            }
+            other => other,
+        })
     }
 }
+
+/// The peer's handshake signature does not verify with the public key of the
+/// certificate it presented: it does not hold that certificate's private key.
+#[derive(Debug)]
+pub(super) struct KeyMismatch;
+
+impl std::fmt::Display for KeyMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the handshake signature does not verify with the certificate's public key")
+    }
+}
+
+impl std::error::Error for KeyMismatch {}
 
 fn tls12_refused() -> rustls::Error {
     rustls::Error::General("TLS 1.2 is not accepted; TLS 1.3 is required".into())
