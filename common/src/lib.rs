@@ -3,6 +3,7 @@
 //! | module         | what it holds                                                        |
 //! |----------------|----------------------------------------------------------------------|
 //! | [`codec`]      | the frame: a 4-byte length header and a JSON body, capped at 1 MiB   |
+//! | [`fuzzing`]    | entry points for the fuzz targets and their corpus replay            |
 //! | [`connection`] | typed message reader and writer over any byte stream               |
 //! | [`message`]    | the messages: hello/welcome, requests, events, exit statuses        |
 //! | [`service`]    | how a run string becomes an argv, and the identity used to attach    |
@@ -19,6 +20,7 @@
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod fuzzing;
 pub mod logging;
 pub mod message;
 pub mod service;

@@ -461,3 +461,70 @@ fn a_trusted_certificate_without_its_key_is_named_as_such() {
     assert!(line.contains("does not hold its private key"), "{line}");
     assert!(!line.contains("not in the trust store"), "{line}");
 }
+
+// ---------------------------------------------------------------------------
+// A TLS scanner as a peer: what an auditor's tool sees of a running server.
+
+#[test]
+fn sslscan_sees_tls_1_3_only_strong_ciphers_and_a_required_client_certificate() {
+    let f = fixture("");
+    let out = std::process::Command::new("sslscan")
+        .args([
+            "--no-colour",
+            "--show-client-cas",
+            "--no-heartbleed",
+            "--no-compression",
+        ])
+        .arg(f.server.node())
+        .output()
+        .expect("sslscan is needed (Debian package sslscan; .ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for (protocol, state) in [
+        ("SSLv2", "disabled"),
+        ("SSLv3", "disabled"),
+        ("TLSv1.0", "disabled"),
+        ("TLSv1.1", "disabled"),
+        ("TLSv1.2", "disabled"),
+        ("TLSv1.3", "enabled"),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [protocol, state]),
+            "sslscan does not report {protocol} {state}:\n{text}"
+        );
+    }
+    let ciphers: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("Accepted") || l.starts_with("Preferred"))
+        .collect();
+    assert!(!ciphers.is_empty(), "no cipher accepted?\n{text}");
+    const STRONG: [&str; 3] = [
+        "TLS_AES_128_GCM_SHA256",
+        "TLS_AES_256_GCM_SHA384",
+        "TLS_CHACHA20_POLY1305_SHA256",
+    ];
+    for c in &ciphers {
+        let words: Vec<&str> = c.split_whitespace().collect();
+        assert_eq!(words.get(1), Some(&"TLSv1.3"), "{c}");
+        let bits: u32 = words.get(2).and_then(|b| b.parse().ok()).unwrap_or(0);
+        assert!(bits >= 128, "weak cipher: {c}");
+        assert!(
+            words.get(4).is_some_and(|n| STRONG.contains(n)),
+            "unexpected cipher: {c}"
+        );
+    }
+    // The client certificate is required: a handshake without one is refused.
+    let no_cert = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-tls1_3", "-connect", &f.server.node()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&no_cert.stdout),
+        String::from_utf8_lossy(&no_cert.stderr)
+    );
+    // (the server's TLS 1.3 alert 116, certificate_required)
+    assert!(said.contains("certificate required"), "{said}");
+}

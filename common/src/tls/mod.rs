@@ -239,3 +239,10 @@ pub(super) fn certificate_name(cert: &CertificateDer<'_>) -> Option<String> {
         _ => None,
     })
 }
+
+/// Fuzz entry point (see [`crate::fuzzing`]): the key store and trust store
+/// parsers on arbitrary bytes.
+pub fn fuzz_key_stores(data: &[u8]) {
+    let _ = keystore::parse_key_store(data, "fuzz");
+    let _ = truststore::parse_trust_store(data);
+}
