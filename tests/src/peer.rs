@@ -47,7 +47,7 @@ impl RawClient {
     pub async fn connect(addr: SocketAddr, keys: &Keys) -> RawClient {
         common::tls::install_crypto_provider();
         let key = common::tls::load_key_store(&keys.client_private, "").expect("client key");
-        let trust = common::tls::load_trust_store(&keys.client_trust).expect("client trust");
+        let trust = common::tls::load_trust_store(&keys.client_trust, "").expect("client trust");
         let cfg = common::tls::client_config(key, trust).expect("client config");
         let tcp = TcpStream::connect(addr).await.expect("connect");
         let name = rustls::pki_types::ServerName::from(addr.ip());
@@ -145,7 +145,7 @@ impl FakeServer {
     {
         common::tls::install_crypto_provider();
         let key = common::tls::load_key_store(&keys.server_private, "").expect("server key");
-        let trust = common::tls::load_trust_store(&keys.server_trust).expect("server trust");
+        let trust = common::tls::load_trust_store(&keys.server_trust, "").expect("server trust");
         let cfg = common::tls::server_config(key, trust).expect("server config");
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();

@@ -241,8 +241,21 @@ pub(super) fn certificate_name(cert: &CertificateDer<'_>) -> Option<String> {
 }
 
 /// Fuzz entry point (see [`crate::fuzzing`]): the key store and trust store
-/// parsers on arbitrary bytes.
+/// loaders (PEM, PKCS#12 and JKS, recognised by content) on arbitrary bytes.
 pub fn fuzz_key_stores(data: &[u8]) {
-    let _ = keystore::parse_key_store(data, "fuzz");
-    let _ = truststore::parse_trust_store(data);
+    const PASSWORD: &str = "changeit";
+    let _ = keystore::open_key_store(data, PASSWORD);
+    let _ = truststore::parse_trust_store(data, PASSWORD);
+    // A JKS store ends in a SHA-1 digest the fuzzer cannot guess: the same
+    // input with a valid digest appended reaches the parser behind the check.
+    if data.starts_with(&[0xfe, 0xed, 0xfe, 0xed]) {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+        ctx.update(&PASSWORD.encode_utf16().flat_map(u16::to_be_bytes).collect::<Vec<u8>>());
+        ctx.update(b"Mighty Aphrodite");
+        ctx.update(data);
+        let mut signed = data.to_vec();
+        signed.extend_from_slice(ctx.finish().as_ref());
+        let _ = keystore::open_key_store(&signed, PASSWORD);
+        let _ = truststore::parse_trust_store(&signed, PASSWORD);
+    }
 }
