@@ -7,49 +7,24 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use cmapp_tests::fixture::Fixture;
 use cmapp_tests::keys::{self, Keys};
 use cmapp_tests::mgr::Mgr;
 use cmapp_tests::peer::{self, FakeServer, Flood, RawClient};
-use cmapp_tests::server::Server;
 use cmapp_tests::WAIT;
 use common::message::{ErrorKind, Event, ExitStatus, Exited, Launch, Request, Started};
 use nix::sys::signal::Signal;
 
-struct Fixture {
-    server: Server,
-    keys: Keys,
-    conf: PathBuf,
-    _tmp: tempfile::TempDir,
-}
-
 fn fixture(extra: &str) -> Fixture {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    let keys = keys::pinned(&dir, "");
-    let server = Server::start(&dir, &keys, extra);
-    let conf = keys::manager_conf(&dir, "cmappmgr.conf", &keys.client_private, &keys.client_trust, "");
-    Fixture {
-        _tmp: tmp,
-        keys,
-        server,
-        conf,
-    }
+    Fixture::new(extra)
 }
 
-impl Fixture {
-    fn cmd(&self, sub: &str, extra: &[&str]) -> Mgr {
-        let node = self.server.node();
-        let mut args = vec![
-            sub,
-            "-node",
-            &node,
-            "--conf",
-            self.conf.to_str().unwrap(),
-            "--no_syslog",
-        ];
-        args.extend_from_slice(extra);
-        Mgr::spawn_args(&args)
-    }
+/// `cmappmgr SUB -node SERVER --conf CONF --no_syslog EXTRA...`
+fn cmd(f: &Fixture, sub: &str, extra: &[&str]) -> Mgr {
+    let node = f.server.node();
+    let mut args = vec![sub, "-node", &node, "--conf", f.conf.to_str().unwrap(), "--no_syslog"];
+    args.extend_from_slice(extra);
+    Mgr::spawn_args(&args)
 }
 
 fn launch(run: &[&str], name: Option<String>) -> Request {
@@ -86,7 +61,7 @@ fn five_thousand_unauthenticated_connections_do_not_lock_out_a_manager() {
         // The slow half keeps handshaking: a few more bytes each between checks.
         assert!(flood.wait_dripped(2500 * (round + 1), Duration::from_secs(60)));
         let t0 = Instant::now();
-        let mut check = f.cmd("check", &["--timeout", "30"]);
+        let mut check = cmd(&f, "check", &["--timeout", "30"]);
         let code = check.code_within(Duration::from_secs(40));
         let took = t0.elapsed();
         worst = worst.max(took);
@@ -123,7 +98,7 @@ fn authenticated_sessions_beyond_max_connections_are_refused_and_none_is_dropped
     rt.block_on(async {
         let mut a = RawClient::connect(f.server.addr, &f.keys).await;
         let mut b = RawClient::connect(f.server.addr, &f.keys).await;
-        let mut check = f.cmd("check", &["--timeout", "2"]);
+        let mut check = cmd(&f, "check", &["--timeout", "2"]);
         assert_eq!(check.code_within(Duration::from_secs(10)), 1, "{}", check.err.text());
         assert!(check.err.contains("connection limit"), "{}", check.err.text());
         for c in [&mut a, &mut b] {
@@ -301,7 +276,7 @@ fn oversized_client_strings_are_refused_with_a_clear_error() {
             }
         }
     });
-    let mut status = f.cmd("status", &[]);
+    let mut status = cmd(&f, "status", &[]);
     assert_eq!(status.code(), 0, "{}", status.err.text());
     assert!(f.server.log.contains("limit"), "{}", f.server.log.text());
 }
@@ -323,11 +298,11 @@ fn status_lists_every_process_however_large_the_listing() {
             }
         }
     });
-    let mut status = f.cmd("status", &["--json"]);
+    let mut status = cmd(&f, "status", &["--json"]);
     assert_eq!(status.code(), 0, "{}", status.err.text());
     let v: serde_json::Value = serde_json::from_str(&status.out.text()).unwrap();
     assert_eq!(v.as_array().map(Vec::len), Some(40));
-    let mut table = f.cmd("status", &[]);
+    let mut table = cmd(&f, "status", &[]);
     assert_eq!(table.code(), 0, "{}", table.err.text());
     assert_eq!(
         table
@@ -374,7 +349,7 @@ fn control_characters_in_a_name_are_escaped_in_the_log_and_in_status() {
             "{who} log has a raw escape sequence"
         );
     }
-    let mut status = f.cmd("status", &[]);
+    let mut status = cmd(&f, "status", &[]);
     assert_eq!(status.code(), 0, "{}", status.err.text());
     let out = status.out.snapshot();
     assert!(!out.iter().any(|l| l.contains('\x1b')), "{out:?}");
