@@ -215,7 +215,10 @@ impl Proc {
 }
 
 /// The line a manager gets in place of output lines its process's shim had to drop.
-fn dropped_notice(lines: u64, unconnected: u64) -> String {
+fn dropped_notice(lines: u64, unconnected: Option<u64>) -> String {
+    let Some(unconnected) = unconnected else {
+        return format!("[cmappserver: {lines} output lines dropped by the process's supervisor (an older build, which does not say why)]");
+    };
     let slow = lines.saturating_sub(unconnected);
     let mut why = Vec::new();
     if slow > 0 {

@@ -31,8 +31,9 @@ pub enum ShimEvent {
     /// slower than the process wrote them).
     Dropped {
         lines: u64,
-        #[serde(default)]
-        unconnected: u64,
+        /// Absent from a shim of an older build, which does not say why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unconnected: Option<u64>,
     },
     /// The process ended; the status is already on disk (`exit.json`).
     Exited {

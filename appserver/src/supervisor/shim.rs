@@ -267,7 +267,7 @@ fn notify_dropped(link: &Option<Link>, dropped: &mut Dropped) {
         && l.tx
             .try_send(ShimEvent::Dropped {
                 lines: dropped.slow + dropped.unconnected,
-                unconnected: dropped.unconnected,
+                unconnected: Some(dropped.unconnected),
             })
             .is_ok()
     {
