@@ -213,6 +213,44 @@ fn both_managers_get_an_exit_that_happened_while_cmappserver_was_down() {
     assert!(second.err.contains("PROGRAM EXIT CODE 5"), "{}", second.err.text());
 }
 
+#[test]
+fn an_exit_kept_for_an_absent_manager_survives_a_restart_beside_a_new_run_of_the_service() {
+    // Sessions silent for 5 s are closed; the managers here ping every 0.2 s.
+    let mut f = Fixture::new("idleTimeout=5\n");
+    let conf = f.mgr_conf("fast.conf", "pingInterval=0.2\n");
+    let flag = f.dir.join("go");
+    let script = gated(&flag);
+    let run = ["/bin/sh", "-c", script.as_str()];
+    let (mut first, mut absent, _) = two_watching(&f, &conf, &run);
+
+    // The second goes silent; the server closes its connection...
+    absent.signal(Signal::SIGSTOP);
+    f.server
+        .log
+        .wait_for("1 manager now watches", WAIT)
+        .unwrap_or_else(|| panic!("{}", f.server.log.text()));
+    // ...and the process ends: the first collects the exit.
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(first.code(), 5, "{}", first.err.text());
+    // The cluster starts the service again: a new process beside the kept exit.
+    std::fs::remove_file(&flag).unwrap();
+    let mut again = Mgr::spawn(&conf, &f.server.node(), 10.0, &[], &run);
+    let new_pid = pid_in(&again.err.wait_for("started", WAIT).unwrap());
+
+    // cmappserver restarts: two records for one service.
+    f.server.kill9();
+    f.server.restart(None);
+    absent.signal(Signal::SIGCONT);
+    assert_eq!(absent.code(), 5, "{}", absent.err.text());
+    assert!(absent.err.contains("PROGRAM EXIT CODE 5"), "{}", absent.err.text());
+    let line = again
+        .err
+        .wait_for("re-attached", WAIT)
+        .unwrap_or_else(|| panic!("{}", again.err.text()));
+    assert_eq!(pid_in(&line), new_pid);
+    assert!(again.running(), "{}", again.err.text());
+}
+
 // ------------------------------------------------------------- log lines
 
 #[test]
