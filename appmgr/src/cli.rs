@@ -11,7 +11,9 @@
 //! Everything after `-service` is the run string, untouched (a single quoted
 //! string works too; see `common::service`). Options before it may be written
 //! with one dash, as the original does, or GNU-style with two. Subcommands
-//! (`check`, `status`, `keygen`, `vm`) sit beside the legacy form.
+//! (`check`, `status`, `keygen`, `vm`) sit beside the legacy form, and so do
+//! the one-shot verbs for cluster managers, which take the same options and
+//! run string: `cmappmgr start|monitor|stop|watch -node ... -service ...`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -110,10 +112,66 @@ pub struct StatusArgs {
     pub common: Common,
 }
 
+/// A one-shot verb for cluster managers whose actions are short commands
+/// (see `oneshot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Start,
+    Monitor,
+    Stop,
+    Watch,
+}
+
+impl Verb {
+    fn from_word(w: &str) -> Option<Verb> {
+        Some(match w {
+            "start" => Verb::Start,
+            "monitor" => Verb::Monitor,
+            "stop" => Verb::Stop,
+            "watch" => Verb::Watch,
+            _ => return None,
+        })
+    }
+}
+
+/// The one-shot verbs' options: the legacy form's, plus the watcher's.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "cmappmgr",
+    version,
+    about = "One-shot actions for cluster managers; exit codes are OCF's (0 running/done, 7 not running, 1 error, 2 bad arguments, 5 not installed, 6 not configured)",
+    override_usage = "cmappmgr start|monitor|stop|watch -node <guest> [-cmappserver_timeout S] [-name N] [-on_exit CMD -while_pid PID] -service <program> [args...]"
+)]
+pub struct OneShotArgs {
+    /// The guest: host name or address, optionally with :port.
+    #[arg(long, value_name = "GUEST")]
+    pub node: String,
+    /// Seconds to keep trying to reach cmappserver before giving up with 1.
+    #[arg(long = "cmappserver_timeout", alias = "cmappserver-timeout", value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    pub timeout: Duration,
+    /// Identify the process by this name instead of by its run string.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// watch only: run this command (split into words like a shell does, but
+    /// no shell runs it) when the application ends.
+    #[arg(long = "on_exit", alias = "on-exit", value_name = "COMMAND")]
+    pub on_exit: Option<String>,
+    /// watch only: stop watching, without reporting anything, once this
+    /// process is gone (the cluster's resource executor).
+    #[arg(long = "while_pid", alias = "while-pid", value_name = "PID")]
+    pub while_pid: Option<u32>,
+    #[command(flatten)]
+    pub common: Common,
+    /// The run string (everything after -service).
+    #[arg(skip)]
+    pub run: Vec<String>,
+}
+
 /// What was asked for.
 #[derive(Debug)]
 pub enum Invocation {
     Monitor(MonitorArgs),
+    OneShot(Verb, OneShotArgs),
     Check(CheckArgs),
     Status(StatusArgs),
     Keygen(certs::KeygenArgs),
@@ -147,7 +205,68 @@ const WORD_OPTIONS: &[&str] = &[
     "version",
     "verbose",
     "no_syslog",
+    "on_exit",
+    "while_pid",
 ];
+
+/// True when argv asks for a one-shot verb (their usage errors exit 2, OCF's code).
+pub fn is_one_shot(args: &[String]) -> bool {
+    args.first().and_then(|w| Verb::from_word(w)).is_some()
+}
+
+/// Splits argv at `-service`: the options before it, and the run string.
+fn split_service(args: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let at = args
+        .iter()
+        .position(|a| a == "-service" || a == "--service" || a.starts_with("--service=") || a.starts_with("-service="));
+    match at {
+        Some(i) => {
+            let mut run = args[i + 1..].to_vec();
+            if let Some((_, inline)) = args[i].split_once('=') {
+                run.insert(0, inline.to_string());
+            }
+            (args[..i].to_vec(), run)
+        }
+        None => (args, Vec::new()),
+    }
+}
+
+fn missing_run_string(usage: &str) -> clap::Error {
+    clap::Error::raw(
+        clap::error::ErrorKind::MissingRequiredArgument,
+        format!(
+            "-service <program> [args...] is required: the application to run in the guest\n\n\
+             Usage: {usage}\n\n\
+             For more information, try '--help'.\n"
+        ),
+    )
+}
+
+fn parse_one_shot(verb: Verb, args: Vec<String>) -> Result<Invocation, clap::Error> {
+    let (before, run) = split_service(args);
+    let argv = std::iter::once("cmappmgr".to_string()).chain(before.into_iter().map(normalise));
+    let mut a = OneShotArgs::try_parse_from(argv)?;
+    if run.is_empty() || run.iter().all(|s| s.trim().is_empty()) {
+        return Err(missing_run_string(
+            "cmappmgr start|monitor|stop|watch -node <guest> [options] -service <program> [args...]",
+        ));
+    }
+    let watch_only = a.on_exit.is_some() || a.while_pid.is_some();
+    if verb == Verb::Watch && a.on_exit.as_deref().is_none_or(|c| c.trim().is_empty()) {
+        return Err(clap::Error::raw(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "watch needs -on_exit <command>: what to run when the application ends\n",
+        ));
+    }
+    if verb != Verb::Watch && watch_only {
+        return Err(clap::Error::raw(
+            clap::error::ErrorKind::ArgumentConflict,
+            "-on_exit and -while_pid belong to the watch verb only\n",
+        ));
+    }
+    a.run = run;
+    Ok(Invocation::OneShot(verb, a))
+}
 
 /// `-node` → `--node` for the known word options; everything else as is.
 fn normalise(arg: String) -> String {
@@ -167,6 +286,10 @@ pub fn parse(args: Vec<String>) -> Result<Invocation, clap::Error> {
     match args.first().map(String::as_str) {
         Some("vm") => return Ok(Invocation::Vm(args[1..].to_vec())),
         Some("demo") if args.len() == 1 => return Ok(Invocation::Demo),
+        Some(w) if Verb::from_word(w).is_some() => {
+            let verb = Verb::from_word(w).unwrap_or(Verb::Monitor);
+            return parse_one_shot(verb, args[1..].to_vec());
+        }
         Some("check" | "status" | "keygen") => {
             let argv = std::iter::once("cmappmgr".to_string()).chain(args.into_iter().map(normalise));
             return Ok(match Sub::try_parse_from(argv)?.command {
@@ -177,27 +300,12 @@ pub fn parse(args: Vec<String>) -> Result<Invocation, clap::Error> {
         }
         _ => {}
     }
-    let at = args
-        .iter()
-        .position(|a| a == "-service" || a == "--service" || a.starts_with("--service=") || a.starts_with("-service="));
-    let (before, run) = match at {
-        Some(i) => {
-            let mut run = args[i + 1..].to_vec();
-            if let Some((_, inline)) = args[i].split_once('=') {
-                run.insert(0, inline.to_string());
-            }
-            (args[..i].to_vec(), run)
-        }
-        None => (args, Vec::new()),
-    };
+    let (before, run) = split_service(args);
     let argv = std::iter::once("cmappmgr".to_string()).chain(before.into_iter().map(normalise));
     let mut m = MonitorArgs::try_parse_from(argv)?;
     if run.is_empty() || run.iter().all(|s| s.trim().is_empty()) {
-        return Err(clap::Error::raw(
-            clap::error::ErrorKind::MissingRequiredArgument,
-            "-service <program> [args...] is required: the application to run in the guest\n\n\
-             Usage: cmappmgr -node <guest> -cmappserver_timeout <seconds> -service <program> [args...]\n\n\
-             For more information, try '--help'.\n",
+        return Err(missing_run_string(
+            "cmappmgr -node <guest> -cmappserver_timeout <seconds> -service <program> [args...]",
         ));
     }
     m.run = run;
@@ -282,5 +390,46 @@ mod tests {
         assert!(matches!(p(&["check", "-node", "g"]).unwrap(), Invocation::Check(_)));
         assert!(matches!(p(&["status", "--node", "g", "--json"]).unwrap(), Invocation::Status(s) if s.json));
         assert!(matches!(p(&["vm", "start", "x"]).unwrap(), Invocation::Vm(v) if v == ["start", "x"]));
+    }
+
+    #[test]
+    fn one_shot_verbs_parse_like_the_legacy_form() {
+        let Invocation::OneShot(Verb::Monitor, a) = p(&[
+            "monitor", "-node", "g", "-name", "db", "-service", "/bin/app", "-node", "x",
+        ])
+        .unwrap() else {
+            panic!("not monitor")
+        };
+        assert_eq!((a.node.as_str(), a.name.as_deref()), ("g", Some("db")));
+        assert_eq!(a.timeout, Duration::from_secs(30));
+        assert_eq!(a.run, ["/bin/app", "-node", "x"]);
+        let Invocation::OneShot(Verb::Watch, w) = p(&[
+            "watch",
+            "-node",
+            "g",
+            "-on_exit",
+            "crm_resource --fail -r r1",
+            "-while_pid",
+            "42",
+            "-service",
+            "/bin/app",
+        ])
+        .unwrap() else {
+            panic!("not watch")
+        };
+        assert_eq!(w.on_exit.as_deref(), Some("crm_resource --fail -r r1"));
+        assert_eq!(w.while_pid, Some(42));
+        assert!(is_one_shot(&["stop".to_string()]));
+    }
+
+    #[test]
+    fn one_shot_misuse_is_refused() {
+        assert!(p(&["start", "-node", "g"]).is_err(), "no -service");
+        assert!(
+            p(&["watch", "-node", "g", "-service", "x"]).is_err(),
+            "watch without -on_exit"
+        );
+        assert!(p(&["start", "-node", "g", "-on_exit", "x", "-service", "x"]).is_err());
+        assert!(p(&["stop", "-node", "g", "-detach", "-service", "x"]).is_err());
     }
 }

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use common::config::ManagerConfig;
 use common::connection::{self, MessageReader, MessageWriter};
-use common::message::{Ack, ErrorKind, ErrorReply, Event, ExitStatus, Hello, InstanceId, Request, Stop, Welcome};
+use common::message::{
+    Ack, ErrorKind, ErrorReply, Event, ExitStatus, Hello, InstanceId, Launch, ProcessInfo, Request, Started, Stop,
+    Welcome,
+};
+use common::service::ServiceSpec;
 use rustls_pki_types::ServerName;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -253,7 +257,8 @@ impl Client {
     }
 
     /// Sends `req` and returns the first event that is not an output line
-    /// or another push (those are skipped: a caller of `call` is not attached).
+    /// or another push (those are skipped: a caller of `call` is not attached),
+    /// nor the pong of an earlier ping.
     pub async fn call(&mut self, req: &Request, limit: Duration) -> Result<Event, ClientError> {
         self.send(req).await?;
         let deadline = Instant::now() + limit;
@@ -263,9 +268,41 @@ impl Client {
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(None)) => return Err(ClientError::Unreachable("cmappserver closed the connection".into())),
                 Ok(Ok(Some(Event::Output(_) | Event::ShuttingDown(_) | Event::Superseded(_)))) => continue,
+                // The answer to a ping sent before this request, not to it.
+                Ok(Ok(Some(Event::Pong(_)))) if !matches!(req, Request::Ping(_)) => continue,
                 Ok(Ok(Some(ev))) => return Ok(ev),
             }
         }
+    }
+
+    /// Launches a service or attaches to it (`attach_only`: never start a
+    /// new process). The one launch and attach path: the monitoring loop and
+    /// the one-shot verbs all come through here. A refusal is returned as the
+    /// server's reply, for the caller to map onto its own exit codes.
+    pub async fn launch(&mut self, req: Launch, limit: Duration) -> Result<Result<Started, ErrorReply>, ClientError> {
+        match self.call(&Request::Launch(req), limit).await? {
+            Event::Started(s) => Ok(Ok(s)),
+            Event::Error(e) => Ok(Err(e)),
+            other => Err(ClientError::Protocol(format!("unexpected answer to launch: {other:?}"))),
+        }
+    }
+
+    /// The server's record of `spec` (running, or exited and not yet
+    /// acknowledged), without attaching to it.
+    pub async fn find(&mut self, spec: &ServiceSpec, limit: Duration) -> Result<Option<ProcessInfo>, ClientError> {
+        let list = match self.call(&Request::List, limit).await? {
+            Event::Processes(l) => l.processes,
+            other => return Err(ClientError::Protocol(format!("unexpected answer to list: {other:?}"))),
+        };
+        let key = spec.key();
+        Ok(list.into_iter().find(|p| {
+            if p.key.is_empty() {
+                // A server that does not send keys: compare what it shows.
+                p.name == spec.name && p.service == spec.display()
+            } else {
+                p.key == key
+            }
+        }))
     }
 
     /// Acknowledges the exit status of `id` and waits (bounded by `limit`) for

@@ -48,3 +48,41 @@ pub fn for_error(e: &ClientError) -> i32 {
         },
     }
 }
+
+/// The one-shot verbs' exit codes (`cmappmgr start|monitor|stop|watch`):
+/// the OCF resource agent API's, one to one, so that an agent returns them
+/// unchanged.
+pub mod ocf {
+    /// start/stop done; monitor: running.
+    pub const SUCCESS: i32 = 0;
+    /// Anything else went wrong (the guest unreachable within the timeout,
+    /// the application ended at once, a stop not confirmed in time).
+    pub const ERR_GENERIC: i32 = 1;
+    /// Bad command line or run string.
+    pub const ERR_ARGS: i32 = 2;
+    /// The program is not installed (or not executable) in the guest, or the
+    /// guest's cmappserver speaks another protocol version.
+    pub const ERR_INSTALLED: i32 = 5;
+    /// The configuration file or key material is unusable, or a certificate
+    /// was rejected.
+    pub const ERR_CONFIGURED: i32 = 6;
+    /// monitor: not running.
+    pub const NOT_RUNNING: i32 = 7;
+
+    use crate::client::ClientError;
+    use common::message::ErrorKind;
+
+    /// The OCF code for a client error.
+    pub fn for_error(e: &ClientError) -> i32 {
+        match e {
+            ClientError::Config(_) | ClientError::Auth(_) => ERR_CONFIGURED,
+            ClientError::Version(_) => ERR_INSTALLED,
+            ClientError::Refused(e) if e.kind == ErrorKind::BadRequest => ERR_ARGS,
+            ClientError::Refused(e) if e.kind == ErrorKind::Version => ERR_INSTALLED,
+            ClientError::Unreachable(_)
+            | ClientError::Protocol(_)
+            | ClientError::Refused(_)
+            | ClientError::Timeout(_) => ERR_GENERIC,
+        }
+    }
+}

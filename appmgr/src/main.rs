@@ -5,6 +5,7 @@
 //! | `cli`    | the command line: the original's `-node ... -service ...` form and subcommands |
 //! | `client` | connecting, authenticating, typed requests                          |
 //! | `watch`  | the monitoring loop: launch or re-attach, wait, exit with the code  |
+//! | `oneshot`| start / monitor / stop / watch for cluster managers (OCF exit codes) |
 //! | `exit`   | every exit code, in one place                                       |
 //! | `vm`     | host-side VM lifecycle hooks (`cmappmgr vm ...`)                    |
 //! | `demo`   | the loopback demo (`cmappmgr demo`)                                 |
@@ -14,6 +15,7 @@ mod cli;
 mod client;
 mod demo;
 mod exit;
+mod oneshot;
 mod vm;
 mod watch;
 
@@ -26,11 +28,16 @@ use common::message::{Event, Request};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = if cli::is_one_shot(&args) {
+        exit::ocf::ERR_ARGS
+    } else {
+        exit::USAGE
+    };
     let inv = match cli::parse(args) {
         Ok(inv) => inv,
         Err(e) => {
             let _ = e.print();
-            return code(if e.use_stderr() { exit::USAGE } else { 0 });
+            return code(if e.use_stderr() { usage } else { 0 });
         }
     };
     code(match inv {
@@ -52,6 +59,13 @@ fn main() -> ExitCode {
                 return code(exit::CONFIG);
             };
             runtime(watch::run(m, conf))
+        }
+        cli::Invocation::OneShot(verb, a) => {
+            init_logging(&a.common);
+            let Some(conf) = load_conf(&a.common) else {
+                return code(exit::ocf::ERR_CONFIGURED);
+            };
+            runtime(oneshot::run(verb, a, conf))
         }
         cli::Invocation::Check(c) => {
             init_logging(&c.common);

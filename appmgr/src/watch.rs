@@ -64,9 +64,7 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
             return 1;
         }
     };
-    let ping_every = conf
-        .ping_interval
-        .unwrap_or_else(|| (args.timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5)));
+    let ping_every = ping_interval(&conf, args.timeout);
     let mut w = Watcher {
         args: &args,
         connector,
@@ -150,6 +148,13 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
     }
 }
 
+/// How often a manager pings: `pingInterval`, or a quarter of the timeout
+/// within 0.2–5 s.
+pub fn ping_interval(conf: &ManagerConfig, timeout: Duration) -> Duration {
+    conf.ping_interval
+        .unwrap_or_else(|| (timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5)))
+}
+
 struct Watcher<'a> {
     args: &'a MonitorArgs,
     connector: Connector,
@@ -173,25 +178,19 @@ impl Watcher<'_> {
         client: &mut Client,
         stop_signal: &mut (impl std::future::Future<Output = common::shutdown::StopSignal> + Unpin),
     ) -> WatchEnd {
-        let launch = Request::Launch(Launch {
+        let launch = Launch {
             run: self.args.run.clone(),
             name: self.args.name.clone(),
             attach_only: self.instance.clone(),
-        });
+        };
         // A launch may wait for the process to start, but never past the give-up time.
         let left = (self.last_heard + self.args.timeout).saturating_duration_since(Instant::now());
         let limit = (self.ping_every * 3 + Duration::from_secs(30)).min(left.max(Duration::from_millis(100)));
-        let started = match client.call(&launch, limit).await {
-            Ok(Event::Started(s)) => s,
-            Ok(Event::Error(e)) => return self.refused(e.kind, &e.message),
-            Ok(other) => {
-                tracing::error!(
-                    "cmappserver on {} broke the protocol: it answered the launch with {}",
-                    self.args.node,
-                    other.kind()
-                );
-                return WatchEnd::Exit(exit::PROTOCOL);
-            }
+        // A server that answers the launch with anything else broke the
+        // protocol: `Client::launch` says so (exit 76).
+        let started = match client.launch(launch, limit).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return self.refused(e.kind, &e.message),
             Err(e) if e.is_retryable() => return WatchEnd::Lost(e.to_string()),
             Err(e) => {
                 tracing::error!("{e}");

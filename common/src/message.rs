@@ -358,6 +358,10 @@ impl ProcessList {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub id: InstanceId,
+    /// The identity the process is filed under (see `ServiceSpec::key`);
+    /// empty from a server that predates it.
+    #[serde(default)]
+    pub key: String,
     pub service: String,
     #[serde(default)]
     pub name: Option<String>,

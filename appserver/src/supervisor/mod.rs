@@ -119,6 +119,7 @@ impl Proc {
         let inner = self.lock();
         ProcessInfo {
             id: self.id.clone(),
+            key: self.key.clone(),
             service: self.display.clone(),
             name: self.name.clone(),
             pid: self.pid,
