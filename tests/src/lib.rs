@@ -13,6 +13,7 @@
 //! | `netpair`| a host and a guest network namespace joined by a veth pair        |
 //! | `loopdev`| loop devices over sparse files, and a FUSE file that hangs reads  |
 //! | `libvirt`| a private libvirtd (QEMU driver), test domains, `cmappmgr vm` runs |
+//! | `pacemaker` | a single-node corosync + pacemakerd in private namespaces, its tools |
 //! | `qemu`   | QEMU guests running cmappserver on bridges in a namespace, QMP   |
 
 pub mod fixture;
@@ -23,6 +24,7 @@ pub mod loopdev;
 pub mod mgr;
 pub mod netpair;
 pub mod output;
+pub mod pacemaker;
 pub mod peer;
 pub mod qemu;
 pub mod server;
