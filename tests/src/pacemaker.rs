@@ -287,7 +287,7 @@ impl Cluster {
         text.lines().filter(|l| l.ends_with(&needle)).count()
     }
 
-    /// The resource's fail count on this node (0 when none).
+    /// The resource's fail count on this node (0 when none; `u64::MAX` for INFINITY).
     pub fn fail_count(&self, rsc: &str) -> u64 {
         let out = self.tool(
             "crm_failcount",
@@ -295,8 +295,11 @@ impl Cluster {
         );
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter_map(|l| l.trim().parse::<u64>().ok())
-            .sum()
+            .filter_map(|l| match l.trim() {
+                "INFINITY" => Some(u64::MAX),
+                n => n.parse::<u64>().ok(),
+            })
+            .fold(0, u64::saturating_add)
     }
 
     /// `crm_mon -1` (for failure messages).
@@ -342,8 +345,15 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // pacemakerd and its daemons, by pid (the daemons are its children),
-        // then corosync. No graceful shutdown: the test's guest goes too.
+        self.kill();
+    }
+}
+
+impl Cluster {
+    /// The node leaves the cluster at once: pacemakerd and its daemons are
+    /// killed by pid (the daemons are its children), then corosync. No
+    /// graceful shutdown: nothing is stopped on the way out.
+    pub fn kill(&mut self) {
         if let Some(mut p) = self.pacemakerd.take() {
             let daemons = Self::children(p.id());
             let _ = p.kill();

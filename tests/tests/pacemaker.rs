@@ -69,9 +69,21 @@ impl Testbed {
 
     /// Adds a guestapp resource `id` running `/bin/sleep` under the name `id`.
     fn add(&self, id: &str, watcher: bool, interval: &str, timeout_s: u32, meta: &[(&str, &str)]) {
+        self.add_service(id, "/bin/sleep 1000000", watcher, interval, timeout_s, meta)
+    }
+
+    fn add_service(
+        &self,
+        id: &str,
+        service: &str,
+        watcher: bool,
+        interval: &str,
+        timeout_s: u32,
+        meta: &[(&str, &str)],
+    ) {
         let params = [
             ("node", self.guest.node()),
-            ("service", "/bin/sleep 1000000".to_string()),
+            ("service", service.to_string()),
             ("name", id.to_string()),
             ("cmappserver_timeout", timeout_s.to_string()),
             ("conf", self.conf.display().to_string()),
@@ -95,6 +107,33 @@ impl Testbed {
             timeout_s + 40
         );
         self.cluster.create_resource(&xml);
+    }
+
+    /// The pids of the watchers (`cmappmgr watch`) of resource `rsc` of this testbed.
+    fn watchers(&self, rsc: &str) -> Vec<u32> {
+        let report = format!("--resource {rsc} ");
+        let conf = self.conf.display().to_string();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.iter().any(|a| a == "watch")
+                && args.contains(&conf)
+                && args.iter().any(|a| a.contains(&report))
+                && alive(pid)
+            {
+                out.push(pid);
+            }
+        }
+        out
     }
 
     /// The pid of the running application named `name` in the guest.
@@ -182,6 +221,10 @@ fn a_killed_application_is_restarted_by_pacemaker_within_2_s_with_the_watcher_an
     );
     assert!(alive(pushed2) && alive(polled2));
     t.cluster.settle();
+    // One watcher for the new process (the old one ended after its report);
+    // none where the watcher is off.
+    assert_eq!(t.watchers("pushed").len(), 1);
+    assert!(t.watchers("polled").is_empty());
     // The watcher reported the exit exactly once; the monitor alone
     // counted one failure. (Pacemaker 2.1.5's controller sometimes counts
     // one `crm_resource --fail` twice: see the README's Pacemaker section.)
@@ -192,6 +235,16 @@ fn a_killed_application_is_restarted_by_pacemaker_within_2_s_with_the_watcher_an
         "fail-count after one pushed failure: {}",
         t.cluster.fail_count("pushed")
     );
+
+    // The node leaves the cluster (its daemons killed): the watcher goes too,
+    // without reporting anything; the application is left as it is.
+    let mut t = t;
+    t.cluster.kill();
+    assert!(
+        wait_until(Duration::from_secs(5), || t.watchers("pushed").is_empty()),
+        "the watcher outlived the node's cluster membership"
+    );
+    assert!(alive(pushed2));
 }
 
 #[test]
@@ -201,11 +254,16 @@ fn threshold_target_role_unmanaged_and_maintenance_mode() {
     t.add("stopped", true, "60s", 10, &[]);
     t.add("unmanaged", true, "60s", 10, &[]);
     t.add("maint", true, "60s", 10, &[]);
+    t.add_service("broken", "/nonexistent/app", true, "60s", 10, &[]);
     let limited = t.wait_running("limited", None, WAIT);
     let stopped = t.wait_running("stopped", None, WAIT);
     let unmanaged = t.wait_running("unmanaged", None, WAIT);
     let maint = t.wait_running("maint", None, WAIT);
     t.cluster.settle();
+    // A failed start (the program is not installed in the guest) leaves no watcher.
+    assert!(t.cluster.fail_count("broken") >= 1, "{}", t.cluster.status());
+    assert!(t.watchers("broken").is_empty());
+    assert_eq!(t.watchers("limited").len(), 1);
 
     // migration-threshold exhausted: the resource stops and stays stopped.
     // (Each kill is restarted until the fail count reaches the threshold.)
@@ -223,6 +281,10 @@ fn threshold_target_role_unmanaged_and_maintenance_mode() {
     }
     t.cluster.settle();
     assert_eq!(t.app_pid("limited"), None, "{}", t.cluster.status());
+    assert!(
+        t.watchers("limited").is_empty(),
+        "a watcher outlived its stopped resource"
+    );
     let located = t.cluster.tool("crm_resource", &["--locate", "--resource", "limited"]);
     let text = String::from_utf8_lossy(&located.stdout).to_string() + &String::from_utf8_lossy(&located.stderr);
     assert!(text.contains("NOT running"), "{text}");
@@ -232,6 +294,7 @@ fn threshold_target_role_unmanaged_and_maintenance_mode() {
     t.wait_gone("stopped", WAIT);
     assert!(!alive(stopped));
     t.cluster.settle();
+    assert!(t.watchers("stopped").is_empty(), "stop must end the watcher");
 
     // An unmanaged resource is left alone: neither stopped nor restarted.
     t.cluster.set_meta("unmanaged", "is-managed", "false");
