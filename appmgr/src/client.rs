@@ -85,6 +85,9 @@ pub struct Connector {
     pub host: String,
     pub port: u16,
     server_name: ServerName<'static>,
+    /// Who this manager says it is in its hello (`Hello::manager`); the
+    /// process's own identity when `None`.
+    manager: Option<String>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -111,7 +114,17 @@ impl Connector {
             host,
             port,
             server_name,
+            manager: None,
         })
+    }
+
+    /// Connections made by this connector introduce themselves as `manager`:
+    /// separate runs that act as one manager (a cluster's one-shot actions
+    /// on one resource) share an identity, so the server owes their exits
+    /// one acknowledgement, not one per run.
+    pub fn with_manager(mut self, manager: String) -> Connector {
+        self.manager = Some(manager);
+        self
     }
 
     /// One attempt: TCP, TLS, hello. Each phase is bounded by `limit`.
@@ -148,7 +161,11 @@ impl Connector {
                 }
                 Ok(Ok(s)) => s,
             };
-            return Client::hello(tls, limit).await;
+            let mut hello = Hello::current("cmappmgr");
+            if let Some(m) = &self.manager {
+                hello.manager = Some(m.clone());
+            }
+            return Client::hello(tls, limit, &hello).await;
         }
         Err(last)
     }
@@ -191,10 +208,10 @@ pub struct Client {
 }
 
 impl Client {
-    async fn hello(tls: Tls, limit: Duration) -> Result<Client, ClientError> {
+    async fn hello(tls: Tls, limit: Duration, hello: &Hello) -> Result<Client, ClientError> {
         let (mut rd, mut wr) = connection::split(tls);
         let io = |e: common::connection::ConnectionError| ClientError::Unreachable(e.to_string());
-        wr.write(&Hello::current("cmappmgr")).await.map_err(io)?;
+        wr.write(hello).await.map_err(io)?;
         // The server answers with a Welcome, or an Error event (version mismatch).
         let reply: serde_json::Value = match tokio::time::timeout(limit, rd.read()).await {
             Err(_) => return Err(ClientError::Unreachable("no welcome from cmappserver in time".into())),
@@ -296,12 +313,15 @@ impl Client {
         };
         let key = spec.key();
         Ok(list.into_iter().find(|p| {
-            if p.key.is_empty() {
-                // A server that does not send keys: compare what it shows.
-                p.name == spec.name && p.service == spec.display()
-            } else {
-                p.key == key
-            }
+            // An exit some manager has acknowledged is history (kept for
+            // the others that owe theirs), not the service's current record.
+            !p.acked
+                && if p.key.is_empty() {
+                    // A server that does not send keys: compare what it shows.
+                    p.name == spec.name && p.service == spec.display()
+                } else {
+                    p.key == key
+                }
         }))
     }
 

@@ -47,8 +47,12 @@ pub async fn run(verb: Verb, a: OneShotArgs, conf: ManagerConfig) -> i32 {
             return ocf::ERR_ARGS;
         }
     };
+    // Every verb run for one service on this host is one manager to the
+    // server (start, the watcher, monitor and stop of one cluster resource).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let manager = format!("cmappmgr one-shot on {} for {}", host.trim(), spec.key());
     let connector = match Connector::new(&conf, &a.node) {
-        Ok(c) => c,
+        Ok(c) => c.with_manager(manager),
         Err(e) => {
             tracing::error!("{e}");
             return ocf::for_error(&e);

@@ -374,6 +374,10 @@ pub struct ProcessInfo {
     /// How many managers are attached (several may watch one process).
     #[serde(default)]
     pub managers: usize,
+    /// A manager has acknowledged the exit; the record stays only for the
+    /// other managers that owe their acknowledgement.
+    #[serde(default)]
+    pub acked: bool,
     /// Built-in probe (`net-mon`, `disk-mon`) or `None` for an ordinary command.
     #[serde(default)]
     pub probe: Option<String>,

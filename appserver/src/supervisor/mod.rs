@@ -127,6 +127,7 @@ impl Proc {
             exit: inner.exit.as_ref().map(|e| e.status.clone()),
             attached: inner.subscribers.iter().any(|s| !s.tx.is_closed()),
             managers: inner.subscribers.iter().filter(|s| !s.tx.is_closed()).count(),
+            acked: inner.acked,
             probe: self.probe.clone(),
         }
     }
