@@ -112,17 +112,15 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
                 let waited = w.last_heard.elapsed().as_secs();
                 let why = last_error.map(|l| format!(" (before that: {l})")).unwrap_or_default();
                 match w.instance {
-                    None => {
-                        tracing::error!("Could not connect to the node {}: {e}", args.node);
-                        // The line the original prints after it, which admins' scripts look for.
-                        tracing::error!("PROGRAM EXIT CODE {}", exit::UNREACHABLE);
-                    }
+                    None => tracing::error!("Could not connect to the node {}: {e}", args.node),
                     Some(_) => tracing::error!(
                         "Lost the node {}: cmappserver unreachable for {waited} s (cmappserver_timeout {} s); last error: {e}{why}",
                         args.node,
                         args.timeout.as_secs_f64()
                     ),
                 }
+                // The line the original prints after it, which admins' scripts look for.
+                tracing::error!("PROGRAM EXIT CODE {}", exit::UNREACHABLE);
                 return exit::UNREACHABLE;
             }
             Err(e) => {
