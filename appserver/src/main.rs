@@ -229,7 +229,8 @@ async fn run(loaded: Loaded) -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    // Only the name shims show in `ps`: they are started from /proc/self/exe.
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cmappserver"));
     let limits = supervisor::Limits {
         max_processes: config.max_processes,
         stop_grace: config.stop_grace,
@@ -238,7 +239,18 @@ async fn run(loaded: Loaded) -> ExitCode {
         // connection is kept: the server's one notion of "gone".
         ack_wait: config.idle_timeout,
     };
-    let sup = supervisor::Supervisor::open(state, limits, exe).await;
+    let environment = match config.process_environment {
+        common::config::ProcessEnvironment::Inherit if config.environment.is_empty() => None,
+        mode => Some(supervisor::state::Environment {
+            clean: mode == common::config::ProcessEnvironment::Clean,
+            set: config.environment.clone(),
+        }),
+    };
+    let settings = supervisor::AppSettings {
+        environment,
+        oom_score_adj: config.process_oom_score_adjust,
+    };
+    let sup = supervisor::Supervisor::open(state, limits, settings, exe).await;
     raise_open_file_limit(&config);
     let listeners = match server::bind(&config.listen_addrs()).await {
         Ok(l) => l,

@@ -423,6 +423,15 @@ fn read_file(path: &Path) -> Result<String, ConfigErrors> {
             message,
         }])
     };
+    // A configuration anyone else can change is anyone else's (as sshd's StrictModes).
+    if let Ok(meta) = std::fs::metadata(path) {
+        if let Some(why) = crate::perms::writable_by_others(path, &meta, false) {
+            return Err(fail(format!(
+                "refusing a configuration file others can change: {why}; run chmod go-w {}",
+                path.display()
+            )));
+        }
+    }
     let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read configuration file: {e}")))?;
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_CONFIG_SIZE + 1), &mut bytes)
@@ -480,6 +489,41 @@ pub struct ServerConfig {
     /// Stop monitored processes when cmappserver itself is stopped (the
     /// original's behaviour is to leave them running; so is ours by default).
     pub stop_processes_on_shutdown: bool,
+    /// Whether applications start from the daemon's environment or an empty one.
+    pub process_environment: ProcessEnvironment,
+    /// Variables set for every application (`environment=KEY=VALUE`, repeatable), in order.
+    pub environment: Vec<(String, String)>,
+    /// The applications' OOM score adjustment (the daemon's own is not passed on).
+    pub process_oom_score_adjust: i32,
+}
+
+/// Where an application's environment starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProcessEnvironment {
+    /// The daemon's own environment (the original's behaviour).
+    #[default]
+    Inherit,
+    /// Only `PATH` (a standard one), plus the `environment` entries.
+    Clean,
+}
+
+/// Parses `KEY=VALUE` for `environment=`: a portable variable name.
+fn env_entry(value: &str) -> Result<(String, String), String> {
+    let (k, v) = value
+        .split_once('=')
+        .ok_or_else(|| format!("environment={value} is not KEY=VALUE"))?;
+    let portable = !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !portable {
+        return Err(format!(
+            "environment={value}: {k:?} is not a variable name (letters, digits and _, not starting with a digit)"
+        ));
+    }
+    if v.contains('\0') {
+        return Err(format!("environment={k}=...: the value contains a NUL character"));
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 impl ServerConfig {
@@ -502,6 +546,9 @@ impl ServerConfig {
         "exitHistory",
         "idleTimeout",
         "stopProcessesOnShutdown",
+        "processEnvironment",
+        "environment",
+        "processOomScoreAdjust",
     ];
 
     /// Reads the file; its warnings are logged.
@@ -520,7 +567,12 @@ impl ServerConfig {
         let (entries, errors) = parse_properties(path, text);
         let mut r = Reader::new(path, errors);
         let mut c = ServerConfig::default();
-        let slot = |key: &str, _: &Entry| (key != "listen").then(|| key.to_string());
+        // Repeatable: `listen`, and `environment` (one slot per variable).
+        let slot = |key: &str, e: &Entry| match key {
+            "listen" => None,
+            "environment" => Some(format!("environment {}", e.value.split('=').next().unwrap_or(""))),
+            _ => Some(key.to_string()),
+        };
         for (e, key) in r.effective(&entries, Self::KEYS, slot) {
             if e.value.is_empty() {
                 continue; // the default stands, as in the original's files
@@ -555,6 +607,28 @@ impl ServerConfig {
                 "stopProcessesOnShutdown" => {
                     c.stop_processes_on_shutdown = r.boolean(e, key).unwrap_or(c.stop_processes_on_shutdown)
                 }
+                "processEnvironment" => match e.value.to_ascii_lowercase().as_str() {
+                    "inherit" => c.process_environment = ProcessEnvironment::Inherit,
+                    "clean" => c.process_environment = ProcessEnvironment::Clean,
+                    _ => r.error(
+                        e.line,
+                        format!("processEnvironment={} is not inherit or clean", e.value),
+                    ),
+                },
+                "environment" => match env_entry(&e.value) {
+                    Ok(kv) => c.environment.push(kv),
+                    Err(msg) => r.error(e.line, msg),
+                },
+                "processOomScoreAdjust" => match e.value.parse::<i32>() {
+                    Ok(n) if (-1000..=1000).contains(&n) => c.process_oom_score_adjust = n,
+                    _ => r.error(
+                        e.line,
+                        format!(
+                            "processOomScoreAdjust={} must be a whole number from -1000 to 1000",
+                            e.value
+                        ),
+                    ),
+                },
                 _ => unreachable!("every known key is handled"),
             }
         }
@@ -594,6 +668,9 @@ impl Default for ServerConfig {
             exit_history: 256,
             idle_timeout: Duration::from_secs(120),
             stop_processes_on_shutdown: false,
+            process_environment: ProcessEnvironment::Inherit,
+            environment: Vec::new(),
+            process_oom_score_adjust: 0,
         }
     }
 }
@@ -987,6 +1064,54 @@ trustStorePassword=public
         assert!(c.stop_on_halt);
         let err = ManagerConfig::parse(Path::new("m"), "stoponhalt=sometimes\n").unwrap_err();
         assert_eq!(err.to_string(), "m:1: stopOnHalt=sometimes is not yes or no");
+    }
+
+    #[test]
+    fn the_application_environment_keys_parse_and_are_checked() {
+        let text = "processEnvironment=Clean\nenvironment=A=1\nenvironment=B=x=y z\nprocessOomScoreAdjust=-17\n";
+        let c = ServerConfig::parse(Path::new("/s"), text).unwrap();
+        assert_eq!(c.process_environment, ProcessEnvironment::Clean);
+        assert_eq!(c.environment, [("A".into(), "1".into()), ("B".into(), "x=y z".into())]);
+        assert_eq!(c.process_oom_score_adjust, -17);
+        let bad = "processEnvironment=some\nenvironment=1A=x\nenvironment=novalue\nenvironment=A=1\nenvironment=A=2\nprocessOomScoreAdjust=2000\n";
+        let shown = ServerConfig::parse(Path::new("/s"), bad).unwrap_err().to_string();
+        for needle in [
+            "/s:1: processEnvironment=some is not inherit or clean",
+            "/s:2: environment=1A=x: \"1A\" is not a variable name",
+            "/s:3: environment=novalue is not KEY=VALUE",
+            "/s:6: processOomScoreAdjust=2000 must be a whole number from -1000 to 1000",
+        ] {
+            assert!(shown.contains(needle), "{needle} not in {shown}");
+        }
+        // One variable set twice: the last line wins, with a warning, as for any key.
+        let twice = ServerConfig::check(Path::new("/s"), "environment=A=1\nenvironment=B=0\nenvironment=A=2\n");
+        assert_eq!(
+            twice.result.unwrap().environment,
+            [("B".into(), "0".into()), ("A".into(), "2".into())]
+        );
+        let warned: Vec<String> = twice.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(
+            warned,
+            ["/s:3: environment A is set twice (first on line 1); this line wins"]
+        );
+    }
+
+    #[test]
+    fn a_configuration_file_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cmappserver.conf");
+        std::fs::write(&path, "port=1\n").unwrap();
+        for (mode, ok) in [(0o644, true), (0o664, false), (0o606, false)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let r = ServerConfig::load(&path);
+            assert_eq!(r.is_ok(), ok, "{mode:o}: {r:?}");
+            if let Err(e) = r {
+                let shown = e.to_string();
+                assert!(shown.contains(&format!("(mode {mode:04o})")), "{shown}");
+                assert!(ManagerConfig::load(&path).is_err());
+            }
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | [`config`]     | the original's `key=value` files (`cmappmgr.conf`, `cmappserver.conf`)|
 //! | [`tls`]        | TLS 1.3 with mutual authentication: key material, pinning, CA trust  |
 //! | [`logging`]    | tracing to stderr plus warnings and errors to syslog                 |
+//! | [`perms`]      | who may write a file we trust (sshd's `StrictModes` checks)          |
 //! | [`shutdown`]   | one future that resolves on SIGTERM or SIGINT                        |
 //! | [`text`]       | peer-supplied strings made safe to log and print (escaped, clipped)  |
 //!
@@ -23,6 +24,7 @@ pub mod connection;
 pub mod fuzzing;
 pub mod logging;
 pub mod message;
+pub mod perms;
 pub mod service;
 pub mod shutdown;
 pub mod text;

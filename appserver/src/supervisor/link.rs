@@ -1,7 +1,6 @@
 //! cmappserver's side of one shim connection: relays the shim's events into
 //! the table and the table's requests to the shim.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,52 +9,112 @@ use common::message::{Exited, Stream};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use super::proto::{ShimEvent, ShimRequest, SHIM_PROTOCOL};
-use super::{state, Proc, Supervisor};
+use super::proto::{ShimEvent, ShimRequest, OLDEST_ADOPTED, SHIM_PROTOCOL};
+use super::state::{self, Dir};
+use super::{Proc, Supervisor};
 
 type Reader = connection::MessageReader<tokio::io::ReadHalf<UnixStream>>;
 type Writer = connection::MessageWriter<tokio::io::WriteHalf<UnixStream>>;
 
-/// A connected shim whose hello has been read.
+/// A connected shim whose process runs (or could not be started).
 pub(super) struct ShimStream {
     rd: Reader,
     wr: Writer,
     /// The process's pid (0 if it could not be started) and start time.
     pub pid: u32,
     pub started_at_ms: u64,
+    /// An event read during the handshake that the relay must still handle
+    /// (the `Exited` of a program that could not be started).
+    pending: Option<ShimEvent>,
 }
 
-/// How long a shim may take to say hello.
+/// How long a shim may take to say hello, or to start its process.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Connects to the shim in `dir` and reads its hello.
-pub(super) async fn connect(dir: &Path) -> Result<ShimStream, String> {
-    let stream = UnixStream::connect(dir.join(state::SOCK))
+/// Which shims a connection accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Expect {
+    /// One we have just started: exactly our own version.
+    New,
+    /// One left by an earlier server (maybe of an earlier version).
+    Adopt,
+}
+
+/// Connects to the shim in `dir`, checks who it is and reads its hello; a
+/// shim still waiting to start its process is told to start it once (and
+/// only once) its hello is accepted.
+pub(super) async fn connect(dir: &Dir, expect: Expect) -> Result<ShimStream, String> {
+    let stream = UnixStream::connect(dir.fd_path(state::SOCK))
         .await
         .map_err(|e| e.to_string())?;
-    let (mut rd, wr) = connection::split(stream);
-    match tokio::time::timeout(HELLO_TIMEOUT, rd.read::<ShimEvent>()).await {
-        Ok(Ok(Some(ShimEvent::Hello {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read its credentials: {e}"))?;
+    if cred.uid() != state::own_uid() {
+        return Err(format!(
+            "its socket is served by uid {} (pid {:?}), not by this server's uid {}",
+            cred.uid(),
+            cred.pid(),
+            state::own_uid()
+        ));
+    }
+    let (mut rd, mut wr) = connection::split(stream);
+    let (protocol, pid, started_at_ms, waiting) = match read(&mut rd).await? {
+        ShimEvent::Hello {
             protocol,
             pid,
             started_at_ms,
-        }))) => {
-            if protocol != SHIM_PROTOCOL {
-                return Err(format!(
-                    "process supervisor speaks shim protocol {protocol}, this cmappserver speaks {SHIM_PROTOCOL}"
-                ));
-            }
-            Ok(ShimStream {
-                rd,
-                wr,
-                pid,
-                started_at_ms,
-            })
-        }
-        Ok(Ok(Some(other))) => Err(format!("process supervisor sent {other:?} before its hello")),
+            waiting,
+        } => (protocol, pid, started_at_ms, waiting),
+        other => return Err(format!("process supervisor sent {other:?} before its hello")),
+    };
+    let accepted = match expect {
+        Expect::New => protocol == SHIM_PROTOCOL,
+        Expect::Adopt => (OLDEST_ADOPTED..=SHIM_PROTOCOL).contains(&protocol),
+    };
+    if !accepted {
+        // Closing the connection is the refusal: the shim starts nothing.
+        return Err(format!(
+            "process supervisor speaks shim protocol {protocol}, this cmappserver speaks {SHIM_PROTOCOL}"
+        ));
+    }
+    if !waiting {
+        return Ok(ShimStream {
+            rd,
+            wr,
+            pid,
+            started_at_ms,
+            pending: None,
+        });
+    }
+    wr.write(&ShimRequest::Start).await.map_err(|e| e.to_string())?;
+    match read(&mut rd).await? {
+        ShimEvent::Started { pid, started_at_ms } => Ok(ShimStream {
+            rd,
+            wr,
+            pid,
+            started_at_ms,
+            pending: None,
+        }),
+        ev @ ShimEvent::Exited { exited_at_ms, .. } => Ok(ShimStream {
+            rd,
+            wr,
+            pid: 0,
+            started_at_ms: exited_at_ms,
+            pending: Some(ev),
+        }),
+        other => Err(format!(
+            "process supervisor sent {other:?} instead of starting its process"
+        )),
+    }
+}
+
+async fn read(rd: &mut Reader) -> Result<ShimEvent, String> {
+    match tokio::time::timeout(HELLO_TIMEOUT, rd.read::<ShimEvent>()).await {
+        Ok(Ok(Some(ev))) => Ok(ev),
         Ok(Ok(None)) => Err("process supervisor closed the connection".into()),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("process supervisor did not say hello".into()),
+        Err(_) => Err("process supervisor did not answer".into()),
     }
 }
 
@@ -65,11 +124,22 @@ pub(super) async fn run(
     stream: ShimStream,
     mut requests: mpsc::Receiver<ShimRequest>,
 ) {
-    let ShimStream { mut rd, mut wr, .. } = stream;
+    let ShimStream {
+        mut rd,
+        mut wr,
+        mut pending,
+        ..
+    } = stream;
     loop {
+        let next = async {
+            match pending.take() {
+                Some(ev) => Ok(Some(ev)),
+                None => rd.read::<ShimEvent>().await,
+            }
+        };
         tokio::select! {
-            ev = rd.read::<ShimEvent>() => match ev {
-                Ok(Some(ShimEvent::Hello { .. })) => {}
+            ev = next => match ev {
+                Ok(Some(ShimEvent::Hello { .. } | ShimEvent::Started { .. })) => {}
                 Ok(Some(ShimEvent::Output { stream, line })) => proc.output(stream, line),
                 Ok(Some(ShimEvent::Dropped { lines, unconnected })) => {
                     proc.output(Stream::Stderr, super::dropped_notice(lines, unconnected))

@@ -45,7 +45,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 use proto::ShimRequest;
-use state::{ExitRecord, Meta, PidRecord, StateDir};
+use state::{Environment, ExitRecord, Meta, PidRecord, StateDir};
 
 /// Limits the supervisor enforces.
 #[derive(Debug, Clone)]
@@ -63,6 +63,15 @@ const SHIM_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// Managers remembered per process after their connection closed.
 const DEPARTED_KEPT: usize = 16;
+
+/// What every application is started with.
+#[derive(Debug, Clone, Default)]
+pub struct AppSettings {
+    /// `None`: the daemon's own environment, unchanged.
+    pub environment: Option<Environment>,
+    /// The OOM score adjustment (the daemon's own is not passed on).
+    pub oom_score_adj: i32,
+}
 
 /// Where a session wants to hear about the processes it is attached to.
 #[derive(Debug, Clone)]
@@ -253,6 +262,9 @@ struct Table {
 pub struct Supervisor {
     state: StateDir,
     limits: Limits,
+    settings: AppSettings,
+    /// The server's own path, shown as the shims' argv[0]; they are started
+    /// from /proc/self/exe, this very binary, whatever happened to the file.
     exe: PathBuf,
     table: Mutex<Table>,
     /// One lock per service being launched, so that two managers launching
@@ -273,10 +285,11 @@ fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
 
 impl Supervisor {
     /// Opens the state directory and adopts every process recorded in it.
-    pub async fn open(state: StateDir, limits: Limits, exe: PathBuf) -> Arc<Supervisor> {
+    pub async fn open(state: StateDir, limits: Limits, settings: AppSettings, exe: PathBuf) -> Arc<Supervisor> {
         let sup = Arc::new(Supervisor {
             state,
             limits,
+            settings,
             exe,
             table: Mutex::new(Table::default()),
             launching: Mutex::new(HashMap::new()),
@@ -412,9 +425,10 @@ impl Supervisor {
         sub: Subscriber,
     ) -> Result<(Arc<Proc>, Started), ErrorReply> {
         let internal = |what: &str, e: &dyn std::fmt::Display| err(ErrorKind::Internal, format!("{what}: {e}"));
-        let id = self.new_id();
-        let dir = self.state.proc_dir(&id);
-        std::fs::create_dir_all(&dir).map_err(|e| internal("cannot create process record", &e))?;
+        let (id, record) = self
+            .create_record()
+            .map_err(|e| internal("cannot create process record", &e))?;
+        let dir = record.path().to_path_buf();
         let meta = Meta {
             id: id.clone(),
             key: key.clone(),
@@ -423,14 +437,20 @@ impl Supervisor {
             name: spec.name.clone(),
             probe: spec.probe().map(|p| p.subcommand().to_string()),
             created_at_ms: now_ms(),
+            environment: self.settings.environment.clone(),
+            oom_score_adj: Some(self.settings.oom_score_adj).filter(|&a| a != 0),
         };
         let cleanup = |e: ErrorReply| {
             let _ = std::fs::remove_dir_all(&dir);
             e
         };
-        state::write_json(&dir, state::META, &meta)
+        record
+            .write_json(state::META, &meta)
             .map_err(|e| cleanup(internal("cannot write process record", &e)))?;
-        let mut shim = tokio::process::Command::new(&self.exe)
+        // This very binary, even if a package upgrade has replaced or
+        // removed its file since: a shim always speaks our protocol.
+        let mut shim = tokio::process::Command::new("/proc/self/exe")
+            .arg0(&self.exe)
             .arg("shim")
             .arg(&dir)
             .process_group(0)
@@ -444,18 +464,32 @@ impl Supervisor {
         let mut out = tokio::io::BufReader::new(shim.stdout.take().expect("piped stdout"));
         let read = tokio::time::timeout(Duration::from_secs(30), out.read_line(&mut line)).await;
         drop(out);
+        let connected = if matches!(read, Ok(Ok(n)) if n > 0) {
+            // The shim starts the process once we have accepted its hello.
+            link::connect(&record, link::Expect::New)
+                .await
+                .map_err(|e| internal("process supervisor failed", &e))
+        } else {
+            let why = record
+                .read(state::SHIM_LOG)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| b"no log".to_vec());
+            Err(internal(
+                "process supervisor failed to start",
+                &String::from_utf8_lossy(&why).trim(),
+            ))
+        };
+        if connected.is_err() {
+            // Our own unreaped child: its pid cannot have been reused. Had
+            // its hello been refused, it started nothing; it must not linger.
+            let _ = shim.start_kill();
+        }
         // Reap the shim whenever it ends; it is never waited on otherwise.
         tokio::spawn(async move {
             let _ = shim.wait().await;
         });
-        if !matches!(read, Ok(Ok(n)) if n > 0) {
-            let why = std::fs::read_to_string(dir.join(state::SHIM_LOG)).unwrap_or_else(|_| "no log".into());
-            return Err(cleanup(internal("process supervisor failed to start", &why.trim())));
-        }
-        // The shim starts the process once we are connected.
-        let stream = link::connect(&dir)
-            .await
-            .map_err(|e| cleanup(internal("process supervisor failed", &e)))?;
+        let stream = connected.map_err(cleanup)?;
         let proc = Arc::new(Proc {
             id,
             key,
@@ -479,15 +513,32 @@ impl Supervisor {
         tokio::spawn(link::run(self.clone(), proc.clone(), stream, rx));
     }
 
+    /// Creates a record directory under a fresh id (exclusively: an id
+    /// that exists in any form is skipped, never reused).
+    fn create_record(&self) -> std::io::Result<(InstanceId, state::Dir)> {
+        for _ in 0..64 {
+            let id = self.new_id();
+            if let Some(dir) = self.state.create_record(&id)? {
+                return Ok((id, dir));
+            }
+        }
+        Err(std::io::Error::other("every fresh record id is taken"))
+    }
+
     /// Reads `exit.json` for a process whose shim is gone; without one, the
     /// status is lost, and an application still running is killed: nobody
     /// can report its exit any more, and the cluster's restart of the service
     /// must not find a second copy running beside it.
-    fn exit_from_disk(proc: &Proc, why: &str) -> Exited {
-        let (status, at) = match state::read_json::<ExitRecord>(&proc.dir, state::EXIT) {
+    fn exit_from_disk(&self, proc: &Proc, why: &str) -> Exited {
+        let record = self.state.record(&proc.id);
+        let exit = match &record {
+            Ok(d) => d.read_json::<ExitRecord>(state::EXIT),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        };
+        let (status, at) = match exit {
             Ok(Some(r)) => (r.status, r.exited_at_ms),
             Ok(None) => {
-                let killed = kill_orphan(proc);
+                let killed = record.as_ref().map(|d| kill_orphan(proc, d)).unwrap_or_default();
                 (
                     ExitStatus::Lost {
                         error: format!("{why}{killed}"),
@@ -518,13 +569,17 @@ impl Supervisor {
         // until it is gone, so that `kill_orphan` tells a dead shim from a
         // live one. There is no event to wait on for a process we may not
         // have started (an adopted shim), hence the short polls.
-        if let Ok(Some(record)) = state::read_json::<PidRecord>(&proc.dir, state::PID) {
+        if let Ok(Some(record)) = self
+            .state
+            .record(&proc.id)
+            .and_then(|d| d.read_json::<PidRecord>(state::PID))
+        {
             let end = tokio::time::Instant::now() + SHIM_EXIT_WAIT;
             while running(record.shim_pid) && tokio::time::Instant::now() < end {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        let ex = Self::exit_from_disk(proc, "its supervisor died without recording an exit status");
+        let ex = self.exit_from_disk(proc, "its supervisor died without recording an exit status");
         self.record_exit(proc, ex).await;
     }
 
@@ -720,16 +775,25 @@ impl Supervisor {
 
     /// Adopts the processes recorded in the state directory.
     async fn recover(self: &Arc<Self>) {
-        for dir in self.state.proc_dirs() {
-            let meta: Meta = match state::read_json(&dir, state::META) {
-                Ok(Some(m)) => m,
+        for (name, record) in self.state.records() {
+            let dir = record.path().to_path_buf();
+            let meta: Meta = match record.read_json::<Meta>(state::META) {
+                Ok(Some(m)) if m.id == name => m,
+                Ok(Some(m)) => {
+                    tracing::warn!(dir = %dir.display(), "ignoring a process record filed under another id ({})", m.id);
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    tracing::warn!(dir = %dir.display(), "ignoring an untrusted process record: {e}");
+                    continue;
+                }
                 other => {
                     tracing::warn!(dir = %dir.display(), "discarding an unreadable process record: {:?}", other.err());
                     let _ = std::fs::remove_dir_all(&dir);
                     continue;
                 }
             };
-            let pid: Option<PidRecord> = state::read_json(&dir, state::PID).ok().flatten();
+            let pid: Option<PidRecord> = record.read_json(state::PID).ok().flatten();
             let spec = ServiceSpec {
                 run: meta.run.clone(),
                 argv: meta.argv.clone(),
@@ -755,13 +819,14 @@ impl Supervisor {
                 started_at_ms: pid.map_or(meta.created_at_ms, |p| p.started_at_ms),
                 inner: Mutex::new(inner),
             });
-            let connected = match link::connect(&dir).await {
+            let connected = match link::connect(&record, link::Expect::Adopt).await {
                 Ok(stream) => {
                     self.start_link(&proc, stream);
                     true
                 }
-                Err(_) => {
-                    let ex = Self::exit_from_disk(&proc, "its supervisor is gone and recorded no exit status");
+                Err(e) => {
+                    tracing::debug!(dir = %dir.display(), "cannot reach the process supervisor: {e}");
+                    let ex = self.exit_from_disk(&proc, "its supervisor is gone and recorded no exit status");
                     let mut inner = proc.lock();
                     inner.exit = Some(ex.clone());
                     inner.owed = before;
@@ -803,13 +868,22 @@ impl Supervisor {
 
 /// Kills the process group of an application whose shim is gone, if that
 /// application still runs: the same process, by its start time in the pid
-/// record, so that a recycled pid is never touched. Returns a note for the status.
-fn kill_orphan(proc: &Proc) -> String {
-    let Ok(Some(record)) = state::read_json::<PidRecord>(&proc.dir, state::PID) else {
-        return String::new();
+/// record, so that a recycled pid is never touched. The record is trusted
+/// only because nobody but us can have written it (`dir` is checked, and so
+/// is the file). Returns a note for the status.
+fn kill_orphan(proc: &Proc, dir: &state::Dir) -> String {
+    let record = match dir.read_json::<PidRecord>(state::PID) {
+        Ok(Some(r)) => r,
+        Ok(None) => return String::new(),
+        Err(e) => {
+            tracing::warn!(service = %proc.display, "not acting on the pid record of {}: {e}", proc.display);
+            return String::new();
+        }
     };
-    // Only when the shim itself is really gone (not merely its connection).
-    if record.pid == 0 || running(record.shim_pid) || !same_process(&record) {
+    // Only when the shim itself is really gone (not merely its connection),
+    // and never for ourselves, init or a process group that is not the app's.
+    let me = std::process::id();
+    if record.pid <= 1 || record.pid == me || running(record.shim_pid) || !same_process(&record) {
         return String::new();
     }
     let pgid = nix::unistd::Pid::from_raw(record.pid as i32);

@@ -4,13 +4,24 @@
 //! older one after an upgrade. A frozen format: see `appserver/FORMATS.md`,
 //! and `tests/tests/golden.rs`, which holds this code to frames recorded
 //! from v1.
+//!
+//! Version 2: a new shim says hello *before* it starts the process
+//! (`waiting`), and starts it only on the server's `Start`, so that a shim
+//! and a server that do not understand each other never leave an
+//! application running unmonitored. The shim answers `Start` with `Started`
+//! (or `Exited` when the program could not be started). A shim that runs its
+//! process already (the server restarted) says hello with the pid, as in
+//! version 1; a server adopts shims of versions 1 and 2.
 
 use common::message::{ExitStatus, Stream};
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped when the shim protocol changes incompatibly.
-pub const SHIM_PROTOCOL: u32 = 1;
+pub const SHIM_PROTOCOL: u32 = 2;
+
+/// The oldest shims a server adopts (their processes run already).
+pub const OLDEST_ADOPTED: u32 = 1;
 
 /// Shim to server.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -19,6 +30,14 @@ pub enum ShimEvent {
     /// First frame on every connection.
     Hello {
         protocol: u32,
+        pid: u32,
+        started_at_ms: u64,
+        /// True while the shim waits for `Start` (version 2 on); the pid is then 0.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        waiting: bool,
+    },
+    /// The process runs (the answer to `Start`).
+    Started {
         pid: u32,
         started_at_ms: u64,
     },
@@ -46,6 +65,8 @@ pub enum ShimEvent {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ShimRequest {
+    /// Start the process: the hello was accepted (version 2 on).
+    Start,
     /// TERM the process group now, KILL it after `grace_ms`.
     Stop { grace_ms: u64 },
 }

@@ -9,19 +9,26 @@
 //! for the same problem: containerd's shims, conmon).
 //!
 //! The shim:
-//! 1. binds `<dir>/sock`, says so on its stdout, waits for the server that
-//!    started it to connect, then starts the process (its own process group,
-//!    stdin from /dev/null, stdout and stderr piped), records `pid.json`, and
-//!    sends `Hello` with the pid;
+//! 0. closes every descriptor above 2 it inherited (so none reaches the
+//!    application) and opens its record directory without following links;
+//! 1. binds `<dir>/sock` (0600), says so on its stdout, waits for the server
+//!    that started it to connect (a peer of another uid is refused), says
+//!    hello, and waits for `Start`: a server that does not accept the hello
+//!    never gets a process started. Then it starts the process (its own
+//!    process group, stdin from /dev/null, stdout and stderr piped, the
+//!    configured environment and OOM score), records `pid.json`, and sends
+//!    `Started` with the pid;
 //! 2. reads the process's output continuously (it never blocks on a slow or
 //!    absent server: lines are dropped, and counted, instead) and forwards it
-//!    to whichever server is connected to its socket;
+//!    to the one connected server. A second connection is refused while that
+//!    server lives; once it is gone, a new one (the restarted server) takes
+//!    over, and a stop the old one asked for is still carried out;
 //! 3. on `Stop`, sends TERM to the process group and KILL after the grace;
 //! 4. when the process exits, drains what is left in the pipes, writes
 //!    `exit.json` (atomically), sends `Exited` to the connected server, and
 //!    exits. A grandchild that keeps the pipes open does not delay any of it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -34,15 +41,25 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 use super::proto::{ShimEvent, ShimRequest, SHIM_PROTOCOL};
-use super::state::{self, ExitRecord, Meta, PidRecord};
+use super::state::{self, Dir, ExitRecord, Meta, PidRecord};
 
 /// Lines queued for the server before the shim starts dropping them.
 const OUTPUT_QUEUE: usize = 1024;
-/// How long a new shim waits for the server that started it to connect.
+/// How long a new shim waits for a server to accept it and say `Start`.
 const FIRST_CONNECT: Duration = Duration::from_secs(30);
+/// The `PATH` of a clean environment.
+pub const CLEAN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Entry point of `cmappserver shim <dir>`; returns the shim's exit code.
 pub fn main(dir: PathBuf) -> i32 {
+    close_inherited_descriptors();
+    let dir = match Dir::open(&dir) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("cmappserver shim: {}: {e}", dir.display());
+            return 1;
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -59,15 +76,28 @@ pub fn main(dir: PathBuf) -> i32 {
     }
 }
 
-fn log(dir: &Path, msg: &str) {
-    use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(state::SHIM_LOG))
-    {
-        let _ = writeln!(f, "{} shim[{}]: {msg}", now_ms(), std::process::id());
+/// Closes every descriptor above 2: whatever the daemon inherited (from a
+/// shell, an init system, a package script) must not reach the application.
+/// Everything the shim opens afterwards is close-on-exec.
+fn close_inherited_descriptors() {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // The directory listing's own descriptor is closed already: EBADF.
+        let _ = nix::unistd::close(fd);
     }
+}
+
+fn log(dir: &Dir, msg: &str) {
+    let _ = dir.append(
+        state::SHIM_LOG,
+        &format!("{} shim[{}]: {msg}\n", now_ms(), std::process::id()),
+    );
 }
 
 /// Tells the server waiting on our stdout that the socket is bound.
@@ -78,14 +108,23 @@ fn print_listening() {
     let _ = out.flush();
 }
 
+/// The protocol version this shim announces (tests may pretend to be
+/// another version with `CMAPPSERVER_TEST_SHIM_PROTOCOL`).
+fn announced_protocol() -> u32 {
+    std::env::var("CMAPPSERVER_TEST_SHIM_PROTOCOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SHIM_PROTOCOL)
+}
+
 /// The program and arguments to exec for `meta` (a built-in probe runs as
-/// `cmappserver <probe> args...` from this same binary).
+/// `cmappserver <probe> args...` from this same binary), with its environment.
 fn command_for(meta: &Meta) -> tokio::process::Command {
     let mut cmd = match &meta.probe {
         Some(sub) => {
-            let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-            let mut c = tokio::process::Command::new(exe);
-            c.arg(sub).args(&meta.argv[1..]);
+            // This very binary, even if its file was replaced or removed since.
+            let mut c = tokio::process::Command::new("/proc/self/exe");
+            c.arg0("cmappserver").arg(sub).args(&meta.argv[1..]);
             c
         }
         None => {
@@ -94,12 +133,32 @@ fn command_for(meta: &Meta) -> tokio::process::Command {
             c
         }
     };
+    if let Some(env) = &meta.environment {
+        if env.clean {
+            cmd.env_clear().env("PATH", CLEAN_PATH);
+        }
+        for (k, v) in &env.set {
+            cmd.env(k, v);
+        }
+    }
     cmd.process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(false);
     cmd
+}
+
+/// Sets our OOM score adjustment (which the application inherits) to `adj`
+/// and returns the previous one: cmappserver's own protection (the unit's
+/// `OOMScoreAdjust`) is for the daemon, not for the applications.
+fn set_oom_score_adj(adj: i32) -> Option<i32> {
+    const PATH: &str = "/proc/self/oom_score_adj";
+    let old: i32 = std::fs::read_to_string(PATH).ok()?.trim().parse().ok()?;
+    if old != adj {
+        std::fs::write(PATH, adj.to_string()).ok()?;
+    }
+    Some(old)
 }
 
 fn spawn_failure(err: &std::io::Error, program: &str) -> ExitStatus {
@@ -113,32 +172,118 @@ fn spawn_failure(err: &std::io::Error, program: &str) -> ExitStatus {
     }
 }
 
-async fn run(dir: &Path) -> Result<(), String> {
-    let meta: Meta = state::read_json(dir, state::META)
+/// Binds the socket (0600 whatever the umask), through the directory's descriptor.
+fn bind(dir: &Dir) -> Result<UnixListener, String> {
+    dir.remove(state::SOCK)
+        .map_err(|e| format!("cannot remove a stale socket: {e}"))?;
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(dir.fd_path(state::SOCK));
+    nix::sys::stat::umask(old);
+    bound.map_err(|e| format!("cannot bind {}: {e}", dir.path().join(state::SOCK).display()))
+}
+
+/// The peer of a connection: refused unless it runs as our user. Returns
+/// its pid and start tick, to tell later whether it still runs.
+fn check_peer(dir: &Dir, stream: &UnixStream) -> Option<Peer> {
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => {
+            log(dir, &format!("refused a connection: cannot read its credentials: {e}"));
+            return None;
+        }
+    };
+    if cred.uid() != state::own_uid() {
+        log(
+            dir,
+            &format!(
+                "refused a connection from uid {} (pid {:?}): only uid {} may connect",
+                cred.uid(),
+                cred.pid(),
+                state::own_uid()
+            ),
+        );
+        return None;
+    }
+    let pid = cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
+    Some(Peer {
+        pid,
+        ticks: state::start_ticks(pid),
+    })
+}
+
+/// The process at the other end of a link.
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    pid: u32,
+    ticks: Option<u64>,
+}
+
+impl Peer {
+    /// True while the same process (not a later one with its pid) runs.
+    fn alive(&self) -> bool {
+        self.pid != 0 && super::running(self.pid) && state::start_ticks(self.pid) == self.ticks
+    }
+}
+
+/// Waits for a server that accepts our hello and says `Start`; `None` when
+/// none did in time.
+async fn wait_for_start(dir: &Dir, listener: &UnixListener) -> Option<(Halves, Peer)> {
+    let deadline = tokio::time::Instant::now() + FIRST_CONNECT;
+    loop {
+        let (stream, _) = tokio::time::timeout_at(deadline, listener.accept()).await.ok()?.ok()?;
+        let Some(peer) = check_peer(dir, &stream) else { continue };
+        let (mut rd, mut wr) = connection::split(stream);
+        let hello = ShimEvent::Hello {
+            protocol: announced_protocol(),
+            pid: 0,
+            started_at_ms: 0,
+            waiting: true,
+        };
+        if wr.write(&hello).await.is_err() {
+            continue;
+        }
+        match tokio::time::timeout_at(deadline, rd.read::<ShimRequest>()).await {
+            Ok(Ok(Some(ShimRequest::Start))) => return Some(((rd, wr), peer)),
+            Ok(_) => log(
+                dir,
+                "a server closed the connection without accepting our hello; waiting for another",
+            ),
+            Err(_) => return None,
+        }
+    }
+}
+
+async fn run(dir: &Dir) -> Result<(), String> {
+    let meta: Meta = dir
+        .read_json(state::META)
         .map_err(|e| format!("cannot read {}: {e}", state::META))?
         .ok_or_else(|| format!("{} is missing", state::META))?;
-    let sock_path = dir.join(state::SOCK);
-    let _ = std::fs::remove_file(&sock_path);
-    let listener = UnixListener::bind(&sock_path).map_err(|e| format!("cannot bind {}: {e}", sock_path.display()))?;
+    let listener = bind(dir)?;
     print_listening();
 
-    // The process starts only once the server that asked for it is connected,
-    // so that not even its first line of output can be missed. A server that
-    // died in between never connects: then nothing is started at all.
-    let first = match tokio::time::timeout(FIRST_CONNECT, listener.accept()).await {
-        Ok(Ok((stream, _))) => stream,
-        _ => {
-            let _ = std::fs::remove_dir_all(dir);
-            return Err("no server connected; nothing started".into());
-        }
+    // The process starts only once the server that asked for it is connected
+    // and has accepted our hello, so that not even its first line of output
+    // can be missed, and a server of another version never leaves it
+    // unmonitored. A server that died in between never says Start: then
+    // nothing is started at all.
+    let Some((first, first_peer)) = wait_for_start(dir, &listener).await else {
+        let _ = std::fs::remove_dir_all(dir.path());
+        return Err("no server accepted this supervisor; nothing started".into());
     };
 
     let started_at_ms = now_ms();
-    let mut child = match command_for(&meta).spawn() {
+    let old_oom = set_oom_score_adj(meta.oom_score_adj.unwrap_or(0));
+    let spawned = command_for(&meta).spawn();
+    if let Some(old) = old_oom {
+        // Our own protection, if we may lower it again (root may).
+        let _ = set_oom_score_adj(old);
+    }
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let status = spawn_failure(&e, &meta.argv[0]);
-            return record_exit(dir, Some(Link::start(first, 0, started_at_ms)), status, now_ms()).await;
+            let link = Link::start(first, first_peer, None);
+            return record_exit(dir, Some(link), status, now_ms()).await;
         }
     };
     let pid = child.id().unwrap_or(0);
@@ -149,8 +294,12 @@ async fn run(dir: &Path) -> Result<(), String> {
         shim_pid: std::process::id(),
         start_ticks: state::start_ticks(pid),
     };
-    state::write_json(dir, state::PID, &record).map_err(|e| format!("cannot record pid: {e}"))?;
-    let mut link: Option<Link> = Some(Link::start(first, pid, started_at_ms));
+    dir.write_json(state::PID, &record)
+        .map_err(|e| format!("cannot record pid: {e}"))?;
+    let mut link: Option<Link> = Some(Link::start(first, first_peer, None));
+    if let Some(l) = &link {
+        let _ = l.tx.try_send(ShimEvent::Started { pid, started_at_ms });
+    }
 
     let mut stdout = LineReader::new(Stream::Stdout, child.stdout.take().and_then(|p| p.into_owned_fd().ok()));
     let mut stderr = LineReader::new(Stream::Stderr, child.stderr.take().and_then(|p| p.into_owned_fd().ok()));
@@ -159,6 +308,12 @@ async fn run(dir: &Path) -> Result<(), String> {
     let mut dropped = Dropped::default();
     let mut kill_at: Option<tokio::time::Instant> = None;
     let mut stop_requested = false;
+    let stop = |grace_ms: u64, stop_requested: &mut bool, kill_at: &mut Option<tokio::time::Instant>| {
+        *stop_requested = true;
+        let _ = killpg(pgid, Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(grace_ms);
+        *kill_at = Some(kill_at.map_or(deadline, |k| k.min(deadline)));
+    };
 
     let status = loop {
         tokio::select! {
@@ -166,21 +321,38 @@ async fn run(dir: &Path) -> Result<(), String> {
             status = child.wait() => {
                 break status.map(ExitStatus::from_std).unwrap_or_else(|e| ExitStatus::Lost { error: format!("wait failed: {e}") });
             }
-            accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
-                    // A new server replaces the old one (it restarted).
-                    link = Some(Link::start(stream, pid, started_at_ms));
-                }
-            }
             req = recv_request(&mut link) => match req {
-                Some(ShimRequest::Stop { grace_ms }) => {
-                    stop_requested = true;
-                    let _ = killpg(pgid, Signal::SIGTERM);
-                    let deadline = tokio::time::Instant::now() + Duration::from_millis(grace_ms);
-                    kill_at = Some(kill_at.map_or(deadline, |k| k.min(deadline)));
-                }
+                Some(ShimRequest::Stop { grace_ms }) => stop(grace_ms, &mut stop_requested, &mut kill_at),
+                Some(ShimRequest::Start) => {}
                 None => link = None,
             },
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let Some(peer) = check_peer(dir, &stream) else { continue };
+                if let Some(current) = &mut link {
+                    if current.peer.alive() {
+                        // One shim, one server: the one connected still runs
+                        // (two servers never share a state directory).
+                        log(dir, &format!(
+                            "refused a second connection (pid {}): the server (pid {}) is connected",
+                            peer.pid, current.peer.pid
+                        ));
+                        continue;
+                    }
+                    // Its server is gone (it restarted): carry out what it asked for first.
+                    while let Ok(req) = current.requests.try_recv() {
+                        if let ShimRequest::Stop { grace_ms } = req {
+                            stop(grace_ms, &mut stop_requested, &mut kill_at);
+                        }
+                    }
+                }
+                link = Some(Link::start(connection::split(stream), peer, Some(ShimEvent::Hello {
+                    protocol: announced_protocol(),
+                    pid,
+                    started_at_ms,
+                    waiting: false,
+                })));
+            }
             _ = sleep_until(kill_at) => {
                 let _ = killpg(pgid, Signal::SIGKILL);
                 kill_at = None;
@@ -219,9 +391,8 @@ async fn run(dir: &Path) -> Result<(), String> {
 
 /// Records the exit in `exit.json` (first: it must survive whatever happens
 /// next), removes the socket, and tells the connected server, if any.
-async fn record_exit(dir: &Path, link: Option<Link>, status: ExitStatus, exited_at_ms: u64) -> Result<(), String> {
-    state::write_json(
-        dir,
+async fn record_exit(dir: &Dir, link: Option<Link>, status: ExitStatus, exited_at_ms: u64) -> Result<(), String> {
+    dir.write_json(
         state::EXIT,
         &ExitRecord {
             status: status.clone(),
@@ -229,7 +400,7 @@ async fn record_exit(dir: &Path, link: Option<Link>, status: ExitStatus, exited_
         },
     )
     .map_err(|e| format!("cannot record exit status {status}: {e}"))?;
-    let _ = std::fs::remove_file(dir.join(state::SOCK));
+    let _ = dir.remove(state::SOCK);
     if let Some(link) = link {
         link.finish(ShimEvent::Exited { status, exited_at_ms }).await;
     }
@@ -302,23 +473,28 @@ async fn recv_request(link: &mut Option<Link>) -> Option<ShimRequest> {
     }
 }
 
+/// A connection's two halves.
+type Halves = (
+    connection::MessageReader<tokio::io::ReadHalf<UnixStream>>,
+    MessageWriter<tokio::io::WriteHalf<UnixStream>>,
+);
+
 /// One server connection: a writer task and a reader task.
 struct Link {
     tx: mpsc::Sender<ShimEvent>,
     requests: mpsc::Receiver<ShimRequest>,
     writer: tokio::task::JoinHandle<()>,
+    peer: Peer,
 }
 
 impl Link {
-    fn start(stream: UnixStream, pid: u32, started_at_ms: u64) -> Link {
-        let (mut rd, wr) = connection::split(stream);
+    /// Starts relaying on a connection, sending `first` (a hello) if given.
+    fn start((mut rd, wr): Halves, peer: Peer, first: Option<ShimEvent>) -> Link {
         let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
         let (req_tx, requests) = mpsc::channel(8);
-        let _ = tx.try_send(ShimEvent::Hello {
-            protocol: SHIM_PROTOCOL,
-            pid,
-            started_at_ms,
-        });
+        if let Some(first) = first {
+            let _ = tx.try_send(first);
+        }
         let writer = tokio::spawn(write_events(wr, rx));
         tokio::spawn(async move {
             while let Ok(Some(req)) = rd.read::<ShimRequest>().await {
@@ -327,7 +503,12 @@ impl Link {
                 }
             }
         });
-        Link { tx, requests, writer }
+        Link {
+            tx,
+            requests,
+            writer,
+            peer,
+        }
     }
 
     /// Sends the last event and waits (bounded) until it has been written.

@@ -13,6 +13,15 @@
 //!     managers.json the managers that watch it (written by the server when one joins)
 //! ```
 //!
+//! Nobody but the server's user may change anything in it, whatever the
+//! umask: directories are made 0700, files and sockets 0600, and the server
+//! refuses to start on a directory (or a parent) that another user owns or
+//! can write. Every file is opened relative to its directory's descriptor and
+//! never through a symbolic link, and a record (a directory or a file) that
+//! is not owned by the server's user, or that others can write, is ignored:
+//! a pid record in particular is acted on only when nobody else could have
+//! written it.
+//!
 //! Every file is written whole to a temporary name and renamed into place,
 //! so a crash at any instant leaves either the old file or the new one,
 //! never a torn one. Nothing is fsynced: the records only have to survive a
@@ -24,10 +33,15 @@
 //! state directory recorded from v1 with this code.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::message::{ExitStatus, InstanceId};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, AT_FDCWD};
+use nix::sys::stat::Mode;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 pub const META: &str = "meta.json";
@@ -45,6 +59,10 @@ pub struct Managers {
     pub managers: Vec<String>,
 }
 
+/// The largest record file read: a meta.json holds at most one frame's worth
+/// of run string.
+const MAX_RECORD: u64 = 4 << 20;
+
 /// What was launched: written by the server before it starts the shim.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Meta {
@@ -57,6 +75,22 @@ pub struct Meta {
     pub probe: Option<String>,
     /// When the server filed it (ms since the epoch).
     pub created_at_ms: u64,
+    /// The application's environment, when it is not simply the daemon's
+    /// (absent in records of earlier versions: inherit it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Environment>,
+    /// The application's OOM score adjustment (absent in earlier records: 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_score_adj: Option<i32>,
+}
+
+/// The environment an application starts with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Environment {
+    /// Start from an empty environment (plus a standard `PATH`) instead of the daemon's.
+    pub clean: bool,
+    /// Variables set on top, in order.
+    pub set: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -82,92 +116,326 @@ pub struct ExitRecord {
     pub exited_at_ms: u64,
 }
 
-/// Writes `value` as JSON to `dir/name` atomically (temporary file, then rename).
-pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec(value).map_err(io::Error::other)?)?;
-    drop(f);
-    fs::rename(&tmp, dir.join(name))
+/// The server's (effective) user: the only one whose records are trusted.
+pub fn own_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
 }
 
-/// Reads `dir/name`; `Ok(None)` when it does not exist.
-pub fn read_json<T: DeserializeOwned>(dir: &Path, name: &str) -> io::Result<Option<T>> {
-    match fs::read(dir.join(name)) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", dir.join(name).display()))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+fn untrusted(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, msg)
+}
+
+/// Checks that an open file or directory belongs to us and only we can write it.
+fn check_trusted(path: &Path, fd: &fs::File) -> io::Result<fs::Metadata> {
+    let meta = fd.metadata()?;
+    common::perms::check_owned(path, &meta, own_uid(), false, false).map_err(untrusted)?;
+    Ok(meta)
+}
+
+/// A directory of the state tree, opened without following a symbolic link
+/// and checked to be ours; every file in it is reached through its
+/// descriptor, never through a path another user could redirect.
+#[derive(Debug)]
+pub struct Dir {
+    path: PathBuf,
+    fd: fs::File,
+}
+
+impl Dir {
+    /// Opens `path` itself (no symbolic link at its last component) and
+    /// checks that only we can change it.
+    pub fn open(path: &Path) -> io::Result<Dir> {
+        Self::open_at(AT_FDCWD, path, path.to_path_buf())
     }
+
+    fn open_at<Fd: AsFd>(dirfd: Fd, name: &Path, path: PathBuf) -> io::Result<Dir> {
+        let fd = nix::fcntl::openat(
+            dirfd,
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::ELOOP | Errno::ENOTDIR => {
+                untrusted(format!("{} is not a directory (a symbolic link?)", path.display()))
+            }
+            e => io::Error::from(e),
+        })?;
+        let fd = fs::File::from(fd);
+        check_trusted(&path, &fd)?;
+        Ok(Dir { path, fd })
+    }
+
+    /// Creates the subdirectory `name` (0700, whatever the umask); fails if
+    /// anything already has that name.
+    fn create_dir(&self, name: &str) -> io::Result<Dir> {
+        nix::sys::stat::mkdirat(&self.fd, name, Mode::S_IRWXU)?;
+        let dir = self.subdir(name)?;
+        dir.fd.set_permissions(fs::Permissions::from_mode(0o700))?;
+        Ok(dir)
+    }
+
+    /// Opens the subdirectory `name`, checked as [`Dir::open`] does.
+    pub fn subdir(&self, name: &str) -> io::Result<Dir> {
+        Self::open_at(&self.fd, Path::new(name), self.path.join(name))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A path to `name` in this directory that no symbolic link above it can
+    /// redirect (through /proc/self/fd), and short enough for a socket
+    /// address however deep the directory is.
+    pub fn fd_path(&self, name: &str) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}/{name}", self.fd.as_raw_fd()))
+    }
+
+    /// Opens `name` for reading, never through a symbolic link; `Ok(None)`
+    /// when it does not exist. A file another user owns or can write is an error.
+    fn open_file(&self, name: &str) -> io::Result<Option<fs::File>> {
+        match nix::fcntl::openat(
+            &self.fd,
+            name,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        ) {
+            Ok(fd) => {
+                let f = fs::File::from(fd);
+                let meta = check_trusted(&self.path.join(name), &f)?;
+                if !meta.is_file() {
+                    return Err(untrusted(format!(
+                        "{} is not a regular file",
+                        self.path.join(name).display()
+                    )));
+                }
+                Ok(Some(f))
+            }
+            Err(Errno::ENOENT) => Ok(None),
+            Err(Errno::ELOOP) => Err(untrusted(format!(
+                "{} is a symbolic link",
+                self.path.join(name).display()
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads `name` whole (bounded); `Ok(None)` when it does not exist.
+    pub fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        let Some(f) = self.open_file(name)? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        f.take(MAX_RECORD + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > MAX_RECORD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is larger than {MAX_RECORD} bytes", self.path.join(name).display()),
+            ));
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Reads `name` as JSON; `Ok(None)` when it does not exist.
+    pub fn read_json<T: DeserializeOwned>(&self, name: &str) -> io::Result<Option<T>> {
+        match self.read(name)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", self.path.join(name).display()),
+                )
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `name` atomically: a fresh temporary file (0600, created
+    /// exclusively, never through a link), then a rename over `name`.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let tmp = format!(".{name}.tmp");
+        self.remove(&tmp)?;
+        let fd = nix::fcntl::openat(
+            &self.fd,
+            tmp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )?;
+        let mut f = fs::File::from(fd);
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        f.write_all(bytes)?;
+        drop(f);
+        nix::fcntl::renameat(&self.fd, tmp.as_str(), &self.fd, name)?;
+        Ok(())
+    }
+
+    /// Writes `value` as JSON to `name` atomically.
+    pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> io::Result<()> {
+        self.write(name, &serde_json::to_vec(value).map_err(io::Error::other)?)
+    }
+
+    /// Appends a line to `name` (created 0600), never through a link.
+    pub fn append(&self, name: &str, line: &str) -> io::Result<()> {
+        let fd = nix::fcntl::openat(
+            &self.fd,
+            name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_APPEND | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )?;
+        let mut f = fs::File::from(fd);
+        check_trusted(&self.path.join(name), &f)?;
+        f.write_all(line.as_bytes())
+    }
+
+    /// Removes the entry `name` (a file, socket or link, never what a link
+    /// points to); a missing entry is not an error.
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        match nix::unistd::unlinkat(&self.fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Reads `dir/name` as JSON, checked as [`Dir::read_json`] does; `Ok(None)`
+/// when it does not exist.
+pub fn read_json<T: DeserializeOwned>(dir: &Path, name: &str) -> io::Result<Option<T>> {
+    Dir::open(dir)?.read_json(name)
+}
+
+/// Writes `dir/name` as JSON atomically, as [`Dir::write_json`] does.
+pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
+    Dir::open(dir)?.write_json(name, value)
 }
 
 /// The state directory of one cmappserver.
 #[derive(Debug)]
 pub struct StateDir {
-    root: PathBuf,
+    procs: Dir,
     _lock: nix::fcntl::Flock<fs::File>,
 }
 
 impl StateDir {
-    /// Opens (creating if needed) and locks the directory. If the records
+    /// Opens (creating if needed) and locks the directory. It, and every
+    /// directory above it, must be safe from other users; if the records
     /// belong to an earlier boot of the guest, they are cleared.
     pub fn open(root: &Path) -> Result<StateDir, String> {
         let ctx = |what: &str, e: &dyn std::fmt::Display| format!("state directory {}: {what}: {e}", root.display());
-        fs::create_dir_all(root.join("procs")).map_err(|e| ctx("cannot create it", &e))?;
-        let lock_file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(root.join("lock"))
-            .map_err(|e| ctx("cannot open its lock file", &e))?;
+        let refused =
+            |e: &dyn std::fmt::Display| format!("state directory {}: refusing to use it: {e}", root.display());
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(|e| ctx("cannot create it", &e))?;
+        }
+        let created = match fs::DirBuilder::new().mode(0o700).create(root) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(ctx("cannot create it", &e)),
+        };
+        let resolved = common::perms::check_ancestors(root, own_uid()).map_err(|e| refused(&e))?;
+        let root_dir = Dir::open(&resolved).map_err(|e| refused(&e))?;
+        if created {
+            root_dir
+                .fd
+                .set_permissions(fs::Permissions::from_mode(0o700))
+                .map_err(|e| ctx("cannot set its mode", &e))?;
+        }
+        let lock_file = nix::fcntl::openat(
+            &root_dir.fd,
+            "lock",
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )
+        .map(fs::File::from)
+        .map_err(|e| ctx("cannot open its lock file", &e))?;
+        check_trusted(&resolved.join("lock"), &lock_file).map_err(|e| refused(&e))?;
+        let _ = lock_file.set_permissions(fs::Permissions::from_mode(0o600));
         let lock =
             nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-                if e == nix::errno::Errno::EWOULDBLOCK {
+                if e == Errno::EWOULDBLOCK {
                     format!("state directory {} is in use by another cmappserver", root.display())
                 } else {
                     ctx("cannot lock it", &e)
                 }
             })?;
-        let dir = StateDir {
-            root: root.to_path_buf(),
-            _lock: lock,
-        };
         let boot = current_boot_id();
-        let recorded = fs::read_to_string(root.join("boot_id")).ok();
-        if recorded.as_deref().map(str::trim) != Some(boot.as_str()) {
+        let recorded = match root_dir.read("boot_id") {
+            Ok(b) => b.map(|b| String::from_utf8_lossy(&b).trim().to_string()),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(refused(&e)),
+            Err(_) => None,
+        };
+        if recorded.as_deref() != Some(boot.as_str()) {
             if recorded.is_some() {
                 tracing::info!("the guest has rebooted since the last run: clearing old process records");
             }
-            let _ = fs::remove_dir_all(root.join("procs"));
-            fs::create_dir_all(root.join("procs")).map_err(|e| ctx("cannot create it", &e))?;
-            write_text(root, "boot_id", &boot).map_err(|e| ctx("cannot record the boot id", &e))?;
+            // A directory of ours (checked above): remove_dir_all never follows a link in it.
+            let _ = fs::remove_dir_all(resolved.join("procs"));
         }
-        Ok(dir)
+        let procs = match root_dir.create_dir("procs") {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let d = root_dir.subdir("procs").map_err(|e| refused(&e))?;
+                // Earlier versions made it 0755: nobody else has to read the run strings.
+                let _ = d.fd.set_permissions(fs::Permissions::from_mode(0o700));
+                d
+            }
+            Err(e) => return Err(ctx("cannot create its procs directory", &e)),
+        };
+        if recorded.as_deref() != Some(boot.as_str()) {
+            root_dir
+                .write("boot_id", boot.as_bytes())
+                .map_err(|e| ctx("cannot record the boot id", &e))?;
+        }
+        Ok(StateDir { procs, _lock: lock })
     }
 
-    pub fn proc_dir(&self, id: &str) -> PathBuf {
-        self.root.join("procs").join(id)
+    /// Creates the record directory of a new process (0700), exclusively:
+    /// an id that exists already, as a directory or anything else, is never
+    /// reused. Returns `None` when `id` is taken.
+    pub fn create_record(&self, id: &str) -> io::Result<Option<Dir>> {
+        match self.procs.create_dir(id) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
-    /// The directories of every recorded process.
-    pub fn proc_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = fs::read_dir(self.root.join("procs"))
+    /// Opens the record directory of `id`, checked.
+    pub fn record(&self, id: &str) -> io::Result<Dir> {
+        self.procs.subdir(id)
+    }
+
+    #[cfg(test)]
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.procs.path().join(id)
+    }
+
+    /// The record directories of every recorded process, checked: an entry
+    /// that is not a directory of ours that only we can write is named in
+    /// the log and left alone.
+    pub fn records(&self) -> Vec<(String, Dir)> {
+        let mut names: Vec<String> = fs::read_dir(self.procs.fd_path(""))
             .into_iter()
             .flatten()
             .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
             .collect();
-        dirs.sort();
-        dirs
+        names.sort();
+        names
+            .into_iter()
+            .filter_map(|name| match self.procs.subdir(&name) {
+                Ok(d) => Some((name, d)),
+                Err(e) => {
+                    tracing::warn!("ignoring an untrusted process record {name}: {e}");
+                    None
+                }
+            })
+            .collect()
     }
-}
-
-fn write_text(dir: &Path, name: &str, text: &str) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    fs::write(&tmp, text)?;
-    fs::rename(&tmp, dir.join(name))
 }
 
 /// The kernel's boot id: changes at every boot. Tests may override it with
@@ -179,4 +447,58 @@ pub fn current_boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_planted_temporary_file_link_is_replaced_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        let rec = tmp.path().join("rec");
+        fs::create_dir(&rec).unwrap();
+        fs::set_permissions(&rec, fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&victim, rec.join(".exit.json.tmp")).unwrap();
+        std::os::unix::fs::symlink(&victim, rec.join(PID)).unwrap();
+        let dir = Dir::open(&rec).unwrap();
+        dir.write("exit.json", b"{}").unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(fs::read(rec.join("exit.json")).unwrap(), b"{}");
+        assert_eq!(fs::metadata(rec.join("exit.json")).unwrap().mode() & 0o777, 0o600);
+        let err = dir.read(PID).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn a_record_id_that_exists_in_any_form_is_never_reused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&tmp.path().join("state")).unwrap();
+        let target = tmp.path().join("elsewhere");
+        fs::create_dir(&target).unwrap();
+        std::os::unix::fs::symlink(&target, state.record_path("planted")).unwrap();
+        assert!(state.create_record("planted").unwrap().is_none());
+        assert!(state.create_record("fresh").unwrap().is_some());
+        assert!(state.create_record("fresh").unwrap().is_none());
+        // The planted link is not a record either.
+        let names: Vec<String> = state.records().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["fresh"]);
+    }
+
+    #[test]
+    fn a_record_others_can_write_is_not_trusted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&tmp.path().join("state")).unwrap();
+        let rec = state.create_record("loose").unwrap().unwrap();
+        rec.write(PID, b"{}").unwrap();
+        fs::set_permissions(state.record_path("loose").join(PID), fs::Permissions::from_mode(0o666)).unwrap();
+        let err = rec.read(PID).unwrap_err();
+        assert!(err.to_string().contains("writable by others (mode 0666)"), "{err}");
+        fs::set_permissions(state.record_path("loose"), fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(state.record("loose").is_err());
+        assert!(state.records().is_empty());
+    }
 }
