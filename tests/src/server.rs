@@ -237,8 +237,13 @@ impl Drop for Server {
         // from the state directory's records and, should those be gone
         // already, from the process table.
         for r in self.recorded() {
-            let _ = killpg(Pid::from_raw(r.pid as i32), Signal::SIGKILL);
-            let _ = kill(Pid::from_raw(r.shim_pid as i32), Signal::SIGKILL);
+            // Never 0 or 1 (a forged or unstarted record): kill(0) is our own group.
+            if r.pid > 1 {
+                let _ = killpg(Pid::from_raw(r.pid as i32), Signal::SIGKILL);
+            }
+            if r.shim_pid > 1 {
+                let _ = kill(Pid::from_raw(r.shim_pid as i32), Signal::SIGKILL);
+            }
         }
         for (shim, children) in shims_and_children(&self.state_dir.display().to_string()) {
             for c in children {

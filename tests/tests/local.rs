@@ -272,6 +272,8 @@ fn a_forged_pid_record_makes_the_next_server_kill_nothing() {
         .log
         .wait_for("forged", WAIT)
         .unwrap_or_else(|| panic!("the untrusted record is not named in the log:\n{}", server.log.text()));
+    // The harness ends what records name; this one names the victim.
+    std::fs::remove_dir_all(&forged).unwrap();
 }
 
 /// Runs cmappserver on a configuration until it exits; returns its code and stderr.
@@ -371,7 +373,13 @@ fn a_second_connection_to_a_shim_steals_no_output_and_loses_no_stop() {
         "while :; do if [ -e {0} ]; then rm {0}; echo tick; fi; sleep 0.05; done",
         flag.display()
     );
-    let mut m = Mgr::spawn(&f.conf, &server.node(), 30.0, &[], &["/bin/sh", "-c", &app]);
+    let mut m = Mgr::spawn(
+        &f.conf,
+        &server.node(),
+        30.0,
+        &["-stop_on_halt"],
+        &["/bin/sh", "-c", &app],
+    );
     let pid = pid_in(
         &m.err
             .wait_for("started", WAIT)
@@ -517,4 +525,45 @@ fn the_daemons_oom_score_does_not_reach_the_application() {
         &["/bin/cat", "/proc/self/oom_score_adj"],
     );
     assert_eq!(out, ["300"]);
+}
+
+#[test]
+fn configuration_and_trust_files_others_can_write_are_refused() {
+    let f = fixture();
+    let conf = server_conf(&f, &f.dir.join("state"), "s.conf");
+    let set = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+
+    set(&conf, 0o666);
+    let (code, log) = run_server(&conf);
+    assert_eq!(code, 78, "{log}");
+    assert!(
+        log.contains(&format!("{} is writable by others (mode 0666)", conf.display())),
+        "{log}"
+    );
+
+    set(&conf, 0o644);
+    set(&f.keys.server_trust, 0o664);
+    let (code, log) = run_server(&conf);
+    assert_eq!(code, 78, "{log}");
+    assert!(log.contains(&f.keys.server_trust.display().to_string()), "{log}");
+    assert!(
+        log.contains("trust store is writable by its group (mode 0664)"),
+        "{log}"
+    );
+
+    // The manager's side: its configuration, then its trust store.
+    set(&f.conf, 0o646);
+    let check = ["check", "-node", "127.0.0.1:9", "--conf", f.conf.to_str().unwrap()];
+    let (code, m) = Mgr::run_in(None, &check, WAIT);
+    assert_eq!(code, 78, "{}", m.err.text());
+    assert!(m.err.contains("(mode 0646)"), "{}", m.err.text());
+    set(&f.conf, 0o644);
+    set(&f.keys.client_trust, 0o666);
+    let (code, m) = Mgr::run_in(None, &check, WAIT);
+    assert_eq!(code, 78, "{}", m.err.text());
+    assert!(
+        m.err.contains("trust store is writable by others (mode 0666)"),
+        "{}",
+        m.err.text()
+    );
 }

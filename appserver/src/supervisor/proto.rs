@@ -9,9 +9,11 @@
 //! (`waiting`), and starts it only on the server's `Start`, so that a shim
 //! and a server that do not understand each other never leave an
 //! application running unmonitored. The shim answers `Start` with `Started`
-//! (or `Exited` when the program could not be started). A shim that runs its
-//! process already (the server restarted) says hello with the pid, as in
-//! version 1; a server adopts shims of versions 1 and 2.
+//! (or `Exited` when the program could not be started). A shim whose
+//! process runs already (the server restarted) says hello with the pid and
+//! protocol 1, because everything after that hello is exactly version 1's:
+//! so a server of either version adopts it (an upgrade, or a rollback), and a
+//! server adopts shims of versions 1 and 2.
 
 use common::message::{ExitStatus, Stream};
 
@@ -20,7 +22,8 @@ use serde::{Deserialize, Serialize};
 /// Bumped when the shim protocol changes incompatibly.
 pub const SHIM_PROTOCOL: u32 = 2;
 
-/// The oldest shims a server adopts (their processes run already).
+/// The oldest shims a server adopts (their processes run already), and the
+/// version a running shim announces: adoption is version 1's exchange.
 pub const OLDEST_ADOPTED: u32 = 1;
 
 /// Shim to server.

@@ -40,7 +40,7 @@ use tokio::net::unix::pipe;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use super::proto::{ShimEvent, ShimRequest, SHIM_PROTOCOL};
+use super::proto::{ShimEvent, ShimRequest, OLDEST_ADOPTED, SHIM_PROTOCOL};
 use super::state::{self, Dir, ExitRecord, Meta, PidRecord};
 
 /// Lines queued for the server before the shim starts dropping them.
@@ -347,7 +347,7 @@ async fn run(dir: &Dir) -> Result<(), String> {
                     }
                 }
                 link = Some(Link::start(connection::split(stream), peer, Some(ShimEvent::Hello {
-                    protocol: announced_protocol(),
+                    protocol: OLDEST_ADOPTED,
                     pid,
                     started_at_ms,
                     waiting: false,

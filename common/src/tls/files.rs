@@ -26,12 +26,25 @@ pub fn check_key_file_mode(path: &Path) -> Result<(), TlsError> {
 ///
 /// A plain private key that group or others may read or write is refused,
 /// as ssh does. A private key encrypted with `keyStorePassword` (a PKCS#12 or
-/// JKS store, or an `ENCRYPTED PRIVATE KEY`) is only warned about: keytool
-/// writes its files 0644, and the original's guide never asks for a chmod.
+/// JKS store, or an `ENCRYPTED PRIVATE KEY`) readable by them is only warned
+/// about: keytool writes its files 0644, and the original's guide never asks
+/// for a chmod. Writable by group or others is refused in every case.
 pub(super) fn key_store_mode(path: &Path, mode: u32, encrypted: bool) -> Result<(), TlsError> {
     let mode = mode & 0o7777;
     if mode & 0o077 == 0 {
         return Ok(());
+    }
+    if encrypted && mode & 0o022 != 0 {
+        // Readable is tolerated for keytool's files; writable never is: whoever
+        // can write it chooses the identity this side presents.
+        let whom = if mode & 0o002 != 0 { "others" } else { "its group" };
+        return Err(file_error(
+            path,
+            format!(
+                "key store is writable by {whom} (mode {mode:04o}); run chmod 600 {}",
+                path.display()
+            ),
+        ));
     }
     if encrypted {
         tracing::warn!(
@@ -49,6 +62,25 @@ pub(super) fn key_store_mode(path: &Path, mode: u32, encrypted: bool) -> Result<
             path.display()
         ),
     ))
+}
+
+/// Refuses a trust store file that group or others may write (reading it is
+/// fine: it holds only certificates), as sshd's `StrictModes` does: whoever
+/// can write it can add a certificate and be trusted.
+pub fn check_trust_file_mode(path: &Path) -> Result<(), TlsError> {
+    let meta = std::fs::metadata(path).map_err(|e| file_error(path, read_error("trust store", &e)))?;
+    if crate::perms::writable_by_others(path, &meta, false).is_some() {
+        let mode = meta.permissions().mode() & 0o7777;
+        let whom = if mode & 0o002 != 0 { "others" } else { "its group" };
+        return Err(file_error(
+            path,
+            format!(
+                "trust store is writable by {whom} (mode {mode:04o}), who could make any certificate trusted; run chmod go-w {}",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn read_error(what: &str, e: &io::Error) -> String {

@@ -390,6 +390,28 @@ fn encrypt(key_pem: &str, password: &str) -> String {
 }
 
 #[test]
+fn a_trust_store_others_can_write_is_refused_and_a_readable_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = pinned("host1").cert_pem;
+    for (mode, refused) in [
+        (0o644, None),
+        (0o444, None),
+        (0o664, Some("writable by its group (mode 0664)")),
+        (0o646, Some("writable by others (mode 0646)")),
+    ] {
+        let path = write(dir.path(), &format!("t{mode:o}.public"), &cert, mode);
+        match (load_trust_store(&path, ""), refused) {
+            (Ok(_), None) => {}
+            (Err(e), Some(why)) => {
+                let e = message(e);
+                assert!(e.starts_with(&path.display().to_string()) && e.contains(why), "{e}");
+            }
+            (r, _) => panic!("mode {mode:o}: {:?}", r.map(|_| ())),
+        }
+    }
+}
+
+#[test]
 fn key_store_loads_and_names_the_file_in_errors() {
     let dir = tempfile::tempdir().unwrap();
     let party = pinned("guest1");
@@ -884,4 +906,13 @@ fn mode_policy_warns_for_encrypted_keys_and_refuses_plain_ones() {
     let open_p12 = write_bytes("open.p12", &pkcs12(&party, true, ""));
     let e = message(load_key_store(&open_p12, "").unwrap_err());
     assert!(e.contains("mode 0644"), "{e}");
+    // Encrypted but writable by group or others: refused.
+    for mode in [0o664, 0o646] {
+        std::fs::set_permissions(&p12, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = message(load_key_store(&p12, "serverpw").unwrap_err());
+        assert!(
+            e.contains(&format!("key store is writable by")) && e.contains(&format!("(mode {mode:04o})")),
+            "{e}"
+        );
+    }
 }

@@ -6,7 +6,7 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::CertificateDer;
 
-use super::files::{file_error, read_file};
+use super::files::{check_trust_file_mode, file_error, read_file};
 use super::java::{self, Format, PasswordName};
 use super::{subject_of, TlsError, TrustStore};
 
@@ -14,6 +14,7 @@ use super::{subject_of, TlsError, TrustStore};
 /// as keytool writes them (opened with `password`, the `trustStorePassword`),
 /// or one DER certificate as `keytool -export` writes it.
 pub fn load_trust_store(path: &Path, password: &str) -> Result<TrustStore, TlsError> {
+    check_trust_file_mode(path)?;
     let file = read_file(path, "trust store")?;
     parse_trust_store(&file.bytes, password).map_err(|message| file_error(path, message))
 }
