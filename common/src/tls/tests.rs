@@ -911,7 +911,7 @@ fn mode_policy_warns_for_encrypted_keys_and_refuses_plain_ones() {
         std::fs::set_permissions(&p12, std::fs::Permissions::from_mode(mode)).unwrap();
         let e = message(load_key_store(&p12, "serverpw").unwrap_err());
         assert!(
-            e.contains(&format!("key store is writable by")) && e.contains(&format!("(mode {mode:04o})")),
+            e.contains("key store is writable by") && e.contains(&format!("(mode {mode:04o})")),
             "{e}"
         );
     }
