@@ -260,14 +260,18 @@ fn heavy_output_and_a_grandchild_holding_stdout_do_not_hang_anything() {
         "-c",
         "i=0; while [ $i -lt 20000 ]; do echo line $i; echo err $i >&2; i=$((i+1)); done; exit 3",
     ]);
-    let mut holder = f.mgr(&["/bin/sh", "-c", "sleep 1000 & echo started-bg; exit 4"]);
+    let mut holder = f.mgr(&["/bin/sh", "-c", "sleep 1000 & echo started-bg=$!; exit 4"]);
     let t0 = Instant::now();
     assert_eq!(holder.code(), 4, "{}", holder.err.text());
     assert!(
         t0.elapsed() < Duration::from_secs(10),
         "exit held up by the grandchild's open stdout"
     );
-    assert!(holder.out.contains("started-bg"));
+    // The grandchild is ours to end: left running it would hold every
+    // descriptor it inherited (a CI lock, say) for 1000 s.
+    let line = holder.out.wait_for("started-bg=", WAIT).expect("started-bg");
+    let grandchild: i32 = line.trim_start_matches("started-bg=").trim().parse().unwrap();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(grandchild), Signal::SIGKILL);
     assert_eq!(chatty.code_within(Duration::from_secs(60)), 3, "{}", chatty.err.text());
     assert!(chatty.out.snapshot().len() > 100, "output was not forwarded");
 }
