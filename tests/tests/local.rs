@@ -567,3 +567,62 @@ fn configuration_and_trust_files_others_can_write_are_refused() {
         m.err.text()
     );
 }
+
+#[test]
+fn a_shim_socket_served_by_another_user_is_not_adopted() {
+    let f = fixture();
+    let mut server = Server::start(&f.dir.join("srv"), &f.keys, "");
+    let flag = f.dir.join("flag");
+    let mut m = Mgr::spawn(
+        &f.conf,
+        &server.node(),
+        30.0,
+        &[],
+        &["/bin/sh", "-c", &waits_for(&flag, 42)],
+    );
+    let pid = pid_in(
+        &m.err
+            .wait_for("started", WAIT)
+            .unwrap_or_else(|| panic!("{}", m.err.text())),
+    );
+    let record = record_of(&server, pid);
+    let shim = server.recorded().into_iter().find(|r| r.pid == pid).unwrap().shim_pid;
+    // The server and the shim die; another user's listener takes the socket's place.
+    server.kill9();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim as i32), Signal::SIGKILL).unwrap();
+    assert!(wait_until(WAIT, || !alive(shim)));
+    let spot = f.dir.join("nobody");
+    std::fs::create_dir(&spot).unwrap();
+    std::os::unix::fs::chown(&spot, Some(NOBODY), Some(NOBODY)).unwrap();
+    let mut fake = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(cmapp_tests::bin("cmapp-hostile"))
+        .args(["listen", spot.join("sock").to_str().unwrap(), &pid.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let said = Lines::default();
+    said.follow(fake.stdout.take().unwrap());
+    said.wait_for("listening", WAIT).expect("the fake shim listens");
+    std::fs::rename(spot.join("sock"), record.join("sock")).unwrap();
+    server.restart(None);
+    // Not adopted: the status is lost, and the orphaned application is killed.
+    let code = m.code();
+    let _ = fake.kill();
+    let _ = fake.wait();
+    assert_eq!(
+        code,
+        70,
+        "{}\nserver:\n{}\nfake shim:\n{}",
+        m.err.text(),
+        server.log.text(),
+        said.text()
+    );
+    assert!(
+        !said.contains("asked"),
+        "the server talked to another user's socket: {}",
+        said.text()
+    );
+    assert!(wait_until(WAIT, || !alive(pid)), "the orphaned application still runs");
+    drop(flag);
+}

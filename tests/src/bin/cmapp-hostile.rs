@@ -7,6 +7,7 @@
 //! ```text
 //! cmapp-hostile stop <sock>                  connect to a shim socket, read its hello, send Stop
 //! cmapp-hostile hold <sock>                  connect to a shim socket and read (steal) its events until closed
+//! cmapp-hostile listen <path> <pid>          pose as a shim: answer every connection with a v1 hello naming pid
 //! cmapp-hostile symlink <link> <target>      plant a symlink
 //! cmapp-hostile plant <procs> <server-pid> <target>
 //!                                            plant symlinks at the record ids the server would use next
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
     let outcome = match args.as_slice() {
         ["stop", sock] => stop(Path::new(sock)),
         ["hold", sock] => hold(Path::new(sock)),
+        ["listen", path, pid] => listen(Path::new(path), pid.parse().unwrap_or(0)),
         ["symlink", link, target] => std::os::unix::fs::symlink(target, link).map_err(|e| e.to_string()),
         ["plant", procs, pid, target] => plant(Path::new(procs), pid.parse().unwrap_or(0), Path::new(target)),
         ["forge", procs, victim] => forge(Path::new(procs), victim.parse().unwrap_or(0)),
@@ -137,5 +139,24 @@ fn forge(procs: &Path, victim: u32) -> Result<(), String> {
     );
     std::fs::write(dir.join("meta.json"), meta).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("pid.json"), pid).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Listens at `path` as if it were a shim, and answers every connection with
+/// a v1 hello naming `pid`; says on stdout what it was asked.
+fn listen(path: &Path, pid: u32) -> Result<(), String> {
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| format!("bind {}: {e}", path.display()))?;
+    println!("listening");
+    for stream in listener.incoming() {
+        let Ok(mut s) = stream else { continue };
+        let hello = format!(r#"{{"type":"hello","protocol":1,"pid":{pid},"started_at_ms":1}}"#);
+        if write_frame(&mut s, &hello).is_err() {
+            continue;
+        }
+        println!("said hello");
+        while let Ok(frame) = read_frame(&mut s) {
+            println!("asked: {frame}");
+        }
+    }
     Ok(())
 }
