@@ -179,6 +179,8 @@ pub enum Invocation {
     Vm(Vec<String>),
     /// `cmappmgr demo`: the loopback demo.
     Demo,
+    /// `cmappmgr generate DIR` (hidden): write the man page and completions.
+    Generate(PathBuf),
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -281,6 +283,40 @@ fn normalise(arg: String) -> String {
     arg
 }
 
+/// The whole command line as one clap command, for the man page and the
+/// completions: the legacy form (with `-service`, which `parse` splits off by
+/// hand), every subcommand of [`Sub`], `vm` (parsed by the vm module) and `demo`.
+/// A subcommand added to [`Sub`] or to the vm parser appears here by itself.
+pub fn command() -> clap::Command {
+    use clap::{Arg, CommandFactory};
+    let mut cmd = MonitorArgs::command()
+        .long_about(
+            "Starts an application in a guest through the guest's cmappserver, or re-attaches to it \
+             if it already runs there, stays connected, and exits with the application's exit code \
+             the moment it ends: the form a cluster service entry runs. Options before -service may \
+             be written with one dash (the original's form) or two; everything after -service is the \
+             run string, passed on untouched and never given to a shell.",
+        )
+        .arg(
+            Arg::new("service")
+                .long("service")
+                .value_name("PROGRAM")
+                .num_args(1..)
+                .trailing_var_arg(true)
+                .allow_hyphen_values(true)
+                .help("The application to run in the guest and its arguments: everything after -service"),
+        )
+        .subcommand_negates_reqs(true)
+        .args_conflicts_with_subcommands(true);
+    for sub in Sub::command().get_subcommands() {
+        cmd = cmd.subcommand(sub.clone());
+    }
+    cmd.subcommand(crate::vm::command()).subcommand(
+        clap::Command::new("demo")
+            .about("Loopback demo: throwaway keys, a real cmappserver, an application's exit code"),
+    )
+}
+
 /// Parses argv (without the program name). Errors are clap's, ready to print.
 pub fn parse(args: Vec<String>) -> Result<Invocation, clap::Error> {
     match args.first().map(String::as_str) {
@@ -290,6 +326,7 @@ pub fn parse(args: Vec<String>) -> Result<Invocation, clap::Error> {
             let verb = Verb::from_word(w).unwrap_or(Verb::Monitor);
             return parse_one_shot(verb, args[1..].to_vec());
         }
+        Some("generate") if args.len() == 2 => return Ok(Invocation::Generate(PathBuf::from(&args[1]))),
         Some("check" | "status" | "keygen") => {
             let argv = std::iter::once("cmappmgr".to_string()).chain(args.into_iter().map(normalise));
             return Ok(match Sub::try_parse_from(argv)?.command {
@@ -383,6 +420,16 @@ mod tests {
         assert!(p(&["-service", "/bin/true"]).is_err(), "no -node");
         assert!(p(&["-node", "g", "-cmappserver_timeout", "0", "-service", "x"]).is_err());
         assert!(p(&["-node", "g", "-bogus", "-service", "x"]).is_err());
+    }
+
+    #[test]
+    fn the_documented_command_line_is_consistent() {
+        let cmd = command();
+        cmd.clone().debug_assert();
+        let subs: Vec<&str> = cmd.get_subcommands().map(|s| s.get_name()).collect();
+        for name in ["check", "status", "keygen", "vm", "demo"] {
+            assert!(subs.contains(&name), "{name} is missing from {subs:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! | `exit`   | every exit code, in one place                                       |
 //! | `vm`     | host-side VM lifecycle hooks (`cmappmgr vm ...`)                    |
 //! | `demo`   | the loopback demo (`cmappmgr demo`)                                 |
+//! | `manual` | the man page's sections beyond the command line (`cmappmgr generate`) |
 #![deny(rust_2018_idioms)]
 
 mod cli;
@@ -16,6 +17,7 @@ mod client;
 mod demo;
 mod exit;
 mod oneshot;
+mod manual;
 mod vm;
 mod watch;
 
@@ -43,6 +45,9 @@ fn main() -> ExitCode {
     code(match inv {
         cli::Invocation::Vm(args) => vm::main(args),
         cli::Invocation::Demo => demo::main(),
+        cli::Invocation::Generate(dir) => {
+            i32::from(common::docs::generate_main(&cli::command(), &manual::sections(), &dir))
+        }
         cli::Invocation::Keygen(k) => match certs::run(&k, certs::Side::Manager) {
             Ok(report) => {
                 println!("{report}");

@@ -6,6 +6,8 @@
 //! | `session`      | one manager connection: hello, requests, pushed events        |
 //! | `supervisor`   | the process table, the per-process shims, the state directory |
 //! | `probes`       | the built-in LAN and disk probes                              |
+//! | `notify`       | systemd readiness, status and watchdog                        |
+//! | `manual`       | the man page's sections beyond the command line               |
 //!
 //! The same binary is also the shim (`cmappserver shim <dir>`, internal), the
 //! probes (`cmappserver net-mon`, `cmappserver disk-mon`, or installed as
@@ -13,6 +15,8 @@
 //! (`cmappserver keygen`).
 #![deny(rust_2018_idioms)]
 
+mod manual;
+mod notify;
 mod probes;
 mod server;
 mod session;
@@ -44,6 +48,11 @@ struct Cli {
     /// Log debugging detail.
     #[arg(long, short = 'v')]
     verbose: bool,
+    /// Once ready (every listener bound, the state directory adopted), write
+    /// the daemon's pid to this file; it is removed when the daemon stops.
+    /// For init scripts; under systemd, readiness comes through NOTIFY_SOCKET.
+    #[arg(long, value_name = "PATH")]
+    pid_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -67,12 +76,27 @@ enum Command {
     /// Internal: supervise one process (started by cmappserver itself).
     #[command(hide = true)]
     Shim { dir: PathBuf },
+    /// Internal: write the man page and shell completions under DIR.
+    #[command(hide = true)]
+    Generate { dir: PathBuf },
 }
 
-/// Exit codes of cmappserver itself.
+/// Exit codes of cmappserver itself (besides 0, and 1 for `--check-config` problems).
 mod exit {
     pub const CONFIG: u8 = 78;
     pub const CANNOT_LISTEN: u8 = 71;
+}
+
+/// The command line, for the man page and completions.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().long_about(
+        "Runs in each guest: listens on TLS port 5315 for cmappmgr on the cluster's hosts, starts the \
+         applications they ask for, each under its own small supervisor (the shim), and reports their \
+         output and exit. Applications outlive a stop, crash or upgrade of cmappserver; the next \
+         cmappserver adopts them. Under systemd (Type=notify) it reports readiness once every listener \
+         is bound and the state directory adopted.",
+    )
 }
 
 fn main() -> ExitCode {
@@ -89,6 +113,9 @@ fn main() -> ExitCode {
         Some(Command::NetMon { args }) => code(probes::net::main(args)),
         Some(Command::DiskMon { args }) => code(probes::disk::main(args)),
         Some(Command::Shim { dir }) => code(supervisor::shim::main(dir)),
+        Some(Command::Generate { dir }) => {
+            ExitCode::from(common::docs::generate_main(&command(), &manual::sections(), &dir))
+        }
         Some(Command::Keygen(ref k)) => match certs::run(k, certs::Side::Server) {
             Ok(report) => {
                 println!("{report}");
@@ -149,6 +176,23 @@ fn load(cli: &Cli) -> Result<Loaded, Vec<String>> {
         config.listen = cli.listen.clone();
     }
     let mut problems = Vec::new();
+    if !config.key_store.exists() {
+        problems.push(format!(
+            "keyStore {} does not exist: make this guest's key and certificate with `cmappserver keygen` \
+             (or `cmappserver keygen issue --ca-dir DIR` in CA mode), see `man cmappserver`",
+            config.key_store.display()
+        ));
+    }
+    if !config.trust_store.exists() {
+        problems.push(format!(
+            "trustStore {} does not exist: copy there the client.public that `cmappmgr keygen` made on \
+             each host (or the CA's ca.public), see `man cmappserver`",
+            config.trust_store.display()
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
     let key = common::tls::load_key_store(&config.key_store, &config.key_store_password)
         .map_err(|e| problems.push(format!("keyStore: {e}")))
         .ok();
@@ -210,10 +254,10 @@ fn serve(cli: Cli) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    rt.block_on(run(loaded))
+    rt.block_on(run(loaded, cli.pid_file))
 }
 
-async fn run(loaded: Loaded) -> ExitCode {
+async fn run(loaded: Loaded, pid_file: Option<PathBuf>) -> ExitCode {
     let Loaded { config, tls } = loaded;
     let shutdown = match common::shutdown::shutdown_signal() {
         Ok(s) => s,
@@ -274,10 +318,20 @@ async fn run(loaded: Loaded) -> ExitCode {
         sup.monitored(),
         config.max_processes
     );
+    notify::ready(sup.clone(), config.max_processes);
+    let pid_file = match pid_file.map(notify::PidFile::write).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
     server::run(listeners, tls, sup, opts, async move {
         let sig = shutdown.await;
         tracing::info!("received {sig:?}");
+        notify::stopping();
     })
     .await;
+    drop(pid_file);
     ExitCode::SUCCESS
 }

@@ -528,7 +528,8 @@ fn env_entry(value: &str) -> Result<(String, String), String> {
 
 impl ServerConfig {
     pub const DEFAULT_PATH: &'static str = "/opt/hp/cmappserver/cmappserver.conf";
-    const KEYS: &'static [&'static str] = &[
+    /// Every key the file may set.
+    pub const KEYS: &'static [&'static str] = &[
         "keyStore",
         "keyStorePassword",
         "trustStore",
@@ -699,7 +700,8 @@ pub struct ManagerConfig {
 
 impl ManagerConfig {
     pub const DEFAULT_PATH: &'static str = "/etc/cmappmgr.conf";
-    const KEYS: &'static [&'static str] = &[
+    /// Every key the file may set.
+    pub const KEYS: &'static [&'static str] = &[
         "keyStore",
         "keyStorePassword",
         "trustStore",
@@ -794,9 +796,101 @@ impl Default for ManagerConfig {
     }
 }
 
+/// What each `cmappserver.conf` key means, for the man page:
+/// `(key, default, meaning)`. A test checks it names exactly [`ServerConfig::KEYS`].
+pub const SERVER_KEY_DOCS: &[(&str, &str, &str)] = &[
+    (
+        "keyStore",
+        "/opt/hp/cmappserver/server.private",
+        "private key and certificate (chain), PEM",
+    ),
+    (
+        "keyStorePassword",
+        "serverpw",
+        "decrypts an encrypted PKCS#8 key; unused otherwise",
+    ),
+    (
+        "trustStore",
+        "/opt/hp/cmappserver/client.public",
+        "trusted managers' certificates or CAs, PEM",
+    ),
+    ("trustStorePassword", "public", "accepted for compatibility, unused"),
+    (
+        "listen",
+        "every address, IPv4 and IPv6",
+        "ADDR:PORT to listen on, repeatable (--listen overrides)",
+    ),
+    ("port", "5315", "port of the default listeners"),
+    ("maxProcesses", "30", "processes running at once; one more is refused"),
+    (
+        "stopGracePeriod",
+        "10",
+        "seconds between TERM and KILL of a process group",
+    ),
+    (
+        "stateDir",
+        "/var/lib/cmappserver",
+        "process records and shim sockets (what survives a restart)",
+    ),
+    ("handshakeTimeout", "10", "TLS handshake and hello, seconds"),
+    ("maxConnections", "1024", "concurrent connections"),
+    ("exitHistory", "256", "uncollected exit statuses kept"),
+    (
+        "idleTimeout",
+        "120",
+        "a connection silent this long (seconds) is closed",
+    ),
+    (
+        "stopProcessesOnShutdown",
+        "no",
+        "yes: stopping cmappserver stops the applications too",
+    ),
+];
+
+/// What each `cmappmgr.conf` key means, for the man page:
+/// `(key, default, meaning)`. A test checks it names exactly [`ManagerConfig::KEYS`].
+pub const MANAGER_KEY_DOCS: &[(&str, &str, &str)] = &[
+    (
+        "keyStore",
+        "/etc/client.private",
+        "private key and certificate (chain), PEM",
+    ),
+    (
+        "keyStorePassword",
+        "clientpw",
+        "decrypts an encrypted PKCS#8 key; unused otherwise",
+    ),
+    (
+        "trustStore",
+        "/etc/server.public",
+        "default trust store; trustStore=NODE:PATH chooses one per guest (repeatable)",
+    ),
+    ("trustStorePassword", "public", "accepted for compatibility, unused"),
+    ("port", "5315", "port when -node names none"),
+    (
+        "pingInterval",
+        "a quarter of the timeout, 0.2 to 5 s",
+        "liveness pings, seconds",
+    ),
+    (
+        "stopTimeout",
+        "30",
+        "seconds to wait for a requested stop to be confirmed",
+    ),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_man_page_documents_every_key() {
+        fn keys(d: &[(&'static str, &str, &str)]) -> Vec<&'static str> {
+            d.iter().map(|k| k.0).collect()
+        }
+        assert_eq!(keys(SERVER_KEY_DOCS), ServerConfig::KEYS);
+        assert_eq!(keys(MANAGER_KEY_DOCS), ManagerConfig::KEYS);
+    }
 
     const ORIGINAL_MGR: &str = "\
 ###############################################################

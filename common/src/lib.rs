@@ -13,6 +13,7 @@
 //! | [`perms`]      | who may write a file we trust (sshd's `StrictModes` checks)          |
 //! | [`shutdown`]   | one future that resolves on SIGTERM or SIGINT                        |
 //! | [`text`]       | peer-supplied strings made safe to log and print (escaped, clipped)  |
+//! | [`docs`]       | man pages and shell completions generated from the clap definitions  |
 //!
 //! The layers never mix: `codec` knows bytes, `connection` knows I/O, and
 //! `message` knows meaning. Neither binary frames or parses anything itself.
@@ -22,6 +23,7 @@ pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod fuzzing;
+pub mod docs;
 pub mod logging;
 pub mod message;
 pub mod perms;

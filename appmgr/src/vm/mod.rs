@@ -408,6 +408,13 @@ fn runtime() -> Result<tokio::runtime::Runtime, VmError> {
         .map_err(|e| VmError::Failed(format!("cannot start the async runtime: {e}")))
 }
 
+/// The `vm` command line, for the man page and completions (it is parsed
+/// here, by [`main`], not by the top-level parser).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().name("vm")
+}
+
 /// Runs `cmappmgr vm` with the arguments after `vm`; returns the exit code.
 pub fn main(args: Vec<String>) -> i32 {
     let cli = match Cli::try_parse_from(std::iter::once("cmappmgr vm".to_string()).chain(args)) {

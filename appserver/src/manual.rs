@@ -1,0 +1,53 @@
+//! The man page's sections beyond the command line: exit status,
+//! configuration keys, files, signals. Codes and keys come from the code.
+
+use common::config::{ServerConfig, SERVER_KEY_DOCS};
+use common::docs::Section;
+
+use crate::exit;
+
+pub fn sections() -> Vec<Section> {
+    let mut keys = Section::new("CONFIGURATION").para(format!(
+        "{} (or --conf): key=value lines, # comments; an empty value means the default; keys match \
+         without regard to case. An unknown key, a bad value, a key set twice or a missing file is an \
+         error naming the file and line; --check-config reports every problem.",
+        ServerConfig::DEFAULT_PATH
+    ));
+    for (key, default, meaning) in SERVER_KEY_DOCS {
+        keys = keys.item(*key, format!("{meaning} (default: {default})"));
+    }
+    vec![
+        Section::new("EXIT STATUS")
+            .item("0", "stopped on request (SIGTERM, SIGINT), or --check-config found no problem")
+            .item("1", "--check-config found a problem (each one is printed)")
+            .item(exit::CANNOT_LISTEN.to_string(), "cannot listen on a configured address")
+            .item(
+                exit::CONFIG.to_string(),
+                "cannot start: a configuration, key material or state-directory problem",
+            ),
+        keys,
+        Section::new("KEYS")
+            .para(
+                "cmappserver will not start without its key and the hosts' certificates. Make this \
+                 guest's key and self-signed certificate with: cmappserver keygen (writes \
+                 /opt/hp/cmappserver/server.private and server.public); copy server.public to the hosts. \
+                 Copy each host's client.public (made by cmappmgr keygen) into \
+                 /opt/hp/cmappserver/client.public. In CA mode: cmappserver keygen issue --ca-dir DIR, and \
+                 the CA's ca.public as trustStore. Then: cmappserver --check-config; systemctl enable --now \
+                 cmappserver (or /etc/init.d/cmappserver start).",
+            ),
+        Section::new("SIGNALS")
+            .item("SIGTERM, SIGINT", "maintenance stop: connected managers are told, applications keep running (unless stopProcessesOnShutdown=yes)"),
+        Section::new("FILES")
+            .item(ServerConfig::DEFAULT_PATH, "the configuration file")
+            .item("/opt/hp/cmappserver/server.private", "this guest's private key and certificate")
+            .item("/opt/hp/cmappserver/client.public", "the hosts' certificates, or the CA that signed them")
+            .item(
+                "/opt/hp/cmappserver/cmapp_net_mon.pl, cmapp_disk_mon",
+                "the built-in probes, under the original's names (links to cmappserver)",
+            )
+            .item("/var/lib/cmappserver", "the state directory: process records, shim sockets")
+            .item("/lib/systemd/system/cmappserver.service, /etc/init.d/cmappserver", "the service"),
+        Section::new("SEE ALSO").para("cmappmgr(1), systemd.service(5)"),
+    ]
+}
