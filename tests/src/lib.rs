@@ -10,6 +10,7 @@
 //! | `server` | a real cmappserver on 127.0.0.1:0, cleaned up with its processes  |
 //! | `mgr`    | a real cmappmgr run against a server                              |
 //! | `peer`   | a raw manager, a misbehaving fake server, an unauthenticated flood |
+//! | `packages`| the .deb and .rpm packages, built by packaging/build.sh         |
 //! | `netpair`| a host and a guest network namespace joined by a veth pair        |
 //! | `loopdev`| loop devices over sparse files, and a FUSE file that hangs reads  |
 //! | `libvirt`| a private libvirtd (QEMU driver), test domains, `cmappmgr vm` runs |
@@ -26,6 +27,7 @@ pub mod netpair;
 pub mod output;
 pub mod pacemaker;
 pub mod peer;
+pub mod packages;
 pub mod qemu;
 pub mod server;
 
