@@ -28,7 +28,7 @@ pub fn sections() -> Vec<Section> {
             )
             .item(
                 exit::HALTED.to_string(),
-                "halted on request (SIGTERM): the application was stopped, or left running with -detach",
+                "halted on request (SIGTERM): the application was left running, or stopped with -stop_on_halt",
             )
             .item(
                 exit::UNREACHABLE.to_string(),

@@ -877,6 +877,11 @@ pub const MANAGER_KEY_DOCS: &[(&str, &str, &str)] = &[
         "30",
         "seconds to wait for a requested stop to be confirmed",
     ),
+    (
+        "stopOnHalt",
+        "no",
+        "yes: a halt (SIGTERM) stops the application; no: it keeps running (the original's behaviour); -detach overrides yes",
+    ),
 ];
 
 #[cfg(test)]

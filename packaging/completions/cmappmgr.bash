@@ -134,7 +134,7 @@ _cmappmgr() {
 
     case "${cmd}" in
         cmappmgr)
-            opts="-v -h -V --node --cmappserver_timeout --name --detach --conf --verbose --no_syslog --service --help --version check status keygen vm demo help"
+            opts="-v -h -V --node --cmappserver_timeout --name --detach --stop_on_halt --conf --verbose --no_syslog --service --help --version check status keygen vm demo help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

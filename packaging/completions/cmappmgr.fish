@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_cmappmgr_global_optspecs
-    string join \n node= cmappserver_timeout= name= detach conf= v/verbose no_syslog service= h/help V/version
+    string join \n node= cmappserver_timeout= name= detach stop_on_halt conf= v/verbose no_syslog service= h/help V/version
 end
 
 function __fish_cmappmgr_needs_command
@@ -29,7 +29,8 @@ complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l cmappserver_timeout -
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l name -d 'Identify the process by this name instead of by its run string' -r
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l conf -d 'Configuration file' -r -F
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l service -d 'The application to run in the guest and its arguments: everything after -service' -r
-complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l detach -d 'On SIGTERM, leave the application running instead of stopping it'
+complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l detach -d 'On SIGTERM, leave the application running (the default; overrides `stopOnHalt=yes` in the configuration file)'
+complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l stop_on_halt -d 'On SIGTERM, stop the application (TERM, KILL after the server\'s grace period) and wait up to `stopTimeout` for it to be gone'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -s v -l verbose -d 'Log debugging detail'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l no_syslog -d 'Do not log to syslog (stderr only)'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
