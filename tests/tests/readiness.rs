@@ -79,7 +79,7 @@ fn ready_is_sent_once_listening_and_status_follows_the_process_count() {
     // Ready means a manager can connect now.
     std::net::TcpStream::connect(server.addr).expect("listening when READY=1 arrives");
 
-    let mut m = Mgr::spawn(&conf, &server.node(), 10.0, &[], &["/bin/sleep", "600"]);
+    let mut m = Mgr::spawn(&conf, &server.node(), 10.0, &["-stop_on_halt"], &["/bin/sleep", "600"]);
     m.err.wait_for("started", WAIT).expect("started");
     assert_eq!(notify.wait_for("STATUS="), "STATUS=1 monitored processes (limit 30)\n");
 
