@@ -58,6 +58,9 @@ _cmappmgr() {
             cmappmgr__subcmd__help__subcmd__keygen,issue)
                 cmd="cmappmgr__subcmd__help__subcmd__keygen__subcmd__issue"
                 ;;
+            cmappmgr__subcmd__help__subcmd__vm,deploy)
+                cmd="cmappmgr__subcmd__help__subcmd__vm__subcmd__deploy"
+                ;;
             cmappmgr__subcmd__help__subcmd__vm,maintenance)
                 cmd="cmappmgr__subcmd__help__subcmd__vm__subcmd__maintenance"
                 ;;
@@ -91,6 +94,9 @@ _cmappmgr() {
             cmappmgr__subcmd__keygen__subcmd__help,issue)
                 cmd="cmappmgr__subcmd__keygen__subcmd__help__subcmd__issue"
                 ;;
+            cmappmgr__subcmd__vm,deploy)
+                cmd="cmappmgr__subcmd__vm__subcmd__deploy"
+                ;;
             cmappmgr__subcmd__vm,help)
                 cmd="cmappmgr__subcmd__vm__subcmd__help"
                 ;;
@@ -108,6 +114,9 @@ _cmappmgr() {
                 ;;
             cmappmgr__subcmd__vm,validate)
                 cmd="cmappmgr__subcmd__vm__subcmd__validate"
+                ;;
+            cmappmgr__subcmd__vm__subcmd__help,deploy)
+                cmd="cmappmgr__subcmd__vm__subcmd__help__subcmd__deploy"
                 ;;
             cmappmgr__subcmd__vm__subcmd__help,help)
                 cmd="cmappmgr__subcmd__vm__subcmd__help__subcmd__help"
@@ -320,8 +329,22 @@ _cmappmgr() {
             return 0
             ;;
         cmappmgr__subcmd__help__subcmd__vm)
-            opts="start stop monitor validate maintenance"
+            opts="start stop monitor validate maintenance deploy"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        cmappmgr__subcmd__help__subcmd__vm__subcmd__deploy)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -556,7 +579,7 @@ _cmappmgr() {
             return 0
             ;;
         cmappmgr__subcmd__vm)
-            opts="-h --connect --virsh --virsh-timeout --help start stop monitor validate maintenance help"
+            opts="-h --connect --virsh --virsh-timeout --help start stop monitor validate maintenance deploy help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -581,9 +604,89 @@ _cmappmgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        cmappmgr__subcmd__vm__subcmd__help)
-            opts="start stop monitor validate maintenance help"
+        cmappmgr__subcmd__vm__subcmd__deploy)
+            opts="-x -n -o -h --node-name --guest-node --tkit-dir --maintenance-flag --monitor-interval --cmappmgr --output --connect --virsh --virsh-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                -x)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --node-name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --guest-node)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tkit-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --maintenance-flag)
+                    COMPREPLY=($(compgen -W "yes no" -- "${cur}"))
+                    return 0
+                    ;;
+                --monitor-interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cmappmgr)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connect)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --virsh)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --virsh-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        cmappmgr__subcmd__vm__subcmd__help)
+            opts="start stop monitor validate maintenance deploy help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        cmappmgr__subcmd__vm__subcmd__help__subcmd__deploy)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

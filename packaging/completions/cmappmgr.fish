@@ -73,16 +73,17 @@ complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_see
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_seen_subcommand_from help" -f -a "ca" -d 'Create a certificate authority: ca.public (its certificate, the trust store of CA mode) and ca.private (its key)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_seen_subcommand_from help" -f -a "issue" -d 'Sign a certificate for this machine with a CA made by `keygen ca`'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance help" -l connect -d 'libvirt connection URI' -r
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance help" -l virsh -d 'The virsh program' -r -F
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance help" -l virsh-timeout -d 'Longest time one virsh call may take, in seconds' -r
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance help" -s h -l help -d 'Print help'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance help" -f -a "start" -d 'Start the guest unless it runs; wait until it runs (and its cmappserver answers)'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance help" -f -a "stop" -d 'Shut the guest down gracefully, then force it off after --timeout'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance help" -f -a "monitor" -d 'Watch the guest until it stops running (the package\'s guest-monitor service)'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance help" -f -a "validate" -d 'Check that the guest is defined here and its definition is usable'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance help" -f -a "maintenance" -d 'Turn the package\'s maintenance mode on or off, or show it'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -l connect -d 'libvirt connection URI' -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -l virsh -d 'The virsh program' -r -F
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -l virsh-timeout -d 'Longest time one virsh call may take, in seconds' -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -s h -l help -d 'Print help'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -f -a "start" -d 'Start the guest unless it runs; wait until it runs (and its cmappserver answers)'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -f -a "stop" -d 'Shut the guest down gracefully, then force it off after --timeout'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -f -a "monitor" -d 'Watch the guest until it stops running (the package\'s guest-monitor service)'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -f -a "validate" -d 'Check that the guest is defined here and its definition is usable'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -f -a "maintenance" -d 'Turn the package\'s maintenance mode on or off, or show it'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -f -a "deploy" -d 'Write the guest\'s Serviceguard package configuration (the original\'s cmdeployvpkg)'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from start" -l timeout -d 'Longest wait for the domain to be running, in seconds' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from start" -l check-node -d 'The guest\'s cmappserver (host name or address, optionally :port)' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from start" -l check-timeout -d 'Longest wait for the guest\'s cmappserver to answer, in seconds (default: 240 for start, 10 for monitor)' -r
@@ -128,11 +129,25 @@ complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_su
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from maintenance" -l virsh -d 'The virsh program' -r -F
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from maintenance" -l virsh-timeout -d 'Longest time one virsh call may take, in seconds' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from maintenance" -s h -l help -d 'Print help'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -s x -d 'An application monitor service, as cmdeployvpkg takes it (repeatable): NAME, the run string in the guest, -cmappserver_timeout, service_restart (none, unlimited or a count), service_halt_timeout' -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -s n -l node-name -d 'A cluster node that may run the package, in order (repeatable; default `*`, every node)' -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -l guest-node -d 'The guest\'s cmappserver address for the services\' -node (default: the guest\'s name)' -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -l tkit-dir -d 'TKIT_DIR (default $SGCONF/GUEST)' -r -F
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -l maintenance-flag -d 'MAINTENANCE_FLAG' -r -f -a "yes\t''
+no\t''"
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -l monitor-interval -d 'MONITOR_INTERVAL, seconds' -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -l cmappmgr -d 'The cmappmgr the services run' -r -F
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -s o -l output -d 'Where to write the configuration (default $SGCONF/GUEST/GUEST.conf; an existing file is moved to .backup/ beside it first)' -r -F
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -l connect -d 'libvirt connection URI' -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -l virsh -d 'The virsh program' -r -F
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -l virsh-timeout -d 'Longest time one virsh call may take, in seconds' -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -s h -l help -d 'Print help'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "start" -d 'Start the guest unless it runs; wait until it runs (and its cmappserver answers)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "stop" -d 'Shut the guest down gracefully, then force it off after --timeout'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "monitor" -d 'Watch the guest until it stops running (the package\'s guest-monitor service)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "validate" -d 'Check that the guest is defined here and its definition is usable'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "maintenance" -d 'Turn the package\'s maintenance mode on or off, or show it'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "deploy" -d 'Write the guest\'s Serviceguard package configuration (the original\'s cmdeployvpkg)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand demo" -s h -l help -d 'Print help'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo help" -f -a "check" -d 'Connect, authenticate and ping a guest\'s cmappserver; print its version and how many processes it monitors'
@@ -148,3 +163,4 @@ complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and __fish_seen_
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "monitor" -d 'Watch the guest until it stops running (the package\'s guest-monitor service)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "validate" -d 'Check that the guest is defined here and its definition is usable'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "maintenance" -d 'Turn the package\'s maintenance mode on or off, or show it'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "deploy" -d 'Write the guest\'s Serviceguard package configuration (the original\'s cmdeployvpkg)'
