@@ -70,12 +70,18 @@ fn the_debs_hold_the_original_paths_man_pages_completions_and_conffiles() {
         "/usr/share/doc/cmappmgr/copyright",
         "/usr/share/doc/cmappmgr/examples/package-services.conf",
         "/etc/cmcluster/modules/tkit/vtn/vtn.1",
-        "/etc/cmcluster/modules/tkit/vtn/vtn -> vtn.1",
         "/etc/cmcluster/scripts/tkit/vtn/tkit_module.sh",
     ] {
         assert!(mgr.iter().any(|l| l == f), "cmappmgr.deb lacks {f}");
     }
-    assert_eq!(deb_conffiles(&built.mgr_deb), ["/etc/cmappmgr.conf"]);
+    assert_eq!(
+        deb_conffiles(&built.mgr_deb),
+        [
+            "/etc/cmappmgr.conf",
+            "/etc/cmcluster/modules/tkit/vtn/vtn.1",
+            "/etc/cmcluster/scripts/tkit/vtn/tkit_module.sh"
+        ]
+    );
 
     let srv = deb_files(&built.server_deb);
     println!("{}:\n{}", built.server_deb.display(), srv.join("\n"));

@@ -122,6 +122,11 @@ fn deb_install_upgrade_under_a_monitored_application_remove_and_purge() {
     assert!(start_links().is_empty(), "enabled without keys: {:?}", start_links());
     assert!(daemon_pid().is_none());
     assert!(Path::new("/var/lib/cmappserver").is_dir());
+    assert_eq!(
+        std::fs::read_link("/etc/cmcluster/modules/tkit/vtn/vtn").unwrap(),
+        Path::new("vtn.1"),
+        "the Serviceguard module's link"
+    );
     let (code, out) = run(Command::new("cmappserver").arg("--check-config"));
     assert_eq!(code, 1, "{out}");
     assert!(
