@@ -16,8 +16,8 @@ mod cli;
 mod client;
 mod demo;
 mod exit;
-mod oneshot;
 mod manual;
+mod oneshot;
 mod vm;
 mod watch;
 

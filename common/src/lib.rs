@@ -22,8 +22,8 @@
 pub mod codec;
 pub mod config;
 pub mod connection;
-pub mod fuzzing;
 pub mod docs;
+pub mod fuzzing;
 pub mod logging;
 pub mod message;
 pub mod perms;

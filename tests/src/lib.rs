@@ -26,8 +26,8 @@ pub mod mgr;
 pub mod netpair;
 pub mod output;
 pub mod pacemaker;
-pub mod peer;
 pub mod packages;
+pub mod peer;
 pub mod qemu;
 pub mod server;
 
