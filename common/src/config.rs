@@ -834,6 +834,21 @@ pub const SERVER_KEY_DOCS: &[(&str, &str, &str)] = &[
     ),
     ("handshakeTimeout", "10", "TLS handshake and hello, seconds"),
     ("maxConnections", "1024", "concurrent connections"),
+    (
+        "maxPendingConnections",
+        "512",
+        "connections in the TLS handshake; the oldest is shed for a newcomer",
+    ),
+    (
+        "maxSilentConnections",
+        "8192",
+        "connections that have sent nothing yet; the oldest is shed for a newcomer",
+    ),
+    (
+        "handshakeLogInterval",
+        "60",
+        "seconds between summaries of failed handshakes and shed connections",
+    ),
     ("exitHistory", "256", "uncollected exit statuses kept"),
     (
         "idleTimeout",
@@ -844,6 +859,21 @@ pub const SERVER_KEY_DOCS: &[(&str, &str, &str)] = &[
         "stopProcessesOnShutdown",
         "no",
         "yes: stopping cmappserver stops the applications too",
+    ),
+    (
+        "processEnvironment",
+        "inherit",
+        "inherit: applications start with the daemon's environment; clean: with only a standard PATH",
+    ),
+    (
+        "environment",
+        "none",
+        "KEY=VALUE, repeatable: set for every application, on top of either",
+    ),
+    (
+        "processOomScoreAdjust",
+        "0",
+        "the applications' OOM score adjustment, -1000 to 1000 (the daemon's own is not passed on)",
     ),
 ];
 
