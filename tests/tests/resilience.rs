@@ -321,7 +321,11 @@ fn soak_churn_leaks_nothing() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(120);
     let f = fixture();
-    let server = Server::start(&f.dir.join("srv"), &f.keys, "maxProcesses=8\n");
+    // Each round kills a manager before its process exits; the exit is kept
+    // for that manager for idleTimeout after its connection closed (README,
+    // "several managers"). A short idleTimeout (still above the managers'
+    // 2.5 s ping interval) lets the final count see every record released.
+    let server = Server::start(&f.dir.join("srv"), &f.keys, "maxProcesses=8\nidleTimeout=5\n");
     let spid = server.pid();
     let round = |n: u64| {
         // 10 launches against a limit of 8: some are refused; one manager is
