@@ -71,6 +71,7 @@ fn the_debs_hold_the_original_paths_man_pages_completions_and_conffiles() {
         "/usr/share/doc/cmappmgr/examples/package-services.conf",
         "/etc/cmcluster/modules/tkit/vtn/vtn.1",
         "/etc/cmcluster/scripts/tkit/vtn/tkit_module.sh",
+        "/usr/lib/ocf/resource.d/cmapp/guestapp",
     ] {
         assert!(mgr.iter().any(|l| l == f), "cmappmgr.deb lacks {f}");
     }
@@ -130,6 +131,7 @@ fn the_rpms_require_nothing_newer_than_glibc_2_17_and_list_their_files() {
                 "/usr/sbin/cmappmgr",
                 "/etc/cmappmgr.conf",
                 "/usr/share/man/man1/cmappmgr.1.gz",
+                "/usr/lib/ocf/resource.d/cmapp/guestapp",
             ][..],
         ),
         (
