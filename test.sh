@@ -43,6 +43,7 @@ install_cargo_tools() {
 ROOT_TESTS=(
   'binary(packages_root)'
   'binary(pacemaker)'
+  'binary(local)'
   'binary(guest_vm)'
   'binary(vm) & test(=lifecycle_against_a_real_libvirtd)'
   'binary(probes) & test(/^lan_/) & !test(=lan_missing_interface_fails) & !test(=lan_bad_options_exit_64_with_usage)'
