@@ -104,9 +104,9 @@ struct LooseUmask {
     record: PathBuf,
 }
 
-fn loose_umask() -> LooseUmask {
-    let f = fixture();
-    let server = Server::start_bin(&f.dir.join("srv"), &f.keys, "", wrapper(&f.dir, "umask 000"));
+/// A manager whose application runs until `flag` exists, then exits 42;
+/// returns it once started, with the application's pid, the flag and its record.
+fn launch_waiting(f: &Fixture, server: &Server) -> (Mgr, u32, PathBuf, PathBuf) {
     let flag = f.dir.join("flag");
     let mgr = Mgr::spawn(
         &f.conf,
@@ -120,7 +120,14 @@ fn loose_umask() -> LooseUmask {
             .wait_for("started", WAIT)
             .unwrap_or_else(|| panic!("{}", mgr.err.text())),
     );
-    let record = record_of(&server, pid);
+    let record = record_of(server, pid);
+    (mgr, pid, flag, record)
+}
+
+fn loose_umask() -> LooseUmask {
+    let f = fixture();
+    let server = Server::start_bin(&f.dir.join("srv"), &f.keys, "", wrapper(&f.dir, "umask 000"));
+    let (mgr, pid, flag, record) = launch_waiting(&f, &server);
     LooseUmask {
         f,
         server,
@@ -572,20 +579,7 @@ fn configuration_and_trust_files_others_can_write_are_refused() {
 fn a_shim_socket_served_by_another_user_is_not_adopted() {
     let f = fixture();
     let mut server = Server::start(&f.dir.join("srv"), &f.keys, "");
-    let flag = f.dir.join("flag");
-    let mut m = Mgr::spawn(
-        &f.conf,
-        &server.node(),
-        30.0,
-        &[],
-        &["/bin/sh", "-c", &waits_for(&flag, 42)],
-    );
-    let pid = pid_in(
-        &m.err
-            .wait_for("started", WAIT)
-            .unwrap_or_else(|| panic!("{}", m.err.text())),
-    );
-    let record = record_of(&server, pid);
+    let (mut m, pid, flag, record) = launch_waiting(&f, &server);
     let shim = server.recorded().into_iter().find(|r| r.pid == pid).unwrap().shim_pid;
     // The server and the shim die; another user's listener takes the socket's place.
     server.kill9();
