@@ -26,7 +26,7 @@ use std::time::Duration;
 use common::config::ManagerConfig;
 use common::logging;
 use common::message::{ErrorKind, Event, ExitStatus, InstanceId, Launch, Ping, Request, Stream};
-use common::service::{Probe, ServiceSpec};
+use common::service::ServiceSpec;
 use tokio::time::Instant;
 
 use crate::cli::MonitorArgs;
@@ -428,34 +428,21 @@ impl Sink {
 }
 
 /// The host log file a probe's run string names (`--host_logfile` for the
-/// LAN probe, `-O`/`--log-file` for the disk probe). cmappmgr opens it
-/// itself: the host's own configuration names it, and the guest never
-/// decides which host file gets written.
+/// LAN probe, `-O`/`--log-file` for the disk probe, in every spelling the
+/// probe accepts: the probe's own option definitions find it). cmappmgr
+/// opens it itself: the host's own configuration names it, and the guest
+/// never decides which host file gets written.
 fn open_host_log(run: &[String]) -> Result<Option<File>, String> {
     let Ok(spec) = ServiceSpec::parse(run.to_vec(), None) else {
         return Ok(None);
     };
-    let flags: &[&str] = match spec.probe() {
-        Some(Probe::Net) => &["--host_logfile", "-host_logfile"],
-        Some(Probe::Disk) => &["-O", "--log-file", "--log_file", "-log_file"],
-        None => return Ok(None),
+    let Some(path) = spec.host_log_file() else {
+        return Ok(None);
     };
-    let mut path = None;
-    let mut it = spec.argv.iter().skip(1);
-    while let Some(a) = it.next() {
-        if flags.contains(&a.as_str()) {
-            path = it.next().cloned();
-        } else if let Some((k, v)) = a.split_once('=') {
-            if flags.contains(&k) {
-                path = Some(v.to_string());
-            }
-        }
-    }
-    let Some(path) = path else { return Ok(None) };
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
         .map(Some)
-        .map_err(|e| format!("cannot open the host log file {path}: {e}"))
+        .map_err(|e| format!("cannot open the host log file {}: {e}", path.display()))
 }

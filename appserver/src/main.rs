@@ -28,6 +28,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use common::config::ServerConfig;
+use common::probe::Probe;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -103,10 +104,10 @@ fn main() -> ExitCode {
     // Multi-call: installed under a probe's name, run that probe.
     let mut args = std::env::args();
     let argv0 = args.next().unwrap_or_default();
-    match argv0.rsplit('/').next().unwrap_or("") {
-        "cmapp_net_mon" | "cmapp_net_mon.pl" => return code(probes::net::main(args.collect())),
-        "cmapp_disk_mon" | "cmapp_disk_mon.pl" => return code(probes::disk::main(args.collect())),
-        _ => {}
+    match Probe::from_program(&argv0) {
+        Some(Probe::Net) => return code(probes::net::main(args.collect())),
+        Some(Probe::Disk) => return code(probes::disk::main(args.collect())),
+        None => {}
     }
     let cli = Cli::parse();
     match cli.command {

@@ -6,6 +6,9 @@
 //! | [`fuzzing`]    | entry points for the fuzz targets and their corpus replay            |
 //! | [`connection`] | typed message reader and writer over any byte stream               |
 //! | [`message`]    | the messages: hello/welcome, requests, events, exit statuses        |
+//! | [`probe`]      | the built-in probes: names, subcommands, options, host log file      |
+//! | [`args`]       | single-dash long options and yes/no values, as the original took them|
+//! | [`duration`]   | numbers of seconds, each use with its bounds                         |
 //! | [`service`]    | how a run string becomes an argv, and the identity used to attach    |
 //! | [`config`]     | the original's `key=value` files (`cmappmgr.conf`, `cmappserver.conf`)|
 //! | [`tls`]        | TLS 1.3 with mutual authentication: key material, pinning, CA trust  |
@@ -19,14 +22,17 @@
 //! `message` knows meaning. Neither binary frames or parses anything itself.
 #![deny(rust_2018_idioms)]
 
+pub mod args;
 pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod docs;
+pub mod duration;
 pub mod fuzzing;
 pub mod logging;
 pub mod message;
 pub mod perms;
+pub mod probe;
 pub mod service;
 pub mod shutdown;
 pub mod text;

@@ -15,6 +15,8 @@
 
 use std::fmt;
 
+pub use crate::probe::Probe;
+
 /// The longest service name, in bytes.
 pub const MAX_NAME_LEN: usize = 1024;
 /// The longest run string, in bytes (all arguments together).
@@ -99,10 +101,16 @@ impl ServiceSpec {
         }
     }
 
-    /// The built-in probe this run string names, by its program's file name
-    /// (wherever the path points), or `None` for an ordinary command.
+    /// The built-in probe the program names (by its file name, wherever
+    /// the path points), or `None` for an ordinary command.
     pub fn probe(&self) -> Option<Probe> {
         Probe::from_program(self.argv.first()?)
+    }
+
+    /// The host log file this run string names: only a probe's can, in
+    /// any spelling the probe accepts (see [`Probe::host_log_file`]).
+    pub fn host_log_file(&self) -> Option<std::path::PathBuf> {
+        self.probe()?.host_log_file(self.argv.get(1..).unwrap_or_default())
     }
 }
 
@@ -125,35 +133,6 @@ pub fn split_run(run: &[String]) -> Result<Vec<String>, ServiceError> {
     match argv.first() {
         Some(p) if !p.is_empty() => Ok(argv),
         _ => Err(ServiceError::Empty),
-    }
-}
-
-/// The built-in probes cmappserver runs in place of the original's scripts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Probe {
-    /// The LAN probe (`cmapp_net_mon`, `cmapp_net_mon.pl`, `net-mon`).
-    Net,
-    /// The disk probe (`cmapp_disk_mon`, `disk-mon`).
-    Disk,
-}
-
-impl Probe {
-    /// Recognises a probe by the file name of `program`.
-    pub fn from_program(program: &str) -> Option<Probe> {
-        let base = program.rsplit('/').next().unwrap_or(program);
-        match base {
-            "cmapp_net_mon" | "cmapp_net_mon.pl" => Some(Probe::Net),
-            "cmapp_disk_mon" | "cmapp_disk_mon.pl" => Some(Probe::Disk),
-            _ => None,
-        }
-    }
-
-    /// The subcommand of `cmappserver` that runs it.
-    pub fn subcommand(self) -> &'static str {
-        match self {
-            Probe::Net => "net-mon",
-            Probe::Disk => "disk-mon",
-        }
     }
 }
 
@@ -225,15 +204,5 @@ mod tests {
         );
         let named = ServiceSpec::parse(s(&["/apps/a x"]), Some("web".into())).unwrap();
         assert_eq!(named.key(), "name:web");
-    }
-
-    #[test]
-    fn probes_are_recognised_by_program_name_anywhere() {
-        assert_eq!(
-            Probe::from_program("/opt/hp/cmappserver/cmapp_net_mon.pl"),
-            Some(Probe::Net)
-        );
-        assert_eq!(Probe::from_program("cmapp_disk_mon"), Some(Probe::Disk));
-        assert_eq!(Probe::from_program("/usr/bin/cmapp_disk_monitor"), None);
     }
 }

@@ -144,3 +144,72 @@ fn an_unopenable_host_log_file_is_refused_before_anything_runs() {
     );
     assert!(server.recorded().is_empty(), "something was started");
 }
+
+/// Runs a probe that fails at once (`args` with `{}` replaced by the host log
+/// file's path) and checks that its fatal line reached the host log file:
+/// cmappmgr saw the file in that spelling.
+fn host_log_spelling(probe: &str, args: &[&str], fatal: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys::pinned(tmp.path(), "");
+    let server = Server::start(&tmp.path().join("srv"), &k, "");
+    let conf = keys::manager_conf(tmp.path(), "m.conf", &k.client_private, &k.client_trust, "");
+    let host_log = tmp.path().join("host.log");
+    let path = host_log.display().to_string();
+    let args: Vec<String> = args.iter().map(|a| a.replace("{}", &path)).collect();
+    let mut run = vec![probe];
+    run.extend(args.iter().map(String::as_str));
+    let mut m = Mgr::spawn_args(&monitor_args(&conf, &server.node(), 10.0, &[], &run));
+    assert_eq!(m.code(), 1, "{}", m.err.text());
+    let log = std::fs::read_to_string(&host_log)
+        .unwrap_or_else(|e| panic!("no host log file written for {args:?} ({e}): {}", m.err.text()));
+    assert!(log.contains(fatal), "{args:?}: {log}");
+}
+
+/// One test per spelling of the LAN probe's `--host_logfile` that the probe
+/// accepts (the interface does not exist, so the probe fails at once).
+macro_rules! net_spelling {
+    ($($name:ident: [$($arg:expr),*];)*) => {$(
+        #[test]
+        fn $name() {
+            host_log_spelling(
+                "/opt/hp/cmappserver/cmapp_net_mon.pl",
+                &["--lan", "nosuchlan0", "--ip", "127.0.0.1", $($arg),*],
+                "interface nosuchlan0 does not exist",
+            );
+        }
+    )*};
+}
+
+net_spelling! {
+    host_log_as_host_logfile_space: ["--host_logfile", "{}"];
+    host_log_as_host_logfile_equals: ["--host_logfile={}"];
+    host_log_as_host_dash_logfile_space: ["--host-logfile", "{}"];
+    host_log_as_host_dash_logfile_equals: ["--host-logfile={}"];
+    host_log_as_single_dash_host_logfile: ["-host_logfile", "{}"];
+    host_log_as_single_dash_host_logfile_equals: ["-host_logfile={}"];
+}
+
+/// The same for the disk probe's `-O` / `--log-file` (the device does not
+/// exist, so the probe fails at its first poll).
+macro_rules! disk_spelling {
+    ($($name:ident: [$($arg:expr),*];)*) => {$(
+        #[test]
+        fn $name() {
+            host_log_spelling(
+                "/opt/hp/cmappserver/cmapp_disk_mon",
+                &[$($arg,)* "-t", "0.1", "/nonexistent/disk0"],
+                "/nonexistent/disk0",
+            );
+        }
+    )*};
+}
+
+disk_spelling! {
+    host_log_as_short_o_space: ["-O", "{}"];
+    host_log_as_short_o_attached: ["-O{}"];
+    host_log_as_short_o_after_other_shorts: ["-D6", "-O{}"];
+    host_log_as_log_file_space: ["--log-file", "{}"];
+    host_log_as_log_file_equals: ["--log-file={}"];
+    host_log_as_log_underscore_file_space: ["--log_file", "{}"];
+    host_log_as_log_underscore_file_equals: ["--log_file={}"];
+}

@@ -28,61 +28,30 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use clap::{ArgAction, Parser};
 use nix::fcntl::OFlag;
 
-use super::log::{parse_host_path, parse_seconds, secs, Log};
+use super::log::Log;
 use super::{parse_args, EXIT_FAILED, EX_SOFTWARE, EX_USAGE};
+use common::duration::show as secs;
 
-const NAME: &str = "cmapp_disk_mon";
+use common::probe::{DiskArgs as Args, Probe};
+
+const PROBE: Probe = Probe::Disk;
 
 /// The unit of every read: the largest logical block size in use, so that
 /// O_DIRECT accepts the buffer, the offset and the length on any disk.
 const BLOCK: usize = 4096;
-
-/// The original's options, plus `--io-timeout`. The manual's example also
-/// spells them with underscores (`--log_level`), which works too. Devices
-/// may come before, between or after the options.
-#[derive(Debug, Parser)]
-#[command(name = NAME, version, disable_version_flag = true,
-          about = "Watch guest disks: read each one every poll interval, exit 1 when one fails")]
-struct Args {
-    /// The file on the host that cmappmgr writes this probe's output to
-    /// (accepted and checked, never opened here)
-    #[arg(short = 'O', long = "log-file", alias = "log_file", value_name = "LOG_FILE",
-          value_parser = parse_host_path)]
-    log_file: Option<PathBuf>,
-    /// 0-7, as syslog severities: failures always; 4 and up: slow reads;
-    /// 6 and up: every poll; 7: every read
-    #[arg(short = 'D', long = "log-level", alias = "log_level", value_name = "LEVEL", default_value_t = 0,
-          value_parser = clap::value_parser!(u8).range(0..=7))]
-    log_level: u8,
-    /// Seconds between polls, greater than 0 (fractions allowed)
-    #[arg(short = 't', long = "poll-interval", alias = "poll_interval", value_name = "SECONDS",
-          default_value = "60", value_parser = parse_seconds)]
-    poll_interval: Duration,
-    /// Seconds a device's reads may take before it counts as hung
-    #[arg(long = "io-timeout", alias = "io_timeout", value_name = "SECONDS", default_value = "10",
-          value_parser = parse_seconds)]
-    io_timeout: Duration,
-    /// Print the version
-    #[arg(short = 'v', long = "version", action = ArgAction::Version)]
-    version: Option<bool>,
-    /// The disks to watch, e.g. /dev/sdb
-    #[arg(value_name = "DISK", required = true)]
-    devices: Vec<PathBuf>,
-}
 
 /// Runs the probe with the arguments after the program name; returns the exit code.
 pub fn main(args: Vec<String>) -> i32 {
     if args.first().map(String::as_str) == Some(WORKER_FLAG) {
         return read_worker(&args[1..]);
     }
-    let args: Args = match parse_args(NAME, args) {
+    let args: Args = match parse_args(PROBE, args) {
         Ok(args) => args,
         Err(code) => return code,
     };
-    super::log::watch(NAME, args.log_level, None, |log| run(&args, log))
+    super::log::watch(PROBE.name(), args.log_level, None, |log| run(&args, log))
 }
 
 /// Watches until a device fails; returns the exit code and the reason.
@@ -288,7 +257,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Args, i32> {
-        parse_args(NAME, args.iter().map(|s| s.to_string()).collect())
+        parse_args(PROBE, args.iter().map(|s| s.to_string()).collect())
     }
 
     #[test]

@@ -25,14 +25,15 @@ pub const EX_USAGE: i32 = 64;
 /// The probe cannot run here at all (sysexits.h EX_SOFTWARE).
 pub const EX_SOFTWARE: i32 = 70;
 
-/// Parses `args` (after the program name) with clap. On `--help` or
+/// Parses `args` (after the program name) with the probe's clap definition
+/// (in `common::probe`, which cmappmgr reads run strings with too). On `--help` or
 /// `--version` prints to stdout and returns `Err(0)`; on a usage error prints
 /// the error and the usage line to stderr and returns `Err(EX_USAGE)`.
-fn parse_args<T: clap::CommandFactory + clap::FromArgMatches>(name: &str, args: Vec<String>) -> Result<T, i32> {
+fn parse_args<T: clap::FromArgMatches>(probe: common::probe::Probe, args: Vec<String>) -> Result<T, i32> {
     use clap::error::ErrorKind;
-    let mut command = T::command();
+    let mut command = probe.command();
     let parsed = command
-        .try_get_matches_from_mut(std::iter::once(name.to_string()).chain(args))
+        .try_get_matches_from_mut(std::iter::once(probe.name().to_string()).chain(probe.normalise(args)))
         .and_then(|mut matches| T::from_arg_matches_mut(&mut matches));
     parsed.map_err(|e| match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {

@@ -21,10 +21,8 @@ use std::ffi::OsString;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use nix::errno::Errno;
 use nix::net::if_::InterfaceFlags;
 use nix::sys::socket::{
@@ -33,63 +31,21 @@ use nix::sys::socket::{
 };
 use nix::sys::time::{TimeVal, TimeValLike};
 
-use super::log::{parse_host_path, parse_seconds, secs, Log};
+use super::log::Log;
 use super::{parse_args, EXIT_FAILED, EX_SOFTWARE};
+use common::duration::show as secs;
 
-const NAME: &str = "cmapp_net_mon";
+use common::probe::{NetArgs as Args, Probe};
 
-/// The original's options. Each also has a spelling with dashes
-/// (`--guest-logfile`), and, as with the original's Perl option parser, a
-/// single leading dash works too (`-probe_count 5`).
-#[derive(Debug, Parser)]
-#[command(name = NAME, version, about = "Watch a guest LAN: ping a target through it, exit 1 when it fails")]
-struct Args {
-    /// The LAN (network interface) to watch, e.g. eth1
-    #[arg(long, value_name = "LAN", value_parser = parse_lan)]
-    lan: String,
-    /// The address to ping through it, e.g. the gateway all package nodes share
-    #[arg(long, value_name = "IP_ADDRESS")]
-    ip: IpAddr,
-    /// A file in this guest that gets a copy of every log line
-    #[arg(long = "guest_logfile", alias = "guest-logfile", value_name = "FILE")]
-    guest_logfile: Option<PathBuf>,
-    /// The file on the host that cmappmgr writes this probe's output to
-    /// (accepted and checked, never opened here)
-    #[arg(long = "host_logfile", alias = "host-logfile", value_name = "FILE", value_parser = parse_host_path)]
-    host_logfile: Option<PathBuf>,
-    /// 0: failures only; 1: also missed pings; 2: every ping
-    #[arg(long = "log_level", alias = "log-level", value_name = "LEVEL", default_value_t = 0,
-          value_parser = clap::value_parser!(u8).range(0..=2))]
-    log_level: u8,
-    /// Consecutive missed pings that declare the LAN down
-    #[arg(long = "probe_count", alias = "probe-count", value_name = "COUNT", default_value_t = 4,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    probe_count: u32,
-    /// Seconds between pings, and how long each waits for its reply (fractions allowed)
-    #[arg(long = "polling_interval", alias = "polling-interval", value_name = "SECONDS",
-          default_value = "2", value_parser = parse_seconds)]
-    polling_interval: Duration,
-}
-
-const LONG_NAMES: &[&str] = &[
-    "lan",
-    "ip",
-    "guest_logfile",
-    "host_logfile",
-    "log_level",
-    "probe_count",
-    "polling_interval",
-    "help",
-    "version",
-];
+const PROBE: Probe = Probe::Net;
 
 /// Runs the probe with the arguments after the program name; returns the exit code.
 pub fn main(args: Vec<String>) -> i32 {
-    let args: Args = match parse_args(NAME, perl_style(args)) {
+    let args: Args = match parse_args(PROBE, args) {
         Ok(args) => args,
         Err(code) => return code,
     };
-    super::log::watch(NAME, args.log_level, args.guest_logfile.as_deref(), |log| {
+    super::log::watch(PROBE.name(), args.log_level, args.guest_logfile.as_deref(), |log| {
         run(&args, log)
     })
 }
@@ -342,38 +298,12 @@ fn internet_checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// Interface names are at most 15 bytes and never contain `/` or spaces.
-fn parse_lan(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.len() > 15 || s.contains(['/', ' ', '\t', '\n']) {
-        return Err(format!("{s:?} is not a network interface name"));
-    }
-    Ok(s.to_string())
-}
-
-/// `-lan eth0` → `--lan eth0`, the way the original's Perl option parser
-/// took single-dash long options; other arguments pass through.
-fn perl_style(args: Vec<String>) -> Vec<String> {
-    let mut out = Vec::with_capacity(args.len());
-    let mut options_done = false;
-    for arg in args {
-        options_done |= arg == "--";
-        let name = arg.strip_prefix('-').filter(|rest| !rest.starts_with('-'));
-        let name = name.map(|n| n.split('=').next().unwrap_or(n));
-        if !options_done && name.is_some_and(|n| LONG_NAMES.contains(&n)) {
-            out.push(format!("-{arg}"));
-        } else {
-            out.push(arg);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Args, i32> {
-        parse_args(NAME, perl_style(args.iter().map(|s| s.to_string()).collect()))
+        parse_args(PROBE, args.iter().map(|s| s.to_string()).collect())
     }
 
     #[test]
