@@ -142,7 +142,7 @@ pub(super) async fn run(
                 Ok(Some(ShimEvent::Hello { .. } | ShimEvent::Started { .. })) => {}
                 Ok(Some(ShimEvent::Output { stream, line })) => proc.output(stream, line),
                 Ok(Some(ShimEvent::Dropped { lines, unconnected })) => {
-                    proc.output(Stream::Stderr, super::dropped_notice(lines, unconnected))
+                    proc.output(Stream::Stderr, super::table::dropped_notice(lines, unconnected))
                 }
                 Ok(Some(ShimEvent::Exited { status, exited_at_ms })) => {
                     let ex = Exited { id: proc.id.clone(), pid: proc.pid, status, exited_at_ms };

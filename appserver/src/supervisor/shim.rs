@@ -40,6 +40,7 @@ use tokio::net::unix::pipe;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
+use super::procfs;
 use super::proto::{ShimEvent, ShimRequest, OLDEST_ADOPTED, SHIM_PROTOCOL};
 use super::state::{self, Dir, ExitRecord, Meta, PidRecord};
 
@@ -207,7 +208,7 @@ fn check_peer(dir: &Dir, stream: &UnixStream) -> Option<Peer> {
     let pid = cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
     Some(Peer {
         pid,
-        ticks: state::start_ticks(pid),
+        ticks: procfs::start_ticks(pid),
     })
 }
 
@@ -221,7 +222,7 @@ struct Peer {
 impl Peer {
     /// True while the same process (not a later one with its pid) runs.
     fn alive(&self) -> bool {
-        self.pid != 0 && super::running(self.pid) && state::start_ticks(self.pid) == self.ticks
+        self.pid != 0 && procfs::running(self.pid) && procfs::start_ticks(self.pid) == self.ticks
     }
 }
 
@@ -292,7 +293,7 @@ async fn run(dir: &Dir) -> Result<(), String> {
         pid,
         started_at_ms,
         shim_pid: std::process::id(),
-        start_ticks: state::start_ticks(pid),
+        start_ticks: procfs::start_ticks(pid),
     };
     dir.write_json(state::PID, &record)
         .map_err(|e| format!("cannot record pid: {e}"))?;

@@ -104,12 +104,6 @@ pub struct PidRecord {
     pub start_ticks: Option<u64>,
 }
 
-/// Field 22 of /proc/PID/stat: when the process started, in ticks since boot.
-pub fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')').next()?.split_whitespace().nth(19)?.parse().ok()
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ExitRecord {
     pub status: ExitStatus,

@@ -1,0 +1,236 @@
+//! Launching: the limit check, one launch at a time per service, the new
+//! record directory, and the shim that starts the process.
+
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::message::{now_ms, ErrorKind, ErrorReply, InstanceId, Launch, Started};
+use common::service::ServiceSpec;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+
+use super::state::{self, Meta};
+use super::table::{Proc, ProcInner};
+use super::{err, link, Subscriber, Supervisor};
+
+impl Supervisor {
+    /// Launches a service, or attaches `sub` to it if it is already known.
+    pub async fn launch(self: &Arc<Self>, req: Launch, sub: Subscriber) -> Result<Started, ErrorReply> {
+        let spec = ServiceSpec::parse(req.run, req.name).map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
+        let key = spec.key();
+        let slot = LaunchSlot::take(self, &key);
+        let _guard = slot.lock.lock().await;
+        {
+            let mut table = self.table();
+            if let Some(want) = &req.attach_only {
+                // A manager coming back to its instance: current, or collected
+                // by another manager and kept for this one.
+                let current = table.by_key.get(&key).filter(|p| p.id == *want);
+                let kept = table.lingering.get(want).filter(|p| p.key == key);
+                return match current.or(kept) {
+                    Some(p) => Ok(p.attach(sub, true)),
+                    None => Err(gone(&spec)),
+                };
+            }
+            if let Some(p) = table.by_key.get(&key) {
+                return Ok(p.attach(sub, true));
+            }
+            if table.shutting_down {
+                return Err(err(
+                    ErrorKind::ShuttingDown,
+                    "cmappserver is shutting down and starts no new processes",
+                ));
+            }
+            let running = table.by_key.values().filter(|p| p.is_running()).count();
+            if running + table.spawning >= self.limits.max_processes {
+                return Err(err(
+                    ErrorKind::Limit,
+                    format!("limit of {} monitored processes reached", self.limits.max_processes),
+                ));
+            }
+            table.spawning += 1;
+        }
+        let counted = Spawning(self);
+        // The subscriber is attached before the shim's first line can arrive.
+        let (proc, started) = self.spawn(&spec, key, sub).await?;
+        let exited = !proc.is_running();
+        self.table().by_key.insert(proc.key.clone(), proc.clone());
+        drop(counted);
+        if exited {
+            self.table().exited.push_back(proc.clone());
+            self.enforce_history();
+        }
+        tracing::info!(service = %proc.display, pid = proc.pid, id = %proc.id, "started");
+        Ok(started)
+    }
+
+    fn new_id(&self) -> InstanceId {
+        format!(
+            "{:x}-{:x}-{:x}",
+            now_ms(),
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Starts a shim for `spec`, waits until its process runs, and attaches `sub`.
+    async fn spawn(
+        self: &Arc<Self>,
+        spec: &ServiceSpec,
+        key: String,
+        sub: Subscriber,
+    ) -> Result<(Arc<Proc>, Started), ErrorReply> {
+        let internal = |what: &str, e: &dyn std::fmt::Display| err(ErrorKind::Internal, format!("{what}: {e}"));
+        let (id, record) = self
+            .create_record()
+            .map_err(|e| internal("cannot create process record", &e))?;
+        let dir = record.path().to_path_buf();
+        let meta = Meta {
+            id: id.clone(),
+            key: key.clone(),
+            run: spec.run.clone(),
+            argv: spec.argv.clone(),
+            name: spec.name.clone(),
+            probe: spec.probe().map(|p| p.subcommand().to_string()),
+            created_at_ms: now_ms(),
+            environment: self.settings.environment.clone(),
+            oom_score_adj: Some(self.settings.oom_score_adj).filter(|&a| a != 0),
+        };
+        let cleanup = |e: ErrorReply| {
+            let _ = std::fs::remove_dir_all(&dir);
+            e
+        };
+        record
+            .write_json(state::META, &meta)
+            .map_err(|e| cleanup(internal("cannot write process record", &e)))?;
+        // This very binary, even if a package upgrade has replaced or
+        // removed its file since: a shim always speaks our protocol.
+        let mut shim = tokio::process::Command::new("/proc/self/exe")
+            .arg0(&self.exe)
+            .arg("shim")
+            .arg(&dir)
+            .env_remove(crate::notify::ENV[0])
+            .env_remove(crate::notify::ENV[1])
+            .env_remove(crate::notify::ENV[2])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| cleanup(internal("cannot start process supervisor", &e)))?;
+        let mut line = String::new();
+        let mut out = tokio::io::BufReader::new(shim.stdout.take().expect("piped stdout"));
+        let read = tokio::time::timeout(Duration::from_secs(30), out.read_line(&mut line)).await;
+        drop(out);
+        let connected = if matches!(read, Ok(Ok(n)) if n > 0) {
+            // The shim starts the process once we have accepted its hello.
+            link::connect(&record, link::Expect::New)
+                .await
+                .map_err(|e| internal("process supervisor failed", &e))
+        } else {
+            let why = record
+                .read(state::SHIM_LOG)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| b"no log".to_vec());
+            Err(internal(
+                "process supervisor failed to start",
+                &String::from_utf8_lossy(&why).trim(),
+            ))
+        };
+        if connected.is_err() {
+            // Our own unreaped child: its pid cannot have been reused. Had
+            // its hello been refused, it started nothing; it must not linger.
+            let _ = shim.start_kill();
+        }
+        // Reap the shim whenever it ends; it is never waited on otherwise.
+        tokio::spawn(async move {
+            let _ = shim.wait().await;
+        });
+        let stream = connected.map_err(cleanup)?;
+        let proc = Arc::new(Proc {
+            id,
+            key,
+            display: spec.display(),
+            name: spec.name.clone(),
+            probe: meta.probe.clone(),
+            dir: dir.clone(),
+            pid: stream.pid,
+            started_at_ms: stream.started_at_ms,
+            inner: Mutex::new(ProcInner::default()),
+        });
+        // Attached before the link reads the first output line.
+        let started = proc.attach(sub, false);
+        self.start_link(&proc, stream);
+        Ok((proc, started))
+    }
+
+    pub(super) fn start_link(self: &Arc<Self>, proc: &Arc<Proc>, stream: link::ShimStream) {
+        let (tx, rx) = mpsc::channel(8);
+        proc.lock().link = Some(tx);
+        tokio::spawn(link::run(self.clone(), proc.clone(), stream, rx));
+    }
+
+    /// Creates a record directory under a fresh id (exclusively: an id
+    /// that exists in any form is skipped, never reused).
+    fn create_record(&self) -> std::io::Result<(InstanceId, state::Dir)> {
+        for _ in 0..64 {
+            let id = self.new_id();
+            if let Some(dir) = self.state.create_record(&id)? {
+                return Ok((id, dir));
+            }
+        }
+        Err(std::io::Error::other("every fresh record id is taken"))
+    }
+}
+
+/// One launch counted in `Table::spawning` until dropped (also on error or cancellation).
+struct Spawning<'a>(&'a Supervisor);
+
+impl Drop for Spawning<'_> {
+    fn drop(&mut self) {
+        self.0.table().spawning -= 1;
+    }
+}
+
+/// A service's launch lock, removed from the map by the last one to let go.
+struct LaunchSlot<'a> {
+    sup: &'a Supervisor,
+    key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> LaunchSlot<'a> {
+    fn take(sup: &'a Supervisor, key: &str) -> LaunchSlot<'a> {
+        let mut map = sup.launching.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = map.entry(key.to_string()).or_default().clone();
+        LaunchSlot {
+            sup,
+            key: key.to_string(),
+            lock,
+        }
+    }
+}
+
+impl Drop for LaunchSlot<'_> {
+    fn drop(&mut self) {
+        let mut map = self.sup.launching.lock().unwrap_or_else(|p| p.into_inner());
+        // Two holders: the map and this slot. More: another launch of the same service waits.
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(&self.key);
+        }
+    }
+}
+
+fn gone(spec: &ServiceSpec) -> ErrorReply {
+    err(
+        ErrorKind::NotFound,
+        format!(
+            "the process for service {} is gone: cmappserver has no record of it (the guest rebooted, or its record was dropped)",
+            spec.display()
+        ),
+    )
+}

@@ -1,0 +1,191 @@
+//! The initramfs: a `newc` cpio archive with busybox, a stripped
+//! cmappserver, its libraries, the virtio modules and this test's keys.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::keys::Keys;
+use crate::mgr::Mgr;
+use crate::output::Lines;
+use crate::{alive, require_root, wait_until};
+use super::*;
+
+/// A `newc` cpio archive under construction (what the kernel unpacks as its
+/// initramfs). Written here rather than with `cpio` so that `/dev/console`
+/// can be a device node without mknod, and modes are exact.
+#[derive(Debug, Default)]
+struct Cpio {
+    data: Vec<u8>,
+    ino: u32,
+    dirs: std::collections::BTreeSet<String>,
+}
+
+impl Cpio {
+    fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), body: &[u8]) {
+        self.ino += 1;
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            if mode & 0o170000 == 0o040000 { 2 } else { 1 },
+            0,
+            body.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
+        ];
+        self.data.extend_from_slice(b"070701");
+        for f in fields {
+            self.data.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        self.data.extend_from_slice(name.as_bytes());
+        self.data.push(0);
+        self.pad();
+        self.data.extend_from_slice(body);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while self.data.len() % 4 != 0 {
+            self.data.push(0);
+        }
+    }
+
+    /// A directory and its missing parents.
+    fn dir(&mut self, path: &str) {
+        let path = path.trim_matches('/');
+        let mut so_far = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            if !so_far.is_empty() {
+                so_far.push('/');
+            }
+            so_far.push_str(part);
+            if self.dirs.insert(so_far.clone()) {
+                let name = so_far.clone();
+                self.entry(&name, 0o040755, (0, 0), &[]);
+            }
+        }
+    }
+
+    fn file(&mut self, path: &str, mode: u32, body: &[u8]) {
+        let path = path.trim_start_matches('/');
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+        self.entry(path, 0o100000 | mode, (0, 0), body);
+    }
+
+    fn copy(&mut self, path: &str, mode: u32, from: &Path) {
+        let body = std::fs::read(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+        self.file(path, mode, &body);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, (0, 0), &[]);
+        self.data
+    }
+}
+
+/// What a guest boots: the kernel, and an initramfs with this test's keys.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub kernel: Kernel,
+    pub initrd: PathBuf,
+}
+
+impl Image {
+    /// Writes `out/initrd.cpio`: busybox, cmappserver and its libraries, the
+    /// modules, the init script, and cmappserver's configuration and key
+    /// material at the original's default paths (`/opt/hp/cmappserver/`).
+    pub fn build(kernel: &Kernel, keys: &Keys, out: &Path) -> Image {
+        std::fs::create_dir_all(out).unwrap();
+        let mut a = Cpio::default();
+        for d in [
+            "bin",
+            "dev",
+            "proc",
+            "sys",
+            "tmp",
+            "run",
+            "etc",
+            "root",
+            "var/lib/cmappserver",
+            "lib/modules",
+        ] {
+            a.dir(d);
+        }
+        a.entry("dev/console", 0o020600, (5, 1), &[]);
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/guest");
+        a.copy("init", 0o755, &fixtures.join("init"));
+        a.copy(
+            "bin/busybox",
+            0o755,
+            &which("busybox").expect("busybox (busybox-static)"),
+        );
+        for m in Kernel::MODULES {
+            a.copy(
+                &format!("lib/modules/{m}.ko"),
+                0o644,
+                &kernel.modules.join(format!("{m}.ko")),
+            );
+        }
+
+        // cmappserver stripped (90 MB with debug information → about 10 MB),
+        // and the shared libraries it loads, at the paths ldd names.
+        let server = crate::bin("cmappserver");
+        let stripped = out.join("cmappserver");
+        let strip = Command::new("strip").arg("-o").arg(&stripped).arg(&server).status();
+        if !matches!(strip, Ok(s) if s.success()) {
+            eprintln!("strip is not available: the guest gets the unstripped cmappserver");
+            std::fs::copy(&server, &stripped).unwrap();
+        }
+        a.copy("opt/hp/cmappserver/cmappserver", 0o755, &stripped);
+        let ldd = run_ok(Command::new("ldd").arg(&server), SETUP_LIMIT);
+        for lib in ldd.lines().filter_map(library_path) {
+            a.copy(&lib, 0o755, Path::new(&lib));
+        }
+
+        let conf = format!(
+            "# cmappserver in the test guest (made by cmapp_tests::qemu)\n\
+             keyStore=/opt/hp/cmappserver/server.private\n\
+             trustStore=/opt/hp/cmappserver/client.public\n\
+             stateDir=/var/lib/cmappserver\n\
+             listen=0.0.0.0:{PORT}\n"
+        );
+        a.file("opt/hp/cmappserver/cmappserver.conf", 0o644, conf.as_bytes());
+        a.copy("opt/hp/cmappserver/server.private", 0o600, &keys.server_private);
+        a.copy("opt/hp/cmappserver/client.public", 0o644, &keys.server_trust);
+        let env = format!("LAN0=eth0\nADDR0={GUEST_ADDR}/24\nLAN1={PROBED_LAN}\nADDR1={PROBED_GUEST_ADDR}/24\n");
+        a.file("etc/guest.env", 0o644, env.as_bytes());
+
+        let initrd = out.join("initrd.cpio");
+        std::fs::write(&initrd, a.finish()).unwrap();
+        std::fs::set_permissions(&initrd, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Image {
+            kernel: kernel.clone(),
+            initrd,
+        }
+    }
+}
+
+/// The library path in one line of `ldd` output, if it names one.
+fn library_path(line: &str) -> Option<String> {
+    let line = line.trim();
+    let path = match line.split_once("=>") {
+        Some((_, right)) => right.split_whitespace().next()?,
+        None => line.split_whitespace().next()?,
+    };
+    path.starts_with('/').then(|| path.to_string())
+}
