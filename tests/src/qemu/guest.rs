@@ -1,21 +1,15 @@
 //! The guest: one QEMU process, a child of the test.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::keys::Keys;
+use super::{node, Image, Netns, Qmp, GUEST_MIB, SETUP_LIMIT};
 use crate::mgr::Mgr;
-use crate::output::Lines;
-use crate::{alive, require_root, wait_until};
-use super::*;
+use crate::{alive, wait_until};
 
 /// One QEMU running a guest, a child of this process. Killed by its pid
 /// (SIGKILL) and reaped on drop.

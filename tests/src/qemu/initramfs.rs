@@ -1,22 +1,12 @@
 //! The initramfs: a `newc` cpio archive with busybox, a stripped
 //! cmappserver, its libraries, the virtio modules and this test's keys.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use serde_json::{json, Value};
-
+use super::{run_ok, which, Kernel, GUEST_ADDR, PORT, PROBED_GUEST_ADDR, PROBED_LAN, SETUP_LIMIT};
 use crate::keys::Keys;
-use crate::mgr::Mgr;
-use crate::output::Lines;
-use crate::{alive, require_root, wait_until};
-use super::*;
 
 /// A `newc` cpio archive under construction (what the kernel unpacks as its
 /// initramfs). Written here rather than with `cpio` so that `/dev/console`

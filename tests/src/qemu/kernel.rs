@@ -1,22 +1,11 @@
 //! The kernel: a Debian cloud kernel and its modules, downloaded once and
 //! cached under `target/guest-cache/`.
 
+use super::{run_bounded, run_ok, SETUP_LIMIT};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-use serde_json::{json, Value};
-
-use crate::keys::Keys;
-use crate::mgr::Mgr;
-use crate::output::Lines;
-use crate::{alive, require_root, wait_until};
-use super::*;
 
 /// A Debian cloud kernel and the modules the test guests load, unpacked in
 /// the cache: the virtio modules of this module's guests

@@ -37,18 +37,12 @@ pub use kernel::Kernel;
 pub use network::Netns;
 pub use qmp::Qmp;
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::keys::Keys;
 use crate::mgr::Mgr;
 use crate::output::Lines;
 use crate::{alive, require_root, wait_until};

@@ -1,21 +1,10 @@
 //! The network: a namespace with the host side of the guest's two LANs.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-
-use crate::keys::Keys;
-use crate::mgr::Mgr;
-use crate::output::Lines;
-use crate::{alive, require_root, wait_until};
-use super::*;
+use super::{run_bounded, run_ok, HOST_ADDR, PROBED_HOST_ADDR, SETUP_LIMIT};
+use crate::alive;
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 

@@ -1,21 +1,11 @@
 //! QMP: QEMU's JSON control protocol over its unix socket.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-
-use crate::keys::Keys;
-use crate::mgr::Mgr;
-use crate::output::Lines;
-use crate::{alive, require_root, wait_until};
-use super::*;
 
 /// A QMP connection: JSON lines over QEMU's unix socket.
 #[derive(Debug)]
