@@ -39,29 +39,55 @@ pub(super) fn check_validity(cert: &CertificateDer<'_>, now: UnixTime) -> Result
     Ok(())
 }
 
-/// What both verifiers share: the certificates accepted as they are, and the
-/// signature algorithms.
+/// The one verification core behind both verifier traits: a certificate
+/// pinned exactly (only its validity period is checked), or else a chain to a
+/// trusted CA (webpki, `W`), or else not trusted; and TLS 1.3 signatures only.
 #[derive(Debug)]
-struct Pins {
+struct PinnedOrCa<W: ?Sized> {
+    /// The certificates accepted as they are: the pinned ones and the CAs.
     exact: Vec<CertificateDer<'static>>,
     algorithms: WebPkiSupportedAlgorithms,
+    /// webpki with the CAs; `None` when there are none.
+    webpki: Option<Arc<W>>,
 }
 
-impl Pins {
-    fn new(trust: &TrustStore, provider: &CryptoProvider) -> Self {
-        let exact = trust.pinned.iter().chain(trust.cas.iter()).cloned().collect();
-        Pins {
-            exact,
+impl<W: ?Sized> PinnedOrCa<W> {
+    /// `build` makes the webpki verifier from the CAs (named `what` in an error).
+    fn new<E: std::fmt::Display>(
+        trust: &TrustStore,
+        provider: &Arc<CryptoProvider>,
+        what: &str,
+        build: impl FnOnce(Arc<RootCertStore>) -> Result<Arc<W>, E>,
+    ) -> Result<Self, TlsError> {
+        let webpki = if trust.cas.is_empty() {
+            None
+        } else {
+            let verifier = build(root_store(&trust.cas)?).map_err(|e| TlsError::Config(format!("{what}: {e}")))?;
+            Some(verifier)
+        };
+        Ok(PinnedOrCa {
+            exact: trust.pinned.iter().chain(trust.cas.iter()).cloned().collect(),
             algorithms: provider.signature_verification_algorithms,
-        }
+            webpki,
+        })
     }
 
-    /// `None` when `end_entity` is not pinned; otherwise whether it is in its validity period.
-    fn check(&self, end_entity: &CertificateDer<'_>, now: UnixTime) -> Option<Result<(), rustls::Error>> {
-        self.exact
-            .iter()
-            .any(|c| c.as_ref() == end_entity.as_ref())
-            .then(|| check_validity(end_entity, now))
+    /// Pinned (then `verified`), or else what `chain` says of the webpki
+    /// verifier, or else not trusted.
+    fn verify<T>(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        now: UnixTime,
+        verified: fn() -> T,
+        chain: impl FnOnce(&W) -> Result<T, rustls::Error>,
+    ) -> Result<T, rustls::Error> {
+        if self.exact.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
+            return check_validity(end_entity, now).map(|()| verified());
+        }
+        match &self.webpki {
+            Some(webpki) => chain(webpki),
+            None => Err(not_trusted()),
+        }
     }
 
     /// The handshake signature: a bad one means the peer presented a
@@ -79,6 +105,10 @@ impl Pins {
             }
             other => other,
         })
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -116,27 +146,16 @@ fn root_store(cas: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, Tls
     Ok(Arc::new(roots))
 }
 
-/// The client's check of the server: pinned, or else webpki with the CAs.
+/// The client's check of the server.
 #[derive(Debug)]
-pub(super) struct ServerVerifier {
-    pins: Pins,
-    webpki: Option<Arc<WebPkiServerVerifier>>,
-}
+pub(super) struct ServerVerifier(PinnedOrCa<WebPkiServerVerifier>);
 
 impl ServerVerifier {
     pub(super) fn new(trust: &TrustStore, provider: &Arc<CryptoProvider>) -> Result<Self, TlsError> {
-        let webpki = if trust.cas.is_empty() {
-            None
-        } else {
-            let verifier = WebPkiServerVerifier::builder_with_provider(root_store(&trust.cas)?, provider.clone())
-                .build()
-                .map_err(|e| TlsError::Config(format!("server certificate verifier: {e}")))?;
-            Some(verifier)
-        };
-        Ok(ServerVerifier {
-            pins: Pins::new(trust, provider),
-            webpki,
+        PinnedOrCa::new(trust, provider, "server certificate verifier", |roots| {
+            WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build()
         })
+        .map(ServerVerifier)
     }
 }
 
@@ -149,13 +168,9 @@ impl ServerCertVerifier for ServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(valid) = self.pins.check(end_entity, now) {
-            return valid.map(|()| ServerCertVerified::assertion());
-        }
-        match &self.webpki {
-            Some(webpki) => webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
-            None => Err(not_trusted()),
-        }
+        self.0.verify(end_entity, now, ServerCertVerified::assertion, |webpki| {
+            webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        })
     }
 
     fn verify_tls12_signature(
@@ -173,36 +188,24 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.pins.verify_tls13(message, cert, dss)
+        self.0.verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.pins.algorithms.supported_schemes()
+        self.0.schemes()
     }
 }
 
-/// The server's check of the client: a certificate is mandatory; pinned, or
-/// else webpki with the CAs.
+/// The server's check of the client: a certificate is mandatory.
 #[derive(Debug)]
-pub(super) struct ClientVerifier {
-    pins: Pins,
-    webpki: Option<Arc<dyn ClientCertVerifier>>,
-}
+pub(super) struct ClientVerifier(PinnedOrCa<dyn ClientCertVerifier>);
 
 impl ClientVerifier {
     pub(super) fn new(trust: &TrustStore, provider: &Arc<CryptoProvider>) -> Result<Self, TlsError> {
-        let webpki = if trust.cas.is_empty() {
-            None
-        } else {
-            let verifier = WebPkiClientVerifier::builder_with_provider(root_store(&trust.cas)?, provider.clone())
-                .build()
-                .map_err(|e| TlsError::Config(format!("client certificate verifier: {e}")))?;
-            Some(verifier)
-        };
-        Ok(ClientVerifier {
-            pins: Pins::new(trust, provider),
-            webpki,
+        PinnedOrCa::new(trust, provider, "client certificate verifier", |roots| {
+            WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()
         })
+        .map(ClientVerifier)
     }
 }
 
@@ -225,13 +228,9 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if let Some(valid) = self.pins.check(end_entity, now) {
-            return valid.map(|()| ClientCertVerified::assertion());
-        }
-        match &self.webpki {
-            Some(webpki) => webpki.verify_client_cert(end_entity, intermediates, now),
-            None => Err(not_trusted()),
-        }
+        self.0.verify(end_entity, now, ClientCertVerified::assertion, |webpki| {
+            webpki.verify_client_cert(end_entity, intermediates, now)
+        })
     }
 
     fn verify_tls12_signature(
@@ -249,10 +248,10 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.pins.verify_tls13(message, cert, dss)
+        self.0.verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.pins.algorithms.supported_schemes()
+        self.0.schemes()
     }
 }
