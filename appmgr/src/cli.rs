@@ -183,13 +183,7 @@ pub enum Invocation {
     Generate(PathBuf),
 }
 
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !v.is_finite() || v <= 0.0 || v > 1e9 {
-        return Err(format!("{s} must be more than 0 seconds"));
-    }
-    Ok(Duration::from_secs_f64(v))
-}
+use common::duration::positive as parse_seconds;
 
 /// Long options the original spells with a single dash.
 const WORD_OPTIONS: &[&str] = &[
@@ -272,15 +266,7 @@ fn parse_one_shot(verb: Verb, args: Vec<String>) -> Result<Invocation, clap::Err
 
 /// `-node` → `--node` for the known word options; everything else as is.
 fn normalise(arg: String) -> String {
-    if let Some(word) = arg.strip_prefix('-') {
-        if !word.starts_with('-') {
-            let name = word.split('=').next().unwrap_or(word);
-            if WORD_OPTIONS.contains(&name) {
-                return format!("-{arg}");
-            }
-        }
-    }
-    arg
+    common::args::single_dash_word(arg, WORD_OPTIONS)
 }
 
 /// The whole command line as one clap command, for the man page and the

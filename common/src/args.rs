@@ -29,15 +29,24 @@ pub fn single_dash<S: AsRef<str>>(args: Vec<String>, long: &[S]) -> Vec<String> 
     args.into_iter()
         .map(|arg| {
             options_done |= arg == "--";
-            let word = arg.strip_prefix('-').filter(|rest| !rest.starts_with('-'));
-            let name = word.map(|w| w.split('=').next().unwrap_or(w));
-            if !options_done && name.is_some_and(|n| long.iter().any(|l| l.as_ref() == n)) {
-                format!("-{arg}")
-            } else {
+            if options_done {
                 arg
+            } else {
+                single_dash_word(arg, long)
             }
         })
         .collect()
+}
+
+/// [`single_dash`] for one argument known to come before any `--`.
+pub fn single_dash_word<S: AsRef<str>>(arg: String, long: &[S]) -> String {
+    let word = arg.strip_prefix('-').filter(|rest| !rest.starts_with('-'));
+    let name = word.map(|w| w.split('=').next().unwrap_or(w));
+    if name.is_some_and(|n| long.iter().any(|l| l.as_ref() == n)) {
+        format!("-{arg}")
+    } else {
+        arg
+    }
 }
 
 /// A yes/no value as configuration files and cluster attributes write it:

@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::duration::Seconds;
 use crate::DEFAULT_PORT;
 
 /// One problem in a configuration file.
@@ -347,14 +348,14 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn seconds(&mut self, e: &Entry, canonical: &str, allow_zero: bool) -> Option<Duration> {
-        let secs: f64 = self.parse(e, canonical, "a number of seconds")?;
-        if !secs.is_finite() || secs < 0.0 || (!allow_zero && secs == 0.0) || secs > 1e9 {
-            let range = if allow_zero { "0 or more" } else { "more than 0" };
-            self.error(e.line, format!("{canonical}={} must be {range} seconds", e.value));
-            return None;
+    fn seconds(&mut self, e: &Entry, canonical: &str, bounds: Seconds) -> Option<Duration> {
+        match bounds.parse(&e.value) {
+            Ok(d) => Some(d),
+            Err(err) => {
+                self.error(e.line, format!("{canonical}={err}"));
+                None
+            }
         }
-        Some(Duration::from_secs_f64(secs))
     }
 
     fn count(&mut self, e: &Entry, canonical: &str, min: usize, max: usize) -> Option<usize> {
@@ -367,10 +368,9 @@ impl<'a> Reader<'a> {
     }
 
     fn boolean(&mut self, e: &Entry, canonical: &str) -> Option<bool> {
-        match e.value.to_ascii_lowercase().as_str() {
-            "yes" | "true" | "on" | "1" => Some(true),
-            "no" | "false" | "off" | "0" => Some(false),
-            _ => {
+        match crate::args::yes_no(&e.value) {
+            Some(b) => Some(b),
+            None => {
                 self.error(e.line, format!("{canonical}={} is not yes or no", e.value));
                 None
             }
@@ -590,9 +590,11 @@ impl ServerConfig {
                 }
                 "port" => c.port = r.parse(e, key, "a port number").unwrap_or(c.port),
                 "maxProcesses" => c.max_processes = r.count(e, key, 1, 100_000).unwrap_or(c.max_processes),
-                "stopGracePeriod" => c.stop_grace = r.seconds(e, key, true).unwrap_or(c.stop_grace),
+                "stopGracePeriod" => c.stop_grace = r.seconds(e, key, Seconds::NON_NEGATIVE).unwrap_or(c.stop_grace),
                 "stateDir" => c.state_dir = e.value.clone().into(),
-                "handshakeTimeout" => c.handshake_timeout = r.seconds(e, key, false).unwrap_or(c.handshake_timeout),
+                "handshakeTimeout" => {
+                    c.handshake_timeout = r.seconds(e, key, Seconds::POSITIVE).unwrap_or(c.handshake_timeout)
+                }
                 "maxConnections" => c.max_connections = r.count(e, key, 1, 1_000_000).unwrap_or(c.max_connections),
                 "maxPendingConnections" => {
                     c.max_pending_connections = r.count(e, key, 1, 1_000_000).unwrap_or(c.max_pending_connections)
@@ -601,10 +603,10 @@ impl ServerConfig {
                     c.max_silent_connections = r.count(e, key, 1, 1_000_000).unwrap_or(c.max_silent_connections)
                 }
                 "handshakeLogInterval" => {
-                    c.handshake_log_interval = r.seconds(e, key, false).unwrap_or(c.handshake_log_interval)
+                    c.handshake_log_interval = r.seconds(e, key, Seconds::POSITIVE).unwrap_or(c.handshake_log_interval)
                 }
                 "exitHistory" => c.exit_history = r.count(e, key, 1, 1_000_000).unwrap_or(c.exit_history),
-                "idleTimeout" => c.idle_timeout = r.seconds(e, key, false).unwrap_or(c.idle_timeout),
+                "idleTimeout" => c.idle_timeout = r.seconds(e, key, Seconds::POSITIVE).unwrap_or(c.idle_timeout),
                 "stopProcessesOnShutdown" => {
                     c.stop_processes_on_shutdown = r.boolean(e, key).unwrap_or(c.stop_processes_on_shutdown)
                 }
@@ -753,8 +755,8 @@ impl ManagerConfig {
                 "keyStorePassword" => c.key_store_password = e.value.clone(),
                 "trustStorePassword" => c.trust_store_password = e.value.clone(),
                 "port" => c.port = r.parse(e, key, "a port number").unwrap_or(c.port),
-                "pingInterval" => c.ping_interval = r.seconds(e, key, false).or(c.ping_interval),
-                "stopTimeout" => c.stop_timeout = r.seconds(e, key, false).unwrap_or(c.stop_timeout),
+                "pingInterval" => c.ping_interval = r.seconds(e, key, Seconds::POSITIVE).or(c.ping_interval),
+                "stopTimeout" => c.stop_timeout = r.seconds(e, key, Seconds::POSITIVE).unwrap_or(c.stop_timeout),
                 "stopOnHalt" => c.stop_on_halt = r.boolean(e, key).unwrap_or(c.stop_on_halt),
                 _ => unreachable!("every known key is handled"),
             }

@@ -380,24 +380,7 @@ impl GuestCheck {
     }
 }
 
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if secs == 0.0 {
-        return Ok(Duration::ZERO);
-    }
-    tkit::positive_secs(secs).ok_or_else(|| format!("{s:?} is not a non-negative number of seconds"))
-}
-
-fn parse_positive_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    tkit::positive_secs(secs).ok_or_else(|| format!("{s:?} is not a positive number of seconds"))
-}
+use common::duration::{non_negative as parse_secs, positive as parse_positive_secs};
 
 /// A current-thread runtime for the async parts (signals, events, the
 /// cmappserver check).

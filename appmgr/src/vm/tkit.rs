@@ -175,34 +175,16 @@ fn parse_package_conf(path: &Path, text: &str) -> Result<PackageAttrs, VmError> 
                 attrs.tkit_dir = Some(PathBuf::from(value));
             }
             "MAINTENANCE_FLAG" => {
-                attrs.maintenance_flag = Some(parse_yes_no(value).ok_or_else(|| bad("expected yes or no"))?);
+                attrs.maintenance_flag = Some(common::args::yes_no(value).ok_or_else(|| bad("expected yes or no"))?);
             }
             "MONITOR_INTERVAL" => {
-                let secs: f64 = value.parse().map_err(|_| bad("expected a number of seconds"))?;
-                attrs.monitor_interval =
-                    Some(positive_secs(secs).ok_or_else(|| bad("expected a positive number of seconds"))?);
+                let interval = common::duration::positive(value).map_err(|e| bad(&e.to_string()))?;
+                attrs.monitor_interval = Some(interval);
             }
             _ => {}
         }
     }
     Ok(attrs)
-}
-
-pub fn parse_yes_no(value: &str) -> Option<bool> {
-    match value.to_ascii_lowercase().as_str() {
-        "yes" | "y" | "1" | "true" => Some(true),
-        "no" | "n" | "0" | "false" => Some(false),
-        _ => None,
-    }
-}
-
-/// A strictly positive, finite number of seconds as a duration.
-pub fn positive_secs(secs: f64) -> Option<Duration> {
-    if secs.is_finite() && secs > 0.0 {
-        Duration::try_from_secs_f64(secs).ok()
-    } else {
-        None
-    }
 }
 
 #[cfg(test)]
