@@ -119,7 +119,7 @@ pub fn run_string(data: &[u8]) {
         assert!(!spec.argv.is_empty() && !spec.argv[0].is_empty());
         assert!(spec.argv.len() <= crate::service::MAX_ARGS);
         let _ = spec.key();
-        let _ = spec.probe();
+        let _ = spec.probe;
         let display = spec.display();
         assert!(!crate::text::escape(&display).contains('\n'));
     }

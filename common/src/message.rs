@@ -378,9 +378,10 @@ pub struct ProcessInfo {
     /// other managers that owe their acknowledgement.
     #[serde(default)]
     pub acked: bool,
-    /// Built-in probe (`net-mon`, `disk-mon`) or `None` for an ordinary command.
-    #[serde(default)]
-    pub probe: Option<String>,
+    /// Built-in probe (`"net-mon"`, `"disk-mon"`) or `None` for an ordinary
+    /// command (or a probe this build does not know).
+    #[serde(default, deserialize_with = "crate::probe::lenient")]
+    pub probe: Option<crate::probe::Probe>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -15,6 +15,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 pub use crate::probe::Probe;
 
 /// The longest service name, in bytes.
@@ -49,8 +51,10 @@ fn bounded(what: &'static str, len: usize, limit: usize, unit: &'static str) -> 
     Ok(())
 }
 
-/// A parsed run string.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed run string. cmappserver's state directory records it as
+/// serialised here (`run`, `argv`, `name`, `probe` in `meta.json`: see
+/// `appserver/FORMATS.md`), and adopts it from there without re-parsing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     /// What the manager sent, untouched.
     pub run: Vec<String>,
@@ -58,6 +62,12 @@ pub struct ServiceSpec {
     pub argv: Vec<String>,
     /// The explicit name, if any.
     pub name: Option<String>,
+    /// The built-in probe the program names (by its file name, wherever
+    /// the path points), or `None` for an ordinary command. Recorded as the
+    /// probe's subcommand (`"net-mon"`); a name this build does not know
+    /// reads as `None`.
+    #[serde(default, deserialize_with = "crate::probe::lenient")]
+    pub probe: Option<Probe>,
 }
 
 impl ServiceSpec {
@@ -78,6 +88,7 @@ impl ServiceSpec {
         let argv = split_run(&run)?;
         bounded("run string's list of arguments", argv.len(), MAX_ARGS, "arguments")?;
         Ok(ServiceSpec {
+            probe: argv.first().and_then(|p| Probe::from_program(p)),
             run,
             argv,
             name: name.filter(|n| !n.is_empty()),
@@ -101,16 +112,10 @@ impl ServiceSpec {
         }
     }
 
-    /// The built-in probe the program names (by its file name, wherever
-    /// the path points), or `None` for an ordinary command.
-    pub fn probe(&self) -> Option<Probe> {
-        Probe::from_program(self.argv.first()?)
-    }
-
     /// The host log file this run string names: only a probe's can, in
     /// any spelling the probe accepts (see [`Probe::host_log_file`]).
     pub fn host_log_file(&self) -> Option<std::path::PathBuf> {
-        self.probe()?.host_log_file(self.argv.get(1..).unwrap_or_default())
+        self.probe?.host_log_file(self.argv.get(1..).unwrap_or_default())
     }
 }
 
@@ -190,6 +195,17 @@ mod tests {
             Err(ServiceError::Nul { .. })
         ));
         assert!(ServiceSpec::parse(s(&["/bin/true"]), Some("n".repeat(MAX_NAME_LEN))).is_ok());
+    }
+
+    #[test]
+    fn the_probe_is_parsed_once_and_recorded_by_its_subcommand() {
+        let spec = ServiceSpec::parse(s(&["/opt/hp/cmappserver/cmapp_net_mon.pl --lan eth0"]), None).unwrap();
+        assert_eq!(spec.probe, Some(Probe::Net));
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["probe"], "net-mon");
+        assert_eq!(serde_json::from_value::<ServiceSpec>(json).unwrap(), spec);
+        let plain = ServiceSpec::parse(s(&["/bin/true"]), None).unwrap();
+        assert_eq!(serde_json::to_value(&plain).unwrap()["probe"], serde_json::Value::Null);
     }
 
     #[test]

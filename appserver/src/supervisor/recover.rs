@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::message::{now_ms, ExitStatus, Exited};
-use common::service::ServiceSpec;
 
 use super::procfs::{running, same_process};
 use super::state::{self, ExitRecord, Meta, PidRecord};
@@ -96,11 +95,6 @@ impl Supervisor {
                 }
             };
             let pid: Option<PidRecord> = record.read_json(state::PID).ok().flatten();
-            let spec = ServiceSpec {
-                run: meta.run.clone(),
-                argv: meta.argv.clone(),
-                name: meta.name.clone(),
-            };
             // The managers that watched it count as gone at the restart: an
             // exit that happens, or happened, is owed to them for `ack_wait`
             // from now (see `sweep`). An older server's record names none.
@@ -113,9 +107,8 @@ impl Supervisor {
             let proc = Arc::new(Proc {
                 id: meta.id.clone(),
                 key: meta.key.clone(),
-                display: spec.display(),
-                name: meta.name.clone(),
-                probe: meta.probe.clone(),
+                display: meta.service.display(),
+                service: meta.service.clone(),
                 dir: dir.clone(),
                 pid: pid.map_or(0, |p| p.pid),
                 started_at_ms: pid.map_or(meta.created_at_ms, |p| p.started_at_ms),

@@ -121,16 +121,17 @@ fn announced_protocol() -> u32 {
 /// The program and arguments to exec for `meta` (a built-in probe runs as
 /// `cmappserver <probe> args...` from this same binary), with its environment.
 fn command_for(meta: &Meta) -> tokio::process::Command {
-    let mut cmd = match &meta.probe {
-        Some(sub) => {
+    let argv = &meta.service.argv;
+    let mut cmd = match meta.service.probe {
+        Some(probe) => {
             // This very binary, even if its file was replaced or removed since.
             let mut c = tokio::process::Command::new("/proc/self/exe");
-            c.arg0("cmappserver").arg(sub).args(&meta.argv[1..]);
+            c.arg0("cmappserver").arg(probe.subcommand()).args(&argv[1..]);
             c
         }
         None => {
-            let mut c = tokio::process::Command::new(&meta.argv[0]);
-            c.args(&meta.argv[1..]);
+            let mut c = tokio::process::Command::new(&argv[0]);
+            c.args(&argv[1..]);
             c
         }
     };
@@ -259,6 +260,9 @@ async fn run(dir: &Dir) -> Result<(), String> {
         .read_json(state::META)
         .map_err(|e| format!("cannot read {}: {e}", state::META))?
         .ok_or_else(|| format!("{} is missing", state::META))?;
+    if meta.service.argv.first().is_none_or(String::is_empty) {
+        return Err(format!("{} names no program to run", state::META));
+    }
     let listener = bind(dir)?;
     print_listening();
 
@@ -282,7 +286,7 @@ async fn run(dir: &Dir) -> Result<(), String> {
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            let status = spawn_failure(&e, &meta.argv[0]);
+            let status = spawn_failure(&e, &meta.service.argv[0]);
             let link = Link::start(first, first_peer, None);
             return record_exit(dir, Some(link), status, now_ms()).await;
         }

@@ -39,6 +39,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::message::{ExitStatus, InstanceId};
+use common::service::ServiceSpec;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, AT_FDCWD};
 use nix::sys::stat::Mode;
@@ -68,11 +69,10 @@ const MAX_RECORD: u64 = 4 << 20;
 pub struct Meta {
     pub id: InstanceId,
     pub key: String,
-    pub run: Vec<String>,
-    pub argv: Vec<String>,
-    pub name: Option<String>,
-    /// `net-mon` or `disk-mon` for a built-in probe.
-    pub probe: Option<String>,
+    /// The parsed service, embedded: its `run`, `argv`, `name` and `probe`
+    /// are fields of `meta.json` itself (the v1 layout).
+    #[serde(flatten)]
+    pub service: ServiceSpec,
     /// When the server filed it (ms since the epoch).
     pub created_at_ms: u64,
     /// The application's environment, when it is not simply the daemon's
@@ -447,6 +447,24 @@ pub fn current_boot_id() -> String {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    /// A v1 `meta.json` of a probe, as the previous build wrote it.
+    const V1_PROBE_META: &str = r#"{"id":"1a2242ca678-7d39-0","key":"run:[\"/opt/hp/cmappserver/cmapp_disk_mon -O /var/adm/d.log /dev/sdb\"]","run":["/opt/hp/cmappserver/cmapp_disk_mon -O /var/adm/d.log /dev/sdb"],"argv":["/opt/hp/cmappserver/cmapp_disk_mon","-O","/var/adm/d.log","/dev/sdb"],"name":null,"probe":"disk-mon","created_at_ms":1795903235705}"#;
+
+    #[test]
+    fn a_v1_probe_record_is_adopted_typed_and_written_back_the_same() {
+        let meta: Meta = serde_json::from_str(V1_PROBE_META).unwrap();
+        assert_eq!(meta.service.probe, Some(common::probe::Probe::Disk));
+        assert_eq!(meta.service.argv.len(), 4);
+        let again: serde_json::Value = serde_json::to_value(&meta).unwrap();
+        let v1: serde_json::Value = serde_json::from_str(V1_PROBE_META).unwrap();
+        assert_eq!(again, v1, "the v1 layout, field for field");
+        // A probe a later build knows and this one does not: no probe, not
+        // an unreadable record.
+        let later = V1_PROBE_META.replace("disk-mon", "fan-mon");
+        let meta: Meta = serde_json::from_str(&later).unwrap();
+        assert_eq!(meta.service.probe, None);
+    }
 
     #[test]
     fn a_planted_temporary_file_link_is_replaced_not_followed() {

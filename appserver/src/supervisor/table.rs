@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use common::message::{ErrorKind, ErrorReply, Event, Exited, InstanceId, Output, ProcessInfo, Started, Stream};
+use common::service::ServiceSpec;
 use tokio::sync::mpsc;
 
 use super::proto::ShimRequest;
@@ -18,8 +19,8 @@ pub struct Proc {
     pub id: InstanceId,
     pub key: String,
     pub display: String,
-    pub name: Option<String>,
-    pub probe: Option<String>,
+    /// What runs, as parsed at the launch (or adopted from the record).
+    pub service: ServiceSpec,
     pub dir: PathBuf,
     pub pid: u32,
     pub started_at_ms: u64,
@@ -60,14 +61,14 @@ impl Proc {
             id: self.id.clone(),
             key: self.key.clone(),
             service: self.display.clone(),
-            name: self.name.clone(),
+            name: self.service.name.clone(),
             pid: self.pid,
             started_at_ms: self.started_at_ms,
             exit: inner.exit.as_ref().map(|e| e.status.clone()),
             attached: inner.subscribers.iter().any(|s| !s.tx.is_closed()),
             managers: inner.subscribers.iter().filter(|s| !s.tx.is_closed()).count(),
             acked: inner.acked,
-            probe: self.probe.clone(),
+            probe: self.service.probe,
         }
     }
 
