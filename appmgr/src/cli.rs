@@ -27,6 +27,13 @@ pub struct Common {
     /// Configuration file.
     #[arg(long, value_name = "PATH", default_value = ManagerConfig::DEFAULT_PATH)]
     pub conf: PathBuf,
+    #[command(flatten)]
+    pub log: Logging,
+}
+
+/// Where the log goes: every command's, `vm` included.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct Logging {
     /// Log debugging detail.
     #[arg(long, short = 'v')]
     pub verbose: bool,
@@ -86,6 +93,14 @@ pub enum SubCommand {
     Status(StatusArgs),
     /// Generate this host's key and certificate (pinned or CA-signed).
     Keygen(certs::KeygenArgs),
+    /// Start, stop, monitor and validate a libvirt guest run as a cluster package.
+    #[command(after_help = crate::vm::AFTER_HELP)]
+    Vm(crate::vm::VmArgs),
+    /// Loopback demo: throwaway keys, a real cmappserver, an application's exit code.
+    Demo,
+    /// Write the man page and the shell completions into DIR (packaging/generate.sh).
+    #[command(hide = true)]
+    Generate { dir: PathBuf },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -175,8 +190,8 @@ pub enum Invocation {
     Check(CheckArgs),
     Status(StatusArgs),
     Keygen(certs::KeygenArgs),
-    /// `cmappmgr vm ...`: handled by the vm module with its own parser.
-    Vm(Vec<String>),
+    /// `cmappmgr vm ...`: the VM lifecycle hooks.
+    Vm(crate::vm::VmArgs),
     /// `cmappmgr demo`: the loopback demo.
     Demo,
     /// `cmappmgr generate DIR` (hidden): write the man page and completions.
@@ -271,8 +286,8 @@ fn normalise(arg: String) -> String {
 
 /// The whole command line as one clap command, for the man page and the
 /// completions: the legacy form (with `-service`, which `parse` splits off by
-/// hand), every subcommand of [`Sub`], `vm` (parsed by the vm module) and `demo`.
-/// A subcommand added to [`Sub`] or to the vm parser appears here by itself.
+/// hand) and every subcommand of [`Sub`] (`vm` and `demo` included). A
+/// subcommand added to [`Sub`] appears here by itself.
 pub fn command() -> clap::Command {
     use clap::{Arg, CommandFactory};
     let mut cmd = MonitorArgs::command()
@@ -297,29 +312,30 @@ pub fn command() -> clap::Command {
     for sub in Sub::command().get_subcommands() {
         cmd = cmd.subcommand(sub.clone());
     }
-    cmd.subcommand(crate::vm::command()).subcommand(
-        clap::Command::new("demo")
-            .about("Loopback demo: throwaway keys, a real cmappserver, an application's exit code"),
-    )
+    cmd
 }
 
 /// Parses argv (without the program name). Errors are clap's, ready to print.
 pub fn parse(args: Vec<String>) -> Result<Invocation, clap::Error> {
     match args.first().map(String::as_str) {
-        Some("vm") => return Ok(Invocation::Vm(args[1..].to_vec())),
-        Some("demo") if args.len() == 1 => return Ok(Invocation::Demo),
         Some(w) if Verb::from_word(w).is_some() => {
             let verb = Verb::from_word(w).unwrap_or(Verb::Monitor);
             return parse_one_shot(verb, args[1..].to_vec());
         }
-        Some("generate") if args.len() == 2 => return Ok(Invocation::Generate(PathBuf::from(&args[1]))),
-        Some("check" | "status" | "keygen") => {
-            let argv = std::iter::once("cmappmgr".to_string()).chain(args.into_iter().map(normalise));
-            return Ok(match Sub::try_parse_from(argv)?.command {
-                SubCommand::Check(c) => Invocation::Check(c),
-                SubCommand::Status(s) => Invocation::Status(s),
-                SubCommand::Keygen(k) => Invocation::Keygen(k),
-            });
+        Some(w @ ("check" | "status" | "keygen" | "vm" | "demo" | "generate")) => {
+            // `vm` is GNU-style only (its short options are letters: `-x`, `-n`, `-o`).
+            let gnu_only = w == "vm";
+            let argv = args.into_iter().map(|a| if gnu_only { a } else { normalise(a) });
+            return Ok(
+                match Sub::try_parse_from(std::iter::once("cmappmgr".to_string()).chain(argv))?.command {
+                    SubCommand::Check(c) => Invocation::Check(c),
+                    SubCommand::Status(s) => Invocation::Status(s),
+                    SubCommand::Keygen(k) => Invocation::Keygen(k),
+                    SubCommand::Vm(v) => Invocation::Vm(v),
+                    SubCommand::Demo => Invocation::Demo,
+                    SubCommand::Generate { dir } => Invocation::Generate(dir),
+                },
+            );
         }
         _ => {}
     }
@@ -422,7 +438,10 @@ mod tests {
     fn subcommands_parse() {
         assert!(matches!(p(&["check", "-node", "g"]).unwrap(), Invocation::Check(_)));
         assert!(matches!(p(&["status", "--node", "g", "--json"]).unwrap(), Invocation::Status(s) if s.json));
-        assert!(matches!(p(&["vm", "start", "x"]).unwrap(), Invocation::Vm(v) if v == ["start", "x"]));
+        assert!(matches!(p(&["vm", "start", "x"]).unwrap(), Invocation::Vm(_)));
+        assert!(matches!(p(&["demo"]).unwrap(), Invocation::Demo));
+        assert!(matches!(p(&["generate", "d"]).unwrap(), Invocation::Generate(d) if d.as_os_str() == "d"));
+        assert!(p(&["demo", "extra"]).is_err());
     }
 
     #[test]

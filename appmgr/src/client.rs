@@ -1,7 +1,6 @@
 //! Typed calls to a cmappserver: connect (with retries until a deadline),
 //! authenticate, say hello, then send requests and read events.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -424,28 +423,38 @@ impl Client {
     }
 }
 
-/// Connects to `node` (host or address, optionally `:port`), authenticates,
-/// pings, and returns the server's welcome. Retries until `timeout`.
-/// (Used by the `vm` hooks to wait for, and watch, a guest's cmappserver.)
-pub async fn check_node(node: &str, conf_path: &Path, timeout: Duration) -> Result<Welcome, String> {
-    let conf = ManagerConfig::load(conf_path).map_err(|e| e.to_string())?;
-    let connector = Connector::new(&conf, node).map_err(|e| e.to_string())?;
+/// What [`check`] found: the server's welcome and the ping's round trip.
+#[derive(Debug)]
+pub struct Checked {
+    pub welcome: Welcome,
+    pub round_trip: Duration,
+}
+
+/// Connects to `node` (host or address, optionally `:port`), authenticates
+/// and pings: the one "does this guest's cmappserver answer" routine, used by
+/// `cmappmgr check` and by the `vm` hooks' `--check-node`. The connection is
+/// retried until `timeout`; the ping gets what is left (half a second at least).
+pub async fn check(conf: &ManagerConfig, node: &str, timeout: Duration) -> Result<Checked, ClientError> {
     let deadline = Instant::now() + timeout;
-    let mut client = connector.connect(deadline).await.map_err(|e| e.to_string())?;
+    let mut client = Connector::new(conf, node)?.connect(deadline).await?;
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(500));
+    let t0 = Instant::now();
     match client
         .call(&Request::Ping(common::message::Ping { seq: 1 }), left)
-        .await
+        .await?
     {
-        Ok(Event::Pong(_)) => {
-            let w = client.welcome.clone();
+        Event::Pong(_) => {
+            let round_trip = t0.elapsed();
+            let welcome = client.welcome.clone();
             client.close().await;
-            Ok(w)
+            Ok(Checked { welcome, round_trip })
         }
-        Ok(other) => Err(format!("unexpected answer to ping: {other:?}")),
-        Err(e) => Err(e.to_string()),
+        other => Err(ClientError::Protocol(format!(
+            "cmappserver broke the protocol: it answered the ping with {}",
+            other.kind()
+        ))),
     }
 }
 

@@ -6,6 +6,7 @@
 //! as a cluster would run it), shows its output and exit code, and cleans up.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -36,6 +37,35 @@ fn write_keys(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The demo's private directory (mode 0700, made fresh: an existing path is
+/// never reused), removed with everything in it when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<TempDir> {
+        let base = std::env::temp_dir();
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut last = None;
+        for attempt in 0..16u32 {
+            let dir = base.join(format!("cmappmgr-demo-{}-{stamp:x}-{attempt}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok(TempDir(dir)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no free name")))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub fn main() -> i32 {
     match run() {
         Ok(code) => code,
@@ -47,8 +77,8 @@ pub fn main() -> i32 {
 }
 
 fn run() -> Result<i32, String> {
-    let tmp = tempfile::tempdir().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
-    let dir = tmp.path();
+    let tmp = TempDir::new().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
+    let dir = tmp.0.as_path();
     let server_bin = sibling("cmappserver")?;
     println!("demo: throwaway keys in {}", dir.display());
     write_keys(dir)?;

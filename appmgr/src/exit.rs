@@ -49,6 +49,16 @@ pub fn for_error(e: &ClientError) -> i32 {
     }
 }
 
+/// `cmappmgr vm`'s exit codes: success, failure (the message says which), and
+/// [`USAGE`] for a bad command line, as everywhere.
+pub mod vm {
+    /// Done (and a guest monitor stopped by a signal).
+    pub const SUCCESS: i32 = 0;
+    /// The operation failed: the domain is not running, could not be started,
+    /// stopped or validated, is not defined, or maintenance mode is refused.
+    pub const FAILURE: i32 = 1;
+}
+
 /// The one-shot verbs' exit codes (`cmappmgr start|monitor|stop|watch`):
 /// the OCF resource agent API's, one to one, so that an agent returns them
 /// unchanged.

@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use common::config::ManagerConfig;
 use common::logging::{self, Verbosity};
-use common::message::{Event, Request};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -59,32 +58,32 @@ fn main() -> ExitCode {
             }
         },
         cli::Invocation::Monitor(m) => {
-            init_logging(&m.common);
+            init_logging(m.common.log.verbose, !m.common.log.no_syslog);
             let Some(conf) = load_conf(&m.common) else {
                 return code(exit::CONFIG);
             };
-            runtime(watch::run(m, conf))
+            block_on(watch::run(m, conf))
         }
         cli::Invocation::OneShot(verb, a) => {
-            init_logging(&a.common);
+            init_logging(a.common.log.verbose, !a.common.log.no_syslog);
             let Some(conf) = load_conf(&a.common) else {
                 return code(exit::ocf::ERR_CONFIGURED);
             };
-            runtime(oneshot::run(verb, a, conf))
+            block_on(oneshot::run(verb, a, conf))
         }
         cli::Invocation::Check(c) => {
-            init_logging(&c.common);
+            init_logging(c.common.log.verbose, !c.common.log.no_syslog);
             let Some(conf) = load_conf(&c.common) else {
                 return code(exit::CONFIG);
             };
-            runtime(check(c, conf))
+            block_on(check(c, conf))
         }
         cli::Invocation::Status(s) => {
-            init_logging(&s.common);
+            init_logging(s.common.log.verbose, !s.common.log.no_syslog);
             let Some(conf) = load_conf(&s.common) else {
                 return code(exit::CONFIG);
             };
-            runtime(status(s, conf))
+            block_on(status(s, conf))
         }
     })
 }
@@ -93,11 +92,12 @@ fn code(c: i32) -> ExitCode {
     ExitCode::from(u8::try_from(c).unwrap_or(1))
 }
 
-fn init_logging(c: &cli::Common) {
+/// The one logging set-up: stderr, and syslog unless told not to.
+fn init_logging(verbose: bool, syslog: bool) {
     logging::init(
         "cmappmgr",
-        if c.verbose { Verbosity::Debug } else { Verbosity::Normal },
-        !c.no_syslog,
+        if verbose { Verbosity::Debug } else { Verbosity::Normal },
+        syslog,
     );
 }
 
@@ -113,9 +113,14 @@ fn load_conf(c: &cli::Common) -> Option<ManagerConfig> {
     }
 }
 
-/// A small runtime: a manager watches one process.
-fn runtime(fut: impl std::future::Future<Output = i32>) -> i32 {
-    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+/// The one runtime set-up: a small one, since a manager watches one process.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+/// Runs a command's future to its exit code.
+fn block_on(fut: impl std::future::Future<Output = i32>) -> i32 {
+    match runtime() {
         Ok(rt) => rt.block_on(fut),
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");
@@ -139,16 +144,8 @@ async fn connect(node: &str, timeout: Duration, conf: &ManagerConfig) -> Result<
 }
 
 async fn check(args: cli::CheckArgs, conf: ManagerConfig) -> i32 {
-    let mut c = match connect(&args.node, args.timeout, &conf).await {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let t0 = std::time::Instant::now();
-    match c
-        .call(&Request::Ping(common::message::Ping { seq: 1 }), args.timeout)
-        .await
-    {
-        Ok(Event::Pong(_)) => {
+    match client::check(&conf, &args.node, args.timeout).await {
+        Ok(c) => {
             let w = &c.welcome;
             println!(
                 "{} on {}: {} monitored processes (limit {}), protocol {}, round trip {:.2} ms",
@@ -157,14 +154,17 @@ async fn check(args: cli::CheckArgs, conf: ManagerConfig) -> i32 {
                 w.monitored,
                 w.max_processes,
                 w.protocol,
-                t0.elapsed().as_secs_f64() * 1000.0
+                c.round_trip.as_secs_f64() * 1000.0
             );
-            c.close().await;
             0
         }
-        other => {
-            tracing::error!("cmappserver on {} did not answer the ping: {other:?}", args.node);
-            exit::UNREACHABLE
+        Err(e @ client::ClientError::Config(_)) => {
+            tracing::error!("{e}");
+            exit::for_error(&e)
+        }
+        Err(e) => {
+            tracing::error!("Could not connect to the node {}: {e}", args.node);
+            exit::for_error(&e)
         }
     }
 }

@@ -63,9 +63,9 @@ pub fn sections() -> Vec<Section> {
                 "cmappmgr vm",
                 format!(
                     "{} success (and a monitor stopped by a signal), {} failure, {} usage error",
-                    crate::vm::EXIT_OK,
-                    crate::vm::EXIT_FAILURE,
-                    crate::vm::EXIT_USAGE
+                    exit::vm::SUCCESS,
+                    exit::vm::FAILURE,
+                    exit::USAGE
                 ),
             ),
         keys,

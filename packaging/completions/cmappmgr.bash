@@ -22,6 +22,9 @@ _cmappmgr() {
             cmappmgr,demo)
                 cmd="cmappmgr__subcmd__demo"
                 ;;
+            cmappmgr,generate)
+                cmd="cmappmgr__subcmd__generate"
+                ;;
             cmappmgr,help)
                 cmd="cmappmgr__subcmd__help"
                 ;;
@@ -39,6 +42,9 @@ _cmappmgr() {
                 ;;
             cmappmgr__subcmd__help,demo)
                 cmd="cmappmgr__subcmd__help__subcmd__demo"
+                ;;
+            cmappmgr__subcmd__help,generate)
+                cmd="cmappmgr__subcmd__help__subcmd__generate"
                 ;;
             cmappmgr__subcmd__help,help)
                 cmd="cmappmgr__subcmd__help__subcmd__help"
@@ -143,7 +149,7 @@ _cmappmgr() {
 
     case "${cmd}" in
         cmappmgr)
-            opts="-v -h -V --node --cmappserver_timeout --name --detach --stop_on_halt --conf --verbose --no_syslog --service --help --version check status keygen vm demo help"
+            opts="-v -h -V --node --cmappserver_timeout --name --detach --stop_on_halt --conf --verbose --no_syslog --service --help --version check status keygen vm demo generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -216,8 +222,22 @@ _cmappmgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        cmappmgr__subcmd__generate)
+            opts="-h --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         cmappmgr__subcmd__help)
-            opts="check status keygen vm demo help"
+            opts="check status keygen vm demo generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -245,6 +265,20 @@ _cmappmgr() {
             return 0
             ;;
         cmappmgr__subcmd__help__subcmd__demo)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        cmappmgr__subcmd__help__subcmd__generate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -579,7 +613,7 @@ _cmappmgr() {
             return 0
             ;;
         cmappmgr__subcmd__vm)
-            opts="-h --connect --virsh --virsh-timeout --help start stop monitor validate maintenance deploy help"
+            opts="-v -h --connect --virsh --virsh-timeout --verbose --no-syslog --help start stop monitor validate maintenance deploy help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -605,7 +639,7 @@ _cmappmgr() {
             return 0
             ;;
         cmappmgr__subcmd__vm__subcmd__deploy)
-            opts="-x -n -o -h --node-name --guest-node --tkit-dir --maintenance-flag --monitor-interval --cmappmgr --output --connect --virsh --virsh-timeout --help"
+            opts="-x -n -o -v -h --node-name --guest-node --tkit-dir --maintenance-flag --monitor-interval --cmappmgr --output --connect --virsh --virsh-timeout --verbose --no-syslog --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -783,7 +817,7 @@ _cmappmgr() {
             return 0
             ;;
         cmappmgr__subcmd__vm__subcmd__maintenance)
-            opts="-h --tkit-dir --maintenance-flag --package-conf --connect --virsh --virsh-timeout --help on off status"
+            opts="-v -h --tkit-dir --maintenance-flag --package-conf --connect --virsh --virsh-timeout --verbose --no-syslog --help on off status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -821,7 +855,7 @@ _cmappmgr() {
             return 0
             ;;
         cmappmgr__subcmd__vm__subcmd__monitor)
-            opts="-h --interval --no-events --max-query-failures --check-node --check-timeout --conf --tkit-dir --maintenance-flag --package-conf --connect --virsh --virsh-timeout --help"
+            opts="-v -h --interval --no-events --max-query-failures --check-node --check-timeout --conf --tkit-dir --maintenance-flag --package-conf --connect --virsh --virsh-timeout --verbose --no-syslog --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -879,7 +913,7 @@ _cmappmgr() {
             return 0
             ;;
         cmappmgr__subcmd__vm__subcmd__start)
-            opts="-h --timeout --check-node --check-timeout --conf --tkit-dir --maintenance-flag --package-conf --connect --virsh --virsh-timeout --help"
+            opts="-v -h --timeout --check-node --check-timeout --conf --tkit-dir --maintenance-flag --package-conf --connect --virsh --virsh-timeout --verbose --no-syslog --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -933,7 +967,7 @@ _cmappmgr() {
             return 0
             ;;
         cmappmgr__subcmd__vm__subcmd__stop)
-            opts="-h --timeout --force --connect --virsh --virsh-timeout --help"
+            opts="-v -h --timeout --force --connect --virsh --virsh-timeout --verbose --no-syslog --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -963,7 +997,7 @@ _cmappmgr() {
             return 0
             ;;
         cmappmgr__subcmd__vm__subcmd__validate)
-            opts="-h --no-check-files --connect --virsh --virsh-timeout --help"
+            opts="-v -h --no-check-files --connect --virsh --virsh-timeout --verbose --no-syslog --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

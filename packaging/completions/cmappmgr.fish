@@ -40,6 +40,7 @@ complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -f -a "status" -d 'List 
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -f -a "keygen" -d 'Generate this host\'s key and certificate (pinned or CA-signed)'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -f -a "vm" -d 'Start, stop, monitor and validate a libvirt guest run as a cluster package'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -f -a "demo" -d 'Loopback demo: throwaway keys, a real cmappserver, an application\'s exit code'
+complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -f -a "generate" -d 'Write the man page and the shell completions into DIR (packaging/generate.sh)'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand check" -l node -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand check" -l timeout -d 'Seconds to keep trying' -r
@@ -76,6 +77,8 @@ complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_see
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -l connect -d 'libvirt connection URI' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -l virsh -d 'The virsh program' -r -F
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -l virsh-timeout -d 'Longest time one virsh call may take, in seconds' -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -s v -l verbose -d 'Log debugging detail'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -l no-syslog -d 'Do not log to syslog (stderr only)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -s h -l help -d 'Print help'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -f -a "start" -d 'Start the guest unless it runs; wait until it runs (and its cmappserver answers)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -f -a "stop" -d 'Shut the guest down gracefully, then force it off after --timeout'
@@ -95,12 +98,16 @@ complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_su
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from start" -l connect -d 'libvirt connection URI' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from start" -l virsh -d 'The virsh program' -r -F
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from start" -l virsh-timeout -d 'Longest time one virsh call may take, in seconds' -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from start" -s v -l verbose -d 'Log debugging detail'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from start" -l no-syslog -d 'Do not log to syslog (stderr only)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from start" -s h -l help -d 'Print help'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from stop" -l timeout -d 'Longest wait for the graceful shutdown before forcing the guest off, in seconds (0: force at once)' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from stop" -l connect -d 'libvirt connection URI' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from stop" -l virsh -d 'The virsh program' -r -F
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from stop" -l virsh-timeout -d 'Longest time one virsh call may take, in seconds' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from stop" -l force -d 'Force the guest off at once (`virsh destroy`), without a graceful shutdown'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from stop" -s v -l verbose -d 'Log debugging detail'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from stop" -l no-syslog -d 'Do not log to syslog (stderr only)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from stop" -s h -l help -d 'Print help'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from monitor" -l interval -d 'Seconds between checks (MONITOR_INTERVAL; default 30, or the package\'s)' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from monitor" -l max-query-failures -d 'Fail after this many state queries in a row fail (libvirtd unreachable)' -r
@@ -115,11 +122,15 @@ complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_su
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from monitor" -l virsh -d 'The virsh program' -r -F
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from monitor" -l virsh-timeout -d 'Longest time one virsh call may take, in seconds' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from monitor" -l no-events -d 'Do not subscribe to libvirt lifecycle events; poll only'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from monitor" -s v -l verbose -d 'Log debugging detail'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from monitor" -l no-syslog -d 'Do not log to syslog (stderr only)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from monitor" -s h -l help -d 'Print help'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from validate" -l connect -d 'libvirt connection URI' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from validate" -l virsh -d 'The virsh program' -r -F
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from validate" -l virsh-timeout -d 'Longest time one virsh call may take, in seconds' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from validate" -l no-check-files -d 'Do not check that the disk images and boot files exist'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from validate" -s v -l verbose -d 'Log debugging detail'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from validate" -l no-syslog -d 'Do not log to syslog (stderr only)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from validate" -s h -l help -d 'Print help'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from maintenance" -l tkit-dir -d 'The package directory holding the maintenance file (TKIT_DIR; default /etc/cmcluster/GUEST)' -r -F
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from maintenance" -l maintenance-flag -d 'Whether the package may run in maintenance mode (MAINTENANCE_FLAG; default yes)' -r -f -a "yes\t''
@@ -128,6 +139,8 @@ complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_su
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from maintenance" -l connect -d 'libvirt connection URI' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from maintenance" -l virsh -d 'The virsh program' -r -F
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from maintenance" -l virsh-timeout -d 'Longest time one virsh call may take, in seconds' -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from maintenance" -s v -l verbose -d 'Log debugging detail'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from maintenance" -l no-syslog -d 'Do not log to syslog (stderr only)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from maintenance" -s h -l help -d 'Print help'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -s x -d 'An application monitor service, as cmdeployvpkg takes it (repeatable): NAME, the run string in the guest, -cmappserver_timeout, service_restart (none, unlimited or a count), service_halt_timeout' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -s n -l node-name -d 'A cluster node that may run the package, in order (repeatable; default `*`, every node)' -r
@@ -141,6 +154,8 @@ complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_su
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -l connect -d 'libvirt connection URI' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -l virsh -d 'The virsh program' -r -F
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -l virsh-timeout -d 'Longest time one virsh call may take, in seconds' -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -s v -l verbose -d 'Log debugging detail'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -l no-syslog -d 'Do not log to syslog (stderr only)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from deploy" -s h -l help -d 'Print help'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "start" -d 'Start the guest unless it runs; wait until it runs (and its cmappserver answers)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "stop" -d 'Shut the guest down gracefully, then force it off after --timeout'
@@ -150,12 +165,14 @@ complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_su
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "deploy" -d 'Write the guest\'s Serviceguard package configuration (the original\'s cmdeployvpkg)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand demo" -s h -l help -d 'Print help'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo help" -f -a "check" -d 'Connect, authenticate and ping a guest\'s cmappserver; print its version and how many processes it monitors'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo help" -f -a "status" -d 'List the processes a guest\'s cmappserver monitors'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo help" -f -a "keygen" -d 'Generate this host\'s key and certificate (pinned or CA-signed)'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo help" -f -a "vm" -d 'Start, stop, monitor and validate a libvirt guest run as a cluster package'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo help" -f -a "demo" -d 'Loopback demo: throwaway keys, a real cmappserver, an application\'s exit code'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand generate" -s h -l help -d 'Print help'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo generate help" -f -a "check" -d 'Connect, authenticate and ping a guest\'s cmappserver; print its version and how many processes it monitors'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo generate help" -f -a "status" -d 'List the processes a guest\'s cmappserver monitors'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo generate help" -f -a "keygen" -d 'Generate this host\'s key and certificate (pinned or CA-signed)'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo generate help" -f -a "vm" -d 'Start, stop, monitor and validate a libvirt guest run as a cluster package'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo generate help" -f -a "demo" -d 'Loopback demo: throwaway keys, a real cmappserver, an application\'s exit code'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo generate help" -f -a "generate" -d 'Write the man page and the shell completions into DIR (packaging/generate.sh)'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and __fish_seen_subcommand_from keygen" -f -a "ca" -d 'Create a certificate authority: ca.public (its certificate, the trust store of CA mode) and ca.private (its key)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and __fish_seen_subcommand_from keygen" -f -a "issue" -d 'Sign a certificate for this machine with a CA made by `keygen ca`'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "start" -d 'Start the guest unless it runs; wait until it runs (and its cmappserver answers)'

@@ -106,16 +106,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 
 use hypervisor::{HvError, Hypervisor};
 
-/// Exit code: success.
-pub const EXIT_OK: i32 = 0;
-/// Exit code: the operation failed (see the message on stderr).
-pub const EXIT_FAILURE: i32 = 1;
-/// Exit code: the command line is wrong (EX_USAGE).
-pub const EXIT_USAGE: i32 = 64;
+use crate::exit;
 
 /// Why a VM command failed. Every variant says which guest and what was done.
 #[derive(Debug, thiserror::Error)]
@@ -153,14 +148,12 @@ impl VmError {
     }
 }
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "cmappmgr-vm",
-    bin_name = "cmappmgr vm",
-    about = "Start, stop, monitor and validate a libvirt guest run as a cluster package",
-    after_help = "Exit codes: 0 success, 1 failure, 64 usage error."
-)]
-struct Cli {
+/// The end of `cmappmgr vm --help`.
+pub const AFTER_HELP: &str = "Exit codes: 0 success, 1 failure, 64 usage error.";
+
+/// `cmappmgr vm`'s command line (a subcommand of [`crate::cli::Sub`]).
+#[derive(Debug, Args)]
+pub struct VmArgs {
     /// libvirt connection URI.
     #[arg(
         long,
@@ -176,6 +169,12 @@ struct Cli {
     /// Longest time one virsh call may take, in seconds.
     #[arg(long, global = true, value_name = "SECS", default_value = "60", value_parser = parse_positive_secs)]
     virsh_timeout: Duration,
+    /// Log debugging detail.
+    #[arg(long, short = 'v', global = true)]
+    verbose: bool,
+    /// Do not log to syslog (stderr only).
+    #[arg(long = "no-syslog", alias = "no_syslog", global = true)]
+    no_syslog: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -367,14 +366,15 @@ impl GuestCheck {
     /// Asks the guest's cmappserver once (the client retries until the
     /// timeout); bounded even if the client overruns it.
     async fn ask(&self) -> Result<common::message::Welcome, String> {
+        let conf = common::config::ManagerConfig::load(&self.conf).map_err(|e| e.to_string())?;
         let grace = Duration::from_secs(5);
         match tokio::time::timeout(
             self.timeout + grace,
-            crate::client::check_node(&self.node, &self.conf, self.timeout),
+            crate::client::check(&conf, &self.node, self.timeout),
         )
         .await
         {
-            Ok(r) => r,
+            Ok(r) => r.map(|c| c.welcome).map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {} s", self.timeout.as_secs_f64())),
         }
     }
@@ -382,43 +382,20 @@ impl GuestCheck {
 
 use common::duration::{non_negative as parse_secs, positive as parse_positive_secs};
 
-/// A current-thread runtime for the async parts (signals, events, the
-/// cmappserver check).
+/// The runtime for the async parts (signals, events, the cmappserver check):
+/// the program's one kind (see [`crate::runtime`]).
 fn runtime() -> Result<tokio::runtime::Runtime, VmError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| VmError::Failed(format!("cannot start the async runtime: {e}")))
+    crate::runtime().map_err(|e| VmError::Failed(format!("cannot start the async runtime: {e}")))
 }
 
-/// The `vm` command line, for the man page and completions (it is parsed
-/// here, by [`main`], not by the top-level parser).
-pub fn command() -> clap::Command {
-    use clap::CommandFactory;
-    Cli::command().name("vm")
-}
-
-/// Runs `cmappmgr vm` with the arguments after `vm`; returns the exit code.
-pub fn main(args: Vec<String>) -> i32 {
-    let cli = match Cli::try_parse_from(std::iter::once("cmappmgr vm".to_string()).chain(args)) {
-        Ok(cli) => cli,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            let code = match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => EXIT_OK,
-                _ => EXIT_USAGE,
-            };
-            let _ = e.print();
-            return code;
-        }
-    };
-    // A no-op if the program already installed its subscriber.
-    common::logging::init("cmappmgr", common::logging::Verbosity::Normal, true);
-    match run(cli) {
-        Ok(()) => EXIT_OK,
+/// Runs `cmappmgr vm`; returns the exit code.
+pub fn main(args: VmArgs) -> i32 {
+    crate::init_logging(args.verbose, !args.no_syslog);
+    match run(args) {
+        Ok(()) => exit::vm::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            EXIT_FAILURE
+            exit::vm::FAILURE
         }
     }
 }
@@ -459,7 +436,7 @@ fn follow_monitor(guest: &str, own: tkit::Toolkit) -> Result<tkit::Toolkit, VmEr
     })
 }
 
-fn run(cli: Cli) -> Result<(), VmError> {
+fn run(cli: VmArgs) -> Result<(), VmError> {
     let cli_uri = cli.connect.clone();
     let hv = Arc::new(virsh::Virsh::new(cli.virsh, cli.connect, cli.virsh_timeout));
     match cli.command {
@@ -523,14 +500,13 @@ fn run(cli: Cli) -> Result<(), VmError> {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("cmappmgr vm").chain(args.iter().copied()))
-    }
-
-    #[test]
-    fn the_command_line_is_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
+    /// `cmappmgr vm ARGS`, through the program's own parser.
+    fn parse(args: &[&str]) -> Result<VmArgs, clap::Error> {
+        let argv = std::iter::once("vm").chain(args.iter().copied()).map(String::from);
+        match crate::cli::parse(argv.collect())? {
+            crate::cli::Invocation::Vm(v) => Ok(v),
+            other => panic!("not vm: {other:?}"),
+        }
     }
 
     #[test]
@@ -576,8 +552,20 @@ mod tests {
         assert!(parse(&["monitor", "vm1", "--interval", "-1"]).is_err());
         assert!(parse(&["stop", "vm1", "--timeout", "soon"]).is_err());
         assert!(parse(&["maintenance", "maybe", "vm1"]).is_err());
-        assert_eq!(main(vec!["frobnicate".into()]), EXIT_USAGE);
-        assert_eq!(main(vec![]), EXIT_USAGE);
-        assert_eq!(main(vec!["--help".into()]), EXIT_OK);
+        assert!(parse(&["frobnicate"]).is_err());
+        assert!(parse(&[]).is_err());
+        // A long option spelled with one dash is not rewritten for vm.
+        assert!(parse(&["stop", "vm1", "-timeout", "5"]).is_err());
+        assert_eq!(
+            AFTER_HELP,
+            format!(
+                "Exit codes: {} success, {} failure, {} usage error.",
+                exit::vm::SUCCESS,
+                exit::vm::FAILURE,
+                exit::USAGE
+            )
+        );
+        let help = parse(&["--help"]).unwrap_err();
+        assert!(!help.use_stderr(), "--help is not an error");
     }
 }
