@@ -1,9 +1,11 @@
 //! Typed calls to a cmappserver: connect (with retries until a deadline),
 //! authenticate, say hello, then send requests and read events.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::address::{Node, Target};
 use common::config::ManagerConfig;
 use common::connection::{self, MessageReader, MessageWriter};
 use common::message::{
@@ -12,11 +14,12 @@ use common::message::{
 };
 use common::service::ServiceSpec;
 use rustls_pki_types::ServerName;
-use tokio::io::{ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tokio_vsock::{VsockAddr, VsockStream};
 
 /// Why a call failed, sorted by what the caller should do about it.
 #[derive(Debug, thiserror::Error)]
@@ -50,39 +53,11 @@ impl ClientError {
     }
 }
 
-/// Host and port of a `-node` value: `guest1`, `guest1:5400`, `10.0.0.5`,
-/// `[fe80::1]:5400`, or a bare IPv6 address.
-pub fn parse_node(node: &str, default_port: u16) -> Result<(String, u16), String> {
-    let bad = || format!("-node {node:?} is not a host name or address with an optional :port");
-    if let Some(rest) = node.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| bad())?,
-            None if after.is_empty() => default_port,
-            None => return Err(bad()),
-        };
-        return Ok((host.to_string(), port));
-    }
-    match node.matches(':').count() {
-        0 if !node.is_empty() => Ok((node.to_string(), default_port)),
-        1 => {
-            let (h, p) = node.split_once(':').ok_or_else(bad)?;
-            if h.is_empty() {
-                return Err(bad());
-            }
-            Ok((h.to_string(), p.parse().map_err(|_| bad())?))
-        }
-        n if n > 1 => Ok((node.to_string(), default_port)),
-        _ => Err(bad()),
-    }
-}
-
 /// Everything needed to reach one guest.
 #[derive(Clone)]
 pub struct Connector {
     tls: TlsConnector,
-    pub host: String,
-    pub port: u16,
+    pub node: Node,
     server_name: ServerName<'static>,
     /// Who this manager says it is in its hello (`Hello::manager`); the
     /// process's own identity when `None`.
@@ -91,7 +66,71 @@ pub struct Connector {
 
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Connector({}:{})", self.host, self.port)
+        write!(f, "Connector({})", self.node)
+    }
+}
+
+/// A connected byte stream of any transport, before TLS.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt::Debug {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt::Debug> Transport for T {}
+
+/// The longest answer line a vsock device may send to `CONNECT`.
+const HYBRID_LINE_MAX: usize = 64;
+
+/// The Firecracker "hybrid vsock" handshake on a user-space vsock device's
+/// Unix socket (vhost-device-vsock, Cloud Hypervisor speak it too): write
+/// `CONNECT <port>\n`, read `OK <host port>\n`; the stream that follows is
+/// the guest's port. Read a byte at a time, so that nothing of the stream
+/// itself is consumed.
+pub async fn hybrid_vsock_connect(path: &Path, port: u32) -> std::io::Result<UnixStream> {
+    use std::io::{Error, ErrorKind};
+    let mut s = UnixStream::connect(path).await?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+    let mut line = Vec::new();
+    loop {
+        let mut b = [0u8; 1];
+        if s.read(&mut b).await? == 0 {
+            return Err(Error::new(
+                ErrorKind::ConnectionRefused,
+                format!(
+                    "the vsock device closed the connection after CONNECT {port}: nothing listens on \
+                     vsock port {port} in the guest, or the guest is not running"
+                ),
+            ));
+        }
+        if b[0] == b'\n' {
+            break;
+        }
+        line.push(b[0]);
+        if line.len() > HYBRID_LINE_MAX {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                format!("the vsock device's answer to CONNECT {port} is longer than {HYBRID_LINE_MAX} bytes"),
+            ));
+        }
+    }
+    let line = String::from_utf8_lossy(&line);
+    if line.starts_with("OK ") {
+        Ok(s)
+    } else {
+        Err(Error::new(
+            ErrorKind::ConnectionRefused,
+            format!(
+                "the vsock device answered CONNECT {port} with {:?}, not OK",
+                common::text::clip(line.trim_end(), HYBRID_LINE_MAX)
+            ),
+        ))
+    }
+}
+
+/// What an AF_VSOCK connect error means, for the message.
+fn vsock_hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(nix::libc::ENODEV) => {
+            " (no vsock transport reaches that CID: no guest has it, or this host has no vhost_vsock module loaded)"
+        }
+        Some(nix::libc::ECONNRESET | nix::libc::ECONNREFUSED) => " (nothing listens on that vsock port in the guest)",
+        _ => "",
     }
 }
 
@@ -99,19 +138,34 @@ impl Connector {
     /// Loads the key material and the trust store for `node` from `conf`.
     pub fn new(conf: &ManagerConfig, node: &str) -> Result<Connector, ClientError> {
         common::tls::install_crypto_provider();
-        let (host, port) = parse_node(node, conf.port).map_err(ClientError::Config)?;
-        let trust_path = conf.trust_store_for(&host);
+        let node = Node::parse(node, conf.port).map_err(ClientError::Config)?;
+        let trust_path = match node.name() {
+            Some(name) => conf.trust_store_for(name),
+            None => &conf.trust_store,
+        };
         let key = common::tls::load_key_store(&conf.key_store, &conf.key_store_password)
             .map_err(|e| ClientError::Config(format!("keyStore: {e}")))?;
         let trust = common::tls::load_trust_store(trust_path, &conf.trust_store_password)
             .map_err(|e| ClientError::Config(format!("trustStore: {e}")))?;
+        let server_name = match node.name() {
+            Some(name) => ServerName::try_from(name.to_string())
+                .map_err(|e| ClientError::Config(format!("-node {node}: {name:?} is not a valid server name: {e}")))?,
+            // A vsock address names no one: a CA-signed certificate could
+            // be any guest's, so CA trust needs the guest's name.
+            None if !trust.cas.is_empty() => {
+                return Err(ClientError::Config(format!(
+                    "-node {node}: the trust store holds a CA, and a vsock address carries no name to check \
+                     the guest's certificate against: name the guest as its certificate does, \
+                     -node NAME@{node}"
+                )))
+            }
+            // Pinned trust: the certificate itself is the identity; the name is not checked.
+            None => ServerName::try_from("vsock.invalid").expect("a valid DNS name"),
+        };
         let tls = common::tls::client_config(key, trust).map_err(|e| ClientError::Config(e.to_string()))?;
-        let server_name = ServerName::try_from(host.clone())
-            .map_err(|e| ClientError::Config(format!("-node {host:?} is not a valid server name: {e}")))?;
         Ok(Connector {
             tls: TlsConnector::from(Arc::<rustls::ClientConfig>::clone(&tls)),
-            host,
-            port,
+            node,
             server_name,
             manager: None,
         })
@@ -126,47 +180,80 @@ impl Connector {
         self
     }
 
-    /// One attempt: TCP, TLS, hello. Each phase is bounded by `limit`.
+    /// One attempt: the transport (TCP, vsock or a vsock device's socket),
+    /// TLS, hello. Each phase is bounded by `limit`.
     pub async fn connect_once(&self, limit: Duration) -> Result<Client, ClientError> {
-        let unreachable = |what: &str, e: &dyn std::fmt::Display| ClientError::Unreachable(format!("{what}: {e}"));
-        let addrs: Vec<_> = tokio::time::timeout(limit, tokio::net::lookup_host((self.host.as_str(), self.port)))
-            .await
-            .map_err(|_| ClientError::Unreachable(format!("name lookup of {} timed out", self.host)))?
-            .map_err(|e| unreachable(&format!("cannot resolve {}", self.host), &e))?
-            .collect();
-        let mut last = ClientError::Unreachable(format!("{} has no addresses", self.host));
-        for addr in addrs {
-            let tcp = match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
-                Err(_) => {
-                    last = ClientError::Unreachable(format!("connection to {addr} timed out"));
-                    continue;
-                }
-                Ok(Err(e)) => {
-                    last = unreachable(&format!("connection to {addr} failed"), &e);
-                    continue;
-                }
-                Ok(Ok(t)) => t,
-            };
-            let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(limit, self.tls.connect(self.server_name.clone(), tcp)).await {
-                Err(_) => return Err(ClientError::Unreachable(format!("TLS handshake with {addr} timed out"))),
-                Ok(Err(e)) => {
-                    let why = common::tls::describe_handshake_error(&e);
-                    return Err(if common::tls::is_auth_failure(&e) {
-                        ClientError::Auth(format!("TLS handshake with {addr} failed: {why}"))
-                    } else {
-                        ClientError::Unreachable(format!("TLS handshake with {addr} failed: {why}"))
-                    });
-                }
-                Ok(Ok(s)) => s,
-            };
-            let mut hello = Hello::current("cmappmgr");
-            if let Some(m) = &self.manager {
-                hello.manager = Some(m.clone());
+        let (stream, at) = self.open(limit).await?;
+        let tls = match tokio::time::timeout(limit, self.tls.connect(self.server_name.clone(), stream)).await {
+            Err(_) => return Err(ClientError::Unreachable(format!("TLS handshake with {at} timed out"))),
+            Ok(Err(e)) => {
+                let why = common::tls::describe_handshake_error(&e);
+                return Err(if common::tls::is_auth_failure(&e) {
+                    ClientError::Auth(format!("TLS handshake with {at} failed: {why}"))
+                } else {
+                    ClientError::Unreachable(format!("TLS handshake with {at} failed: {why}"))
+                });
             }
-            return Client::hello(tls, limit, &hello).await;
+            Ok(Ok(s)) => s,
+        };
+        let mut hello = Hello::current("cmappmgr");
+        if let Some(m) = &self.manager {
+            hello.manager = Some(m.clone());
         }
-        Err(last)
+        Client::hello(tls, limit, &hello).await
+    }
+
+    /// The connected stream, and how to name its far end in messages.
+    async fn open(&self, limit: Duration) -> Result<(Box<dyn Transport>, String), ClientError> {
+        let unreachable = |what: &str, e: &dyn std::fmt::Display| ClientError::Unreachable(format!("{what}: {e}"));
+        match &self.node.target {
+            Target::Tcp { host, port } => {
+                let addrs: Vec<_> = tokio::time::timeout(limit, tokio::net::lookup_host((host.as_str(), *port)))
+                    .await
+                    .map_err(|_| ClientError::Unreachable(format!("name lookup of {host} timed out")))?
+                    .map_err(|e| unreachable(&format!("cannot resolve {host}"), &e))?
+                    .collect();
+                let mut last = ClientError::Unreachable(format!("{host} has no addresses"));
+                for addr in addrs {
+                    match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+                        Err(_) => last = ClientError::Unreachable(format!("connection to {addr} timed out")),
+                        Ok(Err(e)) => last = unreachable(&format!("connection to {addr} failed"), &e),
+                        Ok(Ok(tcp)) => {
+                            let _ = tcp.set_nodelay(true);
+                            return Ok((Box::new(tcp), addr.to_string()));
+                        }
+                    }
+                }
+                Err(last)
+            }
+            Target::Vsock { cid, port } => {
+                let at = format!("vsock:{cid}:{port}");
+                match tokio::time::timeout(limit, VsockStream::connect(VsockAddr::new(*cid, *port))).await {
+                    Err(_) => Err(ClientError::Unreachable(format!("connection to {at} timed out"))),
+                    // No AF_VSOCK in this kernel at all: no retry will help.
+                    Ok(Err(e)) if e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {
+                        Err(ClientError::Config(format!(
+                            "cannot connect to {at}: {e}: this host's kernel has no AF_VSOCK support \
+                             (load the vhost_vsock module, or reach the guest through its vsock device's \
+                             socket with -node vsock-unix:/PATH)"
+                        )))
+                    }
+                    Ok(Err(e)) => Err(ClientError::Unreachable(format!(
+                        "connection to {at} failed: {e}{}",
+                        vsock_hint(&e)
+                    ))),
+                    Ok(Ok(s)) => Ok((Box::new(s), at)),
+                }
+            }
+            Target::VsockUnix { path, port } => {
+                let at = format!("vsock port {port} through {}", path.display());
+                match tokio::time::timeout(limit, hybrid_vsock_connect(path, *port)).await {
+                    Err(_) => Err(ClientError::Unreachable(format!("connection to {at} timed out"))),
+                    Ok(Err(e)) => Err(unreachable(&format!("connection to {at} failed"), &e)),
+                    Ok(Ok(s)) => Ok((Box::new(s), at)),
+                }
+            }
+        }
     }
 
     /// Retries [`connect_once`](Self::connect_once) with backoff until it
@@ -196,7 +283,7 @@ impl Connector {
     }
 }
 
-type Tls = TlsStream<TcpStream>;
+type Tls = TlsStream<Box<dyn Transport>>;
 
 /// An authenticated connection after the hello exchange.
 #[derive(Debug)]
@@ -430,8 +517,8 @@ pub struct Checked {
     pub round_trip: Duration,
 }
 
-/// Connects to `node` (host or address, optionally `:port`), authenticates
-/// and pings: the one "does this guest's cmappserver answer" routine, used by
+/// Connects to `node` (a `-node` value: host or address, optionally `:port`,
+/// or a vsock address), authenticates and pings: the one "does this guest's cmappserver answer" routine, used by
 /// `cmappmgr check` and by the `vm` hooks' `--check-node`. The connection is
 /// retried until `timeout`; the ping gets what is left (half a second at least).
 pub async fn check(conf: &ManagerConfig, node: &str, timeout: Duration) -> Result<Checked, ClientError> {
@@ -455,23 +542,5 @@ pub async fn check(conf: &ManagerConfig, node: &str, timeout: Duration) -> Resul
             "cmappserver broke the protocol: it answered the ping with {}",
             other.kind()
         ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_node;
-
-    #[test]
-    fn node_forms() {
-        assert_eq!(parse_node("guest1", 5315).unwrap(), ("guest1".into(), 5315));
-        assert_eq!(parse_node("guest1:5400", 5315).unwrap(), ("guest1".into(), 5400));
-        assert_eq!(parse_node("10.0.0.5", 5315).unwrap(), ("10.0.0.5".into(), 5315));
-        assert_eq!(parse_node("[::1]:7", 5315).unwrap(), ("::1".into(), 7));
-        assert_eq!(parse_node("[::1]", 5315).unwrap(), ("::1".into(), 5315));
-        assert_eq!(parse_node("fe80::1", 5315).unwrap(), ("fe80::1".into(), 5315));
-        assert!(parse_node("g:x", 5315).is_err());
-        assert!(parse_node("", 5315).is_err());
-        assert!(parse_node("[::1", 5315).is_err());
     }
 }

@@ -22,11 +22,11 @@ mod server;
 mod session;
 mod supervisor;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use common::address::ListenAddr;
 use common::config::ServerConfig;
 use common::probe::Probe;
 
@@ -40,9 +40,10 @@ struct Cli {
     /// Configuration file.
     #[arg(long, short = 'c', value_name = "PATH", default_value = ServerConfig::DEFAULT_PATH, global = true)]
     conf: PathBuf,
-    /// Address to listen on (repeatable); overrides the configuration's `listen`.
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen: Vec<SocketAddr>,
+    /// Address to listen on, TCP (`0.0.0.0:5315`) or virtio-vsock
+    /// (`vsock:5315`); repeatable; overrides the configuration's `listen`.
+    #[arg(long, value_name = "ADDR:PORT|vsock:PORT")]
+    listen: Vec<ListenAddr>,
     /// Check the configuration and key material, report every problem, and exit.
     #[arg(long)]
     check_config: bool,

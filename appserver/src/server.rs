@@ -10,10 +10,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::address::ListenAddr;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+use tokio_vsock::{VsockAddr, VsockListener, VsockStream};
 
 use crate::session::{self, SessionContext, SessionEnd};
 use crate::supervisor::Supervisor;
@@ -49,27 +52,81 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Binds every address; `[::]` is dual-stack, so a following `0.0.0.0` on the
-/// same port is skipped when it is already covered.
-pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, String> {
-    let mut listeners = Vec::new();
-    let mut errors = Vec::new();
-    for addr in addrs {
-        match listen(*addr) {
-            Ok(l) => listeners.push(l),
-            Err(e) => {
-                let covered = addr.ip().is_unspecified()
-                    && listeners.iter().any(|l: &TcpListener| {
-                        l.local_addr()
-                            .is_ok_and(|a| a.ip().is_unspecified() && a.port() == addr.port())
-                    });
-                if !covered {
-                    errors.push(format!("cannot listen on {addr}: {e}"));
-                }
-            }
+/// A bound listener: TCP, or a virtio-vsock port.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Vsock(VsockListener),
+}
+
+impl Listener {
+    fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map_or_else(|e| format!("TCP ({e})"), |a| a.to_string()),
+            Listener::Vsock(l) => l
+                .local_addr()
+                .map_or_else(|e| format!("vsock ({e})"), |a| format!("vsock:{}", a.port())),
         }
     }
-    if listeners.is_empty() || (!errors.is_empty() && addrs.iter().all(|a| !a.ip().is_unspecified())) {
+
+    /// The TCP address, for tests and for the dual-stack check.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Vsock(_) => None,
+        }
+    }
+}
+
+/// Binds a vsock port on any CID (the guest's own).
+fn listen_vsock(port: u32) -> Result<VsockListener, String> {
+    VsockListener::bind(VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port)).map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(nix::libc::EAFNOSUPPORT) => {
+                ": this kernel has no virtio-vsock support (load the vmw_vsock_virtio_transport \
+                 module, and give the VM a vsock device)"
+            }
+            Some(nix::libc::EADDRINUSE) => ": another program listens on that port",
+            _ => "",
+        };
+        format!("cannot listen on vsock:{port}: {e}{hint}")
+    })
+}
+
+/// Binds every address; `[::]` is dual-stack, so a following `0.0.0.0` on the
+/// same port is skipped when it is already covered. A vsock port that cannot
+/// be bound (a guest without the vsock driver) is a warning while another
+/// listener is up: the guest stays reachable over TCP.
+pub async fn bind(addrs: &[ListenAddr]) -> Result<Vec<Listener>, String> {
+    let mut listeners = Vec::new();
+    let mut errors = Vec::new();
+    let mut tcp_failed = false;
+    for addr in addrs {
+        match *addr {
+            ListenAddr::Vsock { port } => match listen_vsock(port) {
+                Ok(l) => listeners.push(Listener::Vsock(l)),
+                Err(e) => errors.push(e),
+            },
+            ListenAddr::Tcp(addr) => match listen(addr) {
+                Ok(l) => listeners.push(Listener::Tcp(l)),
+                Err(e) => {
+                    let covered = addr.ip().is_unspecified()
+                        && listeners
+                            .iter()
+                            .filter_map(Listener::tcp_addr)
+                            .any(|a| a.ip().is_unspecified() && a.port() == addr.port());
+                    if !covered {
+                        tcp_failed = true;
+                        errors.push(format!("cannot listen on {addr}: {e}"));
+                    }
+                }
+            },
+        }
+    }
+    let all_specific = addrs
+        .iter()
+        .all(|a| matches!(a, ListenAddr::Tcp(t) if !t.ip().is_unspecified()) || matches!(a, ListenAddr::Vsock { .. }));
+    if listeners.is_empty() || (tcp_failed && all_specific) {
         return Err(errors.join("; "));
     }
     for e in errors {
@@ -80,7 +137,7 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, String> {
 
 /// Serves until `shutdown` resolves, then tells every session and returns.
 pub async fn run(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     tls: Arc<rustls::ServerConfig>,
     supervisor: Arc<Supervisor>,
     opts: ServerOptions,
@@ -107,9 +164,7 @@ pub async fn run(
     });
     let mut loops = JoinSet::new();
     for l in listeners {
-        if let Ok(addr) = l.local_addr() {
-            tracing::info!("listening on {addr}");
-        }
+        tracing::info!("listening on {}", l.describe());
         loops.spawn(accept_loop(l, shared.clone()));
     }
     loops.spawn(summarise(failures, pending, opts.handshake_log_interval));
@@ -145,33 +200,105 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// Who is at the other end of a connection.
+#[derive(Debug, Clone, Copy)]
+enum Peer {
+    Tcp(SocketAddr),
+    Vsock { cid: u32, port: u32 },
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(a) => write!(f, "{a}"),
+            Peer::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+        }
+    }
+}
+
+/// Where failed handshakes come from, for their summary: an IP address, or a vsock CID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Source {
+    Ip(IpAddr),
+    Cid(u32),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Ip(ip) => write!(f, "{ip}"),
+            Source::Cid(cid) => write!(f, "vsock CID {cid}"),
+        }
+    }
+}
+
+impl Peer {
+    fn source(&self) -> Source {
+        match self {
+            Peer::Tcp(a) => Source::Ip(a.ip()),
+            Peer::Vsock { cid, .. } => Source::Cid(*cid),
+        }
+    }
+}
+
+/// An accepted connection of either transport.
+trait Accepted: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Resolves once the peer has sent its first bytes (`Ok(false)`: it
+    /// closed first). Until then the connection costs a socket only.
+    fn first_bytes(&self) -> impl Future<Output = std::io::Result<bool>> + Send + '_;
+}
+
+impl Accepted for TcpStream {
+    async fn first_bytes(&self) -> std::io::Result<bool> {
+        let mut first = [0u8; 1];
+        self.peek(&mut first).await.map(|n| n > 0)
+    }
+}
+
+/// A vsock stream has no peek: its connections enter the handshake budget at
+/// once. Its peers are the host and, where the hypervisor allows it, the
+/// guests of the same host, not a network.
+impl Accepted for VsockStream {
+    async fn first_bytes(&self) -> std::io::Result<bool> {
+        Ok(true)
+    }
+}
+
 /// Accepts for ever: never waits for a free slot (the kernel's backlog must
 /// never fill behind a limit), but makes room among the unauthenticated
 /// connections as each one arrives (see [`Pending`]).
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(10);
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => {
-                backoff = Duration::from_millis(10);
-                x
-            }
+        let accepted = match &listener {
+            Listener::Tcp(l) => l.accept().await.map(|(tcp, peer)| {
+                let _ = tcp.set_nodelay(true);
+                let _ = socket_keepalive(&tcp);
+                let (ticket, shed) = shared.pending.admit();
+                tokio::spawn(serve(tcp, Peer::Tcp(peer), ticket, shed, shared.clone()));
+            }),
+            Listener::Vsock(l) => l.accept().await.map(|(stream, peer)| {
+                let peer = Peer::Vsock {
+                    cid: peer.cid(),
+                    port: peer.port(),
+                };
+                let (ticket, shed) = shared.pending.admit();
+                tokio::spawn(serve(stream, peer, ticket, shed, shared.clone()));
+            }),
+        };
+        match accepted {
+            Ok(()) => backoff = Duration::from_millis(10),
             Err(e) => {
                 // EMFILE and friends: back off rather than spin.
                 tracing::warn!("accept failed: {e}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
             }
-        };
-        let (ticket, shed) = shared.pending.admit();
-        tokio::spawn(serve(tcp, peer, ticket, shed, shared.clone()));
+        }
     }
 }
 
-async fn serve(tcp: TcpStream, peer: SocketAddr, ticket: Ticket, shed: oneshot::Receiver<()>, shared: Arc<Shared>) {
-    let _ = tcp.set_nodelay(true);
-    let _ = socket_keepalive(&tcp);
+async fn serve<S: Accepted>(stream: S, peer: Peer, ticket: Ticket, shed: oneshot::Receiver<()>, shared: Arc<Shared>) {
     let timeout = shared.opts.handshake_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     // Until authenticated, the connection may be shed to make room (the
@@ -179,16 +306,15 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, ticket: Ticket, shed: oneshot::
     let handshake = async {
         // A connection that has sent nothing yet costs a socket only; it
         // enters the TLS handshake (and its budget) with its first bytes.
-        let mut first = [0u8; 1];
-        match tcp.peek(&mut first).await {
-            Ok(0) => return Err("the connection was closed before the TLS handshake".to_string()),
-            Ok(_) => {}
+        match stream.first_bytes().await {
+            Ok(false) => return Err("the connection was closed before the TLS handshake".to_string()),
+            Ok(true) => {}
             Err(e) => return Err(format!("the connection failed before the TLS handshake ({e})")),
         }
         ticket.promote();
         shared
             .acceptor
-            .accept(tcp)
+            .accept(stream)
             .await
             .map_err(|e| common::tls::describe_handshake_error(&e))
     };
@@ -343,7 +469,7 @@ struct FailureLog {
 struct FailureInner {
     logged: u32,
     suppressed: u64,
-    by_source: HashMap<IpAddr, u64>,
+    by_source: HashMap<Source, u64>,
 }
 
 /// Failed handshakes logged one by one per interval before the rest are only counted.
@@ -352,7 +478,7 @@ const FAILURES_LOGGED_PER_INTERVAL: u32 = 5;
 const FAILURE_SOURCES: usize = 1000;
 
 impl FailureLog {
-    fn failed(&self, peer: SocketAddr, why: &str) {
+    fn failed(&self, peer: Peer, why: &str) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if g.logged < FAILURES_LOGGED_PER_INTERVAL {
             g.logged += 1;
@@ -361,9 +487,9 @@ impl FailureLog {
             return;
         }
         g.suppressed += 1;
-        let ip = peer.ip();
-        if g.by_source.len() < FAILURE_SOURCES || g.by_source.contains_key(&ip) {
-            *g.by_source.entry(ip).or_default() += 1;
+        let source = peer.source();
+        if g.by_source.len() < FAILURE_SOURCES || g.by_source.contains_key(&source) {
+            *g.by_source.entry(source).or_default() += 1;
         }
     }
 
@@ -376,7 +502,7 @@ impl FailureLog {
         if suppressed == 0 {
             return None;
         }
-        let mut sources: Vec<(IpAddr, u64)> = by_source.into_iter().collect();
+        let mut sources: Vec<(Source, u64)> = by_source.into_iter().collect();
         sources.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let counted: u64 = sources.iter().map(|s| s.1).sum();
         let mut top: Vec<String> = sources.iter().take(5).map(|(ip, n)| format!("{ip} ({n})")).collect();

@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::address::ListenAddr;
 use crate::duration::Seconds;
 use crate::DEFAULT_PORT;
 
@@ -464,8 +465,9 @@ pub struct ServerConfig {
     pub trust_store: PathBuf,
     /// Accepted for compatibility; PEM trust stores have no password.
     pub trust_store_password: String,
-    /// Addresses to listen on; empty means every address, IPv4 and IPv6, on `port`.
-    pub listen: Vec<SocketAddr>,
+    /// Addresses to listen on (TCP, or `vsock:PORT`); empty means every
+    /// address, IPv4 and IPv6, on `port`.
+    pub listen: Vec<ListenAddr>,
     pub port: u16,
     /// At most this many monitored processes (running or with an uncollected exit status).
     pub max_processes: usize,
@@ -584,7 +586,11 @@ impl ServerConfig {
                 "trustStore" => c.trust_store = e.value.clone().into(),
                 "trustStorePassword" => c.trust_store_password = e.value.clone(),
                 "listen" => {
-                    if let Some(a) = r.parse(e, key, "an address and port such as 0.0.0.0:5315 or [::1]:5315") {
+                    if let Some(a) = r.parse(
+                        e,
+                        key,
+                        "an address and port such as 0.0.0.0:5315 or [::1]:5315, or vsock:PORT",
+                    ) {
                         c.listen.push(a)
                     }
                 }
@@ -639,11 +645,11 @@ impl ServerConfig {
     }
 
     /// The addresses to bind: the configured ones, or `[::]` and `0.0.0.0` on `port`.
-    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+    pub fn listen_addrs(&self) -> Vec<ListenAddr> {
         if self.listen.is_empty() {
             vec![
-                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, self.port)),
-                SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, self.port)),
+                ListenAddr::Tcp(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, self.port))),
+                ListenAddr::Tcp(SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, self.port))),
             ]
         } else {
             self.listen.clone()
@@ -820,7 +826,7 @@ pub const SERVER_KEY_DOCS: &[(&str, &str, &str)] = &[
     (
         "listen",
         "every address, IPv4 and IPv6",
-        "ADDR:PORT to listen on, repeatable (--listen overrides)",
+        "ADDR:PORT (TCP) or vsock:PORT (virtio-vsock) to listen on, repeatable (--listen overrides)",
     ),
     ("port", "5315", "port of the default listeners"),
     ("maxProcesses", "30", "processes running at once; one more is refused"),
@@ -1181,9 +1187,10 @@ trustStorePassword=public
 
     #[test]
     fn our_keys_parse() {
-        let text = "listen=127.0.0.1:7000\nlisten=[::1]:7000\nstopGracePeriod=0.5\nstateDir=/tmp/x\nstopProcessesOnShutdown=yes\n";
+        let text = "listen=127.0.0.1:7000\nlisten=[::1]:7000\nlisten=vsock:5315\nstopGracePeriod=0.5\nstateDir=/tmp/x\nstopProcessesOnShutdown=yes\n";
         let c = ServerConfig::parse(Path::new("s"), text).unwrap();
-        assert_eq!(c.listen_addrs().len(), 2);
+        assert_eq!(c.listen_addrs().len(), 3);
+        assert_eq!(c.listen_addrs()[2], ListenAddr::Vsock { port: 5315 });
         assert_eq!(c.stop_grace, Duration::from_millis(500));
         assert!(c.stop_processes_on_shutdown);
     }

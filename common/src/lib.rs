@@ -2,6 +2,7 @@
 //!
 //! | module         | what it holds                                                        |
 //! |----------------|----------------------------------------------------------------------|
+//! | [`address`]    | listen addresses (TCP, vsock) and `-node` values (TCP, vsock, vsock-unix) |
 //! | [`codec`]      | the frame: a 4-byte length header and a JSON body, capped at 1 MiB   |
 //! | [`fuzzing`]    | entry points for the fuzz targets and their corpus replay            |
 //! | [`connection`] | typed message reader and writer over any byte stream               |
@@ -22,6 +23,7 @@
 //! `message` knows meaning. Neither binary frames or parses anything itself.
 #![deny(rust_2018_idioms)]
 
+pub mod address;
 pub mod args;
 pub mod codec;
 pub mod config;

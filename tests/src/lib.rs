@@ -30,6 +30,7 @@ pub mod packages;
 pub mod peer;
 pub mod qemu;
 pub mod server;
+pub mod vsock;
 
 use std::path::PathBuf;
 use std::time::Duration;
