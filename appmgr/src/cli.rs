@@ -51,7 +51,9 @@ pub struct Logging {
     after_help = "Usage as a cluster service command:\n  cmappmgr -node <guest> -cmappserver_timeout <seconds> -service <program> [args...]\n\nOther commands: cmappmgr check|status|keygen|vm --help"
 )]
 pub struct MonitorArgs {
-    /// The guest: host name or address, optionally with :port.
+    /// The guest: host name or address, optionally with :port; or
+    /// [NAME@]vsock:CID[:PORT] (AF_VSOCK), or [NAME@]vsock-unix:/PATH[:PORT]
+    /// (a user-space vsock device's Unix socket).
     #[arg(long, value_name = "GUEST")]
     pub node: String,
     /// Seconds to keep trying to reach cmappserver (at start, and after the
@@ -105,6 +107,7 @@ pub enum SubCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
+    /// The guest, as -node takes it (host[:port], vsock:CID[:PORT], vsock-unix:/PATH[:PORT]).
     #[arg(long, value_name = "GUEST")]
     pub node: String,
     /// Seconds to keep trying.
@@ -116,6 +119,7 @@ pub struct CheckArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
+    /// The guest, as -node takes it (host[:port], vsock:CID[:PORT], vsock-unix:/PATH[:PORT]).
     #[arg(long, value_name = "GUEST")]
     pub node: String,
     #[arg(long, alias = "cmappserver_timeout", value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
@@ -158,7 +162,9 @@ impl Verb {
     override_usage = "cmappmgr start|monitor|stop|watch -node <guest> [-cmappserver_timeout S] [-name N] [-on_exit CMD -while_pid PID] -service <program> [args...]"
 )]
 pub struct OneShotArgs {
-    /// The guest: host name or address, optionally with :port.
+    /// The guest: host name or address, optionally with :port; or
+    /// [NAME@]vsock:CID[:PORT] (AF_VSOCK), or [NAME@]vsock-unix:/PATH[:PORT]
+    /// (a user-space vsock device's Unix socket).
     #[arg(long, value_name = "GUEST")]
     pub node: String,
     /// Seconds to keep trying to reach cmappserver before giving up with 1.

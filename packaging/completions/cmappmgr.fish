@@ -24,7 +24,7 @@ function __fish_cmappmgr_using_subcommand
     contains -- $cmd[1] $argv
 end
 
-complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l node -d 'The guest: host name or address, optionally with :port' -r
+complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l node -d 'The guest: host name or address, optionally with :port; or [NAME@]vsock:CID[:PORT] (AF_VSOCK), or [NAME@]vsock-unix:/PATH[:PORT] (a user-space vsock device\'s Unix socket)' -r
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l cmappserver_timeout -d 'Seconds to keep trying to reach cmappserver (at start, and after the connection is lost) before giving up with exit code 1' -r
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l name -d 'Identify the process by this name instead of by its run string' -r
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l conf -d 'Configuration file' -r -F
@@ -42,13 +42,13 @@ complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -f -a "vm" -d 'Start, st
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -f -a "demo" -d 'Loopback demo: throwaway keys, a real cmappserver, an application\'s exit code'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -f -a "generate" -d 'Write the man page and the shell completions into DIR (packaging/generate.sh)'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand check" -l node -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand check" -l node -d 'The guest, as -node takes it (host[:port], vsock:CID[:PORT], vsock-unix:/PATH[:PORT])' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand check" -l timeout -d 'Seconds to keep trying' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand check" -l conf -d 'Configuration file' -r -F
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand check" -s v -l verbose -d 'Log debugging detail'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand check" -l no_syslog -d 'Do not log to syslog (stderr only)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand check" -s h -l help -d 'Print help'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand status" -l node -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand status" -l node -d 'The guest, as -node takes it (host[:port], vsock:CID[:PORT], vsock-unix:/PATH[:PORT])' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand status" -l timeout -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand status" -l conf -d 'Configuration file' -r -F
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand status" -l json -d 'Print JSON instead of a table'

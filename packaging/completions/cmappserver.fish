@@ -25,7 +25,7 @@ function __fish_cmappserver_using_subcommand
 end
 
 complete -c cmappserver -n "__fish_cmappserver_needs_command" -s c -l conf -d 'Configuration file' -r -F
-complete -c cmappserver -n "__fish_cmappserver_needs_command" -l listen -d 'Address to listen on (repeatable); overrides the configuration\'s `listen`' -r
+complete -c cmappserver -n "__fish_cmappserver_needs_command" -l listen -d 'Address to listen on, TCP (`0.0.0.0:5315`) or virtio-vsock (`vsock:5315`); repeatable; overrides the configuration\'s `listen`' -r
 complete -c cmappserver -n "__fish_cmappserver_needs_command" -l pid-file -d 'Once ready (every listener bound, the state directory adopted), write the daemon\'s pid to this file; it is removed when the daemon stops. For init scripts; under systemd, readiness comes through NOTIFY_SOCKET' -r -F
 complete -c cmappserver -n "__fish_cmappserver_needs_command" -l check-config -d 'Check the configuration and key material, report every problem, and exit'
 complete -c cmappserver -n "__fish_cmappserver_needs_command" -s v -l verbose -d 'Log debugging detail'
