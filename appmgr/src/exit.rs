@@ -18,6 +18,10 @@ pub const USAGE: i32 = 64;
 pub const PROCESS_GONE: i32 = 69;
 // 70 (`common::message::LOST_EXIT_CODE`): the process's supervisor died
 // without recording its exit status; it arrives as the process's own code.
+/// cmappserver failed, on its side, to start the process's supervisor or to
+/// reach it (the guest's log says why): an internal failure, not a refusal
+/// and not the application's doing. EX_OSERR.
+pub const SERVER_FAILED: i32 = 71;
 /// cmappserver refused to start the process: its process limit is reached.
 pub const REFUSED: i32 = 75;
 /// Incompatible protocol versions, or the server broke the protocol.
@@ -39,13 +43,19 @@ pub fn for_error(e: &ClientError) -> i32 {
         ClientError::Auth(_) => AUTH,
         ClientError::Version(_) | ClientError::Protocol(_) => PROTOCOL,
         ClientError::Timeout(_) => UNREACHABLE,
-        ClientError::Refused(e) => match e.kind {
-            ErrorKind::NotFound => PROCESS_GONE,
-            ErrorKind::Limit | ErrorKind::Internal => REFUSED,
-            ErrorKind::BadRequest => USAGE,
-            ErrorKind::Version => PROTOCOL,
-            ErrorKind::ShuttingDown => UNREACHABLE,
-        },
+        ClientError::Refused(e) => for_refusal(e.kind),
+    }
+}
+
+/// The exit code for cmappserver's error reply of kind `kind`.
+pub fn for_refusal(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::NotFound => PROCESS_GONE,
+        ErrorKind::Limit => REFUSED,
+        ErrorKind::Internal => SERVER_FAILED,
+        ErrorKind::BadRequest => USAGE,
+        ErrorKind::Version => PROTOCOL,
+        ErrorKind::ShuttingDown => UNREACHABLE,
     }
 }
 

@@ -44,6 +44,10 @@ pub fn sections() -> Vec<Section> {
                 "the process's supervisor was killed and its exit status is unknown",
             )
             .item(
+                exit::SERVER_FAILED.to_string(),
+                "cmappserver failed to start or reach the process's supervisor (the guest's log says why)",
+            )
+            .item(
                 exit::REFUSED.to_string(),
                 "cmappserver refused to start the process (process limit reached)",
             )

@@ -324,36 +324,18 @@ impl Watcher<'_> {
         }
     }
 
+    /// cmappserver's error reply: said in the log, then the exit code
+    /// `exit::for_refusal` gives it (a server shutting down is a lost node).
     fn refused(&self, kind: ErrorKind, message: &str) -> WatchEnd {
+        let node = &self.args.node;
         match kind {
-            ErrorKind::NotFound => {
-                tracing::error!("{message}");
-                WatchEnd::Exit(exit::PROCESS_GONE)
-            }
-            ErrorKind::Limit => {
-                tracing::error!(
-                    "cmappserver on {} refused to start the application: {message}",
-                    self.args.node
-                );
-                WatchEnd::Exit(exit::REFUSED)
-            }
-            ErrorKind::ShuttingDown => WatchEnd::Lost(message.to_string()),
-            ErrorKind::Version => {
-                tracing::error!("{message}");
-                WatchEnd::Exit(exit::PROTOCOL)
-            }
-            ErrorKind::BadRequest => {
-                tracing::error!("cmappserver on {} refused the run string: {message}", self.args.node);
-                WatchEnd::Exit(exit::USAGE)
-            }
-            ErrorKind::Internal => {
-                tracing::error!(
-                    "cmappserver on {} could not start the application: {message}",
-                    self.args.node
-                );
-                WatchEnd::Exit(exit::REFUSED)
-            }
+            ErrorKind::ShuttingDown => return WatchEnd::Lost(message.to_string()),
+            ErrorKind::NotFound | ErrorKind::Version => tracing::error!("{message}"),
+            ErrorKind::Limit => tracing::error!("cmappserver on {node} refused to start the application: {message}"),
+            ErrorKind::BadRequest => tracing::error!("cmappserver on {node} refused the run string: {message}"),
+            ErrorKind::Internal => tracing::error!("cmappserver on {node} could not start the application: {message}"),
         }
+        WatchEnd::Exit(exit::for_refusal(kind))
     }
 
     async fn exited(&mut self, client: &mut Client, id: &InstanceId, status: ExitStatus) -> WatchEnd {
