@@ -597,11 +597,7 @@ impl Lifeline {
 /// Field 22 of /proc/PID/stat (start time in ticks since boot); `None` for
 /// a process that is gone or a zombie.
 fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit(')').next()?;
-    let mut fields = rest.split_whitespace();
-    if fields.next()? == "Z" {
-        return None;
-    }
-    fields.nth(18)?.parse().ok()
+    common::proc::stat(pid)
+        .filter(|s| !s.is_zombie())
+        .map(|s| s.start_ticks)
 }

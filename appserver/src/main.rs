@@ -276,7 +276,7 @@ async fn run(loaded: Loaded, pid_file: Option<PathBuf>) -> ExitCode {
         }
     };
     // Only the name shims show in `ps`: they are started from /proc/self/exe.
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cmappserver"));
+    let exe = common::exe::path().unwrap_or_else(|| PathBuf::from("cmappserver"));
     let limits = supervisor::Limits {
         max_processes: config.max_processes,
         stop_grace: config.stop_grace,

@@ -10,6 +10,8 @@
 //! | [`probe`]      | the built-in probes: names, subcommands, options, host log file      |
 //! | [`args`]       | single-dash long options and yes/no values, as the original took them|
 //! | [`duration`]   | numbers of seconds, each use with its bounds                         |
+//! | [`proc`]       | `/proc/PID/stat`: running, parent, group, CPU time, start tick       |
+//! | [`exe`]        | this very binary, to run it again (`/proc/self/exe`)                 |
 //! | [`service`]    | how a run string becomes an argv, and the identity used to attach    |
 //! | [`config`]     | the original's `key=value` files (`cmappmgr.conf`, `cmappserver.conf`)|
 //! | [`tls`]        | TLS 1.3 with mutual authentication: key material, pinning, CA trust  |
@@ -30,11 +32,13 @@ pub mod config;
 pub mod connection;
 pub mod docs;
 pub mod duration;
+pub mod exe;
 pub mod fuzzing;
 pub mod logging;
 pub mod message;
 pub mod perms;
 pub mod probe;
+pub mod proc;
 pub mod service;
 pub mod shutdown;
 pub mod text;

@@ -57,10 +57,7 @@ fn file_stem(guest: &str) -> String {
     out
 }
 
-fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')').next()?.split_whitespace().nth(19)?.parse().ok()
-}
+use common::proc::start_ticks;
 
 /// A live registration; dropping it removes the entry.
 #[derive(Debug)]

@@ -88,7 +88,7 @@ fn poll_devices(devices: &[PathBuf], poll: u64, timeout: Duration, log: &Log) ->
         }
     };
     for (i, device) in devices.iter().enumerate() {
-        let spawned = Command::new(own_executable())
+        let spawned = Command::new(common::exe::reexec())
             .arg0("cmappserver")
             .args(["disk-mon", WORKER_FLAG])
             .arg(device)
@@ -233,19 +233,6 @@ fn offsets(size: u64, poll: u64) -> Vec<u64> {
     offsets.sort_unstable();
     offsets.dedup();
     offsets
-}
-
-/// How to run this binary again: `/proc/self/exe` even if the file was
-/// replaced since, else whatever started us.
-fn own_executable() -> PathBuf {
-    let proc_exe = Path::new("/proc/self/exe");
-    if proc_exe.exists() {
-        return proc_exe.to_path_buf();
-    }
-    std::env::args_os()
-        .next()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("cmappserver"))
 }
 
 fn ms(d: Duration) -> f64 {

@@ -104,7 +104,7 @@ impl Supervisor {
             .map_err(|e| cleanup(internal("cannot write process record", &e)))?;
         // This very binary, even if a package upgrade has replaced or
         // removed its file since: a shim always speaks our protocol.
-        let mut shim = tokio::process::Command::new("/proc/self/exe")
+        let mut shim = tokio::process::Command::new(common::exe::SELF)
             .arg0(&self.exe)
             .arg("shim")
             .arg(&dir)

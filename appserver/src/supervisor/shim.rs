@@ -125,7 +125,7 @@ fn command_for(meta: &Meta) -> tokio::process::Command {
     let mut cmd = match meta.service.probe {
         Some(probe) => {
             // This very binary, even if its file was replaced or removed since.
-            let mut c = tokio::process::Command::new("/proc/self/exe");
+            let mut c = tokio::process::Command::new(common::exe::SELF);
             c.arg0("cmappserver").arg(probe.subcommand()).args(&argv[1..]);
             c
         }

@@ -21,27 +21,9 @@ pub fn mono_ns() -> u64 {
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
-/// Clock ticks per second of the `utime`/`stime` fields in `/proc/PID/stat`.
-pub fn clk_tck() -> u64 {
-    use nix::unistd::{sysconf, SysconfVar};
-    match sysconf(SysconfVar::CLK_TCK) {
-        Ok(Some(t)) if t > 0 => t as u64,
-        _ => 100,
-    }
-}
-
-/// The fields of `/proc/PID/stat` after the command name (field 3 is index 0).
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = s.rsplit_once(')')?.1;
-    Some(rest.split_whitespace().map(str::to_string).collect())
-}
-
 /// utime + stime of a process (all its threads), in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
-    let f = stat_fields(pid)?;
-    // Fields 14 and 15 of the man page; index 0 here is field 3.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    common::proc::stat(pid).map(|s| s.utime + s.stime)
 }
 
 /// CPU time a process has used, in nanoseconds: the exact on-CPU time the
@@ -64,17 +46,15 @@ pub fn cpu_ns(pid: u32) -> Option<u64> {
     if any {
         Some(total)
     } else {
-        cpu_ticks(pid).map(|t| t * 1_000_000_000 / clk_tck())
+        cpu_ticks(pid).map(|t| t * 1_000_000_000 / common::proc::clock_ticks_per_second())
     }
 }
 
 /// Parent pid and process group of a process.
 pub fn ppid_pgrp(pid: u32) -> Option<(u32, u32)> {
-    let f = stat_fields(pid)?;
-    if f.first().map(String::as_str) == Some("Z") {
-        return None;
-    }
-    Some((f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?))
+    common::proc::stat(pid)
+        .filter(|s| !s.is_zombie())
+        .map(|s| (s.ppid, s.pgrp))
 }
 
 fn status_kb(path: &str, key: &str) -> Option<u64> {

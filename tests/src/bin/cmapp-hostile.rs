@@ -120,13 +120,7 @@ fn plant(procs: &Path, server_pid: u32, target: &Path) -> Result<(), String> {
 /// A process record naming the victim, as its own shim would have written it
 /// (start tick included), with a shim that is gone.
 fn forge(procs: &Path, victim: u32) -> Result<(), String> {
-    let stat = std::fs::read_to_string(format!("/proc/{victim}/stat")).map_err(|e| e.to_string())?;
-    let ticks: u64 = stat
-        .rsplit(')')
-        .next()
-        .and_then(|r| r.split_whitespace().nth(19))
-        .and_then(|t| t.parse().ok())
-        .ok_or("no start tick")?;
+    let ticks = common::proc::start_ticks(victim).ok_or("no start tick")?;
     let dir = procs.join("forged");
     std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
     let meta = format!(
