@@ -71,6 +71,20 @@ pub struct MonitorArgs {
     /// period) and wait up to `stopTimeout` for it to be gone.
     #[arg(long = "stop_on_halt", alias = "stop-on-halt")]
     pub stop_on_halt: bool,
+    /// Forward every line of the application's output to our stdout and
+    /// stderr (the package log), within `forwardLinesPerSecond` and
+    /// `forwardBytesPerSecond`. Without it the output stays in the guest
+    /// (`cmappmgr logs`) and only its last lines come with the exit.
+    #[arg(
+        long = "forward_output",
+        alias = "forward-output",
+        conflicts_with = "no_forward_output"
+    )]
+    pub forward_output: bool,
+    /// Do not forward every line, whatever `forwardOutput` in the
+    /// configuration file says (the built-in probes are always forwarded).
+    #[arg(long = "no_forward_output", alias = "no-forward-output")]
+    pub no_forward_output: bool,
     #[command(flatten)]
     pub common: Common,
     /// The run string (everything after -service).
@@ -93,6 +107,9 @@ pub enum SubCommand {
     Check(CheckArgs),
     /// List the processes a guest's cmappserver monitors.
     Status(StatusArgs),
+    /// Print a service's output log from the guest (the last lines, then
+    /// new ones with --follow), over the same authenticated connection.
+    Logs(LogsArgs),
     /// Generate this host's key and certificate (pinned or CA-signed).
     Keygen(certs::KeygenArgs),
     /// Start, stop, monitor and validate a libvirt guest run as a cluster package.
@@ -188,6 +205,33 @@ pub struct OneShotArgs {
     pub run: Vec<String>,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    #[arg(long, value_name = "GUEST")]
+    pub node: String,
+    #[arg(long, alias = "cmappserver_timeout", value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub timeout: Duration,
+    /// Print the last N lines (at most 10000).
+    #[arg(long, short = 'n', value_name = "N", default_value = "20", value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub tail: u32,
+    /// Then keep printing lines as the application writes them.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// The service's name, when it was started with -name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub common: Common,
+    /// The service's run string, as on its cmappmgr command line (after -service).
+    #[arg(
+        value_name = "SERVICE",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required_unless_present = "name"
+    )]
+    pub service: Vec<String>,
+}
+
 /// What was asked for.
 #[derive(Debug)]
 pub enum Invocation {
@@ -195,6 +239,7 @@ pub enum Invocation {
     OneShot(Verb, OneShotArgs),
     Check(CheckArgs),
     Status(StatusArgs),
+    Logs(LogsArgs),
     Keygen(certs::KeygenArgs),
     /// `cmappmgr vm ...`: the VM lifecycle hooks.
     Vm(crate::vm::VmArgs),
@@ -215,6 +260,12 @@ const WORD_OPTIONS: &[&str] = &[
     "detach",
     "stop_on_halt",
     "stop-on-halt",
+    "forward_output",
+    "forward-output",
+    "no_forward_output",
+    "no-forward-output",
+    "follow",
+    "tail",
     "conf",
     "timeout",
     "json",
@@ -321,6 +372,28 @@ pub fn command() -> clap::Command {
     cmd
 }
 
+/// Where the run string of `logs ... SERVICE...` begins: the first argument
+/// that is neither an option nor an option's value (or everything after `--`).
+fn logs_service_start(args: &[String]) -> usize {
+    const WITH_VALUE: &[&str] = &["node", "timeout", "cmappserver_timeout", "tail", "n", "name", "conf"];
+    let mut i = 1;
+    while i < args.len() {
+        let a = &args[i];
+        if a == "--" {
+            return i + 1;
+        }
+        let Some(word) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')) else {
+            return i;
+        };
+        i += if !word.contains('=') && WITH_VALUE.contains(&word) {
+            2
+        } else {
+            1
+        };
+    }
+    i
+}
+
 /// Parses argv (without the program name). Errors are clap's, ready to print.
 pub fn parse(args: Vec<String>) -> Result<Invocation, clap::Error> {
     match args.first().map(String::as_str) {
@@ -328,14 +401,27 @@ pub fn parse(args: Vec<String>) -> Result<Invocation, clap::Error> {
             let verb = Verb::from_word(w).unwrap_or(Verb::Monitor);
             return parse_one_shot(verb, args[1..].to_vec());
         }
-        Some(w @ ("check" | "status" | "keygen" | "vm" | "demo" | "generate")) => {
+        Some(w @ ("check" | "status" | "keygen" | "logs" | "vm" | "demo" | "generate")) => {
             // `vm` is GNU-style only (its short options are letters: `-x`, `-n`, `-o`).
-            let gnu_only = w == "vm";
-            let argv = args.into_iter().map(|a| if gnu_only { a } else { normalise(a) });
+            let (gnu_only, logs) = (w == "vm", w == "logs");
+            // The run string of `logs` is kept as written (it is the service's identity).
+            let mut args = args;
+            if logs {
+                let cut = logs_service_start(&args);
+                if cut < args.len() && args[cut - 1] != "--" {
+                    args.insert(cut, "--".into());
+                }
+            }
+            let cut = args.iter().position(|a| a == "--").unwrap_or(args.len());
+            let argv = args
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| if gnu_only || i >= cut { a } else { normalise(a) });
             return Ok(
                 match Sub::try_parse_from(std::iter::once("cmappmgr".to_string()).chain(argv))?.command {
                     SubCommand::Check(c) => Invocation::Check(c),
                     SubCommand::Status(s) => Invocation::Status(s),
+                    SubCommand::Logs(l) => Invocation::Logs(l),
                     SubCommand::Keygen(k) => Invocation::Keygen(k),
                     SubCommand::Vm(v) => Invocation::Vm(v),
                     SubCommand::Demo => Invocation::Demo,
@@ -489,5 +575,34 @@ mod tests {
         );
         assert!(p(&["start", "-node", "g", "-on_exit", "x", "-service", "x"]).is_err());
         assert!(p(&["stop", "-node", "g", "-detach", "-service", "x"]).is_err());
+    }
+
+    #[test]
+    fn logs_takes_the_run_string_as_written() {
+        let Invocation::Logs(l) = p(&[
+            "logs",
+            "-node",
+            "g",
+            "-tail",
+            "5",
+            "-follow",
+            "/bin/sh",
+            "-c",
+            "echo -node",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!((l.node.as_str(), l.tail, l.follow), ("g", 5, true));
+        assert_eq!(l.service, ["/bin/sh", "-c", "echo -node"]);
+        let Invocation::Logs(l) = p(&["logs", "--node", "g", "--name", "web"]).unwrap() else {
+            panic!()
+        };
+        assert!(l.service.is_empty() && l.name.as_deref() == Some("web"));
+        assert!(p(&["logs", "--node", "g"]).is_err(), "no service");
+        let Invocation::Monitor(m) = p(&["-node", "g", "-forward_output", "-service", "x"]).unwrap() else {
+            panic!()
+        };
+        assert!(m.forward_output);
     }
 }

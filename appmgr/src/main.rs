@@ -85,6 +85,13 @@ fn main() -> ExitCode {
             };
             block_on(status(s, conf))
         }
+        cli::Invocation::Logs(l) => {
+            init_logging(l.common.log.verbose, !l.common.log.no_syslog);
+            let Some(conf) = load_conf(&l.common) else {
+                return code(exit::CONFIG);
+            };
+            block_on(logs(l, conf))
+        }
     })
 }
 
@@ -188,8 +195,8 @@ async fn status(args: cli::StatusArgs, conf: ManagerConfig) -> i32 {
     }
     let now = common::message::now_ms();
     println!(
-        "{:<8} {:<10} {:<10} {:<9} SERVICE",
-        "PID", "STATE", "UPTIME", "ATTACHED"
+        "{:<8} {:<10} {:<10} {:<9} {:<8} SERVICE",
+        "PID", "STATE", "UPTIME", "ATTACHED", "DROPPED"
     );
     for p in list {
         let state = match &p.exit {
@@ -199,7 +206,7 @@ async fn status(args: cli::StatusArgs, conf: ManagerConfig) -> i32 {
         let up = Duration::from_millis(now.saturating_sub(p.started_at_ms)).as_secs();
         let uptime = format!("{}:{:02}:{:02}", up / 3600, up / 60 % 60, up % 60);
         println!(
-            "{:<8} {:<10} {:<10} {:<9} {}",
+            "{:<8} {:<10} {:<10} {:<9} {:<8} {}",
             p.pid,
             state,
             uptime,
@@ -208,8 +215,108 @@ async fn status(args: cli::StatusArgs, conf: ManagerConfig) -> i32 {
                 (true, 0 | 1) => "yes".to_string(),
                 (true, n) => format!("yes ({n})"),
             },
+            p.log_dropped + p.forward_dropped,
             common::text::escape(&p.service)
         );
+        if let Some(output) = &p.output {
+            println!("{:<8} output: {}", "", common::text::escape(output));
+        }
     }
     0
+}
+
+/// `cmappmgr logs`: a service's output log in the guest.
+async fn logs(args: cli::LogsArgs, conf: ManagerConfig) -> i32 {
+    use common::message::{Event, Request};
+    use std::io::Write;
+    let mut c = match connect(&args.node, args.timeout, &conf).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let req = Request::Logs(common::message::Logs {
+        run: args.service.clone(),
+        name: args.name.clone(),
+        tail: args.tail,
+        follow: args.follow,
+    });
+    if let Err(e) = c.send(&req).await {
+        tracing::error!("cmappserver on {}: {e}", args.node);
+        return exit::UNREACHABLE;
+    }
+    let mut stop = match common::shutdown::shutdown_signal() {
+        Ok(s) => Box::pin(s),
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
+    // Pings keep a followed log's connection from looking idle.
+    let mut ping = tokio::time::interval(Duration::from_secs(15));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0;
+    let mut got_any = false;
+    loop {
+        // The first answer is due within the timeout; a followed log may be quiet for ever.
+        let limit = if got_any {
+            Duration::from_secs(1 << 30)
+        } else {
+            args.timeout
+        };
+        let ev = tokio::select! {
+            ev = tokio::time::timeout(limit, c.next_event()) => Some(ev),
+            _ = ping.tick(), if args.follow => None,
+            _ = &mut stop => {
+                c.close().await;
+                return 0;
+            }
+        };
+        let Some(ev) = ev else {
+            seq += 1;
+            if c.send(&Request::Ping(common::message::Ping { seq })).await.is_err() {
+                tracing::error!("lost the connection to cmappserver on {}", args.node);
+                return exit::UNREACHABLE;
+            }
+            continue;
+        };
+        match ev {
+            Ok(Ok(Some(Event::LogLines(l)))) => {
+                got_any = true;
+                let mut out = std::io::stdout().lock();
+                for line in &l.lines {
+                    let _ = writeln!(out, "{line}");
+                }
+                let _ = out.flush();
+                if l.end && !args.follow {
+                    c.close().await;
+                    return 0;
+                }
+            }
+            Ok(Ok(Some(Event::Pong(_)))) => {}
+            Ok(Ok(Some(Event::Error(e)))) => {
+                if e.kind == common::message::ErrorKind::BadRequest && !got_any {
+                    tracing::error!(
+                        "cmappserver on {} cannot send logs (an older version?): {}",
+                        args.node,
+                        e.message
+                    );
+                } else {
+                    tracing::error!("cmappserver on {}: {}", args.node, e.message);
+                }
+                return 1;
+            }
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                tracing::error!("lost the connection to cmappserver on {}", args.node);
+                return exit::UNREACHABLE;
+            }
+            Err(_) => {
+                tracing::error!(
+                    "cmappserver on {} sent no log lines within {} s",
+                    args.node,
+                    args.timeout.as_secs_f64()
+                );
+                return exit::UNREACHABLE;
+            }
+        }
+    }
 }

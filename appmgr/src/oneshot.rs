@@ -90,6 +90,7 @@ impl OneShot {
             run: self.a.run.clone(),
             name: self.a.name.clone(),
             attach_only,
+            forward: None,
         }
     }
 

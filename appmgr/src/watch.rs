@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use common::config::ManagerConfig;
 use common::logging;
-use common::message::{ErrorKind, Event, ExitStatus, InstanceId, Launch, Ping, Request, Stream};
+use common::message::{ErrorKind, Event, ExitStatus, Forward, InstanceId, Launch, Ping, Request, Stream, TailLine};
 use common::service::ServiceSpec;
 use tokio::time::Instant;
 
@@ -64,6 +64,14 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
             return 1;
         }
     };
+    // Every line only on request, and always for the built-in probes: their
+    // host log files are made of their lines.
+    let probe = ServiceSpec::parse(args.run.clone(), None).is_ok_and(|s| s.probe.is_some());
+    let forward =
+        (probe || (!args.no_forward_output && (args.forward_output || conf.forward_output))).then_some(Forward {
+            lines_per_sec: conf.forward_lines_per_sec,
+            bytes_per_sec: conf.forward_bytes_per_sec,
+        });
     let ping_every = ping_interval(&conf, args.timeout);
     let mut w = Watcher {
         args: &args,
@@ -79,6 +87,7 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
             host_log,
             tail: VecDeque::new(),
         },
+        forward,
     };
     let mut last_error: Option<String> = None;
     loop {
@@ -168,6 +177,8 @@ struct Watcher<'a> {
     /// Set once a stop was requested: the deadline for the process to be gone.
     stopping: Option<Instant>,
     sink: Sink,
+    /// Every output line, within this rate limit; `None`: only the last lines, with the exit.
+    forward: Option<Forward>,
 }
 
 impl Watcher<'_> {
@@ -180,6 +191,7 @@ impl Watcher<'_> {
             run: self.args.run.clone(),
             name: self.args.name.clone(),
             attach_only: self.instance.clone(),
+            forward: self.forward,
         };
         // A launch may wait for the process to start, but never past the give-up time.
         let left = (self.last_heard + self.args.timeout).saturating_duration_since(Instant::now());
@@ -246,7 +258,10 @@ impl Watcher<'_> {
                             self.last_heard = alive_at;
                         }
                         Event::Output(o) if o.id == id => self.sink.line(o.stream, &o.line),
-                        Event::Exited(x) if x.id == id => return self.exited(client, &id, x.status).await,
+                        Event::Exited(x) if x.id == id => {
+                            self.print_tail(&started.service, &x.tail);
+                            return self.exited(client, &id, x.status).await;
+                        }
                         Event::ShuttingDown(s) => {
                             if s.processes_keep_running {
                                 tracing::warn!("{}; waiting up to {} s for it to come back", s.reason, self.args.timeout.as_secs_f64());
@@ -321,6 +336,22 @@ impl Watcher<'_> {
                 );
                 WatchEnd::Exit(exit::for_error(&e))
             }
+        }
+    }
+
+    /// The application's last lines, before its exit line, when its output
+    /// was not forwarded line by line (then they are already out).
+    fn print_tail(&mut self, service: &str, tail: &[TailLine]) {
+        if self.forward.is_some() || tail.is_empty() {
+            return;
+        }
+        tracing::info!(
+            "last {} lines of output of {service} (all of it: `cmappmgr logs -node {} ...` in the guest's log):",
+            tail.len(),
+            self.args.node
+        );
+        for l in tail {
+            self.sink.line(l.stream, &l.line);
         }
     }
 

@@ -284,6 +284,7 @@ async fn run(loaded: Loaded, pid_file: Option<PathBuf>) -> ExitCode {
         // A manager that went away is waited for as long as a silent
         // connection is kept: the server's one notion of "gone".
         ack_wait: config.idle_timeout,
+        output: supervisor::output::Settings::from_config(&config),
     };
     let environment = match config.process_environment {
         common::config::ProcessEnvironment::Inherit if config.environment.is_empty() => None,

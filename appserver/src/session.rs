@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use common::connection::{self, ConnectionError};
 use common::message::{
-    Ack, ErrorKind, ErrorReply, Event, Hello, ProcessList, Request, ShuttingDown, Welcome, PROTOCOL_VERSION,
+    Ack, ErrorKind, ErrorReply, Event, Hello, LogLines, Logs, ProcessList, Request, ShuttingDown, Welcome,
+    MAX_LOG_TAIL, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 
+use crate::supervisor::output::{read_tail, Follower};
 use crate::supervisor::{Subscriber, Supervisor};
 
 /// Events queued for one session before output lines are dropped.
@@ -149,7 +151,10 @@ async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     }
                     Event::Processes(last)
                 }
-                Ok(Ok(Some(req))) => handle(req, &sup, Subscriber { session, manager: manager.clone(), tx: tx.clone() }).await,
+                Ok(Ok(Some(req))) => match handle(req, &sup, Subscriber { session, manager: manager.clone(), tx: tx.clone() }).await {
+                    Some(reply) => reply,
+                    None => continue, // answered through the queue
+                },
             },
             Some(ev) = rx.recv() => ev,
             _ = async { let _ = shutdown.wait_for(Option::is_some).await; } => {
@@ -191,13 +196,21 @@ fn end_for(e: ConnectionError) -> SessionEnd {
     }
 }
 
-/// Applies one request and returns the reply.
-async fn handle(req: Request, sup: &Arc<Supervisor>, sub: Subscriber) -> Event {
+/// Applies one request and returns the reply (`None`: the reply comes
+/// through the session's queue).
+async fn handle(req: Request, sup: &Arc<Supervisor>, sub: Subscriber) -> Option<Event> {
     let session = sub.session;
     if let Err(message) = req.check() {
-        return refused(session, ErrorKind::BadRequest, message);
+        return Some(refused(session, ErrorKind::BadRequest, message));
     }
     let result = match req {
+        Request::Logs(l) => match sup.log_file(&l) {
+            Ok((path, files)) => {
+                tokio::spawn(send_logs(path, files, l, sub.tx));
+                return None;
+            }
+            Err(e) => Err(e),
+        },
         Request::Launch(l) => sup.launch(l, sub).await.map(Event::Started),
         Request::Stop(s) => sup
             .stop(&s.id, s.grace_ms.map(Duration::from_millis))
@@ -208,9 +221,9 @@ async fn handle(req: Request, sup: &Arc<Supervisor>, sub: Subscriber) -> Event {
         Request::Ping(p) => Ok(Event::Pong(p)),
     };
     match result {
-        Ok(ev) => ev,
-        Err(e) if e.kind == ErrorKind::BadRequest => refused(session, e.kind, e.message),
-        Err(e) => Event::Error(e),
+        Ok(ev) => Some(ev),
+        Err(e) if e.kind == ErrorKind::BadRequest => Some(refused(session, e.kind, e.message)),
+        Err(e) => Some(Event::Error(e)),
     }
 }
 
@@ -218,4 +231,85 @@ async fn handle(req: Request, sup: &Arc<Supervisor>, sub: Subscriber) -> Event {
 fn refused(session: u64, kind: ErrorKind, message: String) -> Event {
     tracing::warn!(session, "refused a request: {}", common::text::clip(&message, 300));
     Event::Error(ErrorReply { kind, message })
+}
+
+/// Bytes of lines in one `log_lines` frame (frames are capped at 1 MiB).
+const LOG_CHUNK: usize = 256 << 10;
+/// How often a followed log is looked at.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// Answers `logs`: the last lines of the file, then (with `follow`) new
+/// lines as they are written, until the session goes away. File reads run
+/// on the blocking pool; the queue's bound paces us to the manager.
+async fn send_logs(path: std::path::PathBuf, files: u32, req: Logs, tx: mpsc::Sender<Event>) {
+    let source = path.display().to_string();
+    let chunks = |lines: Vec<String>| {
+        let mut out: Vec<Vec<String>> = vec![Vec::new()];
+        let mut size = 0;
+        for l in lines {
+            if size + l.len() > LOG_CHUNK && !out.last().is_some_and(Vec::is_empty) {
+                out.push(Vec::new());
+                size = 0;
+            }
+            size += l.len() + 8;
+            out.last_mut().expect("never empty").push(l);
+        }
+        out
+    };
+    let n = req.tail.min(MAX_LOG_TAIL) as usize;
+    let p = path.clone();
+    let first = tokio::task::spawn_blocking(move || {
+        // The follower first, so that no line falls between the tail and it.
+        let mut follower = Follower::at_end(&p);
+        let end = follower.pos();
+        (read_tail(&p, files, n, end), follower)
+    })
+    .await;
+    let Ok((tail, mut follower)) = first else { return };
+    let tail = match tail {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && req.follow => Vec::new(),
+        Err(e) => {
+            let kind = if e.kind() == std::io::ErrorKind::NotFound {
+                ErrorKind::NotFound
+            } else {
+                ErrorKind::Internal
+            };
+            let message = format!("cannot read {source}: {e}");
+            let _ = tx.send(Event::Error(ErrorReply { kind, message })).await;
+            return;
+        }
+    };
+    let parts = chunks(tail);
+    let last = parts.len() - 1;
+    for (i, lines) in parts.into_iter().enumerate() {
+        let ev = Event::LogLines(LogLines {
+            source: source.clone(),
+            lines,
+            end: i == last,
+        });
+        if tx.send(ev).await.is_err() {
+            return;
+        }
+    }
+    while req.follow && !tx.is_closed() {
+        tokio::time::sleep(FOLLOW_POLL).await;
+        let Ok((lines, f)) = tokio::task::spawn_blocking(move || (follower.poll(LOG_CHUNK), follower)).await else {
+            return;
+        };
+        follower = f;
+        if lines.is_empty() {
+            continue;
+        }
+        for lines in chunks(lines) {
+            let ev = Event::LogLines(LogLines {
+                source: source.clone(),
+                lines,
+                end: true,
+            });
+            if tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+    }
 }

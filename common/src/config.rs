@@ -368,6 +368,48 @@ impl<'a> Reader<'a> {
         Some(n)
     }
 
+    /// A size in bytes, with an optional K, M or G suffix (powers of 1024).
+    fn bytes(&mut self, e: &Entry, canonical: &str, min: u64, max: u64) -> Option<u64> {
+        let v = e.value.trim();
+        let (digits, unit) = match v.char_indices().last() {
+            Some((i, c)) if c.is_ascii_alphabetic() => (&v[..i], c.to_ascii_uppercase()),
+            _ => (v, 'B'),
+        };
+        let shift = match unit {
+            'B' => 0,
+            'K' => 10,
+            'M' => 20,
+            'G' => 30,
+            _ => {
+                self.error(
+                    e.line,
+                    format!("{canonical}={v} is not a size (bytes, or with K, M or G)"),
+                );
+                return None;
+            }
+        };
+        let n = match digits
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1 << shift))
+        {
+            Some(n) => n,
+            None => {
+                self.error(
+                    e.line,
+                    format!("{canonical}={v} is not a size (bytes, or with K, M or G)"),
+                );
+                return None;
+            }
+        };
+        if n < min || n > max {
+            self.error(e.line, format!("{canonical}={v} must be between {min} and {max} bytes"));
+            return None;
+        }
+        Some(n)
+    }
+
     fn boolean(&mut self, e: &Entry, canonical: &str) -> Option<bool> {
         match crate::args::yes_no(&e.value) {
             Some(b) => Some(b),
@@ -497,6 +539,16 @@ pub struct ServerConfig {
     pub environment: Vec<(String, String)>,
     /// The applications' OOM score adjustment (the daemon's own is not passed on).
     pub process_oom_score_adjust: i32,
+    /// Where the applications' stdout and stderr go in the guest.
+    pub output_log: OutputLog,
+    /// The directory of the per-service output files.
+    pub output_log_dir: PathBuf,
+    /// Size of one output file before it is rotated, in bytes.
+    pub output_log_size: u64,
+    /// Output files kept per service, the current one included.
+    pub output_log_files: u32,
+    /// Last lines of output kept in memory and sent with the exit status.
+    pub output_tail: usize,
 }
 
 /// Where an application's environment starts from.
@@ -528,6 +580,28 @@ fn env_entry(value: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
+/// `outputLog`: where the applications' output goes in the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputLog {
+    /// A size-capped, rotated file per service under `outputLogDir`.
+    File,
+    /// The guest's syslog (the journal, where it collects syslog).
+    Syslog,
+    Both,
+    /// Nowhere in the guest (the tail is still kept for the exit).
+    None,
+}
+
+impl OutputLog {
+    pub fn to_file(self) -> bool {
+        matches!(self, OutputLog::File | OutputLog::Both)
+    }
+
+    pub fn to_syslog(self) -> bool {
+        matches!(self, OutputLog::Syslog | OutputLog::Both)
+    }
+}
+
 impl ServerConfig {
     pub const DEFAULT_PATH: &'static str = "/opt/hp/cmappserver/cmappserver.conf";
     /// Every key the file may set.
@@ -552,6 +626,11 @@ impl ServerConfig {
         "processEnvironment",
         "environment",
         "processOomScoreAdjust",
+        "outputLog",
+        "outputLogDir",
+        "outputLogSize",
+        "outputLogFiles",
+        "outputTail",
     ];
 
     /// Reads the file; its warnings are logged.
@@ -638,6 +717,28 @@ impl ServerConfig {
                         ),
                     ),
                 },
+                "outputLog" => match e.value.to_ascii_lowercase().as_str() {
+                    "file" => c.output_log = OutputLog::File,
+                    "syslog" => c.output_log = OutputLog::Syslog,
+                    "both" => c.output_log = OutputLog::Both,
+                    "none" => c.output_log = OutputLog::None,
+                    _ => r.error(
+                        e.line,
+                        format!("outputLog={} is not file, syslog, both or none", e.value),
+                    ),
+                },
+                "outputLogDir" => {
+                    if e.value.starts_with('/') {
+                        c.output_log_dir = e.value.clone().into()
+                    } else {
+                        r.error(e.line, format!("outputLogDir={} is not an absolute path", e.value))
+                    }
+                }
+                "outputLogSize" => c.output_log_size = r.bytes(e, key, 4096, 1 << 40).unwrap_or(c.output_log_size),
+                "outputLogFiles" => {
+                    c.output_log_files = r.count(e, key, 1, 100).map_or(c.output_log_files, |n| n as u32)
+                }
+                "outputTail" => c.output_tail = r.count(e, key, 0, 1000).unwrap_or(c.output_tail),
                 _ => unreachable!("every known key is handled"),
             }
         }
@@ -680,6 +781,11 @@ impl Default for ServerConfig {
             process_environment: ProcessEnvironment::Inherit,
             environment: Vec::new(),
             process_oom_score_adjust: 0,
+            output_log: OutputLog::File,
+            output_log_dir: "/var/log/cmappserver".into(),
+            output_log_size: 10 << 20,
+            output_log_files: 5,
+            output_tail: 20,
         }
     }
 }
@@ -704,6 +810,13 @@ pub struct ManagerConfig {
     /// Stop the application when cmappmgr is halted (SIGTERM). Off by
     /// default: as in the original, a halted manager leaves it running.
     pub stop_on_halt: bool,
+    /// Forward every line of the application's output to the package log
+    /// (the built-in probes always are); off by default: the output stays
+    /// in the guest and only its last lines come with the exit.
+    pub forward_output: bool,
+    /// Forwarding rate limit: lines per second and bytes per second.
+    pub forward_lines_per_sec: u32,
+    pub forward_bytes_per_sec: u64,
 }
 
 impl ManagerConfig {
@@ -718,6 +831,9 @@ impl ManagerConfig {
         "pingInterval",
         "stopTimeout",
         "stopOnHalt",
+        "forwardOutput",
+        "forwardLinesPerSecond",
+        "forwardBytesPerSecond",
     ];
 
     /// Reads the file; its warnings are logged.
@@ -764,6 +880,15 @@ impl ManagerConfig {
                 "pingInterval" => c.ping_interval = r.seconds(e, key, Seconds::POSITIVE).or(c.ping_interval),
                 "stopTimeout" => c.stop_timeout = r.seconds(e, key, Seconds::POSITIVE).unwrap_or(c.stop_timeout),
                 "stopOnHalt" => c.stop_on_halt = r.boolean(e, key).unwrap_or(c.stop_on_halt),
+                "forwardOutput" => c.forward_output = r.boolean(e, key).unwrap_or(c.forward_output),
+                "forwardLinesPerSecond" => {
+                    c.forward_lines_per_sec = r
+                        .count(e, key, 1, 1_000_000)
+                        .map_or(c.forward_lines_per_sec, |n| n as u32)
+                }
+                "forwardBytesPerSecond" => {
+                    c.forward_bytes_per_sec = r.bytes(e, key, 1024, 1 << 30).unwrap_or(c.forward_bytes_per_sec)
+                }
                 _ => unreachable!("every known key is handled"),
             }
         }
@@ -800,6 +925,9 @@ impl Default for ManagerConfig {
             ping_interval: None,
             stop_timeout: Duration::from_secs(30),
             stop_on_halt: false,
+            forward_output: false,
+            forward_lines_per_sec: 200,
+            forward_bytes_per_sec: 64 << 10,
         }
     }
 }
@@ -883,6 +1011,31 @@ pub const SERVER_KEY_DOCS: &[(&str, &str, &str)] = &[
         "0",
         "the applications' OOM score adjustment, -1000 to 1000 (the daemon's own is not passed on)",
     ),
+    (
+        "outputLog",
+        "file",
+        "where the applications' stdout and stderr go in the guest: file, syslog, both or none",
+    ),
+    (
+        "outputLogDir",
+        "/var/log/cmappserver",
+        "directory of the per-service output files NAME-HASH.log (absolute)",
+    ),
+    (
+        "outputLogSize",
+        "10M",
+        "size of one output file before it rotates (.1, .2, ...): bytes, or with K, M, G (4 KiB to 1 TiB)",
+    ),
+    (
+        "outputLogFiles",
+        "5",
+        "output files kept per service, the current one included (1 to 100)",
+    ),
+    (
+        "outputTail",
+        "20",
+        "last lines of output sent to the package log when an application ends (0 to 1000; at most 64 KiB)",
+    ),
 ];
 
 /// What each `cmappmgr.conf` key means, for the man page:
@@ -919,6 +1072,21 @@ pub const MANAGER_KEY_DOCS: &[(&str, &str, &str)] = &[
         "stopOnHalt",
         "no",
         "yes: a halt (SIGTERM) stops the application; no: it keeps running (the original's behaviour); -detach overrides yes",
+    ),
+    (
+        "forwardOutput",
+        "no",
+        "yes: every line of the applications' output to the package log (the original's behaviour), within the rate limit; no: it stays in the guest and the last lines come with the exit; -forward_output and -no_forward_output override it",
+    ),
+    (
+        "forwardLinesPerSecond",
+        "200",
+        "rate limit of forwarded output, lines per second, 1 to 1000000 (lines over it are counted, summarised and kept in the guest)",
+    ),
+    (
+        "forwardBytesPerSecond",
+        "64K",
+        "rate limit of forwarded output, bytes per second: bytes, or with K, M, G (1 KiB to 1 GiB)",
     ),
 ];
 
@@ -1259,6 +1427,49 @@ trustStorePassword=public
             err.to_string()
                 .starts_with("/nonexistent/cmappserver.conf: cannot read configuration file"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn output_keys_parse_and_bad_values_are_named() {
+        let p = Path::new("s.conf");
+        let c = ServerConfig::parse(
+            p,
+            "outputLog=both\noutputLogDir=/srv/log\noutputLogSize=2M\noutputLogFiles=3\noutputTail=0\n",
+        )
+        .unwrap();
+        assert_eq!(c.output_log, OutputLog::Both);
+        assert!(c.output_log.to_file() && c.output_log.to_syslog());
+        assert_eq!(c.output_log_dir, Path::new("/srv/log"));
+        assert_eq!((c.output_log_size, c.output_log_files, c.output_tail), (2 << 20, 3, 0));
+        let d = ServerConfig::default();
+        assert_eq!(
+            (d.output_log, d.output_log_size, d.output_tail),
+            (OutputLog::File, 10 << 20, 20)
+        );
+        let err = ServerConfig::parse(
+            p,
+            "outputLog=disk\noutputLogDir=relative\noutputLogSize=1X\noutputLogFiles=0\noutputTail=5000\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 5, "{err}");
+        assert!(
+            err.to_string()
+                .contains("outputLogDir=relative is not an absolute path"),
+            "{err}"
+        );
+
+        let m = ManagerConfig::parse(
+            p,
+            "forwardOutput=yes\nforwardLinesPerSecond=10\nforwardBytesPerSecond=1M\n",
+        )
+        .unwrap();
+        assert!(m.forward_output);
+        assert_eq!((m.forward_lines_per_sec, m.forward_bytes_per_sec), (10, 1 << 20));
+        assert!(!ManagerConfig::default().forward_output);
+        assert!(
+            ManagerConfig::parse(p, "forwardBytesPerSecond=10\n").is_err(),
+            "below 1 KiB"
         );
     }
 }

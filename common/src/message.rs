@@ -10,7 +10,10 @@
 //! Compatibility: `Hello` and `Welcome` are plain structs that ignore unknown
 //! fields, so any two versions can at least tell each other what they speak.
 //! New optional fields carry `#[serde(default)]`; a new request or event kind
-//! needs a new [`PROTOCOL_VERSION`].
+//! needs a new [`PROTOCOL_VERSION`], unless only a request that an older peer
+//! never sends gets it as its answer: [`Request::Logs`] and [`Event::LogLines`]
+//! are such a pair (an older server answers `logs` with a `bad_request`
+//! error, which the manager reports as "too old").
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -87,6 +90,8 @@ pub enum Request {
     Ack(Ack),
     List,
     Ping(Ping),
+    /// Read a service's output log in the guest; answered by `log_lines`.
+    Logs(Logs),
 }
 
 /// The longest instance id a request may carry, in bytes (ours are about 30).
@@ -94,12 +99,17 @@ pub const MAX_ID_LEN: usize = 128;
 
 impl Request {
     /// Checks the bounds of what the request carries that the run-string
-    /// parser does not check (see [`crate::service`] for those).
+    /// parser does not check (see [`crate::service`] for those), and those of
+    /// a `logs` request's service identity, which nothing launches.
     pub fn check(&self) -> Result<(), String> {
         let id = match self {
             Request::Launch(l) => l.attach_only.as_deref(),
             Request::Stop(s) => Some(s.id.as_str()),
             Request::Ack(a) => Some(a.id.as_str()),
+            Request::Logs(l) => {
+                crate::service::ServiceSpec::check(&l.run, l.name.as_deref()).map_err(|e| e.to_string())?;
+                None
+            }
             Request::List | Request::Ping(_) => None,
         };
         match id {
@@ -128,7 +138,34 @@ pub struct Launch {
     /// that instance is gone.
     #[serde(default)]
     pub attach_only: Option<InstanceId>,
+    /// Forward every output line, within this rate limit. Without it only
+    /// the last lines come, with the exit status (in [`Exited::tail`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<Forward>,
 }
+
+/// The rate limit of forwarded output.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Forward {
+    pub lines_per_sec: u32,
+    pub bytes_per_sec: u64,
+}
+
+/// Read the guest's output log of a service (identified as in [`Launch`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Logs {
+    pub run: Vec<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The last this many lines first (at most [`MAX_LOG_TAIL`]).
+    pub tail: u32,
+    /// Then keep sending lines as they are written, until the connection closes.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// The most lines `logs --tail` returns.
+pub const MAX_LOG_TAIL: u32 = 10_000;
 
 /// Stop a process: TERM to its process group, KILL after the grace period.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -174,6 +211,17 @@ pub enum Event {
     /// watch one process. Kept so that a manager still understands an old server.
     Superseded(Ack),
     Error(ErrorReply),
+    /// Lines of a guest output log, in answer to `logs`.
+    LogLines(LogLines),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogLines {
+    /// Where they come from (the file in the guest).
+    pub source: String,
+    pub lines: Vec<String>,
+    /// The tail is complete (without `follow`, nothing more comes).
+    pub end: bool,
 }
 
 impl Event {
@@ -190,6 +238,7 @@ impl Event {
             Event::ShuttingDown(_) => "shutting_down",
             Event::Superseded(_) => "superseded",
             Event::Error(_) => "error",
+            Event::LogLines(_) => "log_lines",
         }
     }
 }
@@ -235,7 +284,20 @@ pub struct Exited {
     /// When it ended, milliseconds since the Unix epoch.
     #[serde(default)]
     pub exited_at_ms: u64,
+    /// Its last lines of output (bounded: `outputTail` lines, 64 KiB).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tail: Vec<TailLine>,
 }
+
+/// One line of an application's last output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TailLine {
+    pub stream: Stream,
+    pub line: String,
+}
+
+/// The most bytes of tail lines an exit carries.
+pub const MAX_TAIL_BYTES: usize = 64 << 10;
 
 /// How a process ended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -382,6 +444,15 @@ pub struct ProcessInfo {
     /// command (or a probe this build does not know).
     #[serde(default, deserialize_with = "crate::probe::lenient")]
     pub probe: Option<crate::probe::Probe>,
+    /// Where its output goes (`None` from a server that does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Output lines not written to the guest log (the disk did not keep up).
+    #[serde(default)]
+    pub log_dropped: u64,
+    /// Output lines not forwarded (rate limit, or the manager did not keep up).
+    #[serde(default)]
+    pub forward_dropped: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -440,6 +511,7 @@ mod tests {
             run: vec!["/bin/true".into()],
             name: None,
             attach_only: None,
+            forward: None,
         });
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(
@@ -451,7 +523,8 @@ mod tests {
             Request::Launch(Launch {
                 run: vec!["x".into()],
                 name: None,
-                attach_only: None
+                attach_only: None,
+                forward: None,
             })
         );
         let e = Event::Exited(Exited {
@@ -459,6 +532,7 @@ mod tests {
             pid: 3,
             status: ExitStatus::Signal(9),
             exited_at_ms: 0,
+            tail: vec![],
         });
         let s = serde_json::to_string(&e).unwrap();
         assert_eq!(serde_json::from_str::<Event>(&s).unwrap(), e);

@@ -74,7 +74,21 @@ impl ServiceSpec {
     /// Checks the limits ([`MAX_NAME_LEN`], [`MAX_RUN_LEN`], [`MAX_ARGS`])
     /// before anything else, then splits the run string.
     pub fn parse(run: Vec<String>, name: Option<String>) -> Result<Self, ServiceError> {
-        if let Some(n) = &name {
+        Self::check(&run, name.as_deref())?;
+        let argv = split_run(&run)?;
+        bounded("run string's list of arguments", argv.len(), MAX_ARGS, "arguments")?;
+        Ok(ServiceSpec {
+            probe: argv.first().and_then(|p| Probe::from_program(p)),
+            run,
+            argv,
+            name: name.filter(|n| !n.is_empty()),
+        })
+    }
+
+    /// Checks the limits of a run string and name as received, without
+    /// splitting it (see [`ServiceSpec::parse`]).
+    pub fn check(run: &[String], name: Option<&str>) -> Result<(), ServiceError> {
+        if let Some(n) = name {
             bounded("name", n.len(), MAX_NAME_LEN, "bytes")?;
             if n.contains('\0') {
                 return Err(ServiceError::Nul { what: "name" });
@@ -85,14 +99,7 @@ impl ServiceSpec {
         if run.iter().any(|a| a.contains('\0')) {
             return Err(ServiceError::Nul { what: "run string" });
         }
-        let argv = split_run(&run)?;
-        bounded("run string's list of arguments", argv.len(), MAX_ARGS, "arguments")?;
-        Ok(ServiceSpec {
-            probe: argv.first().and_then(|p| Probe::from_program(p)),
-            run,
-            argv,
-            name: name.filter(|n| !n.is_empty()),
-        })
+        Ok(())
     }
 
     /// The key processes are filed under: the explicit name, or the run string.

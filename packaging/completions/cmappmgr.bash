@@ -31,6 +31,9 @@ _cmappmgr() {
             cmappmgr,keygen)
                 cmd="cmappmgr__subcmd__keygen"
                 ;;
+            cmappmgr,logs)
+                cmd="cmappmgr__subcmd__logs"
+                ;;
             cmappmgr,status)
                 cmd="cmappmgr__subcmd__status"
                 ;;
@@ -51,6 +54,9 @@ _cmappmgr() {
                 ;;
             cmappmgr__subcmd__help,keygen)
                 cmd="cmappmgr__subcmd__help__subcmd__keygen"
+                ;;
+            cmappmgr__subcmd__help,logs)
+                cmd="cmappmgr__subcmd__help__subcmd__logs"
                 ;;
             cmappmgr__subcmd__help,status)
                 cmd="cmappmgr__subcmd__help__subcmd__status"
@@ -149,7 +155,7 @@ _cmappmgr() {
 
     case "${cmd}" in
         cmappmgr)
-            opts="-v -h -V --node --cmappserver_timeout --name --detach --stop_on_halt --conf --verbose --no_syslog --service --help --version check status keygen vm demo generate help"
+            opts="-v -h -V --node --cmappserver_timeout --name --detach --stop_on_halt --forward_output --no_forward_output --conf --verbose --no_syslog --service --help --version check status logs keygen vm demo generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -237,7 +243,7 @@ _cmappmgr() {
             return 0
             ;;
         cmappmgr__subcmd__help)
-            opts="check status keygen vm demo generate help"
+            opts="check status logs keygen vm demo generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -337,6 +343,20 @@ _cmappmgr() {
         cmappmgr__subcmd__help__subcmd__keygen__subcmd__issue)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        cmappmgr__subcmd__help__subcmd__logs)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -576,6 +596,44 @@ _cmappmgr() {
                     return 0
                     ;;
                 --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        cmappmgr__subcmd__logs)
+            opts="-n -f -v -h --node --timeout --tail --follow --name --conf --verbose --no_syslog --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --node)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tail)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --conf)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_cmappmgr_global_optspecs
-    string join \n node= cmappserver_timeout= name= detach stop_on_halt conf= v/verbose no_syslog service= h/help V/version
+    string join \n node= cmappserver_timeout= name= detach stop_on_halt forward_output no_forward_output conf= v/verbose no_syslog service= h/help V/version
 end
 
 function __fish_cmappmgr_needs_command
@@ -31,12 +31,15 @@ complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l conf -d 'Configuratio
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l service -d 'The application to run in the guest and its arguments: everything after -service' -r
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l detach -d 'On SIGTERM, leave the application running (the default; overrides `stopOnHalt=yes` in the configuration file)'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l stop_on_halt -d 'On SIGTERM, stop the application (TERM, KILL after the server\'s grace period) and wait up to `stopTimeout` for it to be gone'
+complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l forward_output -d 'Forward every line of the application\'s output to our stdout and stderr (the package log), within `forwardLinesPerSecond` and `forwardBytesPerSecond`. Without it the output stays in the guest (`cmappmgr logs`) and only its last lines come with the exit'
+complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l no_forward_output -d 'Do not forward every line, whatever `forwardOutput` in the configuration file says (the built-in probes are always forwarded)'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -s v -l verbose -d 'Log debugging detail'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -l no_syslog -d 'Do not log to syslog (stderr only)'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -s V -l version -d 'Print version'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -f -a "check" -d 'Connect, authenticate and ping a guest\'s cmappserver; print its version and how many processes it monitors'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -f -a "status" -d 'List the processes a guest\'s cmappserver monitors'
+complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -f -a "logs" -d 'Print a service\'s output log from the guest (the last lines, then new ones with --follow), over the same authenticated connection'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -f -a "keygen" -d 'Generate this host\'s key and certificate (pinned or CA-signed)'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -f -a "vm" -d 'Start, stop, monitor and validate a libvirt guest run as a cluster package'
 complete -c cmappmgr -n "__fish_cmappmgr_needs_command" -f -a "demo" -d 'Loopback demo: throwaway keys, a real cmappserver, an application\'s exit code'
@@ -55,6 +58,15 @@ complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand status" -l json -d 'Pr
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand status" -s v -l verbose -d 'Log debugging detail'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand status" -l no_syslog -d 'Do not log to syslog (stderr only)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand status" -s h -l help -d 'Print help'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand logs" -l node -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand logs" -l timeout -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand logs" -s n -l tail -d 'Print the last N lines (at most 10000)' -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand logs" -l name -d 'The service\'s name, when it was started with -name' -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand logs" -l conf -d 'Configuration file' -r -F
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand logs" -s f -l follow -d 'Then keep printing lines as the application writes them'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand logs" -s v -l verbose -d 'Log debugging detail'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand logs" -l no_syslog -d 'Do not log to syslog (stderr only)'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand logs" -s h -l help -d 'Print help'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -l dir -d 'Directory to write into [default: /etc for cmappmgr, /opt/hp/cmappserver for cmappserver]' -r -F
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -l name -d 'A name (host name or IP address) of this machine; repeat for more. The first is the certificate\'s common name [default: the host name]' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -l force -d 'Overwrite existing files'
@@ -166,13 +178,14 @@ complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_su
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand demo" -s h -l help -d 'Print help'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand generate" -s h -l help -d 'Print help'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo generate help" -f -a "check" -d 'Connect, authenticate and ping a guest\'s cmappserver; print its version and how many processes it monitors'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo generate help" -f -a "status" -d 'List the processes a guest\'s cmappserver monitors'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo generate help" -f -a "keygen" -d 'Generate this host\'s key and certificate (pinned or CA-signed)'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo generate help" -f -a "vm" -d 'Start, stop, monitor and validate a libvirt guest run as a cluster package'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo generate help" -f -a "demo" -d 'Loopback demo: throwaway keys, a real cmappserver, an application\'s exit code'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo generate help" -f -a "generate" -d 'Write the man page and the shell completions into DIR (packaging/generate.sh)'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status keygen vm demo generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status logs keygen vm demo generate help" -f -a "check" -d 'Connect, authenticate and ping a guest\'s cmappserver; print its version and how many processes it monitors'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status logs keygen vm demo generate help" -f -a "status" -d 'List the processes a guest\'s cmappserver monitors'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status logs keygen vm demo generate help" -f -a "logs" -d 'Print a service\'s output log from the guest (the last lines, then new ones with --follow), over the same authenticated connection'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status logs keygen vm demo generate help" -f -a "keygen" -d 'Generate this host\'s key and certificate (pinned or CA-signed)'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status logs keygen vm demo generate help" -f -a "vm" -d 'Start, stop, monitor and validate a libvirt guest run as a cluster package'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status logs keygen vm demo generate help" -f -a "demo" -d 'Loopback demo: throwaway keys, a real cmappserver, an application\'s exit code'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status logs keygen vm demo generate help" -f -a "generate" -d 'Write the man page and the shell completions into DIR (packaging/generate.sh)'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status logs keygen vm demo generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and __fish_seen_subcommand_from keygen" -f -a "ca" -d 'Create a certificate authority: ca.public (its certificate, the trust store of CA mode) and ca.private (its key)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and __fish_seen_subcommand_from keygen" -f -a "issue" -d 'Sign a certificate for this machine with a CA made by `keygen ca`'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "start" -d 'Start the guest unless it runs; wait until it runs (and its cmappserver answers)'

@@ -67,6 +67,10 @@ impl Server {
         if !extra.contains("listen=") {
             text.push_str("listen=127.0.0.1:0\n");
         }
+        // The guest's output logs: never the machine's /var/log.
+        if !extra.contains("outputLogDir=") {
+            text.push_str(&format!("outputLogDir={}\n", dir.join("output").display()));
+        }
         text.push_str(extra);
         std::fs::write(&conf, text).unwrap();
         let mut s = Server {

@@ -193,8 +193,9 @@ fn sigterm_with_stop_on_halt_stops_the_application_and_its_grandchildren() {
     let f = fixture("stopGracePeriod=5\n");
     // TERM goes to the whole process group: the shell and its grandchild
     // (sleep) both die of it. (The KILL after the grace: the next test.)
+    // Forwarded: the test reads the grandchild's pid from the running app.
     let mut m = f.mgr_with(
-        &["-stop_on_halt"],
+        &["-stop_on_halt", "-forward_output"],
         &["/bin/sh", "-c", "sleep 1000 & echo grandchild=$!; wait"],
     );
     let line = m.out.wait_for("grandchild=", WAIT).expect("grandchild pid");
@@ -214,7 +215,7 @@ fn sigterm_with_stop_on_halt_stops_the_application_and_its_grandchildren() {
 fn a_process_that_ignores_term_is_killed_after_the_grace() {
     let f = fixture("stopGracePeriod=0.5\n");
     let mut m = f.mgr_with(
-        &["-stop_on_halt"],
+        &["-stop_on_halt", "-forward_output"],
         &[
             "/bin/sh",
             "-c",
@@ -255,11 +256,15 @@ fn detach_leaves_the_application_running() {
 #[test]
 fn heavy_output_and_a_grandchild_holding_stdout_do_not_hang_anything() {
     let f = fixture("");
-    let mut chatty = f.mgr(&[
-        "/bin/sh",
-        "-c",
-        "i=0; while [ $i -lt 20000 ]; do echo line $i; echo err $i >&2; i=$((i+1)); done; exit 3",
-    ]);
+    // Forwarded (within the rate limit), the heaviest path through the pair.
+    let mut chatty = f.mgr_with(
+        &["-forward_output"],
+        &[
+            "/bin/sh",
+            "-c",
+            "i=0; while [ $i -lt 20000 ]; do echo line $i; echo err $i >&2; i=$((i+1)); done; exit 3",
+        ],
+    );
     let mut holder = f.mgr(&["/bin/sh", "-c", "sleep 1000 & echo started-bg=$!; exit 4"]);
     let t0 = Instant::now();
     assert_eq!(holder.code(), 4, "{}", holder.err.text());

@@ -32,6 +32,7 @@ fn launch(run: &[&str], name: Option<String>) -> Request {
         run: run.iter().map(|s| s.to_string()).collect(),
         name,
         attach_only: None,
+        forward: None,
     })
 }
 
@@ -219,6 +220,7 @@ fn an_exit_status_out_of_range_is_a_protocol_error() {
                                 pid: 4242,
                                 status: status.clone(),
                                 exited_at_ms: 0,
+                                tail: Vec::new(),
                             };
                             c.wr.write(&Event::Exited(ex)).await.unwrap();
                         }
@@ -394,8 +396,13 @@ fn failed_handshakes_are_summarised_not_logged_one_by_one() {
 #[test]
 fn output_dropped_for_a_slow_manager_is_reported_as_such() {
     let f = fixture("");
+    // Every line forwarded, and the rate limit no bound: only the manager is slow.
+    let conf = f.mgr_conf(
+        "fast.conf",
+        "forwardOutput=yes\nforwardLinesPerSecond=1000000\nforwardBytesPerSecond=1G\n",
+    );
     let m = Mgr::spawn(
-        &f.conf,
+        &conf,
         &f.server.node(),
         60.0,
         &[],

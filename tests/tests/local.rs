@@ -474,7 +474,7 @@ fn app_output(prelude: &str, extra: &str, env: Vec<(String, String)>, run: &[&st
     let server = Server::start_with(&f.dir.join("srv"), &f.keys, extra, wrapper(&f.dir, prelude), None, env);
     let (code, m) = Mgr::run_in(
         None,
-        &cmapp_tests::mgr::monitor_args(&f.conf, &server.node(), 10.0, &[], run),
+        &cmapp_tests::mgr::monitor_args(&f.conf, &server.node(), 10.0, &["-forward_output"], run),
         WAIT,
     );
     assert_eq!(code, 0, "{}", m.err.text());

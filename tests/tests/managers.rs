@@ -370,6 +370,7 @@ fn scripted_server(
                 pid: 4242,
                 status: ExitStatus::Code(7),
                 exited_at_ms: common::message::now_ms(),
+                tail: vec![],
             };
             wr.write(&Event::Exited(exited)).await.map_err(|x| e(&x))?;
             wr.write(&Event::Pong(Ping { seq })).await.map_err(|x| e(&x))?;

@@ -6,11 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::message::{now_ms, ErrorKind, ErrorReply, InstanceId, Launch, Started};
+use common::message::{now_ms, ErrorKind, ErrorReply, Forward, InstanceId, Launch, Started};
 use common::service::ServiceSpec;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
+use super::output::OutputMeta;
 use super::state::{self, Meta};
 use super::table::{Proc, ProcInner};
 use super::{err, link, Subscriber, Supervisor};
@@ -30,12 +31,12 @@ impl Supervisor {
                 let current = table.by_key.get(&key).filter(|p| p.id == *want);
                 let kept = table.lingering.get(want).filter(|p| p.key == key);
                 return match current.or(kept) {
-                    Some(p) => Ok(p.attach(sub, true)),
+                    Some(p) => Ok(p.attach(sub, true, req.forward)),
                     None => Err(gone(&spec)),
                 };
             }
             if let Some(p) = table.by_key.get(&key) {
-                return Ok(p.attach(sub, true));
+                return Ok(p.attach(sub, true, req.forward));
             }
             if table.shutting_down {
                 return Err(err(
@@ -54,7 +55,7 @@ impl Supervisor {
         }
         let counted = Spawning(self);
         // The subscriber is attached before the shim's first line can arrive.
-        let (proc, started) = self.spawn(&spec, key, sub).await?;
+        let (proc, started) = self.spawn(&spec, key, sub, req.forward).await?;
         let exited = !proc.is_running();
         self.table().by_key.insert(proc.key.clone(), proc.clone());
         drop(counted);
@@ -81,6 +82,7 @@ impl Supervisor {
         spec: &ServiceSpec,
         key: String,
         sub: Subscriber,
+        forward: Option<Forward>,
     ) -> Result<(Arc<Proc>, Started), ErrorReply> {
         let internal = |what: &str, e: &dyn std::fmt::Display| err(ErrorKind::Internal, format!("{what}: {e}"));
         let (id, record) = self
@@ -94,6 +96,7 @@ impl Supervisor {
             created_at_ms: now_ms(),
             environment: self.settings.environment.clone(),
             oom_score_adj: Some(self.settings.oom_score_adj).filter(|&a| a != 0),
+            output: Some(OutputMeta::for_service(&self.limits.output, &key)),
         };
         let cleanup = |e: ErrorReply| {
             let _ = std::fs::remove_dir_all(&dir);
@@ -156,10 +159,11 @@ impl Supervisor {
             dir: dir.clone(),
             pid: stream.pid,
             started_at_ms: stream.started_at_ms,
+            output: meta.output.clone(),
             inner: Mutex::new(ProcInner::default()),
         });
         // Attached before the link reads the first output line.
-        let started = proc.attach(sub, false);
+        let started = proc.attach(sub, false, forward);
         self.start_link(&proc, stream);
         Ok((proc, started))
     }

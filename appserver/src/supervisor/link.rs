@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::connection;
-use common::message::{Exited, Stream};
+use common::message::Exited;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
@@ -141,11 +141,14 @@ pub(super) async fn run(
             ev = next => match ev {
                 Ok(Some(ShimEvent::Hello { .. } | ShimEvent::Started { .. })) => {}
                 Ok(Some(ShimEvent::Output { stream, line })) => proc.output(stream, line),
-                Ok(Some(ShimEvent::Dropped { lines, unconnected })) => {
-                    proc.output(Stream::Stderr, super::table::dropped_notice(lines, unconnected))
+                Ok(Some(ShimEvent::Dropped { lines, unconnected, log })) => {
+                    proc.log_dropped(log);
+                    if lines > 0 {
+                        proc.notice(super::table::dropped_notice(lines, unconnected));
+                    }
                 }
-                Ok(Some(ShimEvent::Exited { status, exited_at_ms })) => {
-                    let ex = Exited { id: proc.id.clone(), pid: proc.pid, status, exited_at_ms };
+                Ok(Some(ShimEvent::Exited { status, exited_at_ms, tail })) => {
+                    let ex = Exited { id: proc.id.clone(), pid: proc.pid, status, exited_at_ms, tail };
                     sup.record_exit(&proc, ex).await;
                     return;
                 }

@@ -29,10 +29,12 @@
 //! forgotten; [`launch`] starts a new process under a shim; [`recover`]
 //! adopts what a previous cmappserver left and settles the exit of a process
 //! whose shim is gone; [`procfs`] reads /proc; [`link`] is the connection to
-//! one shim; [`shim`] is the shim itself; [`state`] is the state directory.
+//! one shim; [`shim`] is the shim itself; [`output`] is where the shim puts
+//! the output in the guest; [`state`] is the state directory.
 
 mod launch;
 mod link;
+pub mod output;
 mod procfs;
 pub mod proto;
 mod recover;
@@ -46,9 +48,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::message::{ErrorKind, ErrorReply, Event, ProcessInfo};
+use common::message::{ErrorKind, ErrorReply, Event, Logs, ProcessInfo};
+use common::service::ServiceSpec;
 use tokio::sync::mpsc;
 
+use output::OutputMeta;
 use proto::ShimRequest;
 use state::{Environment, StateDir};
 use table::{Proc, Table};
@@ -62,6 +66,8 @@ pub struct Limits {
     /// How long an exit status is kept for a manager whose connection
     /// closed, counted from the close (see the module documentation).
     pub ack_wait: Duration,
+    /// Where the applications' output goes in the guest.
+    pub output: output::Settings,
 }
 
 /// Managers remembered per process after their connection closed.
@@ -172,6 +178,40 @@ impl Supervisor {
         let mut list: Vec<ProcessInfo> = procs.iter().map(|p| p.info()).collect();
         list.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then(a.id.cmp(&b.id)));
         list
+    }
+
+    /// The guest output file of the service `req` names, and how many files
+    /// its rotation keeps. The path is made here, from the service's identity
+    /// (see [`output::file_stem`]), never taken from the request.
+    pub fn log_file(&self, req: &Logs) -> Result<(PathBuf, u32), ErrorReply> {
+        let spec = ServiceSpec::parse(req.run.clone(), req.name.clone())
+            .map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
+        let key = spec.key();
+        let known = self.table().by_key.get(&key).map(|p| p.output.clone());
+        let meta = match known {
+            Some(Some(m)) => m,
+            Some(None) => {
+                return Err(err(
+                    ErrorKind::NotFound,
+                    format!(
+                        "{} was started by an older cmappserver, which keeps no output in the guest",
+                        spec.display()
+                    ),
+                ))
+            }
+            None => OutputMeta::for_service(&self.limits.output, &key),
+        };
+        match meta.file {
+            Some(f) => Ok((f, meta.files)),
+            None => Err(err(
+                ErrorKind::NotFound,
+                format!(
+                    "the output of {} goes to {}, not to a file cmappserver can read back",
+                    spec.display(),
+                    meta.describe()
+                ),
+            )),
+        }
     }
 
     /// Every record: current and lingering.

@@ -15,7 +15,7 @@
 //! so a server of either version adopts it (an upgrade, or a rollback), and a
 //! server adopts shims of versions 1 and 2.
 
-use common::message::{ExitStatus, Stream};
+use common::message::{ExitStatus, Stream, TailLine};
 
 use serde::{Deserialize, Serialize};
 
@@ -56,11 +56,17 @@ pub enum ShimEvent {
         /// Absent from a shim of an older build, which does not say why.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         unconnected: Option<u64>,
+        /// Lines not written to the guest log so far (a total; added after v1).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        log: u64,
     },
     /// The process ended; the status is already on disk (`exit.json`).
     Exited {
         status: ExitStatus,
         exited_at_ms: u64,
+        /// The last lines of output (added after v1; bounded, see `output`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tail: Vec<TailLine>,
     },
 }
 
@@ -72,6 +78,10 @@ pub enum ShimRequest {
     Start,
     /// TERM the process group now, KILL it after `grace_ms`.
     Stop { grace_ms: u64 },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The v1 fixtures (`tests/fixtures/golden/v1`, see `appserver/FORMATS.md`)

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::message::{now_ms, ExitStatus, Exited};
+use common::message::{now_ms, ExitStatus, Exited, TailLine};
 
 use super::procfs::{running, same_process};
 use super::state::{self, ExitRecord, Meta, PidRecord};
@@ -44,11 +44,16 @@ impl Supervisor {
                 now_ms(),
             ),
         };
+        let tail = match &record {
+            Ok(d) => d.read_json::<Vec<TailLine>>(state::TAIL).ok().flatten(),
+            Err(_) => None,
+        };
         Exited {
             id: proc.id.clone(),
             pid: proc.pid,
             status,
             exited_at_ms: at,
+            tail: tail.unwrap_or_default(),
         }
     }
 
@@ -112,6 +117,7 @@ impl Supervisor {
                 dir: dir.clone(),
                 pid: pid.map_or(0, |p| p.pid),
                 started_at_ms: pid.map_or(meta.created_at_ms, |p| p.started_at_ms),
+                output: meta.output.clone(),
                 inner: Mutex::new(inner),
             });
             let connected = match link::connect(&record, link::Expect::Adopt).await {

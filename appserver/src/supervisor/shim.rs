@@ -18,28 +18,31 @@
 //!    process group, stdin from /dev/null, stdout and stderr piped, the
 //!    configured environment and OOM score), records `pid.json`, and sends
 //!    `Started` with the pid;
-//! 2. reads the process's output continuously (it never blocks on a slow or
-//!    absent server: lines are dropped, and counted, instead) and forwards it
-//!    to the one connected server. A second connection is refused while that
+//! 2. reads the process's output continuously, writes it to the guest log
+//!    (see [`super::output`]), keeps its last lines, and forwards it to the
+//!    one connected server (it never blocks on a slow disk or a slow or
+//!    absent server: lines are dropped, and counted, instead). A second connection is refused while that
 //!    server lives; once it is gone, a new one (the restarted server) takes
 //!    over, and a stop the old one asked for is still carried out;
 //! 3. on `Stop`, sends TERM to the process group and KILL after the grace;
 //! 4. when the process exits, drains what is left in the pipes, writes
-//!    `exit.json` (atomically), sends `Exited` to the connected server, and
-//!    exits. A grandchild that keeps the pipes open does not delay any of it.
+//!    `exit.json` (atomically), then `tail.json`, sends `Exited` with the
+//!    last lines to the connected server, and exits. A grandchild that keeps
+//!    the pipes open does not delay any of it.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::connection::{self, MessageWriter};
-use common::message::{now_ms, ExitStatus, Stream, MAX_LINE_LEN};
+use common::message::{now_ms, ExitStatus, Stream, TailLine, MAX_LINE_LEN};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::net::unix::pipe;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
+use super::output::GuestLog;
 use super::procfs;
 use super::proto::{ShimEvent, ShimRequest, OLDEST_ADOPTED, SHIM_PROTOCOL};
 use super::state::{self, Dir, ExitRecord, Meta, PidRecord};
@@ -288,7 +291,7 @@ async fn run(dir: &Dir) -> Result<(), String> {
         Err(e) => {
             let status = spawn_failure(&e, &meta.service.argv[0]);
             let link = Link::start(first, first_peer, None);
-            return record_exit(dir, Some(link), status, now_ms()).await;
+            return record_exit(dir, Some(link), status, now_ms(), Vec::new()).await;
         }
     };
     let pid = child.id().unwrap_or(0);
@@ -310,7 +313,18 @@ async fn run(dir: &Dir) -> Result<(), String> {
     let mut stderr = LineReader::new(Stream::Stderr, child.stderr.take().and_then(|p| p.into_owned_fd().ok()));
     // `link` is the connected server, if any: a writer task fed through a
     // bounded queue, so that a slow server never stops us draining the pipes.
-    let mut dropped = Dropped::default();
+    let log_dir = dir
+        .try_clone()
+        .map_err(|e| format!("cannot open the record directory again: {e}"))?;
+    let mut out = Out {
+        guest: GuestLog::start(meta.output.as_ref(), move |m| log(&log_dir, m)),
+        dropped: Dropped::default(),
+        reported: 0,
+        reported_at: tokio::time::Instant::now(),
+    };
+    // The guest log's drop count reaches the server even when output stops.
+    let mut report = tokio::time::interval(Duration::from_secs(1));
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut kill_at: Option<tokio::time::Instant> = None;
     let mut stop_requested = false;
     let stop = |grace_ms: u64, stop_requested: &mut bool, kill_at: &mut Option<tokio::time::Instant>| {
@@ -363,17 +377,18 @@ async fn run(dir: &Dir) -> Result<(), String> {
                 kill_at = None;
             }
             line = stdout.next_line() => {
-                forward(&link, &mut dropped, line);
+                out.take(&link, line);
                 yield_if_full(&link).await;
             }
             line = stderr.next_line() => {
-                forward(&link, &mut dropped, line);
+                out.take(&link, line);
                 yield_if_full(&link).await;
             }
             // Output stopped while lines were being dropped: say so now, not at the next line.
-            _ = tokio::time::sleep(Duration::from_millis(100)), if dropped.any() && link.is_some() => {
-                notify_dropped(&link, &mut dropped);
+            _ = tokio::time::sleep(Duration::from_millis(100)), if out.dropped.any() && link.is_some() => {
+                notify_dropped(&link, &mut out.dropped);
             }
+            _ = report.tick() => out.report_log_drops(&link, false),
         }
     };
     let exited_at_ms = now_ms();
@@ -384,19 +399,31 @@ async fn run(dir: &Dir) -> Result<(), String> {
     // Everything the process wrote before it exited is in the pipes now.
     for r in [&mut stdout, &mut stderr] {
         while let Some(line) = r.try_next_line() {
-            forward(&link, &mut dropped, Some(line));
+            out.take(&link, Some(line));
         }
         if let Some(line) = r.take_partial() {
-            forward(&link, &mut dropped, Some(line));
+            out.take(&link, Some(line));
         }
     }
-    notify_dropped(&link, &mut dropped);
-    record_exit(dir, link, status, exited_at_ms).await
+    notify_dropped(&link, &mut out.dropped);
+    out.report_log_drops(&link, true);
+    let (tail, flush) = out.guest.finish();
+    let recorded = record_exit(dir, link, status, exited_at_ms, tail).await;
+    // The exit is out; now let the guest log catch up before we go.
+    flush.wait(Duration::from_secs(5));
+    recorded
 }
 
 /// Records the exit in `exit.json` (first: it must survive whatever happens
-/// next), removes the socket, and tells the connected server, if any.
-async fn record_exit(dir: &Dir, link: Option<Link>, status: ExitStatus, exited_at_ms: u64) -> Result<(), String> {
+/// next), then the last lines in `tail.json` (best effort), removes the
+/// socket, and tells the connected server, if any.
+async fn record_exit(
+    dir: &Dir,
+    link: Option<Link>,
+    status: ExitStatus,
+    exited_at_ms: u64,
+    tail: Vec<TailLine>,
+) -> Result<(), String> {
     dir.write_json(
         state::EXIT,
         &ExitRecord {
@@ -405,11 +432,57 @@ async fn record_exit(dir: &Dir, link: Option<Link>, status: ExitStatus, exited_a
         },
     )
     .map_err(|e| format!("cannot record exit status {status}: {e}"))?;
+    if !tail.is_empty() {
+        let _ = dir.write_json(state::TAIL, &tail);
+    }
     let _ = dir.remove(state::SOCK);
     if let Some(link) = link {
-        link.finish(ShimEvent::Exited { status, exited_at_ms }).await;
+        link.finish(ShimEvent::Exited {
+            status,
+            exited_at_ms,
+            tail,
+        })
+        .await;
     }
     Ok(())
+}
+
+/// Where each output line goes: the guest log (and tail), and the server.
+struct Out {
+    guest: GuestLog,
+    /// Lines not sent to the server since the last `Dropped`.
+    dropped: Dropped,
+    /// The guest log's drop count last reported to the server, and when.
+    reported: u64,
+    reported_at: tokio::time::Instant,
+}
+
+impl Out {
+    fn take(&mut self, link: &Option<Link>, line: Option<(Stream, String)>) {
+        let Some((stream, line)) = line else { return };
+        self.guest.line(stream, &line);
+        self.report_log_drops(link, false);
+        forward(link, &mut self.dropped, Some((stream, line)));
+    }
+
+    /// Tells the server the guest log's drop count when it changed, at most
+    /// once a second (`now`: at the exit, whatever the time).
+    fn report_log_drops(&mut self, link: &Option<Link>, now: bool) {
+        let total = self.guest.dropped();
+        if total == self.reported || (!now && self.reported_at.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        let Some(l) = link else { return };
+        let report = ShimEvent::Dropped {
+            lines: 0,
+            unconnected: Some(0),
+            log: total,
+        };
+        if l.tx.try_send(report).is_ok() {
+            self.reported = total;
+            self.reported_at = tokio::time::Instant::now();
+        }
+    }
 }
 
 /// Output lines dropped since the last notice, and why.
@@ -444,6 +517,7 @@ fn notify_dropped(link: &Option<Link>, dropped: &mut Dropped) {
             .try_send(ShimEvent::Dropped {
                 lines: dropped.slow + dropped.unconnected,
                 unconnected: Some(dropped.unconnected),
+                log: 0,
             })
             .is_ok()
     {

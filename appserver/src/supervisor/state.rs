@@ -11,6 +11,7 @@
 //!     sock          the shim's socket while it runs
 //!     shim.log      the shim's own errors, if any
 //!     managers.json the managers that watch it (written by the server when one joins)
+//!     tail.json     the last lines of output, written after exit.json
 //! ```
 //!
 //! Nobody but the server's user may change anything in it, whatever the
@@ -60,6 +61,9 @@ pub struct Managers {
     pub managers: Vec<String>,
 }
 
+/// The last lines of output, written by the shim after `exit.json`.
+pub const TAIL: &str = "tail.json";
+
 /// The largest record file read: a meta.json holds at most one frame's worth
 /// of run string.
 const MAX_RECORD: u64 = 4 << 20;
@@ -82,6 +86,10 @@ pub struct Meta {
     /// The application's OOM score adjustment (absent in earlier records: 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_score_adj: Option<i32>,
+    /// Where the shim sends the output in the guest, and the tail it keeps
+    /// (absent in version 1 records: no file, no tail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<super::output::OutputMeta>,
 }
 
 /// The environment an application starts with.
@@ -172,6 +180,14 @@ impl Dir {
     /// Opens the subdirectory `name`, checked as [`Dir::open`] does.
     pub fn subdir(&self, name: &str) -> io::Result<Dir> {
         Self::open_at(&self.fd, Path::new(name), self.path.join(name))
+    }
+
+    /// The same directory through a second descriptor (for another thread).
+    pub fn try_clone(&self) -> io::Result<Dir> {
+        Ok(Dir {
+            path: self.path.clone(),
+            fd: self.fd.try_clone()?,
+        })
     }
 
     pub fn path(&self) -> &Path {

@@ -5,11 +5,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use common::message::{ErrorKind, ErrorReply, Event, Exited, InstanceId, Output, ProcessInfo, Started, Stream};
+use common::message::{
+    ErrorKind, ErrorReply, Event, Exited, Forward, InstanceId, Output, ProcessInfo, Started, Stream,
+};
 use common::service::ServiceSpec;
 use tokio::sync::mpsc;
 
+use super::output::OutputMeta;
 use super::proto::ShimRequest;
 use super::{err, state, Subscriber, Supervisor, DEPARTED_KEPT};
 
@@ -24,6 +28,8 @@ pub struct Proc {
     pub dir: PathBuf,
     pub pid: u32,
     pub started_at_ms: u64,
+    /// Where the shim puts the output in the guest (`None`: a version 1 shim).
+    pub output: Option<OutputMeta>,
     pub(super) inner: Mutex<ProcInner>,
 }
 
@@ -40,10 +46,79 @@ pub(super) struct ProcInner {
     pub(super) acked: bool,
     /// Requests to the shim; `None` when no shim is reachable.
     pub(super) link: Option<mpsc::Sender<ShimRequest>>,
-    /// Output lines that could not be queued for the subscriber, in all.
-    pub(super) dropped: u64,
-    /// Of those, the ones each subscriber (by session) has not been told of yet.
+    /// The rate limits of the subscribers (by session) that asked for every line.
+    pub(super) forwards: Vec<(u64, RateLimit)>,
+    /// Output lines not forwarded (rate limit, or a slow manager).
+    pub(super) forward_dropped: u64,
+    /// Output lines the shim could not write to the guest log.
+    pub(super) log_dropped: u64,
+    /// Lines each subscriber (by session) lost because its queue was full
+    /// and has not been told of yet.
     pub(super) untold: HashMap<u64, u64>,
+}
+
+/// A token bucket over lines and bytes, one second deep, with the count of
+/// lines dropped since the last summary line.
+#[derive(Debug)]
+pub(super) struct RateLimit {
+    limit: Forward,
+    lines: f64,
+    bytes: f64,
+    at: tokio::time::Instant,
+    pending: u64,
+    summary_at: tokio::time::Instant,
+}
+
+impl RateLimit {
+    fn new(limit: Forward) -> RateLimit {
+        let now = tokio::time::Instant::now();
+        RateLimit {
+            limit,
+            lines: f64::from(limit.lines_per_sec.max(1)),
+            bytes: limit.bytes_per_sec.max(1) as f64,
+            at: now,
+            pending: 0,
+            summary_at: now,
+        }
+    }
+
+    /// True when a line of `len` bytes may go now.
+    fn admit(&mut self, len: usize) -> bool {
+        let now = tokio::time::Instant::now();
+        let dt = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        let (max_l, max_b) = (
+            f64::from(self.limit.lines_per_sec.max(1)),
+            self.limit.bytes_per_sec.max(1) as f64,
+        );
+        self.lines = (self.lines + dt * max_l).min(max_l);
+        self.bytes = (self.bytes + dt * max_b).min(max_b);
+        let cost = (len + 1) as f64;
+        if self.lines >= 1.0 && self.bytes >= cost.min(max_b) {
+            self.lines -= 1.0;
+            self.bytes -= cost;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The summary of the lines dropped since the last one, if it is due
+    /// (once a second while dropping, or `now`); `sent` resets the count
+    /// once the summary is out (a summary that did not fit is tried again).
+    fn summary(&mut self, now: bool, sent: impl FnOnce(String) -> bool) {
+        if self.pending == 0 || (!now && self.summary_at.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        let line = format!(
+            "[cmappserver: {} output lines not forwarded: over the rate limit of {} lines/s, {} bytes/s; the guest's log has them]",
+            self.pending, self.limit.lines_per_sec, self.limit.bytes_per_sec
+        );
+        if sent(line) {
+            self.pending = 0;
+            self.summary_at = tokio::time::Instant::now();
+        }
+    }
 }
 
 impl Proc {
@@ -69,14 +144,47 @@ impl Proc {
             managers: inner.subscribers.iter().filter(|s| !s.tx.is_closed()).count(),
             acked: inner.acked,
             probe: self.service.probe,
+            output: Some(self.describe_output(&inner)),
+            log_dropped: inner.log_dropped,
+            forward_dropped: inner.forward_dropped,
+        }
+    }
+
+    fn describe_output(&self, inner: &ProcInner) -> String {
+        let guest = match &self.output {
+            Some(o) => format!("{}; last {} lines with the exit", o.describe(), o.tail_lines),
+            None => "every line to cmappmgr (started by an older cmappserver)".into(),
+        };
+        let forwarded: Vec<String> = inner
+            .forwards
+            .iter()
+            .filter(|(s, _)| inner.subscribers.iter().any(|sub| sub.session == *s))
+            .map(|(_, f)| format!("{} lines/s, {} bytes/s", f.limit.lines_per_sec, f.limit.bytes_per_sec))
+            .collect();
+        match forwarded.len() {
+            0 => guest,
+            1 => format!("{guest}; forwarded to cmappmgr ({})", forwarded[0]),
+            n => format!("{guest}; forwarded to {n} cmappmgrs ({})", forwarded.join("; ")),
         }
     }
 
     /// Adds `sub` to the process's subscribers (replacing an older connection
-    /// of the same manager) and returns the reply to send it.
-    pub(super) fn attach(&self, sub: Subscriber, attached: bool) -> Started {
+    /// of the same manager) and returns the reply to send it; `forward` says
+    /// whether it gets every line (within a rate limit).
+    pub(super) fn attach(&self, sub: Subscriber, attached: bool, forward: Option<Forward>) -> Started {
         let mut inner = self.lock();
         inner.departed.retain(|(m, _)| *m != sub.manager);
+        // A shim of version 1 keeps no tail: its output is forwarded as it was.
+        let forward = forward.or(self.output.is_none().then_some(Forward {
+            lines_per_sec: u32::MAX,
+            bytes_per_sec: u64::MAX,
+        }));
+        // One rate limit per connection; those of connections gone are dropped.
+        let session = sub.session;
+        let mut forwards = std::mem::take(&mut inner.forwards);
+        forwards.retain(|(s, _)| *s != session && inner.subscribers.iter().any(|sub| sub.session == *s));
+        forwards.extend(forward.map(|f| (session, RateLimit::new(f))));
+        inner.forwards = forwards;
         let exited = inner.exit.clone();
         if let Some(ex) = &exited {
             // The reply goes out first (the session writes it before reading
@@ -111,15 +219,25 @@ impl Proc {
         }
     }
 
-    /// Forwards one output line to every subscriber, never waiting. Lines
-    /// that do not fit a subscriber's queue are dropped and counted, and that
-    /// manager is told how many, and why, as soon as its queue has room again.
+    /// Forwards one output line to every subscriber that asked for every
+    /// line, each within its rate limit, never waiting. Lines over the limit
+    /// are counted and summarised once a second; lines that do not fit a
+    /// subscriber's queue are dropped and counted, and that manager is told
+    /// how many, and why, as soon as its queue has room again.
     pub(super) fn output(&self, stream: Stream, line: String) {
+        self.forward(stream, line, true);
+    }
+
+    /// A notice of cmappserver's own (lines lost on the way), to every
+    /// manager that gets every line: never held to the rate limit, which
+    /// would lose the count it carries.
+    pub(super) fn notice(&self, line: String) {
+        self.forward(Stream::Stderr, line, false);
+    }
+
+    fn forward(&self, stream: Stream, line: String, limited: bool) {
         let mut guard = self.lock();
         let inner = &mut *guard;
-        if inner.subscribers.is_empty() {
-            return;
-        }
         let ev = |stream, line: String| {
             Event::Output(Output {
                 id: self.id.clone(),
@@ -129,14 +247,19 @@ impl Proc {
         };
         let mut lost = 0u64;
         for sub in &inner.subscribers {
+            let Some((_, limit)) = inner.forwards.iter_mut().find(|(s, _)| *s == sub.session) else {
+                continue;
+            };
+            if limited && !limit.admit(line.len()) {
+                limit.pending += 1;
+                inner.forward_dropped += 1;
+                limit.summary(false, |l| sub.tx.try_send(ev(Stream::Stderr, l)).is_ok());
+                continue;
+            }
+            limit.summary(true, |l| sub.tx.try_send(ev(Stream::Stderr, l)).is_ok());
             let untold = inner.untold.entry(sub.session).or_default();
-            if *untold > 0 {
-                let notice = format!(
-                    "[cmappserver: {untold} output lines dropped: cmappmgr read them slower than the application wrote them]"
-                );
-                if sub.tx.try_send(ev(Stream::Stderr, notice)).is_ok() {
-                    *untold = 0;
-                }
+            if *untold > 0 && sub.tx.try_send(ev(Stream::Stderr, slow_notice(*untold))).is_ok() {
+                *untold = 0;
             }
             if sub.tx.try_send(ev(stream, line.clone())).is_err() {
                 *untold += 1;
@@ -148,12 +271,52 @@ impl Proc {
             .untold
             .retain(|session, n| *n > 0 && subscribers.iter().any(|s| s.session == *session));
         for _ in 0..lost {
-            inner.dropped += 1;
-            if inner.dropped.is_power_of_two() {
-                tracing::warn!(service = %self.display, dropped = inner.dropped, "cmappmgr reads output slower than the application writes it; output lines dropped");
+            inner.forward_dropped += 1;
+            if inner.forward_dropped.is_power_of_two() {
+                tracing::warn!(service = %self.display, dropped = inner.forward_dropped, "cmappmgr reads output slower than the application writes it; output lines dropped");
             }
         }
     }
+
+    /// The shim's guest log dropped lines (a running total).
+    pub(super) fn log_dropped(&self, total: u64) {
+        let mut inner = self.lock();
+        if total > inner.log_dropped {
+            inner.log_dropped = total;
+            tracing::warn!(service = %self.display, dropped = total, "output lines not written to the guest's log: the disk did not keep up");
+        }
+    }
+
+    /// The pending notices of lines not forwarded (over the rate limit, or
+    /// lost to a full queue), sent before the exit.
+    pub(super) fn flush_summary(&self) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        for sub in &inner.subscribers {
+            let send = |line| {
+                sub.tx
+                    .try_send(Event::Output(Output {
+                        id: self.id.clone(),
+                        stream: Stream::Stderr,
+                        line,
+                    }))
+                    .is_ok()
+            };
+            if let Some((_, limit)) = inner.forwards.iter_mut().find(|(s, _)| *s == sub.session) {
+                limit.summary(true, send);
+            }
+            if let Some(untold) = inner.untold.get_mut(&sub.session) {
+                if *untold > 0 && send(slow_notice(*untold)) {
+                    *untold = 0;
+                }
+            }
+        }
+    }
+}
+
+/// The line a manager gets in place of output lines its queue had no room for.
+fn slow_notice(lines: u64) -> String {
+    format!("[cmappserver: {lines} output lines dropped: cmappmgr read them slower than the application wrote them]")
 }
 
 /// The line a manager gets in place of output lines its process's shim had to drop.
@@ -209,6 +372,7 @@ impl Supervisor {
         tracing::info!(service = %proc.display, pid = proc.pid, "{}", ex.status);
         self.table().exited.push_back(proc.clone());
         self.enforce_history();
+        proc.flush_summary();
         for sub in subs {
             let ev = Event::Exited(ex.clone());
             if let Err(mpsc::error::TrySendError::Full(ev)) = sub.tx.try_send(ev) {

@@ -1,0 +1,652 @@
+//! Where an application's output goes in the guest: a size-capped, rotated
+//! file per service and/or syslog (`outputLog` in cmappserver.conf), written
+//! by the shim off its main loop; the last lines kept in memory for the exit
+//! status; and reading a service's file back for `cmappmgr logs`.
+//!
+//! Rotation is numbered, as logrotate does it: `NAME.log` is written; when
+//! the next line would take it past `outputLogSize`, `NAME.log.1` becomes
+//! `.2` (and so on up to `outputLogFiles - 1`, the oldest dropped) and
+//! `NAME.log` becomes `.1`. The names are stable (an admin's `tail -F` and
+//! log shippers follow them), the newest lines are always in `NAME.log`, and
+//! the space used is at most `outputLogSize` × `outputLogFiles`.
+//!
+//! Nothing here ever waits for the disk on the shim's main loop: lines go to
+//! a writer thread through a bounded queue, and a line that does not fit
+//! (the disk is slow, or full) is dropped and counted. The count is written
+//! into the file once the writer catches up, into `shim.log`, and reported
+//! to cmappserver (`cmappmgr status`).
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+
+use common::config::ServerConfig;
+use common::message::{Stream, TailLine, MAX_LINE_LEN, MAX_TAIL_BYTES};
+use serde::{Deserialize, Serialize};
+
+/// Lines queued for the writer thread before they are dropped.
+const WRITE_QUEUE: usize = 4096;
+/// The longest file name stem made from a service's identity.
+const MAX_STEM: usize = 64;
+
+/// What the shim does with its process's output; recorded in `meta.json`
+/// (absent in records of version 1: no file, no syslog, no tail).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutputMeta {
+    /// The current output file, when output goes to a file.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub syslog: bool,
+    /// Rotate past this size (bytes).
+    pub max_bytes: u64,
+    /// Files kept, the current one included.
+    pub files: u32,
+    /// Lines kept for the exit status.
+    pub tail_lines: usize,
+    /// The syslog tag's service part (the file name stem).
+    pub tag: String,
+}
+
+impl OutputMeta {
+    pub fn for_service(conf: &Settings, key: &str) -> OutputMeta {
+        let stem = file_stem(key);
+        OutputMeta {
+            file: conf.to_file.then(|| conf.dir.join(format!("{stem}.log"))),
+            syslog: conf.to_syslog,
+            max_bytes: conf.max_bytes,
+            files: conf.files,
+            tail_lines: conf.tail_lines,
+            tag: stem,
+        }
+    }
+
+    /// For `cmappmgr status`: where the output goes.
+    pub fn describe(&self) -> String {
+        let mut to = Vec::new();
+        if let Some(f) = &self.file {
+            to.push(format!(
+                "file {} ({} x {})",
+                f.display(),
+                self.files,
+                human_bytes(self.max_bytes)
+            ));
+        }
+        if self.syslog {
+            to.push(format!("syslog (cmappserver[{}])", self.tag));
+        }
+        if to.is_empty() {
+            to.push("nowhere in the guest".into());
+        }
+        to.join(" + ")
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} B"),
+    }
+}
+
+/// The server's output settings (from cmappserver.conf).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub dir: PathBuf,
+    pub to_file: bool,
+    pub to_syslog: bool,
+    pub max_bytes: u64,
+    pub files: u32,
+    pub tail_lines: usize,
+}
+
+impl Settings {
+    pub fn from_config(c: &ServerConfig) -> Settings {
+        Settings {
+            dir: c.output_log_dir.clone(),
+            to_file: c.output_log.to_file(),
+            to_syslog: c.output_log.to_syslog(),
+            max_bytes: c.output_log_size,
+            files: c.output_log_files,
+            tail_lines: c.output_tail,
+        }
+    }
+}
+
+/// A file name stem for a service identity: its letters, digits, `.`, `-`
+/// and `_` (anything else becomes `_`, runs collapsed, no leading dot), cut
+/// to [`MAX_STEM`] bytes, then a hash of the whole identity, so that two
+/// services never share a file. Never a path: the identity is the client's.
+pub fn file_stem(key: &str) -> String {
+    let mut s = String::new();
+    // The kind of identity is in the hash; the name shows the service.
+    let shown = key
+        .strip_prefix("name:")
+        .or_else(|| key.strip_prefix("run:"))
+        .unwrap_or(key);
+    for c in shown.chars() {
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+            c
+        } else {
+            '_'
+        };
+        if c == '_' && s.ends_with('_') {
+            continue;
+        }
+        if s.len() >= MAX_STEM {
+            break;
+        }
+        s.push(c);
+    }
+    let s = s.trim_start_matches(['.', '_']).trim_end_matches('_');
+    format!("{s}-{:08x}", fnv1a(key.as_bytes()) as u32)
+}
+
+/// FNV-1a, 64 bits: stable across builds (unlike std's hasher).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// The shim's side: the guest log and the tail.
+#[derive(Debug)]
+pub struct GuestLog {
+    tx: Option<SyncSender<TailLine>>,
+    /// Closed by the writer thread when it has written everything.
+    done: Option<Receiver<()>>,
+    /// Lines not written (queue full, or a write failed).
+    pub dropped: Arc<AtomicU64>,
+    tail: VecDeque<TailLine>,
+    tail_bytes: usize,
+    tail_lines: usize,
+}
+
+impl GuestLog {
+    /// Starts the writer thread when the output goes anywhere in the guest;
+    /// `shim_log` receives the writer's errors.
+    pub fn start(meta: Option<&OutputMeta>, shim_log: impl Fn(&str) + Send + 'static) -> GuestLog {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let started = meta.filter(|m| m.file.is_some() || m.syslog).and_then(|m| {
+            let (tx, rx) = sync_channel(WRITE_QUEUE);
+            let (done_tx, done) = sync_channel::<()>(0);
+            let writer = Writer::new(m.clone(), dropped.clone());
+            std::thread::Builder::new()
+                .name("output".into())
+                .spawn(move || {
+                    writer.run(rx, shim_log);
+                    drop(done_tx);
+                })
+                .ok()
+                .map(|_| (tx, done))
+        });
+        let (tx, done) = started.unzip();
+        GuestLog {
+            tx,
+            done,
+            dropped,
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            tail_lines: meta.map_or(0, |m| m.tail_lines),
+        }
+    }
+
+    /// Takes one line: to the writer (never waiting) and into the tail.
+    pub fn line(&mut self, stream: Stream, line: &str) {
+        if let Some(tx) = &self.tx {
+            let l = TailLine {
+                stream,
+                line: line.to_string(),
+            };
+            match tx.try_send(l) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if self.tail_lines == 0 {
+            return;
+        }
+        self.tail_bytes += line.len();
+        self.tail.push_back(TailLine {
+            stream,
+            line: line.to_string(),
+        });
+        while self.tail.len() > self.tail_lines || self.tail_bytes > MAX_TAIL_BYTES {
+            if let Some(old) = self.tail.pop_front() {
+                self.tail_bytes -= old.line.len();
+            }
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The last lines, for the exit status, and the writer to wait for
+    /// (after the exit is recorded and sent); closes the writer's queue.
+    pub fn finish(mut self) -> (Vec<TailLine>, Flush) {
+        self.tx = None;
+        (std::mem::take(&mut self.tail).into(), Flush(self.done.take()))
+    }
+}
+
+/// The writer thread of a finished [`GuestLog`], still writing what was queued.
+#[derive(Debug)]
+pub struct Flush(Option<Receiver<()>>);
+
+impl Flush {
+    /// Waits (bounded) for the writer to finish: the shim's exit would end it.
+    pub fn wait(self, limit: std::time::Duration) {
+        if let Some(done) = self.0 {
+            let _ = done.recv_timeout(limit);
+        }
+    }
+}
+
+/// The writer thread: appends to the file (rotating) and/or sends to syslog.
+struct Writer {
+    meta: OutputMeta,
+    dropped: Arc<AtomicU64>,
+    file: Option<File>,
+    size: u64,
+    /// Drops already written into the file as a note.
+    noted: u64,
+    errors: u64,
+}
+
+type Syslog = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
+
+impl Writer {
+    fn new(meta: OutputMeta, dropped: Arc<AtomicU64>) -> Writer {
+        Writer {
+            meta,
+            dropped,
+            file: None,
+            size: 0,
+            noted: 0,
+            errors: 0,
+        }
+    }
+
+    fn run(mut self, rx: Receiver<TailLine>, shim_log: impl Fn(&str)) {
+        let mut syslog: Option<Syslog> = None;
+        if self.meta.syslog {
+            let formatter = syslog::Formatter3164 {
+                facility: syslog::Facility::LOG_DAEMON,
+                hostname: None,
+                process: format!("cmappserver[{}]", self.meta.tag),
+                pid: std::process::id(),
+            };
+            match syslog::unix(formatter) {
+                Ok(l) => syslog = Some(l),
+                Err(e) => shim_log(&format!("cannot open syslog for the application's output: {e}")),
+            }
+        }
+        for l in rx {
+            let dropped = self.dropped.load(Ordering::Relaxed);
+            if dropped > self.noted {
+                let note = format!(
+                    "[cmappserver: {} output lines dropped: the disk did not keep up]",
+                    dropped - self.noted
+                );
+                shim_log(&note);
+                self.noted = dropped;
+                self.write(&note, &shim_log);
+            }
+            if self.meta.file.is_some() {
+                self.write(&l.line, &shim_log);
+            }
+            if let Some(s) = &mut syslog {
+                let _ = match l.stream {
+                    Stream::Stdout => s.info(&l.line),
+                    Stream::Stderr => s.warning(&l.line),
+                };
+            }
+        }
+    }
+
+    fn write(&mut self, line: &str, shim_log: &impl Fn(&str)) {
+        let Some(path) = self.meta.file.clone() else { return };
+        let len = line.len() as u64 + 1;
+        let result = (|| -> std::io::Result<()> {
+            if self.file.is_none() {
+                let f = open_output(&path)?;
+                self.size = f.metadata()?.len();
+                self.file = Some(f);
+            }
+            if self.size > 0 && self.size + len > self.meta.max_bytes {
+                self.rotate(&path)?;
+            }
+            let f = self.file.as_mut().expect("opened above");
+            let mut buf = Vec::with_capacity(line.len() + 1);
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+            f.write_all(&buf)?;
+            self.size += len;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.noted += 1; // counted, but a note would fail the same way
+            self.file = None;
+            self.errors += 1;
+            if self.errors.is_power_of_two() {
+                shim_log(&format!(
+                    "cannot write the output file {}: {e} ({} lines dropped so far)",
+                    path.display(),
+                    self.dropped.load(Ordering::Relaxed)
+                ));
+            }
+        }
+    }
+
+    /// `.N-2` → `.N-1`, ..., `.log` → `.1`, a new `.log`.
+    fn rotate(&mut self, path: &Path) -> std::io::Result<()> {
+        self.file = None;
+        let keep = self.meta.files.max(1);
+        if keep == 1 {
+            let f = open_output(path)?;
+            f.set_len(0)?;
+            self.file = Some(f);
+            self.size = 0;
+            return Ok(());
+        }
+        for n in (1..keep - 1).rev() {
+            let _ = fs::rename(rotated(path, n), rotated(path, n + 1));
+        }
+        fs::rename(path, rotated(path, 1))?;
+        let f = open_output(path)?;
+        self.size = 0;
+        self.file = Some(f);
+        Ok(())
+    }
+}
+
+/// Opens (or creates, 0640) the output file `path` for appending, never
+/// through a symbolic link, in a directory (created 0750) that only we, or
+/// root, can change: the shim may run as root, and a directory others can
+/// write would let them point our writes at any file.
+fn open_output(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let refused = |e: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e);
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new().recursive(true).mode(0o750).create(dir)?;
+        let uid = nix::unistd::geteuid().as_raw();
+        common::perms::check_ancestors(dir, uid).map_err(refused)?;
+        common::perms::check_owned(dir, &fs::symlink_metadata(dir)?, uid, true, false).map_err(refused)?;
+    }
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(refused(format!("{} is not a regular file", path.display())));
+    }
+    Ok(f)
+}
+
+/// Opens an output file for reading, never through a symbolic link.
+fn open_read(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// The last `n` lines of the output file `path` (up to byte `end` of it, when
+/// given) and its rotated files, oldest first. Reads backwards, so a large
+/// file costs only what is shown.
+pub fn read_tail(path: &Path, files: u32, n: usize, end: Option<u64>) -> std::io::Result<Vec<String>> {
+    let mut lines: Vec<String> = Vec::new();
+    for i in 0..files.max(1) {
+        if lines.len() >= n {
+            break;
+        }
+        let p = if i == 0 { path.to_path_buf() } else { rotated(path, i) };
+        let mut f = match open_read(&p) {
+            Ok(f) => f,
+            Err(e) if i == 0 => return Err(e),
+            Err(_) => break,
+        };
+        let mut older = last_lines(&mut f, n - lines.len(), if i == 0 { end } else { None })?;
+        older.append(&mut lines);
+        lines = older;
+    }
+    Ok(lines)
+}
+
+/// The last `n` lines of one file, oldest first, each cut to [`MAX_LINE_LEN`].
+fn last_lines(f: &mut File, n: usize, end: Option<u64>) -> std::io::Result<Vec<String>> {
+    let len = f.metadata()?.len();
+    let len = end.map_or(len, |e| e.min(len));
+    let mut pos = len;
+    let mut buf: Vec<u8> = Vec::new();
+    // Newlines in `buf` beyond a trailing one.
+    let count = |b: &[u8]| {
+        b.strip_suffix(b"\n")
+            .unwrap_or(b)
+            .iter()
+            .filter(|&&c| c == b'\n')
+            .count()
+    };
+    while pos > 0 && count(&buf) < n {
+        let step = pos.min(64 << 10);
+        pos -= step;
+        let mut chunk = vec![0u8; step as usize];
+        f.seek(SeekFrom::Start(pos))?;
+        f.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&buf);
+        buf = chunk;
+        if buf.len() > n.saturating_add(1) * (MAX_LINE_LEN + 1) {
+            break; // lines longer than we show: enough is read
+        }
+    }
+    let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all: Vec<&[u8]> = text.split(|&c| c == b'\n').collect();
+    // The first piece may be a partial line when we did not read from 0.
+    let skip = usize::from(pos > 0 && all.len() > n);
+    let from = all.len().saturating_sub(n).max(skip);
+    Ok(all[from..].iter().map(|l| cut(l)).collect())
+}
+
+fn cut(l: &[u8]) -> String {
+    String::from_utf8_lossy(&l[..l.len().min(MAX_LINE_LEN)]).into_owned()
+}
+
+/// Follows an output file across rotations (as `tail -F` does).
+#[derive(Debug)]
+pub struct Follower {
+    path: PathBuf,
+    file: Option<File>,
+    ino: u64,
+    partial: Vec<u8>,
+}
+
+impl Follower {
+    /// Starts at the current end of `path`.
+    pub fn at_end(path: &Path) -> Follower {
+        let mut f = Follower {
+            path: path.to_path_buf(),
+            file: None,
+            ino: 0,
+            partial: Vec::new(),
+        };
+        if let Ok(mut file) = open_read(path) {
+            if file.seek(SeekFrom::End(0)).is_ok() {
+                f.ino = file.metadata().map(|m| m.ino()).unwrap_or(0);
+                f.file = Some(file);
+            }
+        }
+        f
+    }
+
+    /// Where in the current file it stands.
+    pub fn pos(&mut self) -> Option<u64> {
+        self.file.as_mut().and_then(|f| f.stream_position().ok())
+    }
+
+    /// Complete lines written since the last call (at most `max_bytes` worth).
+    pub fn poll(&mut self, max_bytes: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut budget = max_bytes;
+        loop {
+            if let Some(f) = &mut self.file {
+                let mut chunk = vec![0u8; budget.min(64 << 10)];
+                match f.read(&mut chunk) {
+                    Ok(0) | Err(_) => {}
+                    Ok(n) => {
+                        budget -= n.min(budget);
+                        self.partial.extend_from_slice(&chunk[..n]);
+                        self.split(&mut out);
+                        if budget > 0 {
+                            continue;
+                        }
+                        return out;
+                    }
+                }
+            }
+            // At the end of what we hold: has the file been rotated (or made)?
+            match fs::metadata(&self.path) {
+                Ok(m) if self.file.is_none() || m.ino() != self.ino => match open_read(&self.path) {
+                    Ok(f) => {
+                        self.ino = m.ino();
+                        self.file = Some(f);
+                        self.split_rest(&mut out);
+                        continue;
+                    }
+                    Err(_) => return out,
+                },
+                _ => return out,
+            }
+        }
+    }
+
+    fn split(&mut self, out: &mut Vec<String>) {
+        while let Some(i) = self.partial.iter().position(|&c| c == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            out.push(cut(&line[..line.len() - 1]));
+        }
+        if self.partial.len() > MAX_LINE_LEN {
+            let line: Vec<u8> = std::mem::take(&mut self.partial);
+            out.push(cut(&line));
+        }
+    }
+
+    /// The old file's unterminated last piece, when it is replaced.
+    fn split_rest(&mut self, out: &mut Vec<String>) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            out.push(cut(&line));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_are_safe_bounded_and_distinct() {
+        let a = file_stem("/apps/myapp --flag x");
+        assert_eq!(&a[..a.len() - 9], "apps_myapp_--flag_x");
+        let b = file_stem(r#"run:["/bin/sh","-c","echo hi"]"#);
+        assert_eq!(&b[..b.len() - 9], "bin_sh_-c_echo_hi");
+        assert_ne!(file_stem("name:x"), file_stem("run:x"));
+        let evil = file_stem("../../etc/passwd\n/..");
+        assert!(!evil.contains('/') && !evil.starts_with('.'), "{evil}");
+        let long = file_stem(&"x".repeat(10_000));
+        assert!(long.len() <= MAX_STEM + 9, "{}", long.len());
+        assert_ne!(file_stem("a b"), file_stem("a  b"), "two services, two files");
+        assert_eq!(file_stem("a b"), file_stem("a b"), "stable");
+        assert!(!file_stem("").is_empty());
+    }
+
+    fn meta(dir: &Path, max: u64, files: u32) -> OutputMeta {
+        OutputMeta {
+            file: Some(dir.join("s.log")),
+            syslog: false,
+            max_bytes: max,
+            files,
+            tail_lines: 3,
+            tag: "s".into(),
+        }
+    }
+
+    #[test]
+    fn rotation_is_numbered_and_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = meta(dir.path(), 1000, 3);
+        let mut w = Writer::new(m.clone(), Arc::new(AtomicU64::new(0)));
+        for i in 0..1000 {
+            w.write(&format!("line {i:05}"), &|_| {});
+        }
+        let path = m.file.unwrap();
+        for p in [path.clone(), rotated(&path, 1), rotated(&path, 2)] {
+            let len = fs::metadata(&p).unwrap().len();
+            assert!(len <= 1000, "{} is {len} bytes", p.display());
+        }
+        assert!(!rotated(&path, 3).exists());
+        assert_eq!(
+            read_tail(&path, 3, 2, None).unwrap(),
+            ["line 00998", "line 00999"],
+            "newest lines last"
+        );
+        // Two full files hold 180 lines: 150 reach back into the oldest.
+        let across = read_tail(&path, 3, 150, None).unwrap();
+        assert_eq!(across.len(), 150);
+        assert_eq!(across[149], "line 00999");
+        assert_eq!(across[0], "line 00850");
+        // Everything kept, when more is asked for: three files' worth, contiguous.
+        let all = read_tail(&path, 3, 10_000, None).unwrap();
+        assert!(all.len() > 180 && all.len() < 273, "{}", all.len());
+        assert_eq!(all[0], format!("line {:05}", 1000 - all.len()));
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_lines() {
+        let mut g = GuestLog::start(None, |_| {});
+        g.tail_lines = 3;
+        for i in 0..10 {
+            g.line(Stream::Stdout, &format!("l{i}"));
+        }
+        let t: Vec<String> = g.finish().0.into_iter().map(|l| l.line).collect();
+        assert_eq!(t, ["l7", "l8", "l9"]);
+    }
+
+    #[test]
+    fn a_follower_sees_new_lines_across_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.log");
+        fs::write(&path, "old\n").unwrap();
+        let mut f = Follower::at_end(&path);
+        assert!(f.poll(1 << 20).is_empty());
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        writeln!(file, "new 1").unwrap();
+        assert_eq!(f.poll(1 << 20), ["new 1"]);
+        writeln!(file, "new 2").unwrap();
+        fs::rename(&path, rotated(&path, 1)).unwrap();
+        fs::write(&path, "after\n").unwrap();
+        assert_eq!(f.poll(1 << 20), ["new 2", "after"]);
+    }
+}
