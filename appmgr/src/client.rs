@@ -21,37 +21,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_vsock::{VsockAddr, VsockStream};
 
-/// Why a call failed, sorted by what the caller should do about it.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Our own configuration or key material is unusable: retrying will not help.
-    #[error("{0}")]
-    Config(String),
-    /// The guest is unreachable or the connection broke: retrying may help.
-    #[error("{0}")]
-    Unreachable(String),
-    /// Certificates were rejected (either way): retrying will not help.
-    #[error("{0}")]
-    Auth(String),
-    /// The peers speak different protocol versions.
-    #[error("{0}")]
-    Version(String),
-    /// The peer broke the protocol.
-    #[error("{0}")]
-    Protocol(String),
-    /// cmappserver refused the request (the process is unknown, a limit, ...).
-    #[error("{}", .0.message)]
-    Refused(ErrorReply),
-    /// The server did not do what was asked within the time allowed.
-    #[error("{0}")]
-    Timeout(String),
-}
-
-impl ClientError {
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, ClientError::Unreachable(_))
-    }
-}
+pub use crate::error::ClientError;
+use crate::error::{Cause, ConfigError};
 
 /// Everything needed to reach one guest.
 #[derive(Clone)]
@@ -138,31 +109,29 @@ impl Connector {
     /// Loads the key material and the trust store for `node` from `conf`.
     pub fn new(conf: &ManagerConfig, node: &str) -> Result<Connector, ClientError> {
         common::tls::install_crypto_provider();
-        let node = Node::parse(node, conf.port).map_err(ClientError::Config)?;
+        let node = Node::parse(node, conf.port).map_err(ConfigError::Node)?;
         let trust_path = match node.name() {
             Some(name) => conf.trust_store_for(name),
             None => &conf.trust_store,
         };
-        let key = common::tls::load_key_store(&conf.key_store, &conf.key_store_password)
-            .map_err(|e| ClientError::Config(format!("keyStore: {e}")))?;
+        let key_material = |which| move |source| ConfigError::KeyMaterial { which, source };
+        let key =
+            common::tls::load_key_store(&conf.key_store, &conf.key_store_password).map_err(key_material("keyStore"))?;
         let trust = common::tls::load_trust_store(trust_path, &conf.trust_store_password)
-            .map_err(|e| ClientError::Config(format!("trustStore: {e}")))?;
+            .map_err(key_material("trustStore"))?;
         let server_name = match node.name() {
-            Some(name) => ServerName::try_from(name.to_string())
-                .map_err(|e| ClientError::Config(format!("-node {node}: {name:?} is not a valid server name: {e}")))?,
+            Some(name) => ServerName::try_from(name.to_string()).map_err(|source| ConfigError::ServerName {
+                node: node.to_string(),
+                name: name.to_string(),
+                source,
+            })?,
             // A vsock address names no one: a CA-signed certificate could
             // be any guest's, so CA trust needs the guest's name.
-            None if !trust.cas.is_empty() => {
-                return Err(ClientError::Config(format!(
-                    "-node {node}: the trust store holds a CA, and a vsock address carries no name to check \
-                     the guest's certificate against: name the guest as its certificate does, \
-                     -node NAME@{node}"
-                )))
-            }
+            None if !trust.cas.is_empty() => return Err(ConfigError::VsockNeedsName { node: node.to_string() }.into()),
             // Pinned trust: the certificate itself is the identity; the name is not checked.
             None => ServerName::try_from("vsock.invalid").expect("a valid DNS name"),
         };
-        let tls = common::tls::client_config(key, trust).map_err(|e| ClientError::Config(e.to_string()))?;
+        let tls = common::tls::client_config(key, trust).map_err(key_material("TLS"))?;
         Ok(Connector {
             tls: TlsConnector::from(Arc::<rustls::ClientConfig>::clone(&tls)),
             node,
@@ -185,13 +154,23 @@ impl Connector {
     pub async fn connect_once(&self, limit: Duration) -> Result<Client, ClientError> {
         let (stream, at) = self.open(limit).await?;
         let tls = match tokio::time::timeout(limit, self.tls.connect(self.server_name.clone(), stream)).await {
-            Err(_) => return Err(ClientError::Unreachable(format!("TLS handshake with {at} timed out"))),
+            Err(_) => {
+                return Err(ClientError::unreachable(
+                    format!("TLS handshake with {at}"),
+                    Cause::TimedOut,
+                ))
+            }
             Ok(Err(e)) => {
-                let why = common::tls::describe_handshake_error(&e);
-                return Err(if common::tls::is_auth_failure(&e) {
-                    ClientError::Auth(format!("TLS handshake with {at} failed: {why}"))
+                let doing = format!("TLS handshake with {at} failed");
+                let auth = common::tls::is_auth_failure(&e);
+                let cause = Cause::Handshake {
+                    why: common::tls::describe_handshake_error(&e),
+                    source: e,
+                };
+                return Err(if auth {
+                    ClientError::Auth { doing, cause }
                 } else {
-                    ClientError::Unreachable(format!("TLS handshake with {at} failed: {why}"))
+                    ClientError::unreachable(doing, cause)
                 });
             }
             Ok(Ok(s)) => s,
@@ -205,19 +184,18 @@ impl Connector {
 
     /// The connected stream, and how to name its far end in messages.
     async fn open(&self, limit: Duration) -> Result<(Box<dyn Transport>, String), ClientError> {
-        let unreachable = |what: &str, e: &dyn std::fmt::Display| ClientError::Unreachable(format!("{what}: {e}"));
         match &self.node.target {
             Target::Tcp { host, port } => {
                 let addrs: Vec<_> = tokio::time::timeout(limit, tokio::net::lookup_host((host.as_str(), *port)))
                     .await
-                    .map_err(|_| ClientError::Unreachable(format!("name lookup of {host} timed out")))?
-                    .map_err(|e| unreachable(&format!("cannot resolve {host}"), &e))?
+                    .map_err(|_| ClientError::unreachable(format!("name lookup of {host}"), Cause::TimedOut))?
+                    .map_err(|e| ClientError::unreachable(format!("cannot resolve {host}"), e))?
                     .collect();
-                let mut last = ClientError::Unreachable(format!("{host} has no addresses"));
+                let mut last = ClientError::unreachable(format!("name lookup of {host}"), Cause::NoAddresses);
                 for addr in addrs {
                     match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
-                        Err(_) => last = ClientError::Unreachable(format!("connection to {addr} timed out")),
-                        Ok(Err(e)) => last = unreachable(&format!("connection to {addr} failed"), &e),
+                        Err(_) => last = ClientError::unreachable(format!("connection to {addr}"), Cause::TimedOut),
+                        Ok(Err(e)) => last = ClientError::unreachable(format!("connection to {addr} failed"), e),
                         Ok(Ok(tcp)) => {
                             let _ = tcp.set_nodelay(true);
                             return Ok((Box::new(tcp), addr.to_string()));
@@ -229,27 +207,26 @@ impl Connector {
             Target::Vsock { cid, port } => {
                 let at = format!("vsock:{cid}:{port}");
                 match tokio::time::timeout(limit, VsockStream::connect(VsockAddr::new(*cid, *port))).await {
-                    Err(_) => Err(ClientError::Unreachable(format!("connection to {at} timed out"))),
+                    Err(_) => Err(ClientError::unreachable(format!("connection to {at}"), Cause::TimedOut)),
                     // No AF_VSOCK in this kernel at all: no retry will help.
-                    Ok(Err(e)) if e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {
-                        Err(ClientError::Config(format!(
-                            "cannot connect to {at}: {e}: this host's kernel has no AF_VSOCK support \
-                             (load the vhost_vsock module, or reach the guest through its vsock device's \
-                             socket with -node vsock-unix:/PATH)"
-                        )))
+                    Ok(Err(source)) if source.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {
+                        Err(ConfigError::NoVsock { at, source }.into())
                     }
-                    Ok(Err(e)) => Err(ClientError::Unreachable(format!(
-                        "connection to {at} failed: {e}{}",
-                        vsock_hint(&e)
-                    ))),
+                    Ok(Err(source)) => {
+                        let hint = vsock_hint(&source);
+                        Err(ClientError::unreachable(
+                            format!("connection to {at} failed"),
+                            Cause::Io { source, hint },
+                        ))
+                    }
                     Ok(Ok(s)) => Ok((Box::new(s), at)),
                 }
             }
             Target::VsockUnix { path, port } => {
                 let at = format!("vsock port {port} through {}", path.display());
                 match tokio::time::timeout(limit, hybrid_vsock_connect(path, *port)).await {
-                    Err(_) => Err(ClientError::Unreachable(format!("connection to {at} timed out"))),
-                    Ok(Err(e)) => Err(unreachable(&format!("connection to {at} failed"), &e)),
+                    Err(_) => Err(ClientError::unreachable(format!("connection to {at}"), Cause::TimedOut)),
+                    Ok(Err(e)) => Err(ClientError::unreachable(format!("connection to {at} failed"), e)),
                     Ok(Ok(s)) => Ok((Box::new(s), at)),
                 }
             }
@@ -296,31 +273,36 @@ pub struct Client {
 impl Client {
     async fn hello(tls: Tls, limit: Duration, hello: &Hello) -> Result<Client, ClientError> {
         let (mut rd, mut wr) = connection::split(tls);
-        let io = |e: common::connection::ConnectionError| ClientError::Unreachable(e.to_string());
-        wr.write(hello).await.map_err(io)?;
+        wr.write(hello)
+            .await
+            .map_err(|e| ClientError::unreachable("sending the hello", e))?;
         // The server answers with a Welcome, or an Error event (version mismatch).
         let reply: serde_json::Value = match tokio::time::timeout(limit, rd.read()).await {
-            Err(_) => return Err(ClientError::Unreachable("no welcome from cmappserver in time".into())),
+            Err(_) => {
+                return Err(ClientError::unreachable(
+                    "waiting for cmappserver's welcome",
+                    Cause::TimedOut,
+                ))
+            }
             Ok(Err(e)) => {
                 // TLS 1.3: a rejected client certificate surfaces on the first read.
-                if let common::connection::ConnectionError::Io(ioe) = &e {
-                    if common::tls::is_auth_failure(ioe) {
-                        return Err(ClientError::Auth(format!(
-                            "cmappserver rejected this host's certificate: {}",
-                            common::tls::describe_handshake_error(ioe)
-                        )));
+                return Err(match e {
+                    common::connection::ConnectionError::Io(source) if common::tls::is_auth_failure(&source) => {
+                        ClientError::Auth {
+                            doing: "cmappserver rejected this host's certificate".into(),
+                            cause: Cause::Handshake {
+                                why: common::tls::describe_handshake_error(&source),
+                                source,
+                            },
+                        }
                     }
-                }
-                if e.is_protocol_violation() {
-                    return Err(ClientError::Protocol(format!(
-                        "cmappserver broke the protocol before its welcome: {e}"
-                    )));
-                }
-                return Err(io(e));
+                    e => ClientError::on_connection("before its welcome", e),
+                });
             }
             Ok(Ok(None)) => {
-                return Err(ClientError::Unreachable(
-                    "cmappserver closed the connection during hello".into(),
+                return Err(ClientError::unreachable(
+                    "waiting for cmappserver's welcome",
+                    Cause::Closed,
                 ))
             }
             Ok(Ok(Some(v))) => v,
@@ -329,14 +311,16 @@ impl Client {
             return Err(match e.kind {
                 ErrorKind::Version => ClientError::Version(e.message),
                 // The server's session limit: a later attempt may find room.
-                ErrorKind::Limit => ClientError::Unreachable(e.message),
-                _ => ClientError::Protocol(e.message),
+                ErrorKind::Limit => ClientError::unreachable("saying hello", Cause::Server(e.message)),
+                _ => ClientError::Protocol {
+                    doing: "in its answer to the hello",
+                    cause: Cause::Server(e.message),
+                },
             });
         }
-        let welcome: Welcome = serde_json::from_value(reply).map_err(|e| {
-            ClientError::Protocol(format!(
-                "cmappserver broke the protocol: unexpected answer to hello: {e}"
-            ))
+        let welcome: Welcome = serde_json::from_value(reply).map_err(|e| ClientError::Protocol {
+            doing: "in its answer to the hello",
+            cause: e.into(),
         })?;
         Ok(Client { rd, wr, welcome })
     }
@@ -345,18 +329,15 @@ impl Client {
         self.wr
             .write(req)
             .await
-            .map_err(|e| ClientError::Unreachable(e.to_string()))
+            .map_err(|e| ClientError::unreachable("sending a request", e))
     }
 
     /// The next event; `Ok(None)` when the server closed the connection.
     pub async fn next_event(&mut self) -> Result<Option<Event>, ClientError> {
-        self.rd.read().await.map_err(|e| {
-            if e.is_protocol_violation() {
-                ClientError::Protocol(e.to_string())
-            } else {
-                ClientError::Unreachable(e.to_string())
-            }
-        })
+        self.rd
+            .read()
+            .await
+            .map_err(|e| ClientError::on_connection("reading from cmappserver", e))
     }
 
     /// Sends `req` and returns the first event that is not an output line
@@ -367,9 +348,19 @@ impl Client {
         let deadline = Instant::now() + limit;
         loop {
             match tokio::time::timeout_at(deadline, self.next_event()).await {
-                Err(_) => return Err(ClientError::Unreachable("no answer from cmappserver in time".into())),
+                Err(_) => {
+                    return Err(ClientError::unreachable(
+                        "waiting for cmappserver's answer",
+                        Cause::TimedOut,
+                    ))
+                }
                 Ok(Err(e)) => return Err(e),
-                Ok(Ok(None)) => return Err(ClientError::Unreachable("cmappserver closed the connection".into())),
+                Ok(Ok(None)) => {
+                    return Err(ClientError::unreachable(
+                        "waiting for cmappserver's answer",
+                        Cause::Closed,
+                    ))
+                }
                 Ok(Ok(Some(Event::Output(_) | Event::ShuttingDown(_) | Event::Superseded(_)))) => continue,
                 // The answer to a ping sent before this request, not to it.
                 Ok(Ok(Some(Event::Pong(_)))) if !matches!(req, Request::Ping(_)) => continue,
@@ -386,7 +377,10 @@ impl Client {
         match self.call(&Request::Launch(req), limit).await? {
             Event::Started(s) => Ok(Ok(s)),
             Event::Error(e) => Ok(Err(e)),
-            other => Err(ClientError::Protocol(format!("unexpected answer to launch: {other:?}"))),
+            other => Err(ClientError::Protocol {
+                doing: "in its answer to a launch",
+                cause: Cause::Unexpected(other.kind()),
+            }),
         }
     }
 
@@ -395,7 +389,12 @@ impl Client {
     pub async fn find(&mut self, spec: &ServiceSpec, limit: Duration) -> Result<Option<ProcessInfo>, ClientError> {
         let list = match self.call(&Request::List, limit).await? {
             Event::Processes(l) => l.processes,
-            other => return Err(ClientError::Protocol(format!("unexpected answer to list: {other:?}"))),
+            other => {
+                return Err(ClientError::Protocol {
+                    doing: "in its answer to a listing",
+                    cause: Cause::Unexpected(other.kind()),
+                })
+            }
         };
         let key = spec.key();
         Ok(list.into_iter().find(|p| {
@@ -458,12 +457,15 @@ impl Client {
         }
     }
 
-    /// The next event, or `Timeout` naming `what` at `deadline`.
-    async fn event_before(&mut self, deadline: Instant, what: &str) -> Result<Event, ClientError> {
+    /// The next event, or `Timeout` naming `awaited` at `deadline`.
+    async fn event_before(&mut self, deadline: Instant, awaited: &'static str) -> Result<Event, ClientError> {
         match tokio::time::timeout_at(deadline, self.next_event()).await {
-            Err(_) => Err(ClientError::Timeout(format!("no {what} from cmappserver in time"))),
+            Err(_) => Err(ClientError::Timeout { awaited }),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(None)) => Err(ClientError::Unreachable("cmappserver closed the connection".into())),
+            Ok(Ok(None)) => Err(ClientError::unreachable(
+                format!("waiting for the {awaited}"),
+                Cause::Closed,
+            )),
             Ok(Ok(Some(ev))) => Ok(ev),
         }
     }
@@ -474,25 +476,25 @@ impl Client {
         let mut page = match self.call(&Request::List, limit).await? {
             Event::Processes(p) => p,
             other => {
-                return Err(ClientError::Protocol(format!(
-                    "cmappserver broke the protocol: it answered the listing with {}",
-                    other.kind()
-                )))
+                return Err(ClientError::Protocol {
+                    doing: "in its answer to a listing",
+                    cause: Cause::Unexpected(other.kind()),
+                })
             }
         };
         let mut all = std::mem::take(&mut page.processes);
         while page.more {
             page = match tokio::time::timeout_at(deadline, self.next_event()).await {
-                Err(_) => return Err(ClientError::Unreachable("no answer from cmappserver in time".into())),
+                Err(_) => return Err(ClientError::unreachable("waiting for the listing", Cause::TimedOut)),
                 Ok(Ok(Some(Event::Processes(p)))) => p,
                 Ok(Ok(Some(Event::Output(_) | Event::ShuttingDown(_) | Event::Superseded(_)))) => continue,
                 Ok(Ok(Some(other))) => {
-                    return Err(ClientError::Protocol(format!(
-                        "cmappserver broke the protocol: {} in the middle of a listing",
-                        other.kind()
-                    )))
+                    return Err(ClientError::Protocol {
+                        doing: "in the middle of a listing",
+                        cause: Cause::Unexpected(other.kind()),
+                    })
                 }
-                Ok(Ok(None)) => return Err(ClientError::Unreachable("cmappserver closed the connection".into())),
+                Ok(Ok(None)) => return Err(ClientError::unreachable("waiting for the listing", Cause::Closed)),
                 Ok(Err(e)) => return Err(e),
             };
             all.append(&mut page.processes);
@@ -538,9 +540,9 @@ pub async fn check(conf: &ManagerConfig, node: &str, timeout: Duration) -> Resul
             client.close().await;
             Ok(Checked { welcome, round_trip })
         }
-        other => Err(ClientError::Protocol(format!(
-            "cmappserver broke the protocol: it answered the ping with {}",
-            other.kind()
-        ))),
+        other => Err(ClientError::Protocol {
+            doing: "in its answer to a ping",
+            cause: Cause::Unexpected(other.kind()),
+        }),
     }
 }

@@ -33,20 +33,6 @@ pub const CONFIG: i32 = 78;
 
 use common::message::ErrorKind;
 
-use crate::client::ClientError;
-
-/// The exit code for a client error.
-pub fn for_error(e: &ClientError) -> i32 {
-    match e {
-        ClientError::Config(_) => CONFIG,
-        ClientError::Unreachable(_) => UNREACHABLE,
-        ClientError::Auth(_) => AUTH,
-        ClientError::Version(_) | ClientError::Protocol(_) => PROTOCOL,
-        ClientError::Timeout(_) => UNREACHABLE,
-        ClientError::Refused(e) => for_refusal(e.kind),
-    }
-}
-
 /// The exit code for cmappserver's error reply of kind `kind`.
 pub fn for_refusal(kind: ErrorKind) -> i32 {
     match kind {
@@ -88,21 +74,4 @@ pub mod ocf {
     pub const ERR_CONFIGURED: i32 = 6;
     /// monitor: not running.
     pub const NOT_RUNNING: i32 = 7;
-
-    use crate::client::ClientError;
-    use common::message::ErrorKind;
-
-    /// The OCF code for a client error.
-    pub fn for_error(e: &ClientError) -> i32 {
-        match e {
-            ClientError::Config(_) | ClientError::Auth(_) => ERR_CONFIGURED,
-            ClientError::Version(_) => ERR_INSTALLED,
-            ClientError::Refused(e) if e.kind == ErrorKind::BadRequest => ERR_ARGS,
-            ClientError::Refused(e) if e.kind == ErrorKind::Version => ERR_INSTALLED,
-            ClientError::Unreachable(_)
-            | ClientError::Protocol(_)
-            | ClientError::Refused(_)
-            | ClientError::Timeout(_) => ERR_GENERIC,
-        }
-    }
 }

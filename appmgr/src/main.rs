@@ -15,6 +15,7 @@
 mod cli;
 mod client;
 mod demo;
+mod error;
 mod exit;
 mod manual;
 mod oneshot;
@@ -139,14 +140,14 @@ fn block_on(fut: impl std::future::Future<Output = i32>) -> i32 {
 async fn connect(node: &str, timeout: Duration, conf: &ManagerConfig) -> Result<client::Client, i32> {
     let connector = client::Connector::new(conf, node).map_err(|e| {
         tracing::error!("{e}");
-        exit::for_error(&e)
+        e.exit_code()
     })?;
     connector
         .connect(tokio::time::Instant::now() + timeout)
         .await
         .map_err(|e| {
             tracing::error!("Could not connect to the node {node}: {e}");
-            exit::for_error(&e)
+            e.exit_code()
         })
 }
 
@@ -167,11 +168,11 @@ async fn check(args: cli::CheckArgs, conf: ManagerConfig) -> i32 {
         }
         Err(e @ client::ClientError::Config(_)) => {
             tracing::error!("{e}");
-            exit::for_error(&e)
+            e.exit_code()
         }
         Err(e) => {
             tracing::error!("Could not connect to the node {}: {e}", args.node);
-            exit::for_error(&e)
+            e.exit_code()
         }
     }
 }
@@ -185,7 +186,7 @@ async fn status(args: cli::StatusArgs, conf: ManagerConfig) -> i32 {
         Ok(list) => list,
         Err(e) => {
             tracing::error!("cmappserver on {} did not list its processes: {e}", args.node);
-            return exit::for_error(&e);
+            return e.exit_code();
         }
     };
     c.close().await;

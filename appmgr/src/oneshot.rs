@@ -55,7 +55,7 @@ pub async fn run(verb: Verb, a: OneShotArgs, conf: ManagerConfig) -> i32 {
         Ok(c) => c.with_manager(manager),
         Err(e) => {
             tracing::error!("{e}");
-            return ocf::for_error(&e);
+            return e.ocf_exit_code();
         }
     };
     let v = OneShot {
@@ -107,13 +107,13 @@ impl OneShot {
             } else {
                 tracing::error!("Could not connect to the node {}: {e}", self.a.node);
             }
-            ocf::for_error(&e)
+            e.ocf_exit_code()
         })
     }
 
     fn client_error(&self, e: &ClientError) -> i32 {
         tracing::error!("cmappserver on {}: {e}", self.a.node);
-        ocf::for_error(e)
+        e.ocf_exit_code()
     }
 
     fn refused(&self, e: &ErrorReply) -> i32 {
@@ -542,12 +542,18 @@ async fn wait_exit(c: &mut Client, id: &InstanceId, limit: Duration) -> Result<E
     loop {
         match tokio::time::timeout_at(deadline, c.next_event()).await {
             Err(_) => {
-                return Err(ClientError::Unreachable(
-                    "no exit status from cmappserver in time".into(),
+                return Err(ClientError::unreachable(
+                    "waiting for the exit status",
+                    crate::error::Cause::TimedOut,
                 ))
             }
             Ok(Err(e)) => return Err(e),
-            Ok(Ok(None)) => return Err(ClientError::Unreachable("cmappserver closed the connection".into())),
+            Ok(Ok(None)) => {
+                return Err(ClientError::unreachable(
+                    "waiting for the exit status",
+                    crate::error::Cause::Closed,
+                ))
+            }
             Ok(Ok(Some(Event::Exited(x)))) if x.id == *id => return Ok(x.status),
             Ok(Ok(Some(_))) => {}
         }
@@ -561,9 +567,19 @@ async fn settle(c: &mut Client, id: &InstanceId) -> Result<Option<ExitStatus>, C
     let deadline = Instant::now() + CALL;
     loop {
         match tokio::time::timeout_at(deadline, c.next_event()).await {
-            Err(_) => return Err(ClientError::Unreachable("no answer to a ping in time".into())),
+            Err(_) => {
+                return Err(ClientError::unreachable(
+                    "waiting for a pong",
+                    crate::error::Cause::TimedOut,
+                ))
+            }
             Ok(Err(e)) => return Err(e),
-            Ok(Ok(None)) => return Err(ClientError::Unreachable("cmappserver closed the connection".into())),
+            Ok(Ok(None)) => {
+                return Err(ClientError::unreachable(
+                    "waiting for a pong",
+                    crate::error::Cause::Closed,
+                ))
+            }
             Ok(Ok(Some(Event::Exited(x)))) if x.id == *id => return Ok(Some(x.status)),
             Ok(Ok(Some(Event::Pong(_)))) => return Ok(None),
             Ok(Ok(Some(_))) => {}

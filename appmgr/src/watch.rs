@@ -54,7 +54,7 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");
-            return exit::for_error(&e);
+            return e.exit_code();
         }
     };
     let mut stop_signal = match common::shutdown::shutdown_signal() {
@@ -134,7 +134,7 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
             }
             Err(e) => {
                 tracing::error!("Could not connect to the node {}: {e}", args.node);
-                return exit::for_error(&e);
+                return e.exit_code();
             }
         };
         if !w.connected_once {
@@ -204,7 +204,7 @@ impl Watcher<'_> {
             Err(e) if e.is_retryable() => return WatchEnd::Lost(e.to_string()),
             Err(e) => {
                 tracing::error!("{e}");
-                return WatchEnd::Exit(exit::for_error(&e));
+                return WatchEnd::Exit(e.exit_code());
             }
         };
         match (&self.instance, started.attached) {
@@ -249,7 +249,7 @@ impl Watcher<'_> {
                         Err(e) if e.is_retryable() => return WatchEnd::Lost(e.to_string()),
                         Err(e) => {
                             tracing::error!("{e}");
-                            return WatchEnd::Exit(exit::for_error(&e));
+                            return WatchEnd::Exit(e.exit_code());
                         }
                     };
                     match ev {
@@ -334,7 +334,7 @@ impl Watcher<'_> {
                     "could not stop the application within stopTimeout ({} s): {e}",
                     self.stop_timeout.as_secs_f64()
                 );
-                WatchEnd::Exit(exit::for_error(&e))
+                WatchEnd::Exit(e.exit_code())
             }
         }
     }

@@ -365,8 +365,9 @@ pub struct GuestCheck {
 impl GuestCheck {
     /// Asks the guest's cmappserver once (the client retries until the
     /// timeout); bounded even if the client overruns it.
-    async fn ask(&self) -> Result<common::message::Welcome, String> {
-        let conf = common::config::ManagerConfig::load(&self.conf).map_err(|e| e.to_string())?;
+    async fn ask(&self) -> Result<common::message::Welcome, crate::client::ClientError> {
+        use crate::error::{Cause, ClientError, ConfigError};
+        let conf = common::config::ManagerConfig::load(&self.conf).map_err(ConfigError::File)?;
         let grace = Duration::from_secs(5);
         match tokio::time::timeout(
             self.timeout + grace,
@@ -374,8 +375,11 @@ impl GuestCheck {
         )
         .await
         {
-            Ok(r) => r.map(|c| c.welcome).map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no answer within {} s", self.timeout.as_secs_f64())),
+            Ok(r) => r.map(|c| c.welcome),
+            Err(_) => Err(ClientError::unreachable(
+                format!("asking the cmappserver at {}", self.node),
+                Cause::TimedOut,
+            )),
         }
     }
 }
