@@ -36,6 +36,7 @@ install_cargo_tools() {
   cargo_tool cargo-nextest
   cargo_tool cargo-deb
   cargo_tool cargo-zigbuild
+  cargo_tool vhost-device-vsock   # the guests' virtio-vsock device (guest_vm.rs); about 2 min to build
 }
 
 # Tests that need root (network namespaces, loop devices, libvirtd, QEMU,

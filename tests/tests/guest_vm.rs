@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use cmapp_tests::keys;
 use cmapp_tests::mgr::{monitor_args, pid_in, Mgr};
-use cmapp_tests::qemu::{self, Guest, Image, Kernel, Netns};
+use cmapp_tests::qemu::{self, Guest, Image, Kernel, Netns, Transport, VsockDevice};
 use cmapp_tests::wait_until;
 use nix::sys::signal::Signal;
 use serde_json::json;
@@ -39,13 +39,17 @@ struct Lab {
 }
 
 fn lab() -> Lab {
+    lab_for(Transport::Tcp)
+}
+
+fn lab_for(transport: Transport) -> Lab {
     qemu::require_prerequisites();
     let kernel = Kernel::cached(&qemu::cache_dir());
     let tmp = tempfile::Builder::new().prefix("cmapp-gvm-").tempdir().unwrap();
     // Absolute: QEMU's -daemonize changes its directory to /.
     let dir = tmp.path().canonicalize().unwrap();
     let keys = keys::pinned(&dir, "");
-    let image = Image::build(&kernel, &keys, &dir.join("image"));
+    let image = Image::build_for(&kernel, &keys, &dir.join("image"), transport);
     let conf = keys::manager_conf(&dir, "cmappmgr.conf", &keys.client_private, &keys.client_trust, "");
     let net = Netns::create();
     Lab {
@@ -67,6 +71,25 @@ impl Lab {
             t.as_secs_f64()
         );
         g
+    }
+
+    /// Boots a vsock-only guest (see [`Transport::Vsock`]) with its vsock
+    /// device, and waits until its cmappserver answers through the device's
+    /// socket. Returns the guest, and the device (`-node` is `device.node(PORT)`).
+    fn boot_vsock(&mut self, name: &str) -> (Guest, VsockDevice) {
+        let device = VsockDevice::start(&self.dir, name, 3);
+        let g = Guest::boot_vsock(&mut self.net, &self.image, &self.dir, name, &device);
+        let t = g.wait_ready_at(None, &self.conf, &device.node(qemu::PORT), BOOT);
+        eprintln!(
+            "guest {name}: cmappserver answered over vsock {:.1} s after QEMU started",
+            t.as_secs_f64()
+        );
+        (g, device)
+    }
+
+    /// `cmappmgr -node NODE ...` in the test's own namespace (vsock needs no network).
+    fn mgr_at(&self, node: &str, timeout: f64, run: &[&str]) -> Mgr {
+        Mgr::spawn_in(None, &monitor_args(&self.conf, node, timeout, &[], run))
     }
 
     /// `cmappmgr -node GUEST -cmappserver_timeout T -service RUN...` in the namespace.
@@ -102,7 +125,15 @@ fn started_pid(m: &Mgr) -> u32 {
 #[test]
 fn guest_applications_report_exit_codes_and_signals() {
     let mut lab = lab();
-    let _guest = lab.boot("a");
+    let guest = lab.boot("a");
+    // Its configuration asks for vsock:5315 too, but this guest has no vsock
+    // driver: that listener is refused with a message, TCP serves.
+    let console = guest.console_text();
+    assert!(
+        console.contains(&format!("cannot listen on vsock:{}", qemu::PORT))
+            && console.contains("this kernel has no virtio-vsock support"),
+        "{console}"
+    );
 
     let mut m = lab.mgr(
         10.0,
@@ -217,11 +248,18 @@ fn a_powered_off_guest_makes_cmappmgr_exit_1_at_its_timeout() {
     let mut m = lab.mgr(TIMEOUT, &["/bin/sleep", "1000"]);
     started_pid(&m);
 
+    power_off_ends_the_manager_at_its_timeout(&guest, &mut m, TIMEOUT);
+}
+
+/// Powers the guest off (QMP `quit`) under `m`, a cmappmgr with
+/// `cmappserver_timeout` `timeout` watching a process there, and checks that
+/// it exits 1 ("Lost the node") about `timeout` later.
+fn power_off_ends_the_manager_at_its_timeout(guest: &Guest, m: &mut Mgr, timeout: f64) {
     guest.qmp().execute("quit", json!({})).expect("QMP quit");
     let off = Instant::now();
     assert!(wait_until(WAIT, || !guest.running()), "QEMU did not quit");
     assert_eq!(
-        m.code_within(Duration::from_secs_f64(TIMEOUT) + WAIT),
+        m.code_within(Duration::from_secs_f64(timeout) + WAIT),
         1,
         "{}",
         m.err.text()
@@ -232,13 +270,13 @@ fn a_powered_off_guest_makes_cmappmgr_exit_1_at_its_timeout() {
     assert!(m.err.contains("PROGRAM EXIT CODE 1"), "{}", m.err.text());
     // The clock starts at the last message heard, at most one ping interval
     // (timeout / 4) before the power-off.
-    let earliest = TIMEOUT - TIMEOUT / 4.0 - 0.5;
+    let earliest = timeout - timeout / 4.0 - 0.5;
     assert!(
-        (earliest..=TIMEOUT + 3.0).contains(&took),
-        "cmappmgr exited {took:.2} s after the power-off; expected about {TIMEOUT} s:\n{}",
+        (earliest..=timeout + 3.0).contains(&took),
+        "cmappmgr exited {took:.2} s after the power-off; expected about {timeout} s:\n{}",
         m.err.text()
     );
-    eprintln!("power-off: cmappmgr exited 1 after {took:.2} s (cmappserver_timeout {TIMEOUT} s)");
+    eprintln!("power-off: cmappmgr exited 1 after {took:.2} s (cmappserver_timeout {timeout} s)");
 }
 
 /// One `cmappmgr check` made while the guest migrates.
@@ -459,4 +497,85 @@ fn monitoring_survives_a_live_migration_of_the_guest() {
     assert_eq!(second.code_within(WAIT), 0, "{}", second.err.text());
     assert!(second.err.contains("stopped on request"), "{}", second.err.text());
     drop(destination);
+}
+
+/// Scenarios 1 and 2 over virtio-vsock alone: the guest has no network (its
+/// interfaces down, no address) and its cmappserver listens on vsock only;
+/// cmappmgr reaches it through the `vhost-user-vsock-pci` device's socket.
+/// An exit code and a signal reach the host, `status` lists the guest's
+/// processes. A live migration of this guest is refused by QEMU
+/// (vhost-user-vsock is not migratable), and monitoring carries on.
+#[test]
+fn over_vsock_alone_exit_codes_and_signals_reach_the_host_and_migration_is_refused() {
+    let mut lab = lab_for(Transport::Vsock);
+    let (guest, device) = lab.boot_vsock("v");
+    let node = device.node(qemu::PORT);
+
+    let mut m = lab.mgr_at(
+        &node,
+        10.0,
+        &[
+            "/bin/sh",
+            "-c",
+            "echo \"eth0=$(cat /sys/class/net/eth0/operstate) eth1=$(cat /sys/class/net/eth1/operstate) \
+             addresses=$(ip -o addr show | grep -vc ' lo ')\"; exit 7",
+        ],
+    );
+    assert_eq!(m.code_within(WAIT), 7, "{}", m.err.text());
+    assert!(
+        m.out.contains("eth0=down eth1=down addresses=0"),
+        "the guest has a network:\n{}",
+        m.out.text()
+    );
+    assert!(m.err.contains("PROGRAM EXIT CODE 7"), "{}", m.err.text());
+
+    // Killed from inside the guest by another cmappmgr's command.
+    let mut victim = lab.mgr_at(&node, 10.0, &["/bin/sleep", "1000"]);
+    let pid = started_pid(&victim);
+    let listed = qemu::status_at(None, &lab.conf, &node);
+    assert!(
+        listed.iter().any(|p| p.pid == pid && p.running),
+        "status does not list pid {pid}: {listed:?}"
+    );
+    let mut kill = lab.mgr_at(&node, 10.0, &["/bin/kill", "-9", &pid.to_string()]);
+    assert_eq!(kill.code_within(WAIT), 0, "{}", kill.err.text());
+    assert_eq!(victim.code_within(WAIT), 128 + 9, "{}", victim.err.text());
+    assert!(
+        victim.err.contains("killed by signal 9 (SIGKILL)"),
+        "{}",
+        victim.err.text()
+    );
+
+    // Live migration: QEMU refuses it for this device model.
+    let mut watched = lab.mgr_at(&node, 10.0, &["/bin/sleep", "1000"]);
+    let pid = started_pid(&watched);
+    let mut qmp = guest.qmp();
+    let refused = qmp
+        .execute(
+            "migrate",
+            json!({"uri": format!("unix:{}", lab.dir.join("m.sock").display())}),
+        )
+        .expect_err("QEMU migrated a guest with a vhost-user-vsock device");
+    assert!(
+        refused.contains("non-migratable device") && refused.contains("vhost-user-vsock"),
+        "{refused}"
+    );
+    let blocked = qmp.execute("query-migrate", json!({})).expect("query-migrate");
+    eprintln!("live migration over vhost-user-vsock: refused: {refused}; {blocked}");
+    // Monitoring carries on: the process ends, the host hears it.
+    let mut kill = lab.mgr_at(&node, 10.0, &["/bin/kill", "-TERM", &pid.to_string()]);
+    assert_eq!(kill.code_within(WAIT), 0, "{}", kill.err.text());
+    assert_eq!(watched.code_within(WAIT), 128 + 15, "{}", watched.err.text());
+}
+
+/// Scenario 4 over vsock: the guest is powered off under a cmappmgr that
+/// reaches it through its vsock device; cmappmgr exits 1 at its timeout.
+#[test]
+fn over_vsock_a_powered_off_guest_makes_cmappmgr_exit_1_at_its_timeout() {
+    const TIMEOUT: f64 = 6.0;
+    let mut lab = lab_for(Transport::Vsock);
+    let (guest, device) = lab.boot_vsock("v");
+    let mut m = lab.mgr_at(&device.node(qemu::PORT), TIMEOUT, &["/bin/sleep", "1000"]);
+    started_pid(&m);
+    power_off_ends_the_manager_at_its_timeout(&guest, &mut m, TIMEOUT);
 }

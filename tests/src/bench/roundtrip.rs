@@ -8,7 +8,12 @@
 //!
 //! against a running cmappserver and a running nrpe (`command[check_ok]=/bin/echo ok`),
 //! alternated (the order swapped every round), each checked for exit code 0
-//! and the line `ok`. The bench starts its own nrpe on loopback with its own
+//! and the line `ok`. In the same rounds, the vsock transport: the same
+//! cmappmgr with `-node vsock-unix:SOCKET:5315` through a hybrid-vsock relay
+//! (`crate::vsock::HybridRelay`, the CONNECT/OK convention of a user-space
+//! vsock device) to the same server. This machine has no AF_VSOCK transport
+//! (no vhost-vsock), so that column measures the transport code path and a
+//! user-space relay hop, not a virtio queue. The bench starts its own nrpe on loopback with its own
 //! configuration, and stops it.
 
 use std::path::{Path, PathBuf};
@@ -20,6 +25,7 @@ use nix::unistd::Pid;
 
 use super::fixture::{Env, Server};
 use super::sys;
+use cmapp_tests::vsock::HybridRelay;
 
 pub const NRPE: &str = "/usr/sbin/nrpe";
 pub const CHECK_NRPE: &str = "/usr/lib/nagios/plugins/check_nrpe";
@@ -29,6 +35,8 @@ const WARM_UP: usize = 3;
 pub struct RoundTrip {
     /// Seconds per run, sorted.
     pub ours: Vec<f64>,
+    /// The same over `-node vsock-unix:...` (a hybrid-vsock relay), sorted.
+    pub vsock: Vec<f64>,
     pub nrpe: Result<NrpeRuns, String>,
 }
 
@@ -50,10 +58,12 @@ pub fn median(sorted: &[f64]) -> f64 {
 }
 
 pub fn run(env: &Env, server: &Server, runs: usize) -> Result<RoundTrip, String> {
-    let ours_cmd = || {
+    let relay_dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let relay = HybridRelay::start(&relay_dir.path().join("vsock.sock"), 5315, server.addr);
+    let mgr_cmd = |node: String| {
         let mut c = Command::new(&env.bins.mgr);
         c.arg("-node")
-            .arg(server.node())
+            .arg(node)
             .arg("--conf")
             .arg(&env.mgr_conf)
             .args(["-cmappserver_timeout", "10", "-service", "/bin/echo", "ok"])
@@ -77,14 +87,17 @@ pub fn run(env: &Env, server: &Server, runs: usize) -> Result<RoundTrip, String>
         c
     };
     let mut ours = Vec::with_capacity(runs);
+    let mut vsock = Vec::with_capacity(runs);
     let mut theirs = Vec::with_capacity(runs);
     for i in 0..WARM_UP + runs {
         let ours_first = i % 2 == 0;
         for turn in 0..2 {
             if (turn == 0) == ours_first {
-                let t = timed(ours_cmd(), "cmappmgr")?;
+                let t = timed(mgr_cmd(server.node()), "cmappmgr")?;
+                let v = timed(mgr_cmd(relay.node()), "cmappmgr over vsock-unix")?;
                 if i >= WARM_UP {
                     ours.push(t);
+                    vsock.push(v);
                 }
             } else if nrpe_err.is_none() {
                 if let Some(n) = &nrpe {
@@ -98,6 +111,7 @@ pub fn run(env: &Env, server: &Server, runs: usize) -> Result<RoundTrip, String>
         }
     }
     ours.sort_by(f64::total_cmp);
+    vsock.sort_by(f64::total_cmp);
     theirs.sort_by(f64::total_cmp);
     let nrpe = match (nrpe, nrpe_err) {
         (_, Some(e)) => Err(e),
@@ -111,7 +125,7 @@ pub fn run(env: &Env, server: &Server, runs: usize) -> Result<RoundTrip, String>
         }
         (None, None) => Err("nrpe did not start".into()),
     };
-    Ok(RoundTrip { ours, nrpe })
+    Ok(RoundTrip { ours, vsock, nrpe })
 }
 
 /// Runs a command to its end; its time, once it exited 0 and printed `ok`.

@@ -314,6 +314,13 @@ fn build_report(r: &Results) -> Report {
             format!("cmappmgr -node … -service /bin/echo ok, median of {}", rt.ours.len()),
             format!("{:.2} ms", ours * 1e3),
         );
+        rep.info(
+            format!(
+                "the same over -node vsock-unix:… (hybrid-vsock relay, no AF_VSOCK here), median of {}",
+                rt.vsock.len()
+            ),
+            format!("{:.2} ms", roundtrip::median(&rt.vsock) * 1e3),
+        );
         match &rt.nrpe {
             Ok(n) => {
                 let theirs = roundtrip::median(&n.secs);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{node, Image, Netns, Qmp, GUEST_MIB, SETUP_LIMIT};
+use super::{node, Image, Netns, Qmp, VsockDevice, GUEST_MIB, SETUP_LIMIT};
 use crate::mgr::Mgr;
 use crate::{alive, wait_until};
 
@@ -35,7 +35,17 @@ impl Guest {
     /// and `<name>1` (br1). Sockets and files go in `dir` (absolute, so
     /// that they do not depend on any process's directory).
     pub fn boot(net: &mut Netns, image: &Image, dir: &Path, name: &str) -> Guest {
-        let shared = vec![
+        Self::boot_with(net, image, dir, name, Vec::new())
+    }
+
+    /// The same with a virtio-vsock device served by `device` (a
+    /// `vhost-user-vsock-pci`, the guest's memory shared with the device).
+    pub fn boot_vsock(net: &mut Netns, image: &Image, dir: &Path, name: &str, device: &VsockDevice) -> Guest {
+        Self::boot_with(net, image, dir, name, device.qemu_args())
+    }
+
+    fn boot_with(net: &mut Netns, image: &Image, dir: &Path, name: &str, extra: Vec<String>) -> Guest {
+        let mut shared: Vec<String> = vec![
             "-accel".into(),
             "tcg".into(),
             "-cpu".into(),
@@ -58,6 +68,7 @@ impl Guest {
             "-device".into(),
             "virtio-rng-pci".into(),
         ];
+        shared.extend(extra);
         Self::start(net, dir, name, shared, None)
     }
 
@@ -167,13 +178,22 @@ impl Guest {
     /// console if it does not within `limit` or QEMU dies. Returns the time
     /// since QEMU started.
     pub fn wait_ready(&self, net: &Netns, conf: &Path, limit: Duration) -> Duration {
+        self.wait_ready_at(Some(net), conf, &node(), limit)
+    }
+
+    /// The same for any `-node` (a vsock guest's `vsock-unix:...`), with
+    /// cmappmgr in `net` or, with `None`, in the test's own namespace.
+    pub fn wait_ready_at(&self, net: Option<&Netns>, conf: &Path, node: &str, limit: Duration) -> Duration {
         // First its log line on the console, so that cmappmgr's connection
         // attempts (each up to an ARP timeout while the guest boots, with a
         // growing backoff between them) do not add seconds to every boot.
+        let marker = if node.starts_with("vsock") {
+            "listening on vsock:"
+        } else {
+            "listening on 0.0.0.0:"
+        };
         let end = Instant::now() + limit;
-        let listening = wait_until(limit, || {
-            !self.running() || self.console_text().contains("listening on 0.0.0.0:")
-        });
+        let listening = wait_until(limit, || !self.running() || self.console_text().contains(marker));
         assert!(
             listening && self.running(),
             "guest {}: cmappserver {} within {limit:?}; console:\n{}",
@@ -190,11 +210,11 @@ impl Guest {
             .max(Duration::from_secs(10));
         let secs = limit.as_secs().max(1).to_string();
         let mut check = Mgr::spawn_in(
-            Some(&net.name),
+            net.map(|n| n.name.as_str()),
             &[
                 "check",
                 "--node",
-                &node(),
+                node,
                 "--conf",
                 conf.to_str().unwrap(),
                 "--timeout",

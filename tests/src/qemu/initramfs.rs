@@ -88,18 +88,37 @@ impl Cpio {
     }
 }
 
+/// How the host reaches the guest's cmappserver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP on the guest's management LAN (`eth0`, [`GUEST_ADDR`]). The guest
+    /// also asks for `listen=vsock:PORT` but has no vsock driver loaded: its
+    /// cmappserver warns about that listener and serves on TCP.
+    Tcp,
+    /// virtio-vsock only: the vsock driver loaded, `listen=vsock:PORT` the
+    /// only listener, and no network interface configured or up (the NICs
+    /// exist, down, with no address).
+    Vsock,
+}
+
 /// What a guest boots: the kernel, and an initramfs with this test's keys.
 #[derive(Debug, Clone)]
 pub struct Image {
     pub kernel: Kernel,
     pub initrd: PathBuf,
+    pub transport: Transport,
 }
 
 impl Image {
+    /// Writes `out/initrd.cpio` for a guest reached over TCP (see [`Transport::Tcp`]).
+    pub fn build(kernel: &Kernel, keys: &Keys, out: &Path) -> Image {
+        Self::build_for(kernel, keys, out, Transport::Tcp)
+    }
+
     /// Writes `out/initrd.cpio`: busybox, cmappserver and its libraries, the
     /// modules, the init script, and cmappserver's configuration and key
     /// material at the original's default paths (`/opt/hp/cmappserver/`).
-    pub fn build(kernel: &Kernel, keys: &Keys, out: &Path) -> Image {
+    pub fn build_for(kernel: &Kernel, keys: &Keys, out: &Path, transport: Transport) -> Image {
         std::fs::create_dir_all(out).unwrap();
         let mut a = Cpio::default();
         for d in [
@@ -124,7 +143,11 @@ impl Image {
             0o755,
             &which("busybox").expect("busybox (busybox-static)"),
         );
-        for m in Kernel::MODULES {
+        let modules: Vec<&str> = match transport {
+            Transport::Tcp => Kernel::MODULES.to_vec(),
+            Transport::Vsock => [Kernel::MODULES, Kernel::VSOCK_MODULES].concat(),
+        };
+        for m in &modules {
             a.copy(
                 &format!("lib/modules/{m}.ko"),
                 0o644,
@@ -147,17 +170,24 @@ impl Image {
             a.copy(&lib, 0o755, Path::new(&lib));
         }
 
-        let conf = format!(
-            "# cmappserver in the test guest (made by cmapp_tests::qemu)\n\
-             keyStore=/opt/hp/cmappserver/server.private\n\
-             trustStore=/opt/hp/cmappserver/client.public\n\
-             stateDir=/var/lib/cmappserver\n\
-             listen=0.0.0.0:{PORT}\n"
-        );
+        let conf = "# cmappserver in the test guest (made by cmapp_tests::qemu)\n\
+                    keyStore=/opt/hp/cmappserver/server.private\n\
+                    trustStore=/opt/hp/cmappserver/client.public\n\
+                    stateDir=/var/lib/cmappserver\n";
+        let conf = match transport {
+            Transport::Tcp => format!("{conf}listen=0.0.0.0:{PORT}\nlisten=vsock:{PORT}\n"),
+            Transport::Vsock => format!("{conf}listen=vsock:{PORT}\n"),
+        };
         a.file("opt/hp/cmappserver/cmappserver.conf", 0o644, conf.as_bytes());
         a.copy("opt/hp/cmappserver/server.private", 0o600, &keys.server_private);
         a.copy("opt/hp/cmappserver/client.public", 0o644, &keys.server_trust);
-        let env = format!("LAN0=eth0\nADDR0={GUEST_ADDR}/24\nLAN1={PROBED_LAN}\nADDR1={PROBED_GUEST_ADDR}/24\n");
+        // What init loads and configures (tests/fixtures/guest/init).
+        let mut env = format!("MODULES=\"{}\"\n", modules.join(" "));
+        if transport == Transport::Tcp {
+            env.push_str(&format!(
+                "LAN0=eth0\nADDR0={GUEST_ADDR}/24\nLAN1={PROBED_LAN}\nADDR1={PROBED_GUEST_ADDR}/24\n"
+            ));
+        }
         a.file("etc/guest.env", 0o644, env.as_bytes());
 
         let initrd = out.join("initrd.cpio");
@@ -166,6 +196,7 @@ impl Image {
         Image {
             kernel: kernel.clone(),
             initrd,
+            transport,
         }
     }
 }

@@ -44,9 +44,22 @@ impl Kernel {
     /// Neither depends on the other or on the virtio modules.
     pub const POWER_BUTTON_MODULES: &'static [&'static str] = &["evdev", "button"];
 
+    /// The virtio-vsock driver, in load order after [`Kernel::MODULES`]:
+    /// the vsock core, then the virtio transport. Loaded by the vsock
+    /// guests only (see [`super::Transport`]).
+    pub const VSOCK_MODULES: &'static [&'static str] = &[
+        "vsock",
+        "vmw_vsock_virtio_transport_common",
+        "vmw_vsock_virtio_transport",
+    ];
+
     /// Every module the cache holds.
     fn cached_modules() -> impl Iterator<Item = &'static str> {
-        Self::MODULES.iter().chain(Self::POWER_BUTTON_MODULES).copied()
+        Self::MODULES
+            .iter()
+            .chain(Self::POWER_BUTTON_MODULES)
+            .chain(Self::VSOCK_MODULES)
+            .copied()
     }
 
     /// The cached kernel in `cache/kernel/`, downloaded first if it is not

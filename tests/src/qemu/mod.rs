@@ -19,7 +19,11 @@
 //!   (`ip netns exec`, see [`crate::mgr::Mgr::spawn_in`]);
 //! * [`Guest`]: one `qemu-system-x86_64 -accel tcg` process, a child of the
 //!   test, killed by its pid when dropped (and by the kernel if the test
-//!   process dies first), with [`Qmp`] to drive it (quit, migrate).
+//!   process dies first), with [`Qmp`] to drive it (quit, migrate);
+//! * [`VsockDevice`]: a `vhost-device-vsock` serving a guest's
+//!   `vhost-user-vsock-pci` device, whose Unix socket is the host's way to
+//!   the guest's vsock ports (`-node vsock-unix:...`) for a guest with no
+//!   network at all ([`Transport::Vsock`]).
 //!
 //! Nothing here touches the machine's own network: every device lives in the
 //! namespace, which is deleted with everything in it when [`Netns`] drops
@@ -30,12 +34,14 @@ mod initramfs;
 mod kernel;
 mod network;
 mod qmp;
+mod vsock;
 
 pub use guest::Guest;
-pub use initramfs::Image;
+pub use initramfs::{Image, Transport};
 pub use kernel::Kernel;
 pub use network::Netns;
 pub use qmp::Qmp;
+pub use vsock::VsockDevice;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -179,13 +185,17 @@ pub struct Listed {
 
 /// `cmappmgr status --node GUEST --json`: the guest's processes.
 pub fn status(net: &Netns, conf: &Path) -> Vec<Listed> {
-    let node = node();
+    status_at(Some(net), conf, &node())
+}
+
+/// The same for any `-node`, with cmappmgr in `net` or (`None`) in the test's namespace.
+pub fn status_at(net: Option<&Netns>, conf: &Path, node: &str) -> Vec<Listed> {
     let (code, m) = Mgr::run_in(
-        Some(&net.name),
+        net.map(|n| n.name.as_str()),
         &[
             "status",
             "--node",
-            &node,
+            node,
             "--conf",
             conf.to_str().unwrap(),
             "--json",
