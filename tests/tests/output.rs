@@ -258,33 +258,121 @@ fn logs_shows_the_guests_lines_with_tail_and_follow() {
     assert_eq!(v[0]["log_dropped"], 0);
 }
 
+/// The guest file of the service named `name`, made by a first short run of it.
+fn file_of(f: &Fixture, name: &str) -> PathBuf {
+    let mut first = f.mgr_with(&["-name", name], &["/bin/sh", "-c", "echo first"]);
+    assert_eq!(first.code(), 0, "{}", first.err.text());
+    let dir = output_dir(f);
+    let listed = files(&dir);
+    let (file, _) = listed
+        .iter()
+        .find(|(n, _)| n.starts_with(&format!("{name}-")) && n.ends_with(".log"))
+        .unwrap_or_else(|| panic!("no file for {name} in {listed:?}"));
+    dir.join(file)
+}
+
+/// A service that writes `lines` lines, then creates `marker`, then sleeps:
+/// the marker proves the application was not held up by its output.
+fn writer_then_marker(lines: u32, marker: &Path) -> Vec<String> {
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("seq 1 {lines}; touch {}; exec sleep 1000", marker.display()),
+    ]
+}
+
+/// Waits until `status --json` counts at least `n` lines not written to the guest's log.
+fn wait_log_dropped(f: &Fixture, n: u64) -> u64 {
+    let mut last = 0;
+    let reached = wait_until(Duration::from_secs(30), || {
+        last = status_json(f)[0]["log_dropped"].as_u64().unwrap_or(0);
+        last >= n
+    });
+    assert!(reached, "only {last} lines counted as dropped: {}", status_json(f));
+    last
+}
+
+#[test]
+fn fast_output_on_a_healthy_disk_is_kept_whole_in_the_guest() {
+    // As fast as a program can write: every line must reach the file (the
+    // shim's reading waits for its writer instead of dropping lines).
+    let f = Fixture::new("outputLogSize=1G\n");
+    let n = 500_000;
+    let mut m = f.mgr(&["/bin/sh", "-c", &format!("seq 1 {n}; exit 0")]);
+    assert_eq!(m.code_within(Duration::from_secs(300)), 0, "{}", m.err.text());
+    let dir = output_dir(&f);
+    let path = dir.join(&files(&dir)[0].0);
+    let mut text = String::new();
+    let complete = wait_until(WAIT, || {
+        text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.ends_with(&format!("\n{n}\n")) || text.contains("[cmappserver:")
+    });
+    let lines: Vec<&str> = text.lines().collect();
+    let notes: Vec<&&str> = lines.iter().filter(|l| l.starts_with("[cmappserver:")).collect();
+    assert!(complete && notes.is_empty(), "{} lines; notes {notes:?}", lines.len());
+    assert_eq!(lines.len(), n, "lines lost on a healthy disk");
+    assert!(
+        lines.iter().enumerate().all(|(i, l)| *l == (i + 1).to_string()),
+        "lines out of order"
+    );
+    assert!(
+        !f.server.log.contains("not written to the guest's log"),
+        "{}",
+        f.server.log.text()
+    );
+}
+
+/// A small tmpfs, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, options: &str) -> Tmpfs {
+        cmapp_tests::require_root("mounts a small tmpfs to fill");
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "cmapp-full"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mount -t tmpfs -o {options} {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 #[test]
 fn a_full_disk_drops_and_counts_lines_and_blocks_nothing() {
-    let f = Fixture::new("");
-    let mut first = f.mgr_with(&["-name", "disk-test"], &["/bin/sh", "-c", "echo first"]);
-    assert_eq!(first.code(), 0, "{}", first.err.text());
-    let (name, _) = files(&output_dir(&f)).remove(0);
-    assert!(name.starts_with("disk-test-"), "{name}");
-    // The same service again, its file now on a full disk.
-    let path = output_dir(&f).join(&name);
-    std::fs::remove_file(&path).unwrap();
-    std::os::unix::fs::symlink("/dev/full", &path).unwrap();
-    let run = [
-        "/bin/sh",
-        "-c",
-        "i=0; while [ $i -lt 3000 ]; do echo \"x $i\"; i=$((i+1)); done; sleep 1000",
-    ];
-    let mut m = f.mgr_with(&["-name", "disk-test", "-stop_on_halt"], &run);
+    let tmp = tempfile::tempdir().unwrap();
+    let full = Tmpfs::mount(&tmp.path().join("full"), "size=256k,mode=0750");
+    // Filled to the last block.
+    let mut filler = std::fs::File::create(full.0.join("filler")).unwrap();
+    let chunk = vec![0u8; 4096];
+    use std::io::Write;
+    while filler.write_all(&chunk).is_ok() {}
+    drop(filler);
+    let f = Fixture::new(&format!("outputLogDir={}\n", full.0.display()));
+    let marker = tmp.path().join("written");
+    let run = writer_then_marker(20_000, &marker);
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let mut m = f.mgr_with(&["-stop_on_halt"], &run);
     m.err.wait_for("started", WAIT).unwrap();
     assert!(
-        wait_until(WAIT, || status_json(&f)[0]["log_dropped"].as_u64() >= Some(3000)),
-        "{}",
-        status_json(&f)
+        wait_until(WAIT, || marker.exists()),
+        "the application is held up by a full disk"
     );
-    f.server
+    // Every line dropped and counted, and the count logged.
+    assert_eq!(wait_log_dropped(&f, 20_000), 20_000);
+    let line = f
+        .server
         .log
         .wait_for("not written to the guest's log", WAIT)
         .unwrap_or_else(|| panic!("{}", f.server.log.text()));
+    assert!(line.contains("20000"), "{line}");
     let mut table = Mgr::spawn_args(&[
         "status",
         "--node",
@@ -295,7 +383,70 @@ fn a_full_disk_drops_and_counts_lines_and_blocks_nothing() {
     ]);
     assert_eq!(table.code(), 0);
     assert!(table.out.contains("output: file "), "{}", table.out.text());
+    assert!(
+        table
+            .out
+            .snapshot()
+            .iter()
+            .any(|l| l.split_whitespace().nth(4) == Some("20000")),
+        "the DROPPED column: {}",
+        table.out.text()
+    );
     m.signal(Signal::SIGTERM);
     assert_eq!(m.code(), 0, "{}", m.err.text());
     assert!(m.err.contains("stopped on request"), "{}", m.err.text());
+}
+
+#[test]
+fn a_stuck_disk_drops_and_counts_lines_and_blocks_nothing() {
+    // A FIFO nobody reads in place of the file: the writer's open(2) never
+    // returns, as on a disk that stopped answering.
+    let f = Fixture::new("");
+    let path = file_of(&f, "stuck-disk");
+    std::fs::remove_file(&path).unwrap();
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let marker = f.dir.join("written");
+    let run = writer_then_marker(20_000, &marker);
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let mut m = f.mgr_with(&["-name", "stuck-disk", "-stop_on_halt"], &run);
+    m.err.wait_for("started", WAIT).unwrap();
+    assert!(
+        wait_until(WAIT, || marker.exists()),
+        "the application is held up by a stuck disk"
+    );
+    // What did not fit the writer's queue is dropped and counted.
+    let dropped = wait_log_dropped(&f, 20_000 - 4096 - 1);
+    assert!(dropped <= 20_000, "{dropped}");
+    f.server
+        .log
+        .wait_for("not written to the guest's log", WAIT)
+        .unwrap_or_else(|| panic!("{}", f.server.log.text()));
+    m.signal(Signal::SIGTERM);
+    assert_eq!(m.code(), 0, "{}", m.err.text());
+    // The writer thread, stuck in open(2), ends with its shim.
+}
+
+#[test]
+fn an_output_file_that_is_a_link_is_not_followed() {
+    let f = Fixture::new("");
+    let path = file_of(&f, "linked");
+    let target = f.dir.join("elsewhere");
+    std::fs::write(&target, "").unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    let mut m = f.mgr_with(&["-name", "linked"], &["/bin/sh", "-c", "seq 1 100; exit 0"]);
+    assert_eq!(m.code(), 0, "{}", m.err.text());
+    assert!(m.err.contains("PROGRAM EXIT CODE 0"), "{}", m.err.text());
+    let line = f
+        .server
+        .log
+        .wait_for("not written to the guest's log", WAIT)
+        .unwrap_or_else(|| panic!("{}", f.server.log.text()));
+    assert!(line.contains("100"), "{line}");
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "",
+        "written through the link"
+    );
+    assert!(std::fs::symlink_metadata(&path).unwrap().is_symlink());
 }

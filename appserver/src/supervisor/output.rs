@@ -10,20 +10,25 @@
 //! log shippers follow them), the newest lines are always in `NAME.log`, and
 //! the space used is at most `outputLogSize` × `outputLogFiles`.
 //!
-//! Nothing here ever waits for the disk on the shim's main loop: lines go to
-//! a writer thread through a bounded queue, and a line that does not fit
-//! (the disk is slow, or full) is dropped and counted. The count is written
-//! into the file once the writer catches up, into `shim.log`, and reported
-//! to cmappserver (`cmappmgr status`).
+//! The shim never waits for the disk: lines go to a writer thread through a
+//! bounded queue, which the writer empties a batch at a time. While the disk
+//! keeps up nothing is lost: when the queue is full the shim stops reading
+//! the pipes until the writer makes room (the application waits, as on a
+//! file of its own). A disk that is slow (one batch takes longer than
+//! [`STALL`]) or full (a write fails) costs lines instead, never time: they
+//! are dropped and counted. The count is written into the file once the
+//! writer can write again, into `shim.log`, and reported to cmappserver
+//! (its log and `cmappmgr status`).
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::config::ServerConfig;
 use common::message::{Stream, TailLine, MAX_LINE_LEN, MAX_TAIL_BYTES};
@@ -162,14 +167,60 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// How long one batch of writes may take before the disk counts as slow
+/// (or stuck): until then a full queue holds the shim's reading of the
+/// pipes (the application waits, as it would on a file of its own);
+/// after it, lines are dropped and counted instead.
+pub const STALL: Duration = Duration::from_secs(1);
+/// Lines the writer takes from the queue per write to the file.
+const BATCH: usize = 1024;
+/// Bytes the writer gathers before it writes them out.
+const BATCH_BYTES: usize = 256 << 10;
+
+/// What the shim and the writer thread share.
+#[derive(Debug)]
+struct Shared {
+    /// Lines not written (dropped at the queue when the disk was slow, or a write failed).
+    dropped: AtomicU64,
+    /// Lines in the queue.
+    queued: AtomicUsize,
+    /// When the batch being written began (ns since `epoch`, plus one);
+    /// 0 while the writer waits for lines.
+    busy_since: AtomicU64,
+    epoch: Instant,
+    /// Woken by the writer whenever it has made room.
+    room: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            dropped: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+            busy_since: AtomicU64::new(0),
+            epoch: Instant::now(),
+            room: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64 + 1
+    }
+
+    /// True when the writer has been on one batch for longer than [`STALL`].
+    fn stalled(&self) -> bool {
+        let since = self.busy_since.load(Ordering::Acquire);
+        since != 0 && self.now().saturating_sub(since) > STALL.as_nanos() as u64
+    }
+}
+
 /// The shim's side: the guest log and the tail.
 #[derive(Debug)]
 pub struct GuestLog {
     tx: Option<SyncSender<TailLine>>,
     /// Closed by the writer thread when it has written everything.
     done: Option<Receiver<()>>,
-    /// Lines not written (queue full, or a write failed).
-    pub dropped: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     tail: VecDeque<TailLine>,
     tail_bytes: usize,
     tail_lines: usize,
@@ -179,11 +230,11 @@ impl GuestLog {
     /// Starts the writer thread when the output goes anywhere in the guest;
     /// `shim_log` receives the writer's errors.
     pub fn start(meta: Option<&OutputMeta>, shim_log: impl Fn(&str) + Send + 'static) -> GuestLog {
-        let dropped = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(Shared::new());
         let started = meta.filter(|m| m.file.is_some() || m.syslog).and_then(|m| {
             let (tx, rx) = sync_channel(WRITE_QUEUE);
             let (done_tx, done) = sync_channel::<()>(0);
-            let writer = Writer::new(m.clone(), dropped.clone());
+            let writer = Writer::new(m.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("output".into())
                 .spawn(move || {
@@ -197,25 +248,58 @@ impl GuestLog {
         GuestLog {
             tx,
             done,
-            dropped,
+            shared,
             tail: VecDeque::new(),
             tail_bytes: 0,
             tail_lines: meta.map_or(0, |m| m.tail_lines),
         }
     }
 
-    /// Takes one line: to the writer (never waiting) and into the tail.
+    /// True when a line taken now goes to the writer's queue, or is dropped
+    /// because the disk is slow: false while the queue is full and the
+    /// writer is making progress (then wait for [`GuestLog::room`]).
+    pub fn accepting(&self) -> bool {
+        self.tx.is_none()
+            || self.shared.queued.load(Ordering::Acquire) < WRITE_QUEUE
+            || self.shared.stalled()
+            || self.writer_gone()
+    }
+
+    /// The writer thread has ended (it never does before `finish`, unless it
+    /// panicked): nothing would ever make room.
+    fn writer_gone(&self) -> bool {
+        self.done
+            .as_ref()
+            .is_some_and(|d| matches!(d.try_recv(), Err(TryRecvError::Disconnected)))
+    }
+
+    /// Waits until [`GuestLog::accepting`]: the writer made room, or has
+    /// been stuck on the disk for [`STALL`].
+    pub async fn room(&self) {
+        loop {
+            let notified = self.shared.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.accepting() {
+                return;
+            }
+            let _ = tokio::time::timeout(STALL / 4, notified).await;
+        }
+    }
+
+    /// Takes one line: to the writer (never waiting: a full queue drops
+    /// it, see [`GuestLog::accepting`]) and into the tail.
     pub fn line(&mut self, stream: Stream, line: &str) {
         if let Some(tx) = &self.tx {
             let l = TailLine {
                 stream,
                 line: line.to_string(),
             };
-            match tx.try_send(l) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                }
+            // Counted before it is sent: the writer takes it off at once.
+            self.shared.queued.fetch_add(1, Ordering::AcqRel);
+            if tx.try_send(l).is_err() {
+                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
         if self.tail_lines == 0 {
@@ -234,7 +318,27 @@ impl GuestLog {
     }
 
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the writer has taken every queued line, or is stuck on
+    /// the disk for [`STALL`]: so that the count reported with an exit is
+    /// complete when the disk answers (written or failed), and the exit is
+    /// never held up by one that does not.
+    pub async fn drain(&self) {
+        while self.tx.is_some()
+            && self.shared.queued.load(Ordering::Acquire) > 0
+            && !self.shared.stalled()
+            && !self.writer_gone()
+        {
+            let notified = self.shared.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shared.queued.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            let _ = tokio::time::timeout(STALL / 4, notified).await;
+        }
     }
 
     /// The last lines, for the exit status, and the writer to wait for
@@ -251,19 +355,26 @@ pub struct Flush(Option<Receiver<()>>);
 
 impl Flush {
     /// Waits (bounded) for the writer to finish: the shim's exit would end it.
-    pub fn wait(self, limit: std::time::Duration) {
+    pub fn wait(self, limit: Duration) {
         if let Some(done) = self.0 {
             let _ = done.recv_timeout(limit);
         }
     }
 }
 
-/// The writer thread: appends to the file (rotating) and/or sends to syslog.
+/// The writer thread: appends to the file (rotating) and/or sends to syslog,
+/// a batch at a time.
 struct Writer {
     meta: OutputMeta,
-    dropped: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     file: Option<File>,
+    /// The file's size, what is gathered in `buf` included.
     size: u64,
+    /// Lines gathered for the next write, how many, and how many of them
+    /// are our own notes (not the application's lines, not counted when lost).
+    buf: Vec<u8>,
+    buf_lines: u64,
+    buf_notes: u64,
     /// Drops already written into the file as a note.
     noted: u64,
     errors: u64,
@@ -272,12 +383,15 @@ struct Writer {
 type Syslog = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
 
 impl Writer {
-    fn new(meta: OutputMeta, dropped: Arc<AtomicU64>) -> Writer {
+    fn new(meta: OutputMeta, shared: Arc<Shared>) -> Writer {
         Writer {
             meta,
-            dropped,
+            shared,
             file: None,
             size: 0,
+            buf: Vec::new(),
+            buf_lines: 0,
+            buf_notes: 0,
             noted: 0,
             errors: 0,
         }
@@ -297,61 +411,118 @@ impl Writer {
                 Err(e) => shim_log(&format!("cannot open syslog for the application's output: {e}")),
             }
         }
-        for l in rx {
-            let dropped = self.dropped.load(Ordering::Relaxed);
-            if dropped > self.noted {
-                let note = format!(
-                    "[cmappserver: {} output lines dropped: the disk did not keep up]",
-                    dropped - self.noted
-                );
-                shim_log(&note);
-                self.noted = dropped;
-                self.write(&note, &shim_log);
+        while let Ok(first) = rx.recv() {
+            self.shared.busy_since.store(self.shared.now(), Ordering::Release);
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(l) = next.take() {
+                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                taken += 1;
+                self.note_drops(&shim_log);
+                if self.meta.file.is_some() {
+                    self.write(&l.line, false, &shim_log);
+                }
+                if let Some(s) = &mut syslog {
+                    let _ = match l.stream {
+                        Stream::Stdout => s.info(&l.line),
+                        Stream::Stderr => s.warning(&l.line),
+                    };
+                }
+                if taken < BATCH {
+                    next = rx.try_recv().ok();
+                }
             }
-            if self.meta.file.is_some() {
-                self.write(&l.line, &shim_log);
-            }
-            if let Some(s) = &mut syslog {
-                let _ = match l.stream {
-                    Stream::Stdout => s.info(&l.line),
-                    Stream::Stderr => s.warning(&l.line),
-                };
-            }
+            self.flush(&shim_log);
+            self.shared.busy_since.store(0, Ordering::Release);
+            self.shared.room.notify_one();
+        }
+        let dropped = self.shared.dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            shim_log(&format!(
+                "{dropped} output lines in all were not written to the guest's log (the disk was slow or full)"
+            ));
         }
     }
 
-    fn write(&mut self, line: &str, shim_log: &impl Fn(&str)) {
+    /// Notes lines dropped since the last note in the file and in shim.log.
+    fn note_drops(&mut self, shim_log: &impl Fn(&str)) {
+        let dropped = self.shared.dropped.load(Ordering::Relaxed);
+        if dropped > self.noted {
+            let note = format!(
+                "[cmappserver: {} output lines dropped: the disk was slow or full]",
+                dropped - self.noted
+            );
+            shim_log(&note);
+            self.noted = dropped;
+            self.write(&note, true, shim_log);
+        }
+    }
+
+    /// Gathers one line for the file (`note`: a note of ours), rotating
+    /// first when it would take the file past its size.
+    fn write(&mut self, line: &str, note: bool, shim_log: &impl Fn(&str)) {
         let Some(path) = self.meta.file.clone() else { return };
         let len = line.len() as u64 + 1;
-        let result = (|| -> std::io::Result<()> {
-            if self.file.is_none() {
-                let f = open_output(&path)?;
-                self.size = f.metadata()?.len();
-                self.file = Some(f);
+        if self.file.is_none() {
+            match open_output(&path).and_then(|f| Ok((f.metadata()?.len(), f))) {
+                Ok((size, f)) => {
+                    self.size = size + self.buf.len() as u64;
+                    self.file = Some(f);
+                }
+                Err(e) => {
+                    self.failed(u64::from(!note), &e, shim_log);
+                    return;
+                }
             }
-            if self.size > 0 && self.size + len > self.meta.max_bytes {
-                self.rotate(&path)?;
+        }
+        if self.size > 0 && self.size + len > self.meta.max_bytes {
+            self.flush(shim_log);
+            if let Err(e) = self.rotate(&path) {
+                self.failed(u64::from(!note), &e, shim_log);
+                return;
             }
-            let f = self.file.as_mut().expect("opened above");
-            let mut buf = Vec::with_capacity(line.len() + 1);
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
-            f.write_all(&buf)?;
-            self.size += len;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            self.noted += 1; // counted, but a note would fail the same way
-            self.file = None;
-            self.errors += 1;
-            if self.errors.is_power_of_two() {
-                shim_log(&format!(
-                    "cannot write the output file {}: {e} ({} lines dropped so far)",
-                    path.display(),
-                    self.dropped.load(Ordering::Relaxed)
-                ));
-            }
+        }
+        self.buf.extend_from_slice(line.as_bytes());
+        self.buf.push(b'\n');
+        self.buf_lines += 1;
+        self.buf_notes += u64::from(note);
+        self.size += len;
+        if self.buf.len() >= BATCH_BYTES {
+            self.flush(shim_log);
+        }
+    }
+
+    /// Writes what is gathered; on failure its lines are counted as dropped.
+    fn flush(&mut self, shim_log: &impl Fn(&str)) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let lines = std::mem::take(&mut self.buf_lines) - std::mem::take(&mut self.buf_notes);
+        let written = match &mut self.file {
+            Some(f) => f.write_all(&buf),
+            None => Err(std::io::Error::other("the file is not open")),
+        };
+        if let Err(e) = written {
+            self.size = self.size.saturating_sub(buf.len() as u64);
+            self.failed(lines, &e, shim_log);
+        }
+        self.buf = buf;
+        self.buf.clear();
+    }
+
+    /// `lines` could not be written: counted, and the file opened afresh next time.
+    fn failed(&mut self, lines: u64, e: &std::io::Error, shim_log: &impl Fn(&str)) {
+        let total = self.shared.dropped.fetch_add(lines, Ordering::Relaxed) + lines;
+        self.noted += lines; // counted, but a note would fail the same way
+        self.file = None;
+        self.errors += 1;
+        if self.errors.is_power_of_two() {
+            let path = self.meta.file.as_deref().unwrap_or(Path::new("?"));
+            shim_log(&format!(
+                "cannot write the output file {}: {e} ({total} lines dropped so far)",
+                path.display(),
+            ));
         }
     }
 
@@ -597,10 +768,11 @@ mod tests {
     fn rotation_is_numbered_and_capped() {
         let dir = tempfile::tempdir().unwrap();
         let m = meta(dir.path(), 1000, 3);
-        let mut w = Writer::new(m.clone(), Arc::new(AtomicU64::new(0)));
+        let mut w = Writer::new(m.clone(), Arc::new(Shared::new()));
         for i in 0..1000 {
-            w.write(&format!("line {i:05}"), &|_| {});
+            w.write(&format!("line {i:05}"), false, &|_| {});
         }
+        w.flush(&|_| {});
         let path = m.file.unwrap();
         for p in [path.clone(), rotated(&path, 1), rotated(&path, 2)] {
             let len = fs::metadata(&p).unwrap().len();
@@ -632,6 +804,17 @@ mod tests {
         }
         let t: Vec<String> = g.finish().0.into_iter().map(|l| l.line).collect();
         assert_eq!(t, ["l7", "l8", "l9"]);
+    }
+
+    #[test]
+    fn a_writer_is_stalled_only_after_a_second_on_one_batch() {
+        let mut shared = Shared::new();
+        shared.epoch = Instant::now() - Duration::from_secs(5);
+        assert!(!shared.stalled(), "waiting for lines is not a stall");
+        shared.busy_since.store(shared.now(), Ordering::Release);
+        assert!(!shared.stalled(), "a batch just begun");
+        shared.busy_since.store(1, Ordering::Release);
+        assert!(shared.stalled(), "a batch begun 5 s ago");
     }
 
     #[test]

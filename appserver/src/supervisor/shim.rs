@@ -18,11 +18,13 @@
 //!    process group, stdin from /dev/null, stdout and stderr piped, the
 //!    configured environment and OOM score), records `pid.json`, and sends
 //!    `Started` with the pid;
-//! 2. reads the process's output continuously, writes it to the guest log
-//!    (see [`super::output`]), keeps its last lines, and forwards it to the
-//!    one connected server (it never blocks on a slow disk or a slow or
-//!    absent server: lines are dropped, and counted, instead). A second connection is refused while that
-//!    server lives; once it is gone, a new one (the restarted server) takes
+//! 2. reads the process's output, writes it to the guest log (see
+//!    [`super::output`]: while the disk keeps up, a full write queue makes
+//!    the pipes wait, so nothing is lost; a slow or full disk costs lines,
+//!    dropped and counted, never time), keeps its last lines, and forwards
+//!    it to the one connected server (never waiting for a slow or absent
+//!    server: lines are dropped, and counted). A second connection is
+//!    refused while that server lives; once it is gone, a new one (the restarted server) takes
 //!    over, and a stop the old one asked for is still carried out;
 //! 3. on `Stop`, sends TERM to the process group and KILL after the grace;
 //! 4. when the process exits, drains what is left in the pipes, writes
@@ -376,14 +378,17 @@ async fn run(dir: &Dir) -> Result<(), String> {
                 let _ = killpg(pgid, Signal::SIGKILL);
                 kill_at = None;
             }
-            line = stdout.next_line() => {
+            // The guest log's queue is full and its disk keeps up: the
+            // pipes wait (and so does the application) until it has room.
+            line = stdout.next_line(), if out.guest.accepting() => {
                 out.take(&link, line);
                 yield_if_full(&link).await;
             }
-            line = stderr.next_line() => {
+            line = stderr.next_line(), if out.guest.accepting() => {
                 out.take(&link, line);
                 yield_if_full(&link).await;
             }
+            _ = out.guest.room(), if !out.guest.accepting() => {}
             // Output stopped while lines were being dropped: say so now, not at the next line.
             _ = tokio::time::sleep(Duration::from_millis(100)), if out.dropped.any() && link.is_some() => {
                 notify_dropped(&link, &mut out.dropped);
@@ -398,14 +403,19 @@ async fn run(dir: &Dir) -> Result<(), String> {
     }
     // Everything the process wrote before it exited is in the pipes now.
     for r in [&mut stdout, &mut stderr] {
-        while let Some(line) = r.try_next_line() {
-            out.take(&link, Some(line));
-        }
-        if let Some(line) = r.take_partial() {
+        loop {
+            if !out.guest.accepting() {
+                out.guest.room().await;
+            }
+            let Some(line) = r.try_next_line().or_else(|| r.take_partial()) else {
+                break;
+            };
             out.take(&link, Some(line));
         }
     }
     notify_dropped(&link, &mut out.dropped);
+    // The count that goes with the exit is complete unless the disk is stuck.
+    out.guest.drain().await;
     out.report_log_drops(&link, true);
     let (tail, flush) = out.guest.finish();
     let recorded = record_exit(dir, link, status, exited_at_ms, tail).await;
