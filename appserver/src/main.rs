@@ -84,9 +84,14 @@ enum Command {
 }
 
 /// Exit codes of cmappserver itself (besides 0, and 1 for `--check-config` problems).
+/// cmappserver's own exit codes (see the README), sysexits-style.
 mod exit {
+    /// A configuration, key or state-directory problem (EX_CONFIG).
     pub const CONFIG: u8 = 78;
+    /// No address could be listened on (EX_OSERR).
     pub const CANNOT_LISTEN: u8 = 71;
+    /// The pid file cannot be written (EX_CANTCREAT).
+    pub const CANNOT_CREATE: u8 = 73;
 }
 
 /// The command line, for the man page and completions.
@@ -326,7 +331,7 @@ async fn run(loaded: Loaded, pid_file: Option<PathBuf>) -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             tracing::error!("{e}");
-            return ExitCode::from(1);
+            return ExitCode::from(exit::CANNOT_CREATE);
         }
     };
     server::run(listeners, tls, sup, opts, async move {

@@ -21,6 +21,7 @@ pub fn sections() -> Vec<Section> {
             .item("0", "stopped on request (SIGTERM, SIGINT), or --check-config found no problem")
             .item("1", "--check-config found a problem (each one is printed)")
             .item(exit::CANNOT_LISTEN.to_string(), "cannot listen on a configured address")
+            .item(exit::CANNOT_CREATE.to_string(), "cannot write the --pid-file")
             .item(
                 exit::CONFIG.to_string(),
                 "cannot start: a configuration, key material or state-directory problem",

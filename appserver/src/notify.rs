@@ -77,6 +77,15 @@ pub fn stopping() {
     }
 }
 
+/// The pid file cannot be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the pid file {}: {source}", path.display())]
+pub struct PidFileError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// The pid file, removed on drop if it still names this process.
 #[derive(Debug)]
 pub struct PidFile(PathBuf);
@@ -84,12 +93,12 @@ pub struct PidFile(PathBuf);
 impl PidFile {
     /// Writes the pid whole (temporary file, then rename) so a reader never
     /// sees a partial number.
-    pub fn write(path: PathBuf) -> Result<PidFile, String> {
+    pub fn write(path: PathBuf) -> Result<PidFile, PidFileError> {
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{}\n", std::process::id()))
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| format!("cannot write the pid file {}: {e}", path.display()))?;
-        Ok(PidFile(path))
+        match std::fs::write(&tmp, format!("{}\n", std::process::id())).and_then(|()| std::fs::rename(&tmp, &path)) {
+            Ok(()) => Ok(PidFile(path)),
+            Err(source) => Err(PidFileError { path, source }),
+        }
     }
 }
 

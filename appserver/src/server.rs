@@ -78,10 +78,27 @@ impl Listener {
     }
 }
 
+/// An address that cannot be listened on.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {at}: {source}{hint}")]
+pub struct ListenError {
+    /// The address, as the configuration names it.
+    pub at: String,
+    #[source]
+    pub source: std::io::Error,
+    /// What the error means here (may be empty).
+    pub hint: &'static str,
+}
+
+/// Why cmappserver cannot serve: every address it could not listen on.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct BindError(pub Vec<ListenError>);
+
 /// Binds a vsock port on any CID (the guest's own).
-fn listen_vsock(port: u32) -> Result<VsockListener, String> {
-    VsockListener::bind(VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port)).map_err(|e| {
-        let hint = match e.raw_os_error() {
+fn listen_vsock(port: u32) -> Result<VsockListener, ListenError> {
+    VsockListener::bind(VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port)).map_err(|source| {
+        let hint = match source.raw_os_error() {
             Some(nix::libc::EAFNOSUPPORT) => {
                 ": this kernel has no virtio-vsock support (load the vmw_vsock_virtio_transport \
                  module, and give the VM a vsock device)"
@@ -89,7 +106,11 @@ fn listen_vsock(port: u32) -> Result<VsockListener, String> {
             Some(nix::libc::EADDRINUSE) => ": another program listens on that port",
             _ => "",
         };
-        format!("cannot listen on vsock:{port}: {e}{hint}")
+        ListenError {
+            at: format!("vsock:{port}"),
+            source,
+            hint,
+        }
     })
 }
 
@@ -97,7 +118,7 @@ fn listen_vsock(port: u32) -> Result<VsockListener, String> {
 /// same port is skipped when it is already covered. A vsock port that cannot
 /// be bound (a guest without the vsock driver) is a warning while another
 /// listener is up: the guest stays reachable over TCP.
-pub async fn bind(addrs: &[ListenAddr]) -> Result<Vec<Listener>, String> {
+pub async fn bind(addrs: &[ListenAddr]) -> Result<Vec<Listener>, BindError> {
     let mut listeners = Vec::new();
     let mut errors = Vec::new();
     let mut tcp_failed = false;
@@ -109,7 +130,7 @@ pub async fn bind(addrs: &[ListenAddr]) -> Result<Vec<Listener>, String> {
             },
             ListenAddr::Tcp(addr) => match listen(addr) {
                 Ok(l) => listeners.push(Listener::Tcp(l)),
-                Err(e) => {
+                Err(source) => {
                     let covered = addr.ip().is_unspecified()
                         && listeners
                             .iter()
@@ -117,7 +138,11 @@ pub async fn bind(addrs: &[ListenAddr]) -> Result<Vec<Listener>, String> {
                             .any(|a| a.ip().is_unspecified() && a.port() == addr.port());
                     if !covered {
                         tcp_failed = true;
-                        errors.push(format!("cannot listen on {addr}: {e}"));
+                        errors.push(ListenError {
+                            at: addr.to_string(),
+                            source,
+                            hint: "",
+                        });
                     }
                 }
             },
@@ -127,7 +152,7 @@ pub async fn bind(addrs: &[ListenAddr]) -> Result<Vec<Listener>, String> {
         .iter()
         .all(|a| matches!(a, ListenAddr::Tcp(t) if !t.ip().is_unspecified()) || matches!(a, ListenAddr::Vsock { .. }));
     if listeners.is_empty() || (tcp_failed && all_specific) {
-        return Err(errors.join("; "));
+        return Err(BindError(errors));
     }
     for e in errors {
         tracing::warn!("{e}");

@@ -312,6 +312,53 @@ fn check_and_status_report_the_server() {
     );
 }
 
+/// A pid file that cannot be written has its own exit code (73, EX_CANTCREAT),
+/// not 1, which means "--check-config found a problem".
+#[test]
+fn an_unwritable_pid_file_exits_73_naming_it() {
+    let f = fixture("");
+    let conf = f.dir.join("second.conf");
+    let text: String = std::fs::read_to_string(&f.server.conf)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("stateDir="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(
+        &conf,
+        format!("{text}stateDir={}\n", f.dir.join("second-state").display()),
+    )
+    .unwrap();
+    let pid_file = f.dir.join("no/such/dir/cmappserver.pid");
+    let mut child = std::process::Command::new(cmapp_tests::bin("cmappserver"))
+        .arg("--conf")
+        .arg(&conf)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    let ended = wait_until(WAIT, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(ended, "cmappserver kept running without its pid file");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(73), "{err}");
+    assert!(
+        err.contains(&format!("cannot write the pid file {}", pid_file.display())),
+        "{err}"
+    );
+}
+
 /// `cmappserver --check-config --conf CONF`: its exit code and stderr.
 fn check_config(conf: &Path) -> (Option<i32>, String) {
     let out = std::process::Command::new(cmapp_tests::bin("cmappserver"))

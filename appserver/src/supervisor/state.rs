@@ -318,6 +318,29 @@ pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result
     Dir::open(dir)?.write_json(name, value)
 }
 
+/// Why the state directory cannot be used (cmappserver does not start).
+#[derive(Debug, thiserror::Error)]
+pub enum StateDirError {
+    /// A step on it failed (`doing`: creating it, locking it, ...).
+    #[error("state directory {}: {doing}: {source}", root.display())]
+    Io {
+        root: PathBuf,
+        doing: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// It, a directory above it, or a file in it is not safe from other users.
+    #[error("state directory {}: refusing to use it: {source}", root.display())]
+    Untrusted {
+        root: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Another cmappserver holds its lock.
+    #[error("state directory {} is in use by another cmappserver", root.display())]
+    InUse { root: PathBuf },
+}
+
 /// The state directory of one cmappserver.
 #[derive(Debug)]
 pub struct StateDir {
@@ -329,29 +352,37 @@ impl StateDir {
     /// Opens (creating if needed) and locks the directory. It, and every
     /// directory above it, must be safe from other users; if the records
     /// belong to an earlier boot of the guest, they are cleared.
-    pub fn open(root: &Path) -> Result<StateDir, String> {
-        let ctx = |what: &str, e: &dyn std::fmt::Display| format!("state directory {}: {what}: {e}", root.display());
-        let refused =
-            |e: &dyn std::fmt::Display| format!("state directory {}: refusing to use it: {e}", root.display());
+    pub fn open(root: &Path) -> Result<StateDir, StateDirError> {
+        let ctx = |doing: &'static str| {
+            move |source: io::Error| StateDirError::Io {
+                root: root.to_path_buf(),
+                doing,
+                source,
+            }
+        };
+        let refused = |source: Box<dyn std::error::Error + Send + Sync>| StateDirError::Untrusted {
+            root: root.to_path_buf(),
+            source,
+        };
         if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o755)
                 .create(parent)
-                .map_err(|e| ctx("cannot create it", &e))?;
+                .map_err(ctx("cannot create it"))?;
         }
         let created = match fs::DirBuilder::new().mode(0o700).create(root) {
             Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-            Err(e) => return Err(ctx("cannot create it", &e)),
+            Err(e) => return Err(ctx("cannot create it")(e)),
         };
-        let resolved = common::perms::check_ancestors(root, own_uid()).map_err(|e| refused(&e))?;
-        let root_dir = Dir::open(&resolved).map_err(|e| refused(&e))?;
+        let resolved = common::perms::check_ancestors(root, own_uid()).map_err(|e| refused(e.into()))?;
+        let root_dir = Dir::open(&resolved).map_err(|e| refused(e.into()))?;
         if created {
             root_dir
                 .fd
                 .set_permissions(fs::Permissions::from_mode(0o700))
-                .map_err(|e| ctx("cannot set its mode", &e))?;
+                .map_err(ctx("cannot set its mode"))?;
         }
         let lock_file = nix::fcntl::openat(
             &root_dir.fd,
@@ -360,21 +391,23 @@ impl StateDir {
             Mode::S_IRUSR | Mode::S_IWUSR,
         )
         .map(fs::File::from)
-        .map_err(|e| ctx("cannot open its lock file", &e))?;
-        check_trusted(&resolved.join("lock"), &lock_file).map_err(|e| refused(&e))?;
+        .map_err(|e| ctx("cannot open its lock file")(e.into()))?;
+        check_trusted(&resolved.join("lock"), &lock_file).map_err(|e| refused(e.into()))?;
         let _ = lock_file.set_permissions(fs::Permissions::from_mode(0o600));
         let lock =
             nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
                 if e == Errno::EWOULDBLOCK {
-                    format!("state directory {} is in use by another cmappserver", root.display())
+                    StateDirError::InUse {
+                        root: root.to_path_buf(),
+                    }
                 } else {
-                    ctx("cannot lock it", &e)
+                    ctx("cannot lock it")(e.into())
                 }
             })?;
         let boot = current_boot_id();
         let recorded = match root_dir.read("boot_id") {
             Ok(b) => b.map(|b| String::from_utf8_lossy(&b).trim().to_string()),
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(refused(&e)),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(refused(e.into())),
             Err(_) => None,
         };
         if recorded.as_deref() != Some(boot.as_str()) {
@@ -387,17 +420,17 @@ impl StateDir {
         let procs = match root_dir.create_dir("procs") {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let d = root_dir.subdir("procs").map_err(|e| refused(&e))?;
+                let d = root_dir.subdir("procs").map_err(|e| refused(e.into()))?;
                 // Earlier versions made it 0755: nobody else has to read the run strings.
                 let _ = d.fd.set_permissions(fs::Permissions::from_mode(0o700));
                 d
             }
-            Err(e) => return Err(ctx("cannot create its procs directory", &e)),
+            Err(e) => return Err(ctx("cannot create its procs directory")(e)),
         };
         if recorded.as_deref() != Some(boot.as_str()) {
             root_dir
                 .write("boot_id", boot.as_bytes())
-                .map_err(|e| ctx("cannot record the boot id", &e))?;
+                .map_err(ctx("cannot record the boot id"))?;
         }
         Ok(StateDir { procs, _lock: lock })
     }
