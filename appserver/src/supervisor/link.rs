@@ -28,6 +28,29 @@ pub(super) struct ShimStream {
     pending: Option<ShimEvent>,
 }
 
+/// Why a shim connection could not be made, or was refused.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum LinkError {
+    #[error("cannot connect to its socket: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("cannot read its credentials: {0}")]
+    Credentials(#[source] std::io::Error),
+    #[error("its socket is served by uid {uid} (pid {pid:?}), not by this server's uid {ours}")]
+    Stranger { uid: u32, pid: Option<i32>, ours: u32 },
+    /// A version this connection does not accept (closing is the refusal).
+    #[error("process supervisor speaks shim protocol {0}, this cmappserver speaks {SHIM_PROTOCOL}")]
+    Version(u32),
+    /// An event out of turn (`when`: before its hello, instead of starting).
+    #[error("process supervisor sent {event} {when}")]
+    Unexpected { event: String, when: &'static str },
+    #[error("process supervisor closed the connection")]
+    Closed,
+    #[error("process supervisor did not answer")]
+    TimedOut,
+    #[error(transparent)]
+    Connection(#[from] connection::ConnectionError),
+}
+
 /// How long a shim may take to say hello, or to start its process.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -43,20 +66,17 @@ pub(super) enum Expect {
 /// Connects to the shim in `dir`, checks who it is and reads its hello; a
 /// shim still waiting to start its process is told to start it once (and
 /// only once) its hello is accepted.
-pub(super) async fn connect(dir: &Dir, expect: Expect) -> Result<ShimStream, String> {
+pub(super) async fn connect(dir: &Dir, expect: Expect) -> Result<ShimStream, LinkError> {
     let stream = UnixStream::connect(dir.fd_path(state::SOCK))
         .await
-        .map_err(|e| e.to_string())?;
-    let cred = stream
-        .peer_cred()
-        .map_err(|e| format!("cannot read its credentials: {e}"))?;
+        .map_err(LinkError::Connect)?;
+    let cred = stream.peer_cred().map_err(LinkError::Credentials)?;
     if cred.uid() != state::own_uid() {
-        return Err(format!(
-            "its socket is served by uid {} (pid {:?}), not by this server's uid {}",
-            cred.uid(),
-            cred.pid(),
-            state::own_uid()
-        ));
+        return Err(LinkError::Stranger {
+            uid: cred.uid(),
+            pid: cred.pid(),
+            ours: state::own_uid(),
+        });
     }
     let (mut rd, mut wr) = connection::split(stream);
     let (protocol, pid, started_at_ms, waiting) = match read(&mut rd).await? {
@@ -66,7 +86,12 @@ pub(super) async fn connect(dir: &Dir, expect: Expect) -> Result<ShimStream, Str
             started_at_ms,
             waiting,
         } => (protocol, pid, started_at_ms, waiting),
-        other => return Err(format!("process supervisor sent {other:?} before its hello")),
+        other => {
+            return Err(LinkError::Unexpected {
+                event: format!("{other:?}"),
+                when: "before its hello",
+            })
+        }
     };
     let accepted = match expect {
         Expect::New => protocol == SHIM_PROTOCOL,
@@ -74,9 +99,7 @@ pub(super) async fn connect(dir: &Dir, expect: Expect) -> Result<ShimStream, Str
     };
     if !accepted {
         // Closing the connection is the refusal: the shim starts nothing.
-        return Err(format!(
-            "process supervisor speaks shim protocol {protocol}, this cmappserver speaks {SHIM_PROTOCOL}"
-        ));
+        return Err(LinkError::Version(protocol));
     }
     if !waiting {
         return Ok(ShimStream {
@@ -87,7 +110,7 @@ pub(super) async fn connect(dir: &Dir, expect: Expect) -> Result<ShimStream, Str
             pending: None,
         });
     }
-    wr.write(&ShimRequest::Start).await.map_err(|e| e.to_string())?;
+    wr.write(&ShimRequest::Start).await?;
     match read(&mut rd).await? {
         ShimEvent::Started { pid, started_at_ms } => Ok(ShimStream {
             rd,
@@ -103,18 +126,19 @@ pub(super) async fn connect(dir: &Dir, expect: Expect) -> Result<ShimStream, Str
             started_at_ms: exited_at_ms,
             pending: Some(ev),
         }),
-        other => Err(format!(
-            "process supervisor sent {other:?} instead of starting its process"
-        )),
+        other => Err(LinkError::Unexpected {
+            event: format!("{other:?}"),
+            when: "instead of starting its process",
+        }),
     }
 }
 
-async fn read(rd: &mut Reader) -> Result<ShimEvent, String> {
+async fn read(rd: &mut Reader) -> Result<ShimEvent, LinkError> {
     match tokio::time::timeout(HELLO_TIMEOUT, rd.read::<ShimEvent>()).await {
         Ok(Ok(Some(ev))) => Ok(ev),
-        Ok(Ok(None)) => Err("process supervisor closed the connection".into()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("process supervisor did not answer".into()),
+        Ok(Ok(None)) => Err(LinkError::Closed),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(LinkError::TimedOut),
     }
 }
 

@@ -56,6 +56,37 @@ const FIRST_CONNECT: Duration = Duration::from_secs(30);
 /// The `PATH` of a clean environment.
 pub const CLEAN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Why a shim gave up. Written to its log in the record directory, where
+/// cmappserver reads it when the shim never said it was listening.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("cannot read {}: {source}", state::META)]
+    ReadMeta {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is missing", state::META)]
+    MissingMeta,
+    #[error("{} names no program to run", state::META)]
+    NoProgram,
+    /// Its socket: removing a stale one, or binding it.
+    #[error("cannot {doing}: {source}")]
+    Socket {
+        doing: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no server accepted this supervisor; nothing started")]
+    NotAccepted,
+    /// Writing to the record directory (`what`: the pid, the exit status, ...).
+    #[error("cannot {what}: {source}")]
+    Record {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Entry point of `cmappserver shim <dir>`; returns the shim's exit code.
 pub fn main(dir: PathBuf) -> i32 {
     close_inherited_descriptors();
@@ -76,7 +107,7 @@ pub fn main(dir: PathBuf) -> i32 {
     match rt.block_on(run(&dir)) {
         Ok(()) => 0,
         Err(e) => {
-            log(&dir, &e);
+            log(&dir, &e.to_string());
             1
         }
     }
@@ -180,13 +211,18 @@ fn spawn_failure(err: &std::io::Error, program: &str) -> ExitStatus {
 }
 
 /// Binds the socket (0600 whatever the umask), through the directory's descriptor.
-fn bind(dir: &Dir) -> Result<UnixListener, String> {
-    dir.remove(state::SOCK)
-        .map_err(|e| format!("cannot remove a stale socket: {e}"))?;
+fn bind(dir: &Dir) -> Result<UnixListener, ShimError> {
+    dir.remove(state::SOCK).map_err(|source| ShimError::Socket {
+        doing: "remove a stale socket".into(),
+        source,
+    })?;
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let bound = UnixListener::bind(dir.fd_path(state::SOCK));
     nix::sys::stat::umask(old);
-    bound.map_err(|e| format!("cannot bind {}: {e}", dir.path().join(state::SOCK).display()))
+    bound.map_err(|source| ShimError::Socket {
+        doing: format!("bind {}", dir.path().join(state::SOCK).display()),
+        source,
+    })
 }
 
 /// The peer of a connection: refused unless it runs as our user. Returns
@@ -260,13 +296,13 @@ async fn wait_for_start(dir: &Dir, listener: &UnixListener) -> Option<(Halves, P
     }
 }
 
-async fn run(dir: &Dir) -> Result<(), String> {
+async fn run(dir: &Dir) -> Result<(), ShimError> {
     let meta: Meta = dir
         .read_json(state::META)
-        .map_err(|e| format!("cannot read {}: {e}", state::META))?
-        .ok_or_else(|| format!("{} is missing", state::META))?;
+        .map_err(|source| ShimError::ReadMeta { source })?
+        .ok_or(ShimError::MissingMeta)?;
     if meta.service.argv.first().is_none_or(String::is_empty) {
-        return Err(format!("{} names no program to run", state::META));
+        return Err(ShimError::NoProgram);
     }
     let listener = bind(dir)?;
     print_listening();
@@ -278,7 +314,7 @@ async fn run(dir: &Dir) -> Result<(), String> {
     // nothing is started at all.
     let Some((first, first_peer)) = wait_for_start(dir, &listener).await else {
         let _ = std::fs::remove_dir_all(dir.path());
-        return Err("no server accepted this supervisor; nothing started".into());
+        return Err(ShimError::NotAccepted);
     };
 
     let started_at_ms = now_ms();
@@ -305,7 +341,10 @@ async fn run(dir: &Dir) -> Result<(), String> {
         start_ticks: procfs::start_ticks(pid),
     };
     dir.write_json(state::PID, &record)
-        .map_err(|e| format!("cannot record pid: {e}"))?;
+        .map_err(|source| ShimError::Record {
+            what: "record pid".into(),
+            source,
+        })?;
     let mut link: Option<Link> = Some(Link::start(first, first_peer, None));
     if let Some(l) = &link {
         let _ = l.tx.try_send(ShimEvent::Started { pid, started_at_ms });
@@ -315,9 +354,10 @@ async fn run(dir: &Dir) -> Result<(), String> {
     let mut stderr = LineReader::new(Stream::Stderr, child.stderr.take().and_then(|p| p.into_owned_fd().ok()));
     // `link` is the connected server, if any: a writer task fed through a
     // bounded queue, so that a slow server never stops us draining the pipes.
-    let log_dir = dir
-        .try_clone()
-        .map_err(|e| format!("cannot open the record directory again: {e}"))?;
+    let log_dir = dir.try_clone().map_err(|source| ShimError::Record {
+        what: "open the record directory again".into(),
+        source,
+    })?;
     let mut out = Out {
         guest: GuestLog::start(meta.output.as_ref(), move |m| log(&log_dir, m)),
         dropped: Dropped::default(),
@@ -433,7 +473,7 @@ async fn record_exit(
     status: ExitStatus,
     exited_at_ms: u64,
     tail: Vec<TailLine>,
-) -> Result<(), String> {
+) -> Result<(), ShimError> {
     dir.write_json(
         state::EXIT,
         &ExitRecord {
@@ -441,7 +481,10 @@ async fn record_exit(
             exited_at_ms,
         },
     )
-    .map_err(|e| format!("cannot record exit status {status}: {e}"))?;
+    .map_err(|source| ShimError::Record {
+        what: format!("record exit status {status}"),
+        source,
+    })?;
     if !tail.is_empty() {
         let _ = dir.write_json(state::TAIL, &tail);
     }
