@@ -41,8 +41,32 @@ pub enum SessionEnd {
     Closed,
     Shutdown,
     IdleTimeout,
-    Protocol(String),
-    Io(String),
+    /// The manager broke the protocol.
+    Protocol(Breach),
+    /// The connection failed.
+    Io(Lost),
+}
+
+/// How a manager broke the protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum Breach {
+    #[error("no hello within the handshake timeout")]
+    NoHello,
+    /// Another protocol version (the message the manager was sent).
+    #[error("{0}")]
+    Version(String),
+    /// A frame or message it may not send.
+    #[error(transparent)]
+    Message(ConnectionError),
+}
+
+/// How a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Lost {
+    #[error("write timed out")]
+    WriteTimedOut,
+    #[error(transparent)]
+    Connection(ConnectionError),
 }
 
 pub async fn run<S: AsyncRead + AsyncWrite>(stream: S, ctx: SessionContext) -> SessionEnd {
@@ -76,7 +100,7 @@ async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
 
     let hello = match tokio::time::timeout(ctx.hello_timeout, rd.read::<Hello>()).await {
-        Err(_) => return SessionEnd::Protocol("no hello within the handshake timeout".into()),
+        Err(_) => return SessionEnd::Protocol(Breach::NoHello),
         Ok(Ok(Some(h))) => h,
         Ok(Ok(None)) => return SessionEnd::Closed,
         Ok(Err(e)) => return end_for(e),
@@ -98,7 +122,7 @@ async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 message: message.clone(),
             }))
             .await;
-        return SessionEnd::Protocol(message);
+        return SessionEnd::Protocol(Breach::Version(message));
     }
     // Who the manager is, across its reconnections; shown in logs, so bounded
     // and without control characters.
@@ -182,7 +206,7 @@ async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 
 async fn write<W: AsyncWrite + Unpin>(wr: &mut connection::MessageWriter<W>, ev: &Event) -> Result<(), SessionEnd> {
     match tokio::time::timeout(WRITE_TIMEOUT, wr.write(ev)).await {
-        Err(_) => Err(SessionEnd::Io("write timed out".into())),
+        Err(_) => Err(SessionEnd::Io(Lost::WriteTimedOut)),
         Ok(Err(e)) => Err(end_for(e)),
         Ok(Ok(())) => Ok(()),
     }
@@ -190,9 +214,9 @@ async fn write<W: AsyncWrite + Unpin>(wr: &mut connection::MessageWriter<W>, ev:
 
 fn end_for(e: ConnectionError) -> SessionEnd {
     if e.is_protocol_violation() {
-        SessionEnd::Protocol(e.to_string())
+        SessionEnd::Protocol(Breach::Message(e))
     } else {
-        SessionEnd::Io(e.to_string())
+        SessionEnd::Io(Lost::Connection(e))
     }
 }
 
