@@ -156,7 +156,11 @@ fn write_conf(path: &Path, text: &str) -> Result<(), VmError> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let fail = |what: &str, p: &Path, e: std::io::Error| VmError::Failed(format!("cannot {what} {}: {e}", p.display()));
+    let fail = |doing: &'static str, p: &Path, source: std::io::Error| VmError::File {
+        doing,
+        path: p.to_path_buf(),
+        source,
+    };
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)

@@ -42,7 +42,11 @@ pub fn run(action: Action, guest: &str, tkit: &Toolkit) -> Result<(), VmError> {
                 .create(true)
                 .truncate(true)
                 .open(&path)
-                .map_err(|e| VmError::Failed(format!("cannot create the maintenance file {}: {e}", path.display())))?;
+                .map_err(|source| VmError::File {
+                    doing: "create the maintenance file",
+                    path: path.clone(),
+                    source,
+                })?;
             let _ = writeln!(
                 f,
                 "maintenance mode enabled by cmappmgr vm maintenance on (pid {})",
@@ -69,10 +73,11 @@ pub fn run(action: Action, guest: &str, tkit: &Toolkit) -> Result<(), VmError> {
                 );
                 Ok(())
             }
-            Err(e) => Err(VmError::Failed(format!(
-                "cannot remove the maintenance file {}: {e}",
-                path.display()
-            ))),
+            Err(source) => Err(VmError::File {
+                doing: "remove the maintenance file",
+                path,
+                source,
+            }),
         },
         Action::Status => {
             let present = tkit.maintenance_file_present();

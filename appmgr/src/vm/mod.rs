@@ -129,7 +129,41 @@ pub enum VmError {
     /// A bad package configuration or toolkit directory.
     #[error("{0}")]
     Config(String),
-    /// Anything else, with a full message.
+    /// A step on a file or directory failed (`doing`: "create the maintenance file", ...).
+    #[error("cannot {doing} {}: {source}", path.display())]
+    File {
+        doing: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The async runtime or the signal handlers could not be set up.
+    #[error("cannot {doing}: {source}")]
+    Setup {
+        doing: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The guest runs, but its cmappserver did not answer in time.
+    #[error(
+        "guest {guest} is running but its cmappserver at {node} did not answer within {} s: {source}",
+        timeout.as_secs_f64()
+    )]
+    NoAnswer {
+        guest: String,
+        node: String,
+        timeout: Duration,
+        #[source]
+        source: Box<crate::client::ClientError>,
+    },
+    /// Even the forced stop failed.
+    #[error("could not stop guest {guest}: {source}")]
+    NotStopped {
+        guest: String,
+        #[source]
+        source: HvError,
+    },
+    /// The guest did something else than asked (the full story in the message).
     #[error("{0}")]
     Failed(String),
 }
@@ -389,7 +423,10 @@ use common::duration::{non_negative as parse_secs, positive as parse_positive_se
 /// The runtime for the async parts (signals, events, the cmappserver check):
 /// the program's one kind (see [`crate::runtime`]).
 fn runtime() -> Result<tokio::runtime::Runtime, VmError> {
-    crate::runtime().map_err(|e| VmError::Failed(format!("cannot start the async runtime: {e}")))
+    crate::runtime().map_err(|source| VmError::Setup {
+        doing: "start the async runtime",
+        source,
+    })
 }
 
 /// Runs `cmappmgr vm`; returns the exit code.

@@ -34,8 +34,10 @@ pub struct MonitorOptions {
 pub fn run(hv: Arc<dyn Hypervisor>, guest: String, tkit: Toolkit, opts: MonitorOptions) -> Result<(), VmError> {
     let rt = super::runtime()?;
     let result = rt.block_on(async {
-        let shutdown = common::shutdown::shutdown_signal()
-            .map_err(|e| VmError::Failed(format!("cannot install the SIGTERM/SIGINT handlers: {e}")))?;
+        let shutdown = common::shutdown::shutdown_signal().map_err(|source| VmError::Setup {
+            doing: "install the SIGTERM/SIGINT handlers",
+            source,
+        })?;
         // Where this monitor looks, for `cmappmgr vm maintenance`; removed on return.
         let _registered = super::registry::register(&guest, &tkit);
         monitor(hv, guest, tkit, opts, shutdown).await

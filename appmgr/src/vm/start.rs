@@ -108,10 +108,11 @@ fn wait_cmappserver(guest: &str, check: &GuestCheck) -> Result<(), VmError> {
             );
             Ok(())
         }
-        Err(e) => Err(VmError::Failed(format!(
-            "guest {guest} is running but its cmappserver at {} did not answer within {} s: {e}",
-            check.node,
-            check.timeout.as_secs_f64()
-        ))),
+        Err(source) => Err(VmError::NoAnswer {
+            guest: guest.to_string(),
+            node: check.node.clone(),
+            timeout: check.timeout,
+            source: Box::new(source),
+        }),
     }
 }

@@ -122,7 +122,10 @@ fn force_off(hv: &dyn Hypervisor, guest: &str, t0: Instant) -> Result<(), VmErro
         }
     }
     match last {
-        Some(e) => Err(VmError::Failed(format!("could not stop guest {guest}: {e}"))),
+        Some(source) => Err(VmError::NotStopped {
+            guest: guest.to_string(),
+            source,
+        }),
         None => Err(VmError::Failed(format!("could not stop guest {guest}"))),
     }
 }

@@ -60,8 +60,10 @@ impl Toolkit {
         };
         let from_file = match &conf {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    VmError::Config(format!("cannot read package configuration {}: {e}", path.display()))
+                let text = std::fs::read_to_string(path).map_err(|source| VmError::File {
+                    doing: "read package configuration",
+                    path: path.clone(),
+                    source,
                 })?;
                 parse_package_conf(path, &text)?
             }
