@@ -98,7 +98,7 @@ fn unsupported_encryption(e: &pkcs8::Error) -> String {
 
 fn decrypt_pkcs8(der: &[u8], password: &str) -> Result<PrivatePkcs8KeyDer<'static>, String> {
     use pkcs8::pkcs5;
-    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der).map_err(|e| match e {
+    let info = pkcs8::EncryptedPrivateKeyInfoRef::try_from(der).map_err(|e| match e {
         pkcs8::Error::EncryptedPrivateKey(_) => unsupported_encryption(&e),
         _ => format!("the ENCRYPTED PRIVATE KEY is malformed: {e}"),
     })?;
@@ -109,7 +109,7 @@ fn decrypt_pkcs8(der: &[u8], password: &str) -> Result<PrivatePkcs8KeyDer<'stati
             "cannot decrypt the private key: wrong password (keyStorePassword)".to_string()
         }
     };
-    // pkcs5 0.7 reports a bad padding (the usual sign of a wrong password)
+    // pkcs5 reports a bad padding (the usual sign of a wrong password)
     // as `EncryptFailed`, so both count.
     let doc = info.decrypt(password).map_err(|e| match e {
         pkcs8::Error::EncryptedPrivateKey(pkcs5::Error::DecryptFailed | pkcs5::Error::EncryptFailed)
@@ -118,7 +118,7 @@ fn decrypt_pkcs8(der: &[u8], password: &str) -> Result<PrivatePkcs8KeyDer<'stati
     })?;
     // A wrong password passes the padding check once in 256 tries: the
     // plaintext must also be a private key.
-    pkcs8::PrivateKeyInfo::try_from(doc.as_bytes()).map_err(|_| wrong())?;
+    pkcs8::PrivateKeyInfoRef::try_from(doc.as_bytes()).map_err(|_| wrong())?;
     Ok(PrivatePkcs8KeyDer::from(doc.as_bytes().to_vec()))
 }
 
@@ -258,7 +258,7 @@ fn unusable_algorithm(key: &PrivateKeyDer<'_>) -> Option<String> {
     let PrivateKeyDer::Pkcs8(der) = key else {
         return None;
     };
-    let info = pkcs8::PrivateKeyInfo::try_from(der.secret_pkcs8_der()).ok()?;
+    let info = pkcs8::PrivateKeyInfoRef::try_from(der.secret_pkcs8_der()).ok()?;
     (info.algorithm.oid.to_string() == DSA).then(|| {
         "the private key is a DSA key (the old keytool default), which TLS 1.3 cannot use; \
          make a new key with `cmappmgr keygen` (host) or `cmappserver keygen` (guest), \

@@ -381,8 +381,9 @@ fn message(err: TlsError) -> String {
 
 fn encrypt(key_pem: &str, password: &str) -> String {
     let der = pkcs8::der::pem::decode_vec(key_pem.as_bytes()).unwrap().1;
-    let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice()).unwrap();
-    let params = pkcs8::pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(2048, b"saltsalt", &[7u8; 16]).unwrap();
+    let info = pkcs8::PrivateKeyInfoRef::try_from(der.as_slice()).unwrap();
+    let params =
+        pkcs8::pkcs5::pbes2::Parameters::generate_pbkdf2_sha256_aes256cbc(2048, b"saltsalt", [7u8; 16]).unwrap();
     let doc = info.encrypt_with_params(params, password).unwrap();
     doc.to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF)
         .unwrap()
@@ -801,8 +802,8 @@ fn ec_keys_without_their_public_key_load() {
     // Java writes EC keys without the optional public key; ring needs it.
     let party = pinned("guest1");
     let full = key_der(&party);
-    let info = pkcs8::PrivateKeyInfo::try_from(full.as_slice()).unwrap();
-    let secret = p256::SecretKey::from_sec1_der(info.private_key).unwrap();
+    let info = pkcs8::PrivateKeyInfoRef::try_from(full.as_slice()).unwrap();
+    let secret = p256::SecretKey::from_sec1_der(info.private_key.as_bytes()).unwrap();
     let scalar = secret.to_bytes();
     // ECPrivateKey { version 1, privateKey } only.
     let sec1 = tlv(0x30, &[&[0x02, 0x01, 0x01][..], &tlv(0x04, &scalar)].concat());
