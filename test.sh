@@ -37,6 +37,7 @@ install_cargo_tools() {
   cargo_tool cargo-deb
   cargo_tool cargo-zigbuild
   cargo_tool vhost-device-vsock   # the guests' virtio-vsock device (guest_vm.rs); about 2 min to build
+  cargo_tool cargo-machete   # .ci/run: no declared dependency goes unused
 }
 
 # Tests that need root (network namespaces, loop devices, libvirtd, QEMU,

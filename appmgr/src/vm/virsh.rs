@@ -250,16 +250,8 @@ fn is_not_found(detail: &str) -> bool {
 }
 
 /// Quotes an argument for display if a shell would split it.
-fn quote(arg: &str) -> String {
-    if !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c))
-    {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
+fn quote(arg: &str) -> std::borrow::Cow<'_, str> {
+    shell_words::quote(arg)
 }
 
 #[cfg(test)]
