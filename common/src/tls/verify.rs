@@ -146,6 +146,34 @@ fn root_store(cas: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, Tls
     Ok(Arc::new(roots))
 }
 
+/// The three signature methods both verifier traits have, the same in
+/// both: TLS 1.2 refused, TLS 1.3 checked by the [`PinnedOrCa`] core in `self.0`.
+macro_rules! signatures_by_the_core {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Err(tls12_refused())
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls13(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.schemes()
+        }
+    };
+}
+
 /// The client's check of the server.
 #[derive(Debug)]
 pub(super) struct ServerVerifier(PinnedOrCa<WebPkiServerVerifier>);
@@ -173,27 +201,7 @@ impl ServerCertVerifier for ServerVerifier {
         })
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(tls12_refused())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.schemes()
-    }
+    signatures_by_the_core!();
 }
 
 /// The server's check of the client: a certificate is mandatory.
@@ -233,25 +241,5 @@ impl ClientCertVerifier for ClientVerifier {
         })
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(tls12_refused())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.schemes()
-    }
+    signatures_by_the_core!();
 }
