@@ -46,6 +46,7 @@ ROOT_TESTS=(
   'binary(packages_root)'
   'binary(pacemaker)'
   'binary(local)'
+  'binary(policy) & test(/^run_as_/)'
   'binary(guest_vm)'
   'binary(vm) & test(=lifecycle_against_a_real_libvirtd)'
   'binary(probes) & test(/^lan_/) & !test(=lan_missing_interface_fails) & !test(=lan_bad_options_exit_64_with_usage)'

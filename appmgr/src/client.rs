@@ -312,6 +312,8 @@ impl Client {
                 ErrorKind::Version => ClientError::Version(e.message),
                 // The server's session limit: a later attempt may find room.
                 ErrorKind::Limit => ClientError::unreachable("saying hello", Cause::Server(e.message)),
+                // This client may not connect (the guest's allowedClients).
+                ErrorKind::Forbidden => ClientError::Refused(e),
                 _ => ClientError::Protocol {
                     doing: "in its answer to the hello",
                     cause: Cause::Server(e.message),

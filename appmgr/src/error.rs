@@ -179,6 +179,7 @@ impl ClientError {
             ClientError::Version(_) => exit::ocf::ERR_INSTALLED,
             ClientError::Refused(e) if e.kind == ErrorKind::BadRequest => exit::ocf::ERR_ARGS,
             ClientError::Refused(e) if e.kind == ErrorKind::Version => exit::ocf::ERR_INSTALLED,
+            ClientError::Refused(e) if e.kind == ErrorKind::Forbidden => exit::ocf::ERR_PERM,
             ClientError::Unreachable { .. }
             | ClientError::Protocol { .. }
             | ClientError::Refused(_)

@@ -30,6 +30,10 @@ pub const PROTOCOL: i32 = 76;
 pub const AUTH: i32 = 77;
 /// The configuration file or key material is unusable.
 pub const CONFIG: i32 = 78;
+/// The guest's command policy refused the request: this client may not run
+/// (or attach to, or stop) this program with these arguments there, or may
+/// not connect at all (`allowedClients`).
+pub const FORBIDDEN: i32 = 79;
 
 use common::message::ErrorKind;
 
@@ -42,6 +46,7 @@ pub fn for_refusal(kind: ErrorKind) -> i32 {
         ErrorKind::BadRequest => USAGE,
         ErrorKind::Version => PROTOCOL,
         ErrorKind::ShuttingDown => UNREACHABLE,
+        ErrorKind::Forbidden => FORBIDDEN,
     }
 }
 
@@ -72,6 +77,8 @@ pub mod ocf {
     /// The configuration file or key material is unusable, or a certificate
     /// was rejected.
     pub const ERR_CONFIGURED: i32 = 6;
+    /// The guest's command policy refused the request.
+    pub const ERR_PERM: i32 = 4;
     /// monitor: not running.
     pub const NOT_RUNNING: i32 = 7;
 }

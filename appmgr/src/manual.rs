@@ -64,6 +64,10 @@ pub fn sections() -> Vec<Section> {
                 "the configuration file or key material is unusable",
             )
             .item(
+                exit::FORBIDDEN.to_string(),
+                "the guest's command policy refused the request (the message names the rules and why), or refused this client",
+            )
+            .item(
                 "cmappmgr vm",
                 format!(
                     "{} success (and a monitor stopped by a signal), {} failure, {} usage error",

@@ -121,6 +121,7 @@ impl OneShot {
         match e.kind {
             ErrorKind::BadRequest => ocf::ERR_ARGS,
             ErrorKind::Version => ocf::ERR_INSTALLED,
+            ErrorKind::Forbidden => ocf::ERR_PERM,
             _ => ocf::ERR_GENERIC,
         }
     }

@@ -365,6 +365,7 @@ impl Watcher<'_> {
             ErrorKind::Limit => tracing::error!("cmappserver on {node} refused to start the application: {message}"),
             ErrorKind::BadRequest => tracing::error!("cmappserver on {node} refused the run string: {message}"),
             ErrorKind::Internal => tracing::error!("cmappserver on {node} could not start the application: {message}"),
+            ErrorKind::Forbidden => tracing::error!("cmappserver on {node} refused by its command policy: {message}"),
         }
         WatchEnd::Exit(exit::for_refusal(kind))
     }

@@ -6,6 +6,9 @@
 //! | `session`      | one manager connection: hello, requests, pushed events        |
 //! | `supervisor`   | the process table, the per-process shims, the state directory |
 //! | `probes`       | the built-in LAN and disk probes                              |
+//! | `policy`       | the command policy: who may run what, as whom                 |
+//! | `runas`        | `cmappserver run-as`: becoming a rule's user before the exec  |
+//! | `audit`        | the audit log: one JSON line per authenticated request        |
 //! | `notify`       | systemd readiness, status and watchdog                        |
 //! | `manual`       | the man page's sections beyond the command line               |
 //!
@@ -15,9 +18,12 @@
 //! (`cmappserver keygen`).
 #![deny(rust_2018_idioms)]
 
+mod audit;
 mod manual;
 mod notify;
+mod policy;
 mod probes;
+mod runas;
 mod server;
 mod session;
 mod supervisor;
@@ -115,6 +121,11 @@ fn main() -> ExitCode {
         Some(Probe::Disk) => return code(probes::disk::main(args.collect())),
         None => {}
     }
+    // Internal: the shim starts a run-as application through this (see
+    // `runas`); not parsed by clap, whose `--` handling would touch the argv.
+    if std::env::args().nth(1).as_deref() == Some("run-as") {
+        return code(runas::main(std::env::args().skip(2).collect()));
+    }
     let cli = Cli::parse();
     match cli.command {
         Some(Command::NetMon { args }) => code(probes::net::main(args)),
@@ -173,6 +184,7 @@ fn code(c: i32) -> ExitCode {
 struct Loaded {
     config: ServerConfig,
     tls: std::sync::Arc<rustls::ServerConfig>,
+    policy: policy::Policy,
 }
 
 fn load(cli: &Cli) -> Result<Loaded, Vec<String>> {
@@ -197,6 +209,16 @@ fn load(cli: &Cli) -> Result<Loaded, Vec<String>> {
             config.trust_store.display()
         ));
     }
+    let policy = policy::Policy::from_config(&cli.conf, &config)
+        .map_err(|errs| problems.extend(errs.iter().map(|e| e.to_string())))
+        .ok();
+    if let Some(audit) = &config.audit_log {
+        if !audit.is_absolute() {
+            problems.push(format!("auditLog={}: not an absolute path", audit.display()));
+        } else if !audit.parent().is_some_and(|d| d.is_dir()) {
+            problems.push(format!("auditLog={}: its directory does not exist", audit.display()));
+        }
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -212,8 +234,8 @@ fn load(cli: &Cli) -> Result<Loaded, Vec<String>> {
             .ok(),
         _ => None,
     };
-    match tls {
-        Some(tls) if problems.is_empty() => Ok(Loaded { config, tls }),
+    match (tls, policy) {
+        (Some(tls), Some(policy)) if problems.is_empty() => Ok(Loaded { config, tls, policy }),
         _ => Err(problems),
     }
 }
@@ -248,6 +270,7 @@ fn serve(cli: Cli) -> ExitCode {
             "cmappserver: configuration {} and key material are valid",
             cli.conf.display()
         );
+        println!("cmappserver: {}", loaded.policy.summary());
         return ExitCode::SUCCESS;
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -265,7 +288,15 @@ fn serve(cli: Cli) -> ExitCode {
 }
 
 async fn run(loaded: Loaded, pid_file: Option<PathBuf>) -> ExitCode {
-    let Loaded { config, tls } = loaded;
+    let Loaded { config, tls, policy } = loaded;
+    let audit = match config.audit_log.as_deref().map(audit::Audit::open).transpose() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    tracing::info!("{}", policy.summary());
     let shutdown = match common::shutdown::shutdown_signal() {
         Ok(s) => s,
         Err(e) => {
@@ -319,6 +350,8 @@ async fn run(loaded: Loaded, pid_file: Option<PathBuf>) -> ExitCode {
         max_silent: config.max_silent_connections,
         handshake_log_interval: config.handshake_log_interval,
         stop_processes_on_shutdown: config.stop_processes_on_shutdown,
+        policy: policy::Current::new(policy),
+        audit,
     };
     tracing::info!(
         "cmappserver {} ready: {} monitored processes (limit {})",

@@ -27,6 +27,17 @@ pub fn sections() -> Vec<Section> {
                 "cannot start: a configuration, key material or state-directory problem",
             ),
         keys,
+        Section::new("COMMAND POLICY").para(
+            "Without allow.RULE.* lines any trusted manager may run any program as root. With them, a \
+             launch, attach, stop or acknowledgement is allowed only when a rule allows the process's \
+             program (allow.RULE.program: a path, a directory/ or probe:net-mon / probe:disk-mon), its \
+             arguments (allow.RULE.args: patterns, a last ... for any more; allow.RULE.maxArgs) and the \
+             client (allow.RULE.clients: certificate names or sha256:FINGERPRINT). The first such rule \
+             decides whom the process runs as (allow.RULE.user, .group, .cwd) and its limits \
+             (allow.RULE.limit.nofile, nproc, as, core, fsize, memlock, stack, cpu). A refusal is an \
+             error naming the file, the rules and the reason; cmappmgr exits 79. See the README's \
+             Command policy.",
+        ),
         Section::new("KEYS")
             .para(
                 "cmappserver will not start without its key and the hosts' certificates. Make this \

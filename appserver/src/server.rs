@@ -35,6 +35,9 @@ pub struct ServerOptions {
     /// How often failed handshakes (beyond the first few) are summarised.
     pub handshake_log_interval: Duration,
     pub stop_processes_on_shutdown: bool,
+    /// The command policy (replaced on a reload).
+    pub policy: crate::policy::Current,
+    pub audit: Option<crate::audit::Audit>,
 }
 
 /// The listen backlog: the kernel caps it at `net.core.somaxconn`. A deep
@@ -178,6 +181,8 @@ pub async fn run(
         idle_timeout: opts.idle_timeout,
         hello_timeout: opts.handshake_timeout,
         shutdown: shutdown_rx,
+        policy: opts.policy.clone(),
+        audit: opts.audit.clone(),
     };
     let shared = Arc::new(Shared {
         acceptor,
@@ -377,7 +382,12 @@ async fn serve<S: Accepted>(stream: S, peer: Peer, ticket: Ticket, shed: oneshot
         return;
     };
     tracing::debug!(%peer, peer_cert = %who, "connection authenticated");
-    match session::run(tls, shared.ctx.clone()).await {
+    let client = Arc::new(crate::policy::Client::from_tls(tls.get_ref().1));
+    let peer_info = session::Peer {
+        addr: peer.to_string(),
+        client,
+    };
+    match session::run(tls, shared.ctx.clone(), peer_info).await {
         SessionEnd::Closed | SessionEnd::Shutdown => tracing::debug!(%peer, "connection closed"),
         SessionEnd::IdleTimeout => {
             tracing::info!(%peer, peer_cert = %who, "closing idle connection")
@@ -386,6 +396,7 @@ async fn serve<S: Accepted>(stream: S, peer: Peer, ticket: Ticket, shed: oneshot
             tracing::warn!(%peer, peer_cert = %who, "closing connection: {e}")
         }
         SessionEnd::Io(e) => tracing::info!(%peer, peer_cert = %who, "connection lost: {e}"),
+        SessionEnd::Refused(why) => tracing::warn!(%peer, peer_cert = %who, "refused the client: {why}"),
     }
 }
 

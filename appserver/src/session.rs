@@ -13,6 +13,8 @@ use common::message::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 
+use crate::audit::{self, Audit};
+use crate::policy::{Client, Decision, Policy};
 use crate::supervisor::output::{read_tail, Follower};
 use crate::supervisor::{Subscriber, Supervisor};
 
@@ -33,6 +35,17 @@ pub struct SessionContext {
     pub hello_timeout: Duration,
     /// Set when the server is going away: the value says whether processes keep running.
     pub shutdown: watch::Receiver<Option<bool>>,
+    /// The command policy in force (each request reads the current one).
+    pub policy: crate::policy::Current,
+    pub audit: Option<Audit>,
+}
+
+/// Who is at the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// `ADDR:PORT`, or `vsock:CID:PORT`.
+    pub addr: String,
+    pub client: Arc<Client>,
 }
 
 /// Why a session ended (for the log).
@@ -45,6 +58,8 @@ pub enum SessionEnd {
     Protocol(Breach),
     /// The connection failed.
     Io(Lost),
+    /// The client may not connect (`allowedClients`); the reason.
+    Refused(String),
 }
 
 /// How a manager broke the protocol.
@@ -69,9 +84,9 @@ pub enum Lost {
     Connection(ConnectionError),
 }
 
-pub async fn run<S: AsyncRead + AsyncWrite>(stream: S, ctx: SessionContext) -> SessionEnd {
+pub async fn run<S: AsyncRead + AsyncWrite>(stream: S, ctx: SessionContext, peer: Peer) -> SessionEnd {
     let (mut rd, mut wr) = connection::split(stream);
-    let end = converse(&mut rd, &mut wr, &ctx).await;
+    let end = converse(&mut rd, &mut wr, &ctx, &peer).await;
     // close_notify on every path, so that the manager reads everything sent
     // before the close (an error reply included) and sees a clean close.
     let _ = tokio::time::timeout(Duration::from_secs(1), tokio::io::AsyncWriteExt::shutdown(wr.get_mut())).await;
@@ -96,6 +111,7 @@ async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     rd: &mut connection::MessageReader<R>,
     wr: &mut connection::MessageWriter<W>,
     ctx: &SessionContext,
+    peer: &Peer,
 ) -> SessionEnd {
     let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
 
@@ -135,6 +151,23 @@ async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             .into(),
         _ => format!("manager of session {session}").into(),
     };
+    let who = Who {
+        session,
+        manager: &manager,
+        peer,
+        audit: ctx.audit.as_ref(),
+    };
+    // Clients the guest does not know by name are turned away here (CA mode).
+    if let Err(why) = ctx.policy.get().admit(&peer.client) {
+        who.record("connect", None, None, &Decision::Refused(why.clone()), why.clone());
+        let _ = wr
+            .write(&Event::Error(ErrorReply {
+                kind: ErrorKind::Forbidden,
+                message: why.clone(),
+            }))
+            .await;
+        return SessionEnd::Refused(why);
+    }
     let sup = ctx.supervisor.clone();
     let welcome = Welcome {
         protocol: PROTOCOL_VERSION,
@@ -160,6 +193,7 @@ async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     break end_for(e);
                 }
                 Ok(Ok(Some(Request::List))) => {
+                    who.record("list", None, None, &Decision::Open, "listed".into());
                     // Every page but the last here; the last is the reply below.
                     let mut pages = ProcessList::pages(sup.list());
                     let last = pages.pop().expect("one page at least");
@@ -175,7 +209,7 @@ async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     }
                     Event::Processes(last)
                 }
-                Ok(Ok(Some(req))) => match handle(req, &sup, Subscriber { session, manager: manager.clone(), tx: tx.clone() }).await {
+                Ok(Ok(Some(req))) => match handle(req, &sup, Subscriber { session, manager: manager.clone(), tx: tx.clone() }, &ctx.policy.get(), &who).await {
                     Some(reply) => reply,
                     None => continue, // answered through the queue
                 },
@@ -220,27 +254,188 @@ fn end_for(e: ConnectionError) -> SessionEnd {
     }
 }
 
+/// Who sent a request, for the policy, the log and the audit records.
+struct Who<'a> {
+    session: u64,
+    manager: &'a str,
+    peer: &'a Peer,
+    audit: Option<&'a Audit>,
+}
+
+impl Who<'_> {
+    fn record(
+        &self,
+        request: &str,
+        service: Option<&str>,
+        run: Option<&[String]>,
+        decision: &Decision,
+        outcome: String,
+    ) {
+        self.record_id(request, service, run, None, decision, outcome);
+    }
+
+    fn record_id(
+        &self,
+        request: &str,
+        service: Option<&str>,
+        run: Option<&[String]>,
+        id: Option<&str>,
+        decision: &Decision,
+        outcome: String,
+    ) {
+        let Some(audit) = self.audit else { return };
+        audit.write(&audit::Record {
+            time: audit::rfc3339(common::message::now_ms()),
+            session: self.session,
+            peer: &self.peer.addr,
+            client: &self.peer.client,
+            manager: Some(self.manager),
+            request,
+            service,
+            run,
+            id,
+            decision: if matches!(decision, Decision::Refused(_)) {
+                "refused"
+            } else {
+                "allowed"
+            },
+            rule: decision.rule(),
+            outcome,
+        });
+    }
+
+    /// `cmappmgr on host1 (pid 42, ...) [host1 (sha256:0a1b...)] from 10.0.0.1:4242`, escaped.
+    fn describe(&self) -> String {
+        common::text::escape(&format!(
+            "{} [{}] from {}",
+            self.manager,
+            self.peer.client.short(),
+            self.peer.addr
+        ))
+        .into_owned()
+    }
+}
+
 /// Applies one request and returns the reply (`None`: the reply comes
 /// through the session's queue).
-async fn handle(req: Request, sup: &Arc<Supervisor>, sub: Subscriber) -> Option<Event> {
+async fn handle(req: Request, sup: &Arc<Supervisor>, sub: Subscriber, policy: &Policy, who: &Who<'_>) -> Option<Event> {
     let session = sub.session;
     if let Err(message) = req.check() {
         return Some(refused(session, ErrorKind::BadRequest, message));
     }
+    let client = &who.peer.client;
+    // The policy's verdict on the process a stop or an ack names.
+    let judge = |id: &str| {
+        sup.argv_of(id)
+            .map(|argv| policy.decide(client, &argv))
+            .unwrap_or(Decision::Open)
+    };
     let result = match req {
-        Request::Logs(l) => match sup.log_file(&l) {
-            Ok((path, files)) => {
-                tokio::spawn(send_logs(path, files, l, sub.tx));
-                return None;
+        Request::Logs(l) => {
+            // The output is the process's: judged like an attach.
+            let argv = sup
+                .service_argv(&l.run, &l.name)
+                .or_else(|| common::service::split_run(&l.run).ok())
+                .unwrap_or_default();
+            let d = policy.decide(client, &argv);
+            who.record(
+                "logs",
+                Some(&l.name.clone().unwrap_or_else(|| l.run.join(" "))),
+                Some(&l.run),
+                &d,
+                match &d {
+                    Decision::Refused(why) => format!("error: {why}"),
+                    _ => "sent".into(),
+                },
+            );
+            match d {
+                Decision::Refused(why) => Err(ErrorReply {
+                    kind: ErrorKind::Forbidden,
+                    message: why,
+                }),
+                _ => match sup.log_file(&l) {
+                    Ok((path, files)) => {
+                        tokio::spawn(send_logs(path, files, l, sub.tx));
+                        return None;
+                    }
+                    Err(e) => Err(e),
+                },
             }
-            Err(e) => Err(e),
-        },
-        Request::Launch(l) => sup.launch(l, sub).await.map(Event::Started),
-        Request::Stop(s) => sup
-            .stop(&s.id, s.grace_ms.map(Duration::from_millis))
-            .await
-            .map(|()| Event::Stopping(Ack { id: s.id })),
-        Request::Ack(a) => sup.ack(&a.id, &sub.manager).map(|()| Event::Acked(a)),
+        }
+        Request::Launch(l) => {
+            let service = l.name.clone().unwrap_or_else(|| l.run.join(" "));
+            let run = l.run.clone();
+            let decided = std::sync::Mutex::new(Decision::Open);
+            let gate = |argv: &[String]| {
+                let d = policy.decide(client, argv);
+                *decided.lock().unwrap_or_else(|p| p.into_inner()) = d.clone();
+                d
+            };
+            let r = sup.launch(l, sub, &gate).await;
+            let d = decided.into_inner().unwrap_or_else(|p| p.into_inner());
+            let (request, outcome) = match &r {
+                Ok(s) if s.attached => ("attach", format!("attached to pid {} ({})", s.pid, s.id)),
+                Ok(s) => ("launch", format!("started pid {} ({})", s.pid, s.id)),
+                Err(e) => ("launch", format!("error: {}", e.message)),
+            };
+            let id = r.as_ref().ok().map(|s| s.id.as_str());
+            who.record_id(request, Some(&service), Some(&run), id, &d, outcome.clone());
+            let rule = d.rule().map_or_else(String::new, |r| format!(" (rule {r})"));
+            match &r {
+                Err(e) if e.kind == ErrorKind::Forbidden => tracing::warn!(
+                    session,
+                    "{} refused: {}",
+                    who.describe(),
+                    common::text::clip(&e.message, 500)
+                ),
+                _ => tracing::info!(
+                    session,
+                    "{request} {} by {}{rule}: {}",
+                    common::text::clip(&service, 200),
+                    who.describe(),
+                    common::text::clip(&outcome, 300)
+                ),
+            }
+            r.map(Event::Started)
+        }
+        Request::Stop(s) => {
+            let d = judge(&s.id);
+            let r = match &d {
+                Decision::Refused(why) => Err(ErrorReply {
+                    kind: ErrorKind::Forbidden,
+                    message: why.clone(),
+                }),
+                _ => sup.stop(&s.id, s.grace_ms.map(Duration::from_millis)).await,
+            };
+            let outcome = match &r {
+                Ok(()) => "stopping".to_string(),
+                Err(e) => format!("error: {}", e.message),
+            };
+            tracing::info!(
+                session,
+                "stop {} by {}: {}",
+                s.id,
+                who.describe(),
+                common::text::clip(&outcome, 300)
+            );
+            who.record_id("stop", None, None, Some(&s.id), &d, outcome);
+            r.map(|()| Event::Stopping(Ack { id: s.id }))
+        }
+        Request::Ack(a) => {
+            let d = judge(&a.id);
+            let r = match &d {
+                Decision::Refused(why) => Err(ErrorReply {
+                    kind: ErrorKind::Forbidden,
+                    message: why.clone(),
+                }),
+                _ => sup.ack(&a.id, &sub.manager),
+            };
+            let outcome = r
+                .as_ref()
+                .map_or_else(|e| format!("error: {}", e.message), |()| "acknowledged".into());
+            who.record_id("ack", None, None, Some(&a.id), &d, outcome);
+            r.map(|()| Event::Acked(a))
+        }
         Request::List => unreachable!("a listing is answered in pages by `converse`"),
         Request::Ping(p) => Ok(Event::Pong(p)),
     };

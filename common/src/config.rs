@@ -549,6 +549,14 @@ pub struct ServerConfig {
     pub output_log_files: u32,
     /// Last lines of output kept in memory and sent with the exit status.
     pub output_tail: usize,
+    /// The command policy's entries (`allow.RULE.KEY=...`), in file order,
+    /// unchecked: cmappserver's `policy` module reads them.
+    pub rules: Vec<Entry>,
+    /// Clients allowed to connect at all (`allowedClients`), unchecked
+    /// patterns; empty: every client the trust store accepts.
+    pub allowed_clients: Option<Entry>,
+    /// Where the audit records go (JSON lines), if anywhere.
+    pub audit_log: Option<PathBuf>,
 }
 
 /// Where an application's environment starts from.
@@ -631,7 +639,12 @@ impl ServerConfig {
         "outputLogSize",
         "outputLogFiles",
         "outputTail",
+        "allowedClients",
+        "auditLog",
     ];
+
+    /// The prefix of the command policy's keys (`allow.RULE.KEY`).
+    pub const RULE_PREFIX: &'static str = "allow.";
 
     /// Reads the file; its warnings are logged.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
@@ -646,9 +659,17 @@ impl ServerConfig {
 
     /// Parses a file's text, returning its warnings too.
     pub fn check(path: &Path, text: &str) -> Checked<Self> {
-        let (entries, errors) = parse_properties(path, text);
+        let (mut entries, errors) = parse_properties(path, text);
         let mut r = Reader::new(path, errors);
         let mut c = ServerConfig::default();
+        // The command policy's keys are open-ended: its own module checks them.
+        let is_rule = |e: &Entry| {
+            e.key.len() > Self::RULE_PREFIX.len()
+                && e.key.is_char_boundary(Self::RULE_PREFIX.len())
+                && e.key[..Self::RULE_PREFIX.len()].eq_ignore_ascii_case(Self::RULE_PREFIX)
+        };
+        c.rules = entries.iter().filter(|e| is_rule(e)).cloned().collect();
+        entries.retain(|e| !is_rule(e));
         // Repeatable: `listen`, and `environment` (one slot per variable).
         let slot = |key: &str, e: &Entry| match key {
             "listen" => None,
@@ -739,6 +760,8 @@ impl ServerConfig {
                     c.output_log_files = r.count(e, key, 1, 100).map_or(c.output_log_files, |n| n as u32)
                 }
                 "outputTail" => c.output_tail = r.count(e, key, 0, 1000).unwrap_or(c.output_tail),
+                "allowedClients" => c.allowed_clients = Some(e.clone()),
+                "auditLog" => c.audit_log = Some(e.value.clone().into()),
                 _ => unreachable!("every known key is handled"),
             }
         }
@@ -786,6 +809,9 @@ impl Default for ServerConfig {
             output_log_size: 10 << 20,
             output_log_files: 5,
             output_tail: 20,
+            rules: Vec::new(),
+            allowed_clients: None,
+            audit_log: None,
         }
     }
 }
@@ -1035,6 +1061,16 @@ pub const SERVER_KEY_DOCS: &[(&str, &str, &str)] = &[
         "outputTail",
         "20",
         "last lines of output sent to the package log when an application ends (0 to 1000; at most 64 KiB)",
+    ),
+    (
+        "allowedClients",
+        "every trusted client",
+        "certificate names (CN, DNS or URI SAN; * and ? match) or sha256:FINGERPRINT, comma-separated: only these may connect",
+    ),
+    (
+        "auditLog",
+        "none",
+        "file for the audit records (JSON lines): every authenticated request, its client, decision and outcome",
     ),
 ];
 

@@ -479,6 +479,9 @@ pub enum ErrorKind {
     ShuttingDown,
     /// Anything else on the server's side.
     Internal,
+    /// The guest's command policy does not allow this client this request
+    /// (or this client at all); the message names the rules and the reason.
+    Forbidden,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

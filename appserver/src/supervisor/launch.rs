@@ -15,15 +15,25 @@ use super::output::OutputMeta;
 use super::state::{self, Meta};
 use super::table::{Proc, ProcInner};
 use super::{err, link, Subscriber, Supervisor};
+use crate::policy::Decision;
+use crate::runas::RunAs;
 
 impl Supervisor {
     /// Launches a service, or attaches `sub` to it if it is already known.
-    pub async fn launch(self: &Arc<Self>, req: Launch, sub: Subscriber) -> Result<Started, ErrorReply> {
+    ///
+    /// `gate` (the command policy) judges the argv of the process attached
+    /// to, or of the one to start, and says whom to run the latter as.
+    pub async fn launch(
+        self: &Arc<Self>,
+        req: Launch,
+        sub: Subscriber,
+        gate: &(dyn Fn(&[String]) -> Decision + Sync),
+    ) -> Result<Started, ErrorReply> {
         let spec = ServiceSpec::parse(req.run, req.name).map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
         let key = spec.key();
         let slot = LaunchSlot::take(self, &key);
         let _guard = slot.lock.lock().await;
-        {
+        let run_as = {
             let mut table = self.table();
             if let Some(want) = &req.attach_only {
                 // A manager coming back to its instance: current, or collected
@@ -31,13 +41,16 @@ impl Supervisor {
                 let current = table.by_key.get(&key).filter(|p| p.id == *want);
                 let kept = table.lingering.get(want).filter(|p| p.key == key);
                 return match current.or(kept) {
-                    Some(p) => Ok(p.attach(sub, true, req.forward)),
+                    Some(p) => permitted(gate(&p.service.argv)).map(|_| p.attach(sub, true, req.forward)),
                     None => Err(gone(&spec)),
                 };
             }
+            // The process filed under a name may run another program than
+            // this request's: the one that runs is judged.
             if let Some(p) = table.by_key.get(&key) {
-                return Ok(p.attach(sub, true, req.forward));
+                return permitted(gate(&p.service.argv)).map(|_| p.attach(sub, true, req.forward));
             }
+            let run_as = permitted(gate(&spec.argv))?;
             if table.shutting_down {
                 return Err(err(
                     ErrorKind::ShuttingDown,
@@ -52,10 +65,11 @@ impl Supervisor {
                 ));
             }
             table.spawning += 1;
-        }
+            run_as
+        };
         let counted = Spawning(self);
         // The subscriber is attached before the shim's first line can arrive.
-        let (proc, started) = self.spawn(&spec, key, sub, req.forward).await?;
+        let (proc, started) = self.spawn(&spec, key, sub, req.forward, run_as).await?;
         let exited = !proc.is_running();
         self.table().by_key.insert(proc.key.clone(), proc.clone());
         drop(counted);
@@ -83,6 +97,7 @@ impl Supervisor {
         key: String,
         sub: Subscriber,
         forward: Option<Forward>,
+        run_as: Option<RunAs>,
     ) -> Result<(Arc<Proc>, Started), ErrorReply> {
         let internal = |what: &str, e: &dyn std::fmt::Display| err(ErrorKind::Internal, format!("{what}: {e}"));
         let (id, record) = self
@@ -97,6 +112,7 @@ impl Supervisor {
             environment: self.settings.environment.clone(),
             oom_score_adj: Some(self.settings.oom_score_adj).filter(|&a| a != 0),
             output: Some(OutputMeta::for_service(&self.limits.output, &key)),
+            run_as,
         };
         let cleanup = |e: ErrorReply| {
             let _ = std::fs::remove_dir_all(&dir);
@@ -222,6 +238,15 @@ impl Drop for LaunchSlot<'_> {
         if Arc::strong_count(&self.lock) == 2 {
             map.remove(&self.key);
         }
+    }
+}
+
+/// The command policy's decision as a result: whom to run as, or the refusal.
+fn permitted(d: Decision) -> Result<Option<RunAs>, ErrorReply> {
+    match d {
+        Decision::Open => Ok(None),
+        Decision::Allowed { run_as, .. } => Ok(run_as),
+        Decision::Refused(why) => Err(err(ErrorKind::Forbidden, why)),
     }
 }
 

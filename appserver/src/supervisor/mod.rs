@@ -183,6 +183,13 @@ impl Supervisor {
     /// The guest output file of the service `req` names, and how many files
     /// its rotation keeps. The path is made here, from the service's identity
     /// (see [`output::file_stem`]), never taken from the request.
+    /// The argv of the process filed under this run string or name, if one is.
+    pub fn service_argv(&self, run: &[String], name: &Option<String>) -> Option<Vec<String>> {
+        let spec = ServiceSpec::parse(run.to_vec(), name.clone()).ok()?;
+        let table = self.table();
+        table.by_key.get(&spec.key()).map(|p| p.service.argv.clone())
+    }
+
     pub fn log_file(&self, req: &Logs) -> Result<(PathBuf, u32), ErrorReply> {
         let spec = ServiceSpec::parse(req.run.clone(), req.name.clone())
             .map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
@@ -218,6 +225,11 @@ impl Supervisor {
     fn all(&self) -> Vec<Arc<Proc>> {
         let table = self.table();
         table.by_key.values().chain(table.lingering.values()).cloned().collect()
+    }
+
+    /// The program and arguments of process `id`, for the command policy.
+    pub fn argv_of(&self, id: &str) -> Option<Vec<String>> {
+        self.find(id).map(|p| p.service.argv.clone())
     }
 
     fn find(&self, id: &str) -> Option<Arc<Proc>> {

@@ -158,21 +158,46 @@ fn announced_protocol() -> u32 {
 /// `cmappserver <probe> args...` from this same binary), with its environment.
 fn command_for(meta: &Meta) -> tokio::process::Command {
     let argv = &meta.service.argv;
-    let mut cmd = match meta.service.probe {
-        Some(probe) => {
-            // This very binary, even if its file was replaced or removed since.
+    let (program, args): (&str, Vec<&str>) = match meta.service.probe {
+        // This very binary, even if its file was replaced or removed since.
+        Some(probe) => (
+            common::exe::SELF,
+            std::iter::once(probe.subcommand())
+                .chain(argv[1..].iter().map(String::as_str))
+                .collect(),
+        ),
+        None => (&argv[0], argv[1..].iter().map(String::as_str).collect()),
+    };
+    let mut cmd = match &meta.run_as {
+        // Through `cmappserver run-as`, which becomes the user and execs
+        // the program in place (see `crate::runas`).
+        Some(run_as) => {
             let mut c = tokio::process::Command::new(common::exe::SELF);
-            c.arg0("cmappserver").arg(probe.subcommand()).args(&argv[1..]);
+            c.arg0("cmappserver")
+                .arg("run-as")
+                .args(run_as.to_args())
+                .arg("--")
+                .arg(program)
+                .args(&args);
             c
         }
         None => {
-            let mut c = tokio::process::Command::new(&argv[0]);
-            c.args(&argv[1..]);
+            let mut c = tokio::process::Command::new(program);
+            if meta.service.probe.is_some() {
+                c.arg0("cmappserver");
+            }
+            c.args(&args);
             c
         }
     };
+    // Another user gets a login's environment (the run-as helper adds HOME,
+    // USER, LOGNAME, SHELL and PATH), never the daemon's.
+    let login = meta.run_as.as_ref().is_some_and(|r| r.user.is_some());
+    if login {
+        cmd.env_clear();
+    }
     if let Some(env) = &meta.environment {
-        if env.clean {
+        if env.clean && !login {
             cmd.env_clear().env("PATH", CLEAN_PATH);
         }
         for (k, v) in &env.set {

@@ -90,6 +90,10 @@ pub struct Meta {
     /// (absent in version 1 records: no file, no tail).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<super::output::OutputMeta>,
+    /// The user, group, working directory and limits a command policy rule
+    /// runs the application with (absent: as the daemon, in `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<crate::runas::RunAs>,
 }
 
 /// The environment an application starts with.
