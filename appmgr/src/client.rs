@@ -9,8 +9,8 @@ use common::address::{Node, Target};
 use common::config::ManagerConfig;
 use common::connection::{self, MessageReader, MessageWriter};
 use common::message::{
-    Ack, ErrorKind, ErrorReply, Event, ExitStatus, Hello, InstanceId, Launch, ProcessInfo, Request, Started, Stop,
-    Welcome,
+    Ack, ErrorKind, ErrorReply, Event, ExitStatus, Hello, HelloReply, InstanceId, Launch, ProcessInfo, Refusal,
+    Request, Started, Stop, Welcome,
 };
 use common::service::ServiceSpec;
 use rustls_pki_types::ServerName;
@@ -160,19 +160,7 @@ impl Connector {
                     Cause::TimedOut,
                 ))
             }
-            Ok(Err(e)) => {
-                let doing = format!("TLS handshake with {at} failed");
-                let auth = common::tls::is_auth_failure(&e);
-                let cause = Cause::Handshake {
-                    why: common::tls::describe_handshake_error(&e),
-                    source: e,
-                };
-                return Err(if auth {
-                    ClientError::Auth { doing, cause }
-                } else {
-                    ClientError::unreachable(doing, cause)
-                });
-            }
+            Ok(Err(e)) => return Err(ClientError::handshake(format!("TLS handshake with {at} failed"), e)),
             Ok(Ok(s)) => s,
         };
         let mut hello = Hello::current("cmappmgr");
@@ -277,7 +265,7 @@ impl Client {
             .await
             .map_err(|e| ClientError::unreachable("sending the hello", e))?;
         // The server answers with a Welcome, or an Error event (version mismatch).
-        let reply: serde_json::Value = match tokio::time::timeout(limit, rd.read()).await {
+        let reply: HelloReply = match tokio::time::timeout(limit, rd.read()).await {
             Err(_) => {
                 return Err(ClientError::unreachable(
                     "waiting for cmappserver's welcome",
@@ -288,13 +276,7 @@ impl Client {
                 // TLS 1.3: a rejected client certificate surfaces on the first read.
                 return Err(match e {
                     common::connection::ConnectionError::Io(source) if common::tls::is_auth_failure(&source) => {
-                        ClientError::Auth {
-                            doing: "cmappserver rejected this host's certificate".into(),
-                            cause: Cause::Handshake {
-                                why: common::tls::describe_handshake_error(&source),
-                                source,
-                            },
-                        }
+                        ClientError::handshake("cmappserver rejected this host's certificate".into(), source)
                     }
                     e => ClientError::on_connection("before its welcome", e),
                 });
@@ -307,8 +289,9 @@ impl Client {
             }
             Ok(Ok(Some(v))) => v,
         };
-        if let Ok(Event::Error(e)) = serde_json::from_value::<Event>(reply.clone()) {
-            return Err(match e.kind {
+        match reply {
+            HelloReply::Welcome(welcome) => Ok(Client { rd, wr, welcome }),
+            HelloReply::Refused(Refusal::Error(e)) => Err(match e.kind {
                 ErrorKind::Version => ClientError::Version(e.message),
                 // The server's session limit: a later attempt may find room.
                 ErrorKind::Limit => ClientError::unreachable("saying hello", Cause::Server(e.message)),
@@ -318,13 +301,8 @@ impl Client {
                     doing: "in its answer to the hello",
                     cause: Cause::Server(e.message),
                 },
-            });
+            }),
         }
-        let welcome: Welcome = serde_json::from_value(reply).map_err(|e| ClientError::Protocol {
-            doing: "in its answer to the hello",
-            cause: e.into(),
-        })?;
-        Ok(Client { rd, wr, welcome })
     }
 
     pub async fn send(&mut self, req: &Request) -> Result<(), ClientError> {
@@ -506,11 +484,7 @@ impl Client {
 
     /// Closes the connection cleanly (TLS close_notify), bounded.
     pub async fn close(mut self) {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio::io::AsyncWriteExt::shutdown(self.wr.get_mut()),
-        )
-        .await;
+        let _ = self.wr.close(Duration::from_secs(1)).await;
     }
 }
 

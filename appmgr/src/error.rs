@@ -138,6 +138,24 @@ impl From<io::Error> for Cause {
 }
 
 impl ClientError {
+    /// A failed TLS handshake: the one classification for the handshake
+    /// itself and for the first read after it (where TLS 1.3 reports that
+    /// the server rejected our certificate). A certificate either side
+    /// refused is [`ClientError::Auth`] (no retry helps); anything else
+    /// [`ClientError::Unreachable`].
+    pub fn handshake(doing: String, source: io::Error) -> ClientError {
+        let auth = common::tls::is_auth_failure(&source);
+        let cause = Cause::Handshake {
+            why: common::tls::describe_handshake_error(&source),
+            source,
+        };
+        if auth {
+            ClientError::Auth { doing, cause }
+        } else {
+            ClientError::unreachable(doing, cause)
+        }
+    }
+
     /// The guest may be reachable later: worth another attempt.
     pub fn is_retryable(&self) -> bool {
         matches!(self, ClientError::Unreachable { .. })

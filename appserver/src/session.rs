@@ -89,7 +89,7 @@ pub async fn run<S: AsyncRead + AsyncWrite>(stream: S, ctx: SessionContext, peer
     let end = converse(&mut rd, &mut wr, &ctx, &peer).await;
     // close_notify on every path, so that the manager reads everything sent
     // before the close (an error reply included) and sees a clean close.
-    let _ = tokio::time::timeout(Duration::from_secs(1), tokio::io::AsyncWriteExt::shutdown(wr.get_mut())).await;
+    let _ = wr.close(Duration::from_secs(1)).await;
     end
 }
 
@@ -104,7 +104,7 @@ pub async fn refuse<S: AsyncRead + AsyncWrite>(stream: S, message: String, hello
         });
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.write(&reply)).await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), tokio::io::AsyncWriteExt::shutdown(wr.get_mut())).await;
+    let _ = wr.close(Duration::from_secs(1)).await;
 }
 
 async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(

@@ -107,6 +107,18 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
         self.inner.send(encode(msg)?).await.map_err(ConnectionError::from_codec)
     }
 
+    /// Flushes what is buffered and ends the stream cleanly (over TLS, a
+    /// `close_notify`, so that the peer reads everything sent before it and
+    /// sees a clean close), waiting at most `timeout` for a peer that does
+    /// not read.
+    pub async fn close(&mut self, timeout: std::time::Duration) -> Result<(), ConnectionError> {
+        match tokio::time::timeout(timeout, <_ as futures::SinkExt<bytes::Bytes>>::close(&mut self.inner)).await {
+            Ok(closed) => closed.map_err(ConnectionError::from_codec),
+            Err(_) => Err(ConnectionError::Io(std::io::ErrorKind::TimedOut.into())),
+        }
+    }
+
+    /// The underlying stream, for tests that misbehave on purpose.
     pub fn get_mut(&mut self) -> &mut W {
         self.inner.get_mut()
     }

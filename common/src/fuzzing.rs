@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio_util::codec::Decoder;
 
 use crate::codec::{codec, MAX_FRAME_LEN};
-use crate::message::{Event, Hello, Request, Welcome};
+use crate::message::{Event, Hello, HelloReply, Request, Welcome};
 
 /// Feeds `data` to the frame decoder in pieces (the first byte chooses the
 /// piece size), as a peer's writes might arrive.
@@ -88,6 +88,7 @@ pub fn messages(data: &[u8]) {
         }
     }
     round_trip::<Welcome>(data);
+    round_trip::<HelloReply>(data);
     hello(data);
 }
 

@@ -76,6 +76,24 @@ pub struct Welcome {
     pub max_processes: usize,
 }
 
+/// The server's first message, its answer to a [`Hello`]: a [`Welcome`]
+/// (which carries no `type`), or an error event (`{"type":"error",...}`:
+/// another protocol version, the session limit). Anything else is a
+/// protocol violation, refused by the parser.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum HelloReply {
+    Refused(Refusal),
+    Welcome(Welcome),
+}
+
+/// The one event a server may send instead of a [`Welcome`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Refusal {
+    Error(ErrorReply),
+}
+
 /// An opaque, server-assigned identifier of one launched process instance.
 /// It changes when the same service is launched again, so a manager can tell
 /// "my process" from "a new process with the same service string".
@@ -507,6 +525,30 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hello_reply_is_a_welcome_or_a_refusal_and_nothing_else() {
+        let w: HelloReply = serde_json::from_str(r#"{"protocol":1,"software":"0.1.0"}"#).unwrap();
+        assert!(matches!(w, HelloReply::Welcome(Welcome { protocol: 1, .. })));
+        let r: HelloReply = serde_json::from_str(r#"{"type":"error","kind":"version","message":"speak 2"}"#).unwrap();
+        assert!(matches!(
+            r,
+            HelloReply::Refused(Refusal::Error(ErrorReply {
+                kind: ErrorKind::Version,
+                ..
+            }))
+        ));
+        // The same bytes a server writes for an error event.
+        let event = serde_json::to_string(&Event::Error(ErrorReply {
+            kind: ErrorKind::Limit,
+            message: "full".into(),
+        }))
+        .unwrap();
+        assert!(matches!(serde_json::from_str(&event).unwrap(), HelloReply::Refused(_)));
+        for bad in [r#"{"type":"pong","seq":1}"#, r#"{"software":"x"}"#, "[]", "7"] {
+            assert!(serde_json::from_str::<HelloReply>(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn wire_format_is_tagged_json() {

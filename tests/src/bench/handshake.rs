@@ -124,6 +124,6 @@ async fn one(connector: &TlsConnector, addr: std::net::SocketAddr) -> Result<(),
         Ok(Err(e)) => return Err(format!("no welcome: {e}")),
         Err(_) => return Err("no welcome in time".into()),
     }
-    let _ = tokio::time::timeout(limit, tokio::io::AsyncWriteExt::shutdown(wr.get_mut())).await;
+    let _ = wr.close(limit).await;
     Ok(())
 }
