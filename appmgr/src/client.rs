@@ -320,6 +320,17 @@ impl Client {
             .map_err(|e| ClientError::on_connection("reading from cmappserver", e))
     }
 
+    /// The next event before `deadline`. Running out of time, or the server
+    /// closing the connection, is `Unreachable` (retryable) while `doing`.
+    pub async fn next_before(&mut self, deadline: Instant, doing: &'static str) -> Result<Event, ClientError> {
+        match tokio::time::timeout_at(deadline, self.next_event()).await {
+            Err(_) => Err(ClientError::unreachable(doing, Cause::TimedOut)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(None)) => Err(ClientError::unreachable(doing, Cause::Closed)),
+            Ok(Ok(Some(ev))) => Ok(ev),
+        }
+    }
+
     /// Sends `req` and returns the first event that is not an output line
     /// or another push (those are skipped: a caller of `call` is not attached),
     /// nor the pong of an earlier ping.
@@ -327,24 +338,11 @@ impl Client {
         self.send(req).await?;
         let deadline = Instant::now() + limit;
         loop {
-            match tokio::time::timeout_at(deadline, self.next_event()).await {
-                Err(_) => {
-                    return Err(ClientError::unreachable(
-                        "waiting for cmappserver's answer",
-                        Cause::TimedOut,
-                    ))
-                }
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(None)) => {
-                    return Err(ClientError::unreachable(
-                        "waiting for cmappserver's answer",
-                        Cause::Closed,
-                    ))
-                }
-                Ok(Ok(Some(Event::Output(_) | Event::ShuttingDown(_) | Event::Superseded(_)))) => continue,
+            match self.next_before(deadline, "waiting for cmappserver's answer").await? {
+                Event::Output(_) | Event::ShuttingDown(_) | Event::Superseded(_) => continue,
                 // The answer to a ping sent before this request, not to it.
-                Ok(Ok(Some(Event::Pong(_)))) if !matches!(req, Request::Ping(_)) => continue,
-                Ok(Ok(Some(ev))) => return Ok(ev),
+                Event::Pong(_) if !matches!(req, Request::Ping(_)) => continue,
+                ev => return Ok(ev),
             }
         }
     }
@@ -464,18 +462,15 @@ impl Client {
         };
         let mut all = std::mem::take(&mut page.processes);
         while page.more {
-            page = match tokio::time::timeout_at(deadline, self.next_event()).await {
-                Err(_) => return Err(ClientError::unreachable("waiting for the listing", Cause::TimedOut)),
-                Ok(Ok(Some(Event::Processes(p)))) => p,
-                Ok(Ok(Some(Event::Output(_) | Event::ShuttingDown(_) | Event::Superseded(_)))) => continue,
-                Ok(Ok(Some(other))) => {
+            page = match self.next_before(deadline, "waiting for the listing").await? {
+                Event::Processes(p) => p,
+                Event::Output(_) | Event::ShuttingDown(_) | Event::Superseded(_) => continue,
+                other => {
                     return Err(ClientError::Protocol {
                         doing: "in the middle of a listing",
                         cause: Cause::Unexpected(other.kind()),
                     })
                 }
-                Ok(Ok(None)) => return Err(ClientError::unreachable("waiting for the listing", Cause::Closed)),
-                Ok(Err(e)) => return Err(e),
             };
             all.append(&mut page.processes);
         }

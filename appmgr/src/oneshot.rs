@@ -541,22 +541,10 @@ impl Watch<'_> {
 async fn wait_exit(c: &mut Client, id: &InstanceId, limit: Duration) -> Result<ExitStatus, ClientError> {
     let deadline = Instant::now() + limit;
     loop {
-        match tokio::time::timeout_at(deadline, c.next_event()).await {
-            Err(_) => {
-                return Err(ClientError::unreachable(
-                    "waiting for the exit status",
-                    crate::error::Cause::TimedOut,
-                ))
+        if let Event::Exited(x) = c.next_before(deadline, "waiting for the exit status").await? {
+            if x.id == *id {
+                return Ok(x.status);
             }
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(None)) => {
-                return Err(ClientError::unreachable(
-                    "waiting for the exit status",
-                    crate::error::Cause::Closed,
-                ))
-            }
-            Ok(Ok(Some(Event::Exited(x)))) if x.id == *id => return Ok(x.status),
-            Ok(Ok(Some(_))) => {}
         }
     }
 }
@@ -567,23 +555,10 @@ async fn settle(c: &mut Client, id: &InstanceId) -> Result<Option<ExitStatus>, C
     c.send(&Request::Ping(Ping { seq: 0 })).await?;
     let deadline = Instant::now() + CALL;
     loop {
-        match tokio::time::timeout_at(deadline, c.next_event()).await {
-            Err(_) => {
-                return Err(ClientError::unreachable(
-                    "waiting for a pong",
-                    crate::error::Cause::TimedOut,
-                ))
-            }
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(None)) => {
-                return Err(ClientError::unreachable(
-                    "waiting for a pong",
-                    crate::error::Cause::Closed,
-                ))
-            }
-            Ok(Ok(Some(Event::Exited(x)))) if x.id == *id => return Ok(Some(x.status)),
-            Ok(Ok(Some(Event::Pong(_)))) => return Ok(None),
-            Ok(Ok(Some(_))) => {}
+        match c.next_before(deadline, "waiting for a pong").await? {
+            Event::Exited(x) if x.id == *id => return Ok(Some(x.status)),
+            Event::Pong(_) => return Ok(None),
+            _ => {}
         }
     }
 }
