@@ -14,7 +14,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 /// The relay: its socket, and what it has seen. Stops (and removes its
@@ -29,6 +29,8 @@ pub struct HybridRelay {
     pub connects: Arc<AtomicUsize>,
     /// Connections refused (wrong port, bad line).
     pub refused: Arc<AtomicUsize>,
+    /// The relayed connections' device-side ends, for [`cut`](Self::cut).
+    open: Arc<Mutex<Vec<UnixStream>>>,
     accept: Option<thread::JoinHandle<()>>,
 }
 
@@ -39,21 +41,27 @@ impl HybridRelay {
         let stop = Arc::new(AtomicBool::new(false));
         let connects = Arc::new(AtomicUsize::new(0));
         let refused = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(Mutex::new(Vec::new()));
         let accept = {
-            let (stop, connects, refused) = (stop.clone(), connects.clone(), refused.clone());
+            let (stop, connects, refused, open) = (stop.clone(), connects.clone(), refused.clone(), open.clone());
             thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     let Ok(conn) = conn else { continue };
-                    let (connects, refused) = (connects.clone(), refused.clone());
+                    let (connects, refused, open) = (connects.clone(), refused.clone(), open.clone());
                     thread::spawn(move || match handshake(&conn, port) {
                         Some(()) => match TcpStream::connect(target) {
                             Ok(tcp) => {
                                 connects.fetch_add(1, Ordering::SeqCst);
                                 let mut c = &conn;
                                 if writeln!(c, "OK {}", 1_000_000 + connects.load(Ordering::SeqCst)).is_ok() {
+                                    // Only relayed connections are kept for `cut`: a
+                                    // refused one must close when its thread ends.
+                                    if let Ok(c) = conn.try_clone() {
+                                        open.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+                                    }
                                     relay(conn, tcp);
                                 }
                             }
@@ -74,7 +82,16 @@ impl HybridRelay {
             stop,
             connects,
             refused,
+            open,
             accept: Some(accept),
+        }
+    }
+
+    /// Breaks every connection relayed so far, as a device reset does (a
+    /// guest's vsock transport reset, a restarted device).
+    pub fn cut(&self) {
+        for c in self.open.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
         }
     }
 

@@ -59,7 +59,9 @@ fn a_vsock_port_nobody_listens_on_is_unreachable_until_the_timeout() {
     let relay = relay(&f, 5315);
     let node = format!("vsock-unix:{}:6000", relay.path.display());
     let conf = f.conf.to_str().unwrap();
-    let (code, m) = run(&["check", "--node", &node, "--conf", conf, "--timeout", "1"]);
+    // --verbose: every attempt's error is logged (the last one may be cut
+    // short by the deadline and say only "timed out").
+    let (code, m) = run(&["check", "--node", &node, "--conf", conf, "--timeout", "1", "--verbose"]);
     assert_eq!(code, 1, "{}", m.err.text());
     assert!(
         m.err
@@ -71,7 +73,7 @@ fn a_vsock_port_nobody_listens_on_is_unreachable_until_the_timeout() {
 
     // No device at all: the socket path does not exist.
     let node = format!("vsock-unix:{}", f.dir.join("absent.sock").display());
-    let (code, m) = run(&["check", "--node", &node, "--conf", conf, "--timeout", "1"]);
+    let (code, m) = run(&["check", "--node", &node, "--conf", conf, "--timeout", "1", "--verbose"]);
     assert_eq!(code, 1, "{}", m.err.text());
     assert!(
         m.err.contains("absent.sock failed: No such file or directory"),
@@ -103,7 +105,16 @@ fn bad_vsock_nodes_are_refused_with_the_reason() {
 fn af_vsock_without_a_transport_to_the_guest_is_explained() {
     let f = Fixture::new("");
     let conf = f.conf.to_str().unwrap();
-    let (code, m) = run(&["check", "--node", "vsock:3", "--conf", conf, "--timeout", "1"]);
+    let (code, m) = run(&[
+        "check",
+        "--node",
+        "vsock:3",
+        "--conf",
+        conf,
+        "--timeout",
+        "1",
+        "--verbose",
+    ]);
     let err = m.err.text();
     match code {
         1 => assert!(
@@ -205,4 +216,34 @@ fn under_ca_trust_a_vsock_peer_is_checked_against_the_name_given() {
     ]);
     assert_eq!(code, 77, "{}", m.err.text());
     assert!(m.err.contains("guest2"), "{}", m.err.text());
+}
+
+/// A broken vsock connection (the device reset, as a guest's vsock transport
+/// reset does after a migration with kernel vhost-vsock) is a broken
+/// connection like any other: the manager reconnects through the device,
+/// re-attaches to its process, and still gets its exit code. The one-shot
+/// verbs work through the device too.
+#[test]
+fn a_manager_reattaches_through_the_vsock_device_after_its_connection_breaks() {
+    let f = Fixture::new("");
+    let relay = relay(&f, 5315);
+    let node = relay.node();
+    let flag = f.dir.join("finish");
+    let script = format!("while [ ! -e {} ]; do sleep 0.05; done; exit 9", flag.display());
+    let mut m = Mgr::spawn(&f.conf, &node, 10.0, &[], &["/bin/sh", "-c", &script]);
+    let pid = pid_in(&m.expect_line("started ", WAIT));
+
+    relay.cut();
+    let again = m.expect_line("re-attached to ", WAIT);
+    assert_eq!(pid_in(&again), pid, "{again}");
+    let conf = f.conf.to_str().unwrap();
+    let one_shot = |verb: &str| {
+        run(&[
+            verb, "-node", &node, "--conf", conf, "-service", "/bin/sh", "-c", &script,
+        ])
+        .0
+    };
+    assert_eq!(one_shot("monitor"), 0, "the one-shot monitor sees the process running");
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(m.code(), 9, "{}", m.err.text());
 }
