@@ -238,8 +238,11 @@ impl Watcher<'_> {
         let mut ticker = tokio::time::interval(self.ping_every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0u64;
-        // The last sign of life on this connection: the launch's answer, then answered pings.
+        // The last sign of life on this connection: the launch's answer, then
+        // every message. The launch's answer is heard too: a launch that took
+        // seconds (a loaded guest) must not count as seconds of silence.
         let mut alive_at = Instant::now();
+        self.last_heard = alive_at;
         loop {
             tokio::select! {
                 ev = client.next_event() => {
@@ -252,11 +255,10 @@ impl Watcher<'_> {
                             return WatchEnd::Exit(e.exit_code());
                         }
                     };
+                    alive_at = Instant::now();
+                    self.last_heard = alive_at;
                     match ev {
-                        Event::Pong(_) => {
-                            alive_at = Instant::now();
-                            self.last_heard = alive_at;
-                        }
+                        Event::Pong(_) => {}
                         Event::Output(o) if o.id == id => self.sink.line(o.stream, &o.line),
                         Event::Exited(x) if x.id == id => {
                             self.print_tail(&started.service, &x.tail);

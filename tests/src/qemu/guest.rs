@@ -64,7 +64,7 @@ impl Guest {
             "-initrd".into(),
             image.initrd.display().to_string(),
             "-append".into(),
-            "console=ttyS0 panic=-1 quiet".into(),
+            "console=ttyS0 panic=-1 quiet no_timer_check".into(),
             "-device".into(),
             "virtio-rng-pci".into(),
         ];
