@@ -14,7 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 fn sibling(name: &str) -> Result<PathBuf, String> {
-    let me = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let me = common::exe::path().ok_or("cannot find this program")?;
     let p = me.with_file_name(name);
     if p.exists() {
         Ok(p)
@@ -130,7 +130,7 @@ fn run() -> Result<i32, String> {
 
     let app = "echo hello from the guest; echo this goes to stderr >&2; sleep 1; exit 3";
     println!("demo: cmappmgr -node {addr} -cmappserver_timeout 10 -service /bin/sh -c '{app}'");
-    let status = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+    let status = Command::new(common::exe::reexec())
         .args(["-node", &addr, "-cmappserver_timeout", "10", "--conf"])
         .arg(&mgr_conf)
         .args(["--no_syslog", "-service", "/bin/sh", "-c", app])

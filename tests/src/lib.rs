@@ -80,6 +80,18 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// The executable `program` on `PATH` or in the system directories (the
+/// tests run daemons such as libvirtd and virtqemud from /usr/sbin even where
+/// the caller's `PATH` lacks it), by the `which` crate.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
+    let path = std::env::join_paths(dirs).ok()?;
+    which::which_in(program, Some(path), "/").ok()
+}
+
 /// True while a process with this pid exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
     common::proc::running(pid)

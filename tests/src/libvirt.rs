@@ -33,7 +33,7 @@ use nix::unistd::Pid;
 
 use crate::output::Lines;
 use crate::qemu::Kernel;
-use crate::{alive, require_root, wait_until};
+use crate::{alive, require_root, wait_until, which};
 
 /// What a machine needs for these tests (the CI script does this).
 pub const SETUP: &str = "apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu \
@@ -323,14 +323,6 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
 /// The `cmapp-test-init` binary built with this crate, next to the test binary.
 fn init_program() -> PathBuf {
     crate::bin("cmapp-test-init")
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
 }
 
 /// A domain with no OS and no disk: the firmware finds nothing to boot and

@@ -9,8 +9,9 @@ use super::{run_ok, which, Kernel, GUEST_ADDR, PORT, PROBED_GUEST_ADDR, PROBED_L
 use crate::keys::Keys;
 
 /// A `newc` cpio archive under construction (what the kernel unpacks as its
-/// initramfs). Written here rather than with `cpio` so that `/dev/console`
-/// can be a device node without mknod, and modes are exact.
+/// initramfs), written with the `cpio` crate rather than the `cpio` program
+/// so that `/dev/console` can be a device node without mknod, and modes are
+/// exact.
 #[derive(Debug, Default)]
 struct Cpio {
     data: Vec<u8>,
@@ -20,37 +21,17 @@ struct Cpio {
 
 impl Cpio {
     fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), body: &[u8]) {
+        use std::io::Write;
         self.ino += 1;
-        let fields = [
-            self.ino,
-            mode,
-            0,
-            0,
-            if mode & 0o170000 == 0o040000 { 2 } else { 1 },
-            0,
-            body.len() as u32,
-            0,
-            0,
-            rdev.0,
-            rdev.1,
-            name.len() as u32 + 1,
-            0,
-        ];
-        self.data.extend_from_slice(b"070701");
-        for f in fields {
-            self.data.extend_from_slice(format!("{f:08x}").as_bytes());
-        }
-        self.data.extend_from_slice(name.as_bytes());
-        self.data.push(0);
-        self.pad();
-        self.data.extend_from_slice(body);
-        self.pad();
-    }
-
-    fn pad(&mut self) {
-        while self.data.len() % 4 != 0 {
-            self.data.push(0);
-        }
+        let mut w = cpio::newc::Builder::new(name)
+            .ino(self.ino)
+            .mode(mode)
+            .nlink(if mode & 0o170000 == 0o040000 { 2 } else { 1 })
+            .rdev_major(rdev.0)
+            .rdev_minor(rdev.1)
+            .write(&mut self.data, body.len() as u32);
+        w.write_all(body).expect("writing to memory");
+        w.finish().expect("writing to memory");
     }
 
     /// A directory and its missing parents.
@@ -83,7 +64,7 @@ impl Cpio {
     }
 
     fn finish(mut self) -> Vec<u8> {
-        self.entry("TRAILER!!!", 0, (0, 0), &[]);
+        cpio::newc::trailer(&mut self.data).expect("writing to memory");
         self.data
     }
 }
@@ -209,4 +190,45 @@ fn library_path(line: &str) -> Option<String> {
         None => line.split_whitespace().next()?,
     };
     path.starts_with('/').then(|| path.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cpio;
+
+    #[test]
+    fn the_archive_holds_directories_files_and_the_console_device() {
+        let mut a = Cpio::default();
+        a.file("/etc/x/conf", 0o600, b"odd length");
+        a.entry("dev/console", 0o020600, (5, 1), &[]);
+        let data = a.finish();
+        assert_eq!(data.len() % 4, 0);
+        let mut rest = &data[..];
+        let mut seen = Vec::new();
+        loop {
+            let r = cpio::newc::Reader::new(rest).unwrap();
+            if r.entry().is_trailer() {
+                break;
+            }
+            let e = r.entry();
+            seen.push((
+                e.name().to_string(),
+                e.mode(),
+                e.nlink(),
+                e.rdev_major(),
+                e.rdev_minor(),
+                e.file_size(),
+            ));
+            rest = r.finish().unwrap();
+        }
+        assert_eq!(
+            seen,
+            vec![
+                ("etc".into(), 0o040755, 2, 0, 0, 0),
+                ("etc/x".into(), 0o040755, 2, 0, 0, 0),
+                ("etc/x/conf".into(), 0o100600, 1, 0, 0, 10),
+                ("dev/console".into(), 0o020600, 1, 5, 1, 0),
+            ]
+        );
+    }
 }

@@ -51,7 +51,7 @@ use serde_json::Value;
 
 use crate::mgr::Mgr;
 use crate::output::Lines;
-use crate::{alive, require_root, wait_until};
+use crate::{alive, require_root, wait_until, which};
 
 /// The Debian packages these tests need (besides a Rust toolchain).
 pub const PACKAGES: &str = "qemu-system-x86 busybox-static iproute2";
@@ -112,14 +112,6 @@ pub fn require_prerequisites() {
 /// The directory cached downloads live in: `target/guest-cache/`.
 pub fn cache_dir() -> PathBuf {
     crate::bin_dir().parent().expect("target dir").join("guest-cache")
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into(), "/bin".into()])
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
 }
 
 /// What a finished command printed.
