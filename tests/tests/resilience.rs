@@ -414,3 +414,33 @@ fn a_killed_supervisor_reports_the_status_lost_and_leaves_no_unmonitored_copy() 
         .wait_for("can no longer be monitored and was killed", WAIT)
         .unwrap();
 }
+
+/// A package upgrade or removal deletes the binary a running cmappserver was
+/// started from: it still starts shims (and the probes, and the disk probe's
+/// readers) from its own image, /proc/self/exe.
+#[test]
+fn a_server_whose_binary_file_was_removed_still_launches_applications_and_probes() {
+    let f = fixture();
+    let copy = f.dir.join("cmappserver-old");
+    std::fs::copy(cmapp_tests::bin("cmappserver"), &copy).unwrap();
+    let server = Server::start_bin(&f.dir.join("srv"), &f.keys, "", copy.clone());
+    std::fs::remove_file(&copy).unwrap();
+
+    let mut m = Mgr::spawn(&f.conf, &server.node(), 10.0, &[], &["/bin/sh", "-c", "exit 5"]);
+    assert_eq!(m.code(), 5, "{}", m.err.text());
+    // The disk probe runs as `cmappserver disk-mon` and starts a reader per
+    // device, each from /proc/self/exe; a missing device fails it at once.
+    let host_log = f.dir.join("disk.log");
+    let o = format!("-O{}", host_log.display());
+    let run = [
+        "/opt/hp/cmappserver/cmapp_disk_mon",
+        &o,
+        "-t",
+        "0.1",
+        "/nonexistent/disk0",
+    ];
+    let mut m = Mgr::spawn_args(&monitor_args(&f.conf, &server.node(), 10.0, &[], &run));
+    assert_eq!(m.code(), 1, "{}", m.err.text());
+    let log = std::fs::read_to_string(&host_log).unwrap();
+    assert!(log.contains("/nonexistent/disk0"), "{log}");
+}
