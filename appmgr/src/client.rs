@@ -27,12 +27,37 @@ use crate::error::{Cause, ConfigError};
 /// Everything needed to reach one guest.
 #[derive(Clone)]
 pub struct Connector {
-    tls: TlsConnector,
+    /// The material in force: re-read from the files at each connection
+    /// attempt (a rotated key or trust store is used by the next reconnect);
+    /// files that no longer load leave the last good material in force.
+    tls: Arc<std::sync::Mutex<TlsConnector>>,
+    /// Where the material comes from.
+    files: KeyFiles,
     pub node: Node,
     server_name: ServerName<'static>,
     /// Who this manager says it is in its hello (`Hello::manager`); the
     /// process's own identity when `None`.
     manager: Option<String>,
+}
+
+/// The key store and trust store a connector reads.
+#[derive(Debug, Clone)]
+struct KeyFiles {
+    key_store: std::path::PathBuf,
+    key_store_password: String,
+    trust_store: std::path::PathBuf,
+    trust_store_password: String,
+}
+
+impl KeyFiles {
+    fn load(&self) -> Result<(common::tls::KeyMaterial, common::tls::TrustStore), ClientError> {
+        let key_material = |which| move |source| ConfigError::KeyMaterial { which, source };
+        let key =
+            common::tls::load_key_store(&self.key_store, &self.key_store_password).map_err(key_material("keyStore"))?;
+        let trust = common::tls::load_trust_store(&self.trust_store, &self.trust_store_password)
+            .map_err(key_material("trustStore"))?;
+        Ok((key, trust))
+    }
 }
 
 impl std::fmt::Debug for Connector {
@@ -114,11 +139,13 @@ impl Connector {
             Some(name) => conf.trust_store_for(name),
             None => &conf.trust_store,
         };
-        let key_material = |which| move |source| ConfigError::KeyMaterial { which, source };
-        let key =
-            common::tls::load_key_store(&conf.key_store, &conf.key_store_password).map_err(key_material("keyStore"))?;
-        let trust = common::tls::load_trust_store(trust_path, &conf.trust_store_password)
-            .map_err(key_material("trustStore"))?;
+        let files = KeyFiles {
+            key_store: conf.key_store.clone(),
+            key_store_password: conf.key_store_password.clone(),
+            trust_store: trust_path.to_path_buf(),
+            trust_store_password: conf.trust_store_password.clone(),
+        };
+        let (key, trust) = files.load()?;
         let server_name = match node.name() {
             Some(name) => ServerName::try_from(name.to_string()).map_err(|source| ConfigError::ServerName {
                 node: node.to_string(),
@@ -131,13 +158,32 @@ impl Connector {
             // Pinned trust: the certificate itself is the identity; the name is not checked.
             None => ServerName::try_from("vsock.invalid").expect("a valid DNS name"),
         };
-        let tls = common::tls::client_config(key, trust).map_err(key_material("TLS"))?;
+        let tls = common::tls::client_config(key, trust)
+            .map_err(|source| ConfigError::KeyMaterial { which: "TLS", source })?;
         Ok(Connector {
-            tls: TlsConnector::from(Arc::<rustls::ClientConfig>::clone(&tls)),
+            tls: Arc::new(std::sync::Mutex::new(TlsConnector::from(
+                Arc::<rustls::ClientConfig>::clone(&tls),
+            ))),
+            files,
             node,
             server_name,
             manager: None,
         })
+    }
+
+    /// The material to connect with: the files as they are now, or the
+    /// last good material when they do not load (said once per attempt).
+    fn refresh(&self) -> TlsConnector {
+        let mut current = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = self.files.load().and_then(|(key, trust)| {
+            common::tls::client_config(key, trust)
+                .map_err(|source| ConfigError::KeyMaterial { which: "TLS", source }.into())
+        });
+        match fresh {
+            Ok(tls) => *current = TlsConnector::from(tls),
+            Err(e) => tracing::warn!("{e}; connecting with the key material loaded before"),
+        }
+        current.clone()
     }
 
     /// Connections made by this connector introduce themselves as `manager`:
@@ -153,7 +199,8 @@ impl Connector {
     /// TLS, hello. Each phase is bounded by `limit`.
     pub async fn connect_once(&self, limit: Duration) -> Result<Client, ClientError> {
         let (stream, at) = self.open(limit).await?;
-        let tls = match tokio::time::timeout(limit, self.tls.connect(self.server_name.clone(), stream)).await {
+        let connector = self.refresh();
+        let tls = match tokio::time::timeout(limit, connector.connect(self.server_name.clone(), stream)).await {
             Err(_) => {
                 return Err(ClientError::unreachable(
                     format!("TLS handshake with {at}"),

@@ -23,6 +23,7 @@ mod manual;
 mod notify;
 mod policy;
 mod probes;
+mod reload;
 mod runas;
 mod server;
 mod session;
@@ -185,14 +186,31 @@ struct Loaded {
     config: ServerConfig,
     tls: std::sync::Arc<rustls::ServerConfig>,
     policy: policy::Policy,
+    /// The certificates of the key store and the trust store, for the
+    /// expiry warnings: (what, file, certificates).
+    certs: Certs,
+}
+
+type Certs = Vec<(&'static str, PathBuf, Vec<rustls::pki_types::CertificateDer<'static>>)>;
+
+/// Warnings about certificates that expire within 30 days (or have).
+fn expiry_warnings(certs: &Certs) -> Vec<String> {
+    let now = std::time::SystemTime::now();
+    certs
+        .iter()
+        .flat_map(|(what, path, list)| common::tls::expiry_warnings(what, path, list, now))
+        .collect()
 }
 
 fn load(cli: &Cli) -> Result<Loaded, Vec<String>> {
+    load_from(&cli.conf, &cli.listen)
+}
+
+fn load_from(conf: &std::path::Path, listen: &[ListenAddr]) -> Result<Loaded, Vec<String>> {
     common::tls::install_crypto_provider();
-    let mut config =
-        ServerConfig::load(&cli.conf).map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-    if !cli.listen.is_empty() {
-        config.listen = cli.listen.clone();
+    let mut config = ServerConfig::load(conf).map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    if !listen.is_empty() {
+        config.listen = listen.to_vec();
     }
     let mut problems = Vec::new();
     if !config.key_store.exists() {
@@ -209,7 +227,7 @@ fn load(cli: &Cli) -> Result<Loaded, Vec<String>> {
             config.trust_store.display()
         ));
     }
-    let policy = policy::Policy::from_config(&cli.conf, &config)
+    let policy = policy::Policy::from_config(conf, &config)
         .map_err(|errs| problems.extend(errs.iter().map(|e| e.to_string())))
         .ok();
     if let Some(audit) = &config.audit_log {
@@ -228,6 +246,14 @@ fn load(cli: &Cli) -> Result<Loaded, Vec<String>> {
     let trust = common::tls::load_trust_store(&config.trust_store, &config.trust_store_password)
         .map_err(|e| problems.push(format!("trustStore: {e}")))
         .ok();
+    let mut certs: Certs = Vec::new();
+    if let Some(k) = &key {
+        certs.push(("keyStore", config.key_store.clone(), k.certs.clone()));
+    }
+    if let Some(t) = &trust {
+        let all = t.pinned.iter().chain(&t.cas).cloned().collect();
+        certs.push(("trustStore", config.trust_store.clone(), all));
+    }
     let tls = match (key, trust) {
         (Some(k), Some(t)) => common::tls::server_config(k, t)
             .map_err(|e| problems.push(e.to_string()))
@@ -235,7 +261,12 @@ fn load(cli: &Cli) -> Result<Loaded, Vec<String>> {
         _ => None,
     };
     match (tls, policy) {
-        (Some(tls), Some(policy)) if problems.is_empty() => Ok(Loaded { config, tls, policy }),
+        (Some(tls), Some(policy)) if problems.is_empty() => Ok(Loaded {
+            config,
+            tls,
+            policy,
+            certs,
+        }),
         _ => Err(problems),
     }
 }
@@ -271,6 +302,9 @@ fn serve(cli: Cli) -> ExitCode {
             cli.conf.display()
         );
         println!("cmappserver: {}", loaded.policy.summary());
+        for w in expiry_warnings(&loaded.certs) {
+            println!("cmappserver: warning: {w}");
+        }
         return ExitCode::SUCCESS;
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -284,11 +318,77 @@ fn serve(cli: Cli) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    rt.block_on(run(loaded, cli.pid_file))
+    let reload = Reload {
+        conf: cli.conf.clone(),
+        listen: cli.listen.clone(),
+    };
+    rt.block_on(run(loaded, cli.pid_file, reload))
 }
 
-async fn run(loaded: Loaded, pid_file: Option<PathBuf>) -> ExitCode {
-    let Loaded { config, tls, policy } = loaded;
+/// Where a reload reads from: the same file and `--listen` as the start.
+struct Reload {
+    conf: PathBuf,
+    listen: Vec<ListenAddr>,
+}
+
+/// Everything a reload replaces.
+#[derive(Clone)]
+struct Live {
+    tls: reload::Swap<rustls::ServerConfig>,
+    policy: policy::Current,
+    audit: reload::Swap<Option<audit::Audit>>,
+    certs: reload::Swap<Certs>,
+}
+
+impl Reload {
+    /// Re-reads the configuration and the key material; replaces what is
+    /// in force only when all of it is good.
+    fn apply(&self, live: &Live) {
+        let loaded = load_from(&self.conf, &self.listen);
+        let loaded = loaded.and_then(|l| {
+            let audit = l.config.audit_log.as_deref().map(audit::Audit::open).transpose();
+            audit.map(|a| (l, a)).map_err(|e| vec![e])
+        });
+        match loaded {
+            Err(problems) => {
+                for p in &problems {
+                    tracing::error!("reload: {p}");
+                }
+                tracing::error!(
+                    "reload refused ({} problem(s)): the configuration and key material in force stay",
+                    problems.len()
+                );
+            }
+            Ok((l, a)) => {
+                live.tls.set(std::sync::Arc::unwrap_or_clone(l.tls));
+                tracing::info!(
+                    "reloaded {}: keyStore {}, trustStore {}; new connections use them, established ones carry on; {}",
+                    self.conf.display(),
+                    l.config.key_store.display(),
+                    l.config.trust_store.display(),
+                    l.policy.summary()
+                );
+                live.policy.set(l.policy);
+                live.audit.set(a);
+                for w in expiry_warnings(&l.certs) {
+                    tracing::warn!("{w}");
+                }
+                live.certs.set(l.certs);
+            }
+        }
+    }
+}
+
+async fn run(loaded: Loaded, pid_file: Option<PathBuf>, reload: Reload) -> ExitCode {
+    let Loaded {
+        config,
+        tls,
+        policy,
+        certs,
+    } = loaded;
+    for w in expiry_warnings(&certs) {
+        tracing::warn!("{w}");
+    }
     let audit = match config.audit_log.as_deref().map(audit::Audit::open).transpose() {
         Ok(a) => a,
         Err(e) => {
@@ -351,8 +451,39 @@ async fn run(loaded: Loaded, pid_file: Option<PathBuf>) -> ExitCode {
         handshake_log_interval: config.handshake_log_interval,
         stop_processes_on_shutdown: config.stop_processes_on_shutdown,
         policy: policy::Current::new(policy),
-        audit,
+        audit: reload::Swap::new(audit),
+        tls: reload::Swap::new(std::sync::Arc::unwrap_or_clone(tls)),
     };
+    let live = Live {
+        tls: opts.tls.clone(),
+        policy: opts.policy.clone(),
+        audit: opts.audit.clone(),
+        certs: reload::Swap::new(certs),
+    };
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            let live = live.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("received SIGHUP: reloading the configuration and key material");
+                    reload.apply(&live);
+                }
+            });
+        }
+        Err(e) => tracing::warn!("cannot handle SIGHUP ({e}): reload by restarting"),
+    }
+    // Certificates that expire: said at start, on each reload, and daily.
+    let certs = live.certs.clone();
+    tokio::spawn(async move {
+        let mut day = tokio::time::interval(std::time::Duration::from_secs(86_400));
+        day.tick().await;
+        loop {
+            day.tick().await;
+            for w in expiry_warnings(&certs.get()) {
+                tracing::warn!("{w}");
+            }
+        }
+    });
     tracing::info!(
         "cmappserver {} ready: {} monitored processes (limit {})",
         common::SOFTWARE_VERSION,
@@ -367,7 +498,7 @@ async fn run(loaded: Loaded, pid_file: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(exit::CANNOT_CREATE);
         }
     };
-    server::run(listeners, tls, sup, opts, async move {
+    server::run(listeners, sup, opts, async move {
         let sig = shutdown.await;
         tracing::info!("received {sig:?}");
         notify::stopping();

@@ -49,6 +49,12 @@ pub fn sections() -> Vec<Section> {
                  cmappserver (or /etc/init.d/cmappserver start).",
             ),
         Section::new("SIGNALS")
+            .item(
+                "SIGHUP",
+                "reload: re-read the configuration and key material (keyStore, trustStore, the command \
+                 policy, allowedClients, auditLog); new connections use them, established ones carry on; \
+                 a bad file is refused and the old material stays",
+            )
             .item("SIGTERM, SIGINT", "maintenance stop: connected managers are told, applications keep running (unless stopProcessesOnShutdown=yes)"),
         Section::new("FILES")
             .item(ServerConfig::DEFAULT_PATH, "the configuration file")

@@ -273,20 +273,8 @@ pub struct Policy {
     allowed_clients: Option<Vec<ClientPattern>>,
 }
 
-/// The policy in force, replaced whole on a reload; each request reads the
-/// current one.
-#[derive(Debug, Clone, Default)]
-pub struct Current(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Policy>>>);
-
-impl Current {
-    pub fn new(p: Policy) -> Current {
-        Current(std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(p))))
-    }
-
-    pub fn get(&self) -> std::sync::Arc<Policy> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
+/// The policy in force, replaced whole on a reload.
+pub type Current = crate::reload::Swap<Policy>;
 
 /// What the policy says about one request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -37,7 +37,9 @@ pub struct ServerOptions {
     pub stop_processes_on_shutdown: bool,
     /// The command policy (replaced on a reload).
     pub policy: crate::policy::Current,
-    pub audit: Option<crate::audit::Audit>,
+    pub audit: crate::reload::Swap<Option<crate::audit::Audit>>,
+    /// The TLS material (replaced on a reload).
+    pub tls: crate::reload::Swap<rustls::ServerConfig>,
 }
 
 /// The listen backlog: the kernel caps it at `net.core.somaxconn`. A deep
@@ -166,12 +168,10 @@ pub async fn bind(addrs: &[ListenAddr]) -> Result<Vec<Listener>, BindError> {
 /// Serves until `shutdown` resolves, then tells every session and returns.
 pub async fn run(
     listeners: Vec<Listener>,
-    tls: Arc<rustls::ServerConfig>,
     supervisor: Arc<Supervisor>,
     opts: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let sessions = Arc::new(Semaphore::new(opts.max_connections));
     let pending = Arc::new(Pending::new(opts.max_silent, opts.max_pending));
     let failures = Arc::new(FailureLog::default());
@@ -185,7 +185,6 @@ pub async fn run(
         audit: opts.audit.clone(),
     };
     let shared = Arc::new(Shared {
-        acceptor,
         sessions: sessions.clone(),
         pending: pending.clone(),
         failures: failures.clone(),
@@ -213,7 +212,6 @@ pub async fn run(
 
 /// What every connection's task shares.
 struct Shared {
-    acceptor: TlsAcceptor,
     /// One permit per authenticated session.
     sessions: Arc<Semaphore>,
     pending: Arc<Pending>,
@@ -342,8 +340,8 @@ async fn serve<S: Accepted>(stream: S, peer: Peer, ticket: Ticket, shed: oneshot
             Err(e) => return Err(format!("the connection failed before the TLS handshake ({e})")),
         }
         ticket.promote();
-        shared
-            .acceptor
+        // The material in force now: a reload affects new connections only.
+        TlsAcceptor::from(shared.opts.tls.get())
             .accept(stream)
             .await
             .map_err(|e| common::tls::describe_handshake_error(&e))

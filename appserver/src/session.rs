@@ -37,7 +37,7 @@ pub struct SessionContext {
     pub shutdown: watch::Receiver<Option<bool>>,
     /// The command policy in force (each request reads the current one).
     pub policy: crate::policy::Current,
-    pub audit: Option<Audit>,
+    pub audit: crate::reload::Swap<Option<Audit>>,
 }
 
 /// Who is at the other end of a connection.
@@ -151,11 +151,13 @@ async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             .into(),
         _ => format!("manager of session {session}").into(),
     };
+    // The audit log in force when the session began.
+    let audit = ctx.audit.get();
     let who = Who {
         session,
         manager: &manager,
         peer,
-        audit: ctx.audit.as_ref(),
+        audit: audit.as_ref().as_ref(),
     };
     // Clients the guest does not know by name are turned away here (CA mode).
     if let Err(why) = ctx.policy.get().admit(&peer.client) {

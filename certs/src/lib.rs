@@ -323,6 +323,16 @@ pub fn load_ca(cert_path: &Path, key_path: &Path) -> Result<Ca, CertError> {
 /// [`Role::Client`]). `private_pem` holds the key, the certificate and the CA
 /// certificate; the peers' trust store is `ca.cert_pem`.
 pub fn issue(ca: &Ca, role: Role, names: &[String]) -> Result<Pem, CertError> {
+    issue_with(ca, role, names, None)
+}
+
+/// [`issue`], valid for `days` days from now only (a short-lived
+/// certificate, or one made to expire soon in a test).
+pub fn issue_valid_for(ca: &Ca, role: Role, names: &[String], days: u32) -> Result<Pem, CertError> {
+    issue_with(ca, role, names, Some(days))
+}
+
+fn issue_with(ca: &Ca, role: Role, names: &[String], days: Option<u32>) -> Result<Pem, CertError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(generate_error("reading the CA key"))?;
     let issuer =
         Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(generate_error("reading the CA certificate"))?;
@@ -333,6 +343,9 @@ pub fn issue(ca: &Ca, role: Role, names: &[String]) -> Result<Pem, CertError> {
         Role::Client => ExtendedKeyUsagePurpose::ClientAuth,
     }];
     params.use_authority_key_identifier_extension = true;
+    if let Some(days) = days {
+        params.not_after = OffsetDateTime::now_utc() + Duration::days(i64::from(days));
+    }
     // A certificate cannot usefully outlive its CA.
     if let Ok(der) = first_ca_certificate(&ca.cert_pem) {
         if let Ok((_, x509)) = x509_parser::parse_x509_certificate(&der) {

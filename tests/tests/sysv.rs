@@ -174,7 +174,7 @@ fn lsb_actions_and_exit_codes_and_the_applications_survive_stop_and_restart() {
     assert!(m.running());
     assert_eq!(init.run("stop").0, 0);
 
-    assert_eq!(init.run("reload").0, 3, "reload is unimplemented");
+    assert_eq!(init.run("reload").0, 7, "reload of a stopped daemon: not running");
     assert_eq!(init.run("bogus").0, 2);
     assert_eq!(init.run("").0, 2);
     m.kill9();

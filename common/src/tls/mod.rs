@@ -66,6 +66,7 @@ use rustls::InconsistentKeys;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 mod diagnose;
+mod expiry;
 mod files;
 mod java;
 mod keystore;
@@ -75,6 +76,7 @@ mod truststore;
 mod verify;
 
 pub use diagnose::{describe_handshake_error, is_auth_failure};
+pub use expiry::{expiry_warnings, WARN_BEFORE};
 pub use files::check_key_file_mode;
 pub use keystore::load_key_store;
 pub use truststore::load_trust_store;
