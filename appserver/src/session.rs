@@ -182,6 +182,7 @@ async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     }
 
     let (tx, mut rx) = mpsc::channel::<Event>(SESSION_QUEUE);
+    let log_readers = Arc::new(tokio::sync::Semaphore::new(MAX_LOG_READERS));
     let mut shutdown = ctx.shutdown.clone();
     let end = loop {
         let reply = tokio::select! {
@@ -211,7 +212,7 @@ async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     }
                     Event::Processes(last)
                 }
-                Ok(Ok(Some(req))) => match handle(req, &sup, Subscriber { session, manager: manager.clone(), tx: tx.clone() }, &ctx.policy.get(), &who).await {
+                Ok(Ok(Some(req))) => match handle(req, &sup, Subscriber { session, manager: manager.clone(), tx: tx.clone() }, &ctx.policy.get(), &who, &log_readers).await {
                     Some(reply) => reply,
                     None => continue, // answered through the queue
                 },
@@ -320,7 +321,14 @@ impl Who<'_> {
 
 /// Applies one request and returns the reply (`None`: the reply comes
 /// through the session's queue).
-async fn handle(req: Request, sup: &Arc<Supervisor>, sub: Subscriber, policy: &Policy, who: &Who<'_>) -> Option<Event> {
+async fn handle(
+    req: Request,
+    sup: &Arc<Supervisor>,
+    sub: Subscriber,
+    policy: &Policy,
+    who: &Who<'_>,
+    log_readers: &Arc<tokio::sync::Semaphore>,
+) -> Option<Event> {
     let session = sub.session;
     if let Err(message) = req.check() {
         return Some(refused(session, ErrorKind::BadRequest, message));
@@ -355,12 +363,19 @@ async fn handle(req: Request, sup: &Arc<Supervisor>, sub: Subscriber, policy: &P
                     kind: ErrorKind::Forbidden,
                     message: why,
                 }),
-                _ => match sup.log_file(&l) {
-                    Ok((path, files)) => {
-                        tokio::spawn(send_logs(path, files, l, sub.tx));
+                _ => match (sup.log_file(&l), log_readers.clone().try_acquire_owned()) {
+                    (Ok((path, files)), Ok(permit)) => {
+                        tokio::spawn(async move {
+                            send_logs(path, files, l, sub.tx).await;
+                            drop(permit);
+                        });
                         return None;
                     }
-                    Err(e) => Err(e),
+                    (Err(e), _) => Err(e),
+                    (_, Err(_)) => Err(ErrorReply {
+                        kind: ErrorKind::Limit,
+                        message: format!("at most {MAX_LOG_READERS} logs requests at once on one connection"),
+                    }),
                 },
             }
         }
@@ -454,6 +469,9 @@ fn refused(session: u64, kind: ErrorKind, message: String) -> Event {
     Event::Error(ErrorReply { kind, message })
 }
 
+/// `logs` requests one connection may have running at once (a `--follow`
+/// runs until the connection closes).
+const MAX_LOG_READERS: usize = 4;
 /// Bytes of lines in one `log_lines` frame (frames are capped at 1 MiB).
 const LOG_CHUNK: usize = 256 << 10;
 /// How often a followed log is looked at.

@@ -36,6 +36,40 @@ fn launch(run: &[&str], name: Option<String>) -> Request {
     })
 }
 
+fn logs(run: &[&str], name: Option<String>, follow: bool) -> Request {
+    Request::Logs(common::message::Logs {
+        run: run.iter().map(|s| s.to_string()).collect(),
+        name,
+        tail: 1,
+        follow,
+    })
+}
+
+#[test]
+fn a_connection_follows_at_most_four_logs_at_once() {
+    let f = fixture("");
+    let rt = peer::runtime();
+    rt.block_on(async {
+        let mut c = RawClient::connect(f.server.addr, &f.keys).await;
+        for i in 0..4 {
+            // No file yet: an empty tail, then the follow runs on.
+            match c.call(&logs(&["/bin/app", &i.to_string()], None, true)).await {
+                Event::LogLines(l) => assert!(l.end && l.lines.is_empty(), "{l:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        match c.call(&logs(&["/bin/app", "5"], None, true)).await {
+            Event::Error(e) => {
+                assert_eq!(e.kind, ErrorKind::Limit, "{e:?}");
+                assert!(e.message.contains("at most 4"), "{}", e.message);
+            }
+            other => panic!("a fifth follow: {other:?}"),
+        }
+        // The connection still answers.
+        assert!(matches!(c.call(&Request::List).await, Event::Processes(_)));
+    });
+}
+
 // ---------------------------------------------------------------------------
 // Finding 1: unauthenticated connections cannot lock a manager out.
 
@@ -262,6 +296,8 @@ fn oversized_client_strings_are_refused_with_a_clear_error() {
                 }),
                 "id",
             ),
+            (logs(&[&huge], None, false), "run string"),
+            (logs(&["/bin/sleep"], Some(huge.clone()), false), "name"),
         ];
         for (req, what) in cases {
             match c.call(&req).await {
