@@ -50,6 +50,24 @@ struct KeyFiles {
 }
 
 impl KeyFiles {
+    /// Warnings about our own and the trusted certificates that expire
+    /// within 30 days (or have).
+    fn expiry_warnings(&self) -> Vec<String> {
+        let Ok((key, trust)) = self.load() else {
+            return Vec::new();
+        };
+        let now = std::time::SystemTime::now();
+        let trusted: Vec<_> = trust.pinned.iter().chain(&trust.cas).cloned().collect();
+        let mut out = common::tls::expiry_warnings("keyStore", &self.key_store, &key.certs, now);
+        out.extend(common::tls::expiry_warnings(
+            "trustStore",
+            &self.trust_store,
+            &trusted,
+            now,
+        ));
+        out
+    }
+
     fn load(&self) -> Result<(common::tls::KeyMaterial, common::tls::TrustStore), ClientError> {
         let key_material = |which| move |source| ConfigError::KeyMaterial { which, source };
         let key =
@@ -543,7 +561,12 @@ pub struct Checked {
 /// retried until `timeout`; the ping gets what is left (half a second at least).
 pub async fn check(conf: &ManagerConfig, node: &str, timeout: Duration) -> Result<Checked, ClientError> {
     let deadline = Instant::now() + timeout;
-    let mut client = Connector::new(conf, node)?.connect(deadline).await?;
+    let connector = Connector::new(conf, node)?;
+    // Said first: an expired certificate is also why a connection fails.
+    for w in connector.files.expiry_warnings() {
+        tracing::warn!("{w}");
+    }
+    let mut client = connector.connect(deadline).await?;
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(500));

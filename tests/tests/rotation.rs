@@ -135,34 +135,44 @@ fn rotating_the_guests_key_then_the_hosts_under_30_attached_managers() {
 }
 
 #[test]
-fn expiring_certificates_are_warned_about_at_check_config() {
+fn expiring_certificates_are_warned_about_at_check_config_start_and_by_cmappmgr_check() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let ca = certs::new_ca("expiry CA").unwrap();
-    let soon = certs::issue_valid_for(&ca, certs::Role::Server, &["guest".into()], 10).unwrap();
-    private(&dir.join("server.private"), &soon.private_pem);
-    let c = certs::self_signed(certs::Role::Client, &["host".into()]).unwrap();
-    public(&dir.join("client.public"), &[&c.public_pem]);
-    let conf = dir.join("cmappserver.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "keyStore={}\ntrustStore={}\nstateDir={}\nlisten=127.0.0.1:0\n",
-            dir.join("server.private").display(),
-            dir.join("client.public").display(),
-            dir.join("state").display()
-        ),
-    )
-    .unwrap();
+    let server = certs::issue_valid_for(&ca, certs::Role::Server, &["127.0.0.1".into()], 10).unwrap();
+    let client = certs::issue_valid_for(&ca, certs::Role::Client, &["host".into()], 5).unwrap();
+    let p = |n: &str| -> PathBuf { dir.join(n) };
+    private(&p("server.private"), &server.private_pem);
+    private(&p("client.private"), &client.private_pem);
+    public(&p("ca.public"), &[&ca.cert_pem]);
+    let keys = Keys {
+        server_private: p("server.private"),
+        server_public: PathBuf::new(),
+        client_private: p("client.private"),
+        client_public: PathBuf::new(),
+        server_trust: p("ca.public"),
+        client_trust: p("ca.public"),
+    };
+    let server = Server::start(&dir.join("guest"), &keys, "");
+    let warning = "warning: the certificate of 127.0.0.1 in keyStore";
     let out = std::process::Command::new(cmapp_tests::bin("cmappserver"))
         .args(["--check-config", "--conf"])
-        .arg(&conf)
+        .arg(&server.conf)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains(warning) && text.contains("in 10 day(s)"), "{text}");
     assert!(
-        text.contains("warning: the certificate of guest in keyStore") && text.contains("in 10 day(s)"),
-        "{text}"
+        server.log.text().contains("the certificate of 127.0.0.1 in keyStore"),
+        "warned at start: {}",
+        server.log.text()
+    );
+    let conf = manager_conf(dir, "cmappmgr.conf", &keys.client_private, &keys.client_trust, "");
+    let (code, err) = check(&conf, &server.node());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("the certificate of host in keyStore") && err.contains("in 5 day(s)"),
+        "{err}"
     );
 }
