@@ -38,6 +38,7 @@ install_cargo_tools() {
   cargo_tool cargo-zigbuild
   cargo_tool vhost-device-vsock   # the guests' virtio-vsock device (guest_vm.rs); about 2 min to build
   cargo_tool cargo-machete   # .ci/run: no declared dependency goes unused
+  cargo_tool cargo-deny      # .ci/run: licenses, duplicate versions, sources (deny.toml); a few minutes to build
 }
 
 # Tests that need root (network namespaces, loop devices, libvirtd, QEMU,
