@@ -289,25 +289,35 @@ impl Connector {
     /// Retries [`connect_once`](Self::connect_once) with backoff until it
     /// succeeds, fails for good, or `deadline` passes (then the last error).
     pub async fn connect(&self, deadline: Instant) -> Result<Client, ClientError> {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let attempt_limit = left.clamp(Duration::from_millis(100), Duration::from_secs(10));
-            match self.connect_once(attempt_limit).await {
-                Ok(c) => return Ok(c),
-                Err(e) if !e.is_retryable() => return Err(e),
-                Err(e) => {
-                    tracing::debug!("connect attempt failed: {e}");
-                    let now = Instant::now();
-                    if now + backoff >= deadline {
-                        if now < deadline {
-                            tokio::time::sleep_until(deadline).await;
-                        }
-                        return Err(e);
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+        retry_until(deadline, |limit| self.connect_once(limit)).await
+    }
+}
+
+/// Runs `attempt` (given how long it may take) with backoff, 50 ms doubling
+/// up to 1 s, until it succeeds, fails for good, or `deadline` passes (then
+/// its last error); the last attempt is made at the deadline.
+async fn retry_until<T, F, Fut>(deadline: Instant, mut attempt: F) -> Result<T, ClientError>
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let attempt_limit = left.clamp(Duration::from_millis(100), Duration::from_secs(10));
+        match attempt(attempt_limit).await {
+            Ok(c) => return Ok(c),
+            Err(e) if !e.is_retryable() => return Err(e),
+            Err(e) => {
+                tracing::debug!("connect attempt failed: {e}");
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(e);
                 }
+                // Never past the deadline, and one last attempt at it: a
+                // server back since the previous attempt is found in time.
+                tokio::time::sleep(backoff.min(deadline - now)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
     }
@@ -585,5 +595,46 @@ pub async fn check(conf: &ManagerConfig, node: &str, timeout: Duration) -> Resul
             doing: "in its answer to a ping",
             cause: Cause::Unexpected(other.kind()),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{retry_until, ClientError};
+    use crate::error::Cause;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    /// Found by the fault campaign: a server back up after two close
+    /// outages, less than a backoff step before the deadline, was never
+    /// tried again, and the manager gave up on a guest it could reach.
+    #[tokio::test]
+    async fn the_last_attempt_is_made_at_the_deadline() {
+        let t0 = Instant::now();
+        // Attempts fail until 1.8 s; the deadline is 2 s. The backoff alone
+        // would try at about 0, 0.05, 0.15, 0.35, 0.75, 1.55 and 2.55 s.
+        let up = t0 + Duration::from_millis(1800);
+        let deadline = t0 + Duration::from_secs(2);
+        let mut attempts = 0;
+        let r = retry_until(deadline, |_| {
+            attempts += 1;
+            let ok = Instant::now() >= up;
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(ClientError::unreachable(
+                        "connecting",
+                        Cause::Io {
+                            source: std::io::ErrorKind::ConnectionRefused.into(),
+                            hint: "",
+                        },
+                    ))
+                }
+            }
+        })
+        .await;
+        assert!(r.is_ok(), "gave up after {attempts} attempts at {:?}", t0.elapsed());
+        assert!(t0.elapsed() >= Duration::from_millis(1800));
     }
 }
