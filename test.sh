@@ -55,6 +55,7 @@ ROOT_TESTS=(
   'binary(probes_e2e) & test(/^(lan|disk)_probe_through_cmappmgr/)'
   'binary(resilience) & test(=a_short_partition_is_invisible_and_a_long_one_ends_the_manager_at_the_timeout)'
   'binary(output) & test(=a_full_disk_drops_and_counts_lines_and_blocks_nothing)'
+  'binary(campaign)'
 )
 
 install_deps() {

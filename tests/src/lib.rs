@@ -3,6 +3,7 @@
 //!
 //! | module   | what it gives a test                                             |
 //! |----------|------------------------------------------------------------------|
+//! | `campaign`| the randomized fault campaign and the checker of its history |
 //! | `fixture`| pinned keys, a server on 127.0.0.1:0 and a manager configuration |
 //! | `golden` | the frozen v1 state-directory and shim formats, a fake v1 shim, a frame recorder |
 //! | `keys`   | pinned and CA key material written to a temp dir                 |
@@ -17,6 +18,7 @@
 //! | `pacemaker` | a single-node corosync + pacemakerd in private namespaces, its tools |
 //! | `qemu`   | QEMU guests running cmappserver on bridges in a namespace, QMP   |
 
+pub mod campaign;
 pub mod fixture;
 pub mod golden;
 pub mod keys;
@@ -41,8 +43,13 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// The directory cargo put the workspace's binaries in (`target/debug`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/debug/deps/<test-binary> → target/debug
-    exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf()
+    // target/debug/deps/<test-binary> → target/debug; a binary of this
+    // crate (cmapp-bench, cmapp-campaign) is in target/debug itself.
+    let dir = exe.parent().expect("target dir");
+    match dir.file_name() {
+        Some(n) if n == "deps" => dir.parent().expect("target dir").to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
 }
 
 /// Path of one of the workspace's binaries; panics with a clear message if it

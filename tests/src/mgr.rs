@@ -148,6 +148,19 @@ impl Mgr {
             .unwrap_or_else(|| panic!("cmappmgr killed by a signal: {s:?}; stderr:\n{}", self.err.text()))
     }
 
+    /// Waits up to `limit` for the manager to exit; its status (a signal
+    /// included), or `None` if it still runs.
+    pub fn status_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        while self.status.is_none() && Instant::now() < end {
+            self.status = self.child.try_wait().ok().flatten();
+            if self.status.is_none() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        self.status
+    }
+
     /// True while the manager runs.
     pub fn running(&mut self) -> bool {
         self.status.is_none() && self.child.try_wait().unwrap().is_none()

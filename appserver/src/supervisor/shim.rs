@@ -329,6 +329,13 @@ async fn run(dir: &Dir) -> Result<(), ShimError> {
     if meta.service.argv.first().is_none_or(String::is_empty) {
         return Err(ShimError::NoProgram);
     }
+    // Room for the pid and exit records, whatever fills the disk meanwhile:
+    // an application whose exit could not be recorded is never started.
+    dir.write(state::RESERVE, &[0; RESERVED])
+        .map_err(|source| ShimError::Record {
+            what: "reserve space for the exit record".into(),
+            source,
+        })?;
     let listener = bind(dir)?;
     print_listening();
 
@@ -365,11 +372,10 @@ async fn run(dir: &Dir) -> Result<(), ShimError> {
         shim_pid: std::process::id(),
         start_ticks: procfs::start_ticks(pid),
     };
-    dir.write_json(state::PID, &record)
-        .map_err(|source| ShimError::Record {
-            what: "record pid".into(),
-            source,
-        })?;
+    write_record(dir, state::PID, &record).map_err(|source| ShimError::Record {
+        what: "record pid".into(),
+        source,
+    })?;
     let mut link: Option<Link> = Some(Link::start(first, first_peer, None));
     if let Some(l) = &link {
         let _ = l.tx.try_send(ShimEvent::Started { pid, started_at_ms });
@@ -499,7 +505,22 @@ async fn record_exit(
     exited_at_ms: u64,
     tail: Vec<TailLine>,
 ) -> Result<(), ShimError> {
-    dir.write_json(
+    if test_fault("notify-before-record") {
+        // The wrong order, on purpose (the fault campaign's checker must
+        // catch it): tell the server, then die before the record is written.
+        let _ = dir.remove(state::SOCK);
+        if let Some(link) = link {
+            link.finish(ShimEvent::Exited {
+                status,
+                exited_at_ms,
+                tail,
+            })
+            .await;
+        }
+        std::process::exit(1);
+    }
+    let recorded = write_record(
+        dir,
         state::EXIT,
         &ExitRecord {
             status: status.clone(),
@@ -509,11 +530,14 @@ async fn record_exit(
     .map_err(|source| ShimError::Record {
         what: format!("record exit status {status}"),
         source,
-    })?;
+    });
+    let _ = dir.remove(state::RESERVE);
     if !tail.is_empty() {
         let _ = dir.write_json(state::TAIL, &tail);
     }
     let _ = dir.remove(state::SOCK);
+    // Even unrecorded, the status goes to the server connected now: it is
+    // the last chance for it to reach a manager.
     if let Some(link) = link {
         link.finish(ShimEvent::Exited {
             status,
@@ -522,7 +546,32 @@ async fn record_exit(
         })
         .await;
     }
-    Ok(())
+    recorded
+}
+
+/// Bytes reserved in the record at the start (`state::RESERVE`): two
+/// filesystem blocks, one for `pid.json`, one for `exit.json`.
+const RESERVED: usize = 8192;
+
+/// Writes a record file; if that fails (a full disk), frees the space
+/// reserved at the start and tries again, keeping a block for `exit.json`.
+fn write_record<T: serde::Serialize>(dir: &Dir, name: &str, value: &T) -> std::io::Result<()> {
+    if dir.write_json(name, value).is_ok() {
+        return Ok(());
+    }
+    let _ = dir.remove(state::RESERVE);
+    let written = dir.write_json(name, value);
+    if name != state::EXIT {
+        let _ = dir.write(state::RESERVE, &[0; RESERVED / 2]);
+    }
+    written
+}
+
+/// A deliberate defect for the fault campaign (`tests/src/campaign`) to
+/// detect: `CMAPP_TEST_FAULT=<name>` in cmappserver's environment (which its
+/// shims inherit). Honoured only in debug builds: a release build ignores it.
+fn test_fault(name: &str) -> bool {
+    cfg!(debug_assertions) && std::env::var("CMAPP_TEST_FAULT").is_ok_and(|v| v == name)
 }
 
 /// Where each output line goes: the guest log (and tail), and the server.

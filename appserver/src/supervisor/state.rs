@@ -12,6 +12,7 @@
 //!     shim.log      the shim's own errors, if any
 //!     managers.json the managers that watch it (written by the server when one joins)
 //!     tail.json     the last lines of output, written after exit.json
+//!     space.reserve zeros: room for pid.json and exit.json on a full disk (the shim's)
 //! ```
 //!
 //! Nobody but the server's user may change anything in it, whatever the
@@ -52,6 +53,9 @@ pub const EXIT: &str = "exit.json";
 pub const SOCK: &str = "sock";
 pub const SHIM_LOG: &str = "shim.log";
 pub const MANAGERS: &str = "managers.json";
+/// Space the shim reserves for the pid and exit records (zeros), released
+/// to write them on a full disk, removed once the exit is recorded.
+pub const RESERVE: &str = "space.reserve";
 
 /// The managers watching a process, so that a restarted cmappserver knows
 /// whom an exit is owed to. Optional: a record without it (an older

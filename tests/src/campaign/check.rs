@@ -1,0 +1,420 @@
+//! The campaign's history and the checker that judges it.
+//!
+//! The history has two sources that never consult cmapp's own state: what
+//! the applications wrote into their log (`cmapp-campaign-app`), and what the
+//! runner did (faults, with their times) and saw (each manager's output and
+//! exit). Times are wall-clock milliseconds since the epoch, the clock the
+//! applications write.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Wall-clock milliseconds since the epoch.
+pub type Ms = u64;
+
+/// Exit codes the applications choose from: none is one of cmappmgr's own
+/// codes (0 halted, 1 unreachable, 64, 69, 70, 75-78), so a manager's code
+/// tells which it is.
+pub const APP_CODES: std::ops::RangeInclusive<i32> = 2..=63;
+
+/// A process of a service, as it recorded itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRun {
+    pub service: String,
+    pub pid: u32,
+    pub started: Ms,
+    /// Its exit code and when, if it reached its exit (not killed).
+    pub exit: Option<(i32, Ms)>,
+}
+
+/// A copy that found another copy of its service running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dup {
+    pub service: String,
+    pub pid: u32,
+    pub at: Ms,
+    pub holder: String,
+}
+
+/// How a manager run ended, as the runner saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MgrRun {
+    pub service: String,
+    pub mgr_pid: u32,
+    pub started: Ms,
+    pub ended: Ms,
+    /// Its exit code; `None` when a signal ended it.
+    pub code: Option<i32>,
+    /// The signal the runner sent it ("KILL" or "TERM"), if any.
+    pub signalled: Option<&'static str>,
+    /// The application pids it named (started / attached / re-attached), in order.
+    pub pids: Vec<u32>,
+    /// The code of its last `PROGRAM EXIT CODE n` line, if it printed one.
+    pub printed: Option<i32>,
+    /// Whether it said cmappserver could not start the application.
+    pub refused: bool,
+    /// Its last lines, for the report.
+    pub tail: String,
+}
+
+/// Everything that happened.
+#[derive(Debug, Default, Clone)]
+pub struct History {
+    pub apps: Vec<AppRun>,
+    pub dups: Vec<Dup>,
+    pub managers: Vec<MgrRun>,
+    /// Periods when managers could not reach cmappserver: partitions and
+    /// cmappserver being down (from the kill to its next readiness).
+    pub outages: Vec<(Ms, Ms, &'static str)>,
+    /// Periods when the state directory's filesystem was full.
+    pub disk_full: Vec<(Ms, Ms)>,
+    /// Application pids whose shim the runner killed, and when.
+    pub shim_kills: Vec<(u32, Ms)>,
+    /// Guest "reboots".
+    pub reboots: Vec<Ms>,
+    /// `cmappmgr_timeout`, and the longest a manager may go without hearing
+    /// from the server before an outage starts (its ping interval) plus slack.
+    pub timeout_ms: Ms,
+    pub ping_ms: Ms,
+}
+
+/// Parses the applications' log; malformed lines are reported as violations.
+pub fn parse_app_log(text: &str) -> (Vec<AppRun>, Vec<Dup>, Vec<String>) {
+    let mut runs: Vec<AppRun> = Vec::new();
+    let mut open: HashMap<(String, u32), usize> = HashMap::new();
+    let mut dups = Vec::new();
+    let mut bad = Vec::new();
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let num = |i: usize| w.get(i).and_then(|v| v.parse::<u64>().ok());
+        match (w.first().copied(), w.len()) {
+            (Some("start"), 4) if num(2).is_some() && num(3).is_some() => {
+                let pid = num(2).unwrap() as u32;
+                open.insert((w[1].to_string(), pid), runs.len());
+                runs.push(AppRun {
+                    service: w[1].to_string(),
+                    pid,
+                    started: num(3).unwrap(),
+                    exit: None,
+                });
+            }
+            (Some("exit"), 5) if num(2).is_some() && num(3).is_some() && num(4).is_some() => {
+                match open.remove(&(w[1].to_string(), num(2).unwrap() as u32)) {
+                    Some(i) => runs[i].exit = Some((num(3).unwrap() as i32, num(4).unwrap())),
+                    None => bad.push(format!("application log: an exit with no start: {line:?}")),
+                }
+            }
+            (Some("dup"), 5) if num(2).is_some() && num(3).is_some() => dups.push(Dup {
+                service: w[1].to_string(),
+                pid: num(2).unwrap() as u32,
+                at: num(3).unwrap(),
+                holder: w[4].to_string(),
+            }),
+            _ => bad.push(format!("application log: malformed line {line:?}")),
+        }
+    }
+    (runs, dups, bad)
+}
+
+/// A manager retries a connection at most this long after the last
+/// attempt (cmappmgr's backoff cap, plus slack): cmappserver up for less
+/// than that between two outages may go unseen.
+const RETRY_GAP: Ms = 1100;
+
+/// The outages merged where they overlap or are less than [`RETRY_GAP`] apart.
+fn merged(outages: &[(Ms, Ms, &'static str)]) -> Vec<(Ms, Ms, String)> {
+    let mut v: Vec<(Ms, Ms, &str)> = outages.to_vec();
+    v.sort();
+    let mut out: Vec<(Ms, Ms, String)> = Vec::new();
+    for (a, b, kind) in v {
+        match out.last_mut() {
+            Some(last) if a <= last.1 + RETRY_GAP => {
+                last.1 = last.1.max(b);
+                if !last.2.contains(kind) {
+                    last.2 = format!("{}+{kind}", last.2);
+                }
+            }
+            _ => out.push((a, b, kind.to_string())),
+        }
+    }
+    out
+}
+
+fn secs(ms: Ms) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// Checks the history against the README's promises; returns one line per violation.
+pub fn check(h: &History) -> Vec<String> {
+    let mut v = Vec::new();
+    for d in &h.dups {
+        v.push(format!(
+            "two copies of {} at once: pid {} started at {} while pid {} held the service's lock",
+            d.service, d.pid, d.at, d.holder
+        ));
+    }
+    let runs: HashMap<(&str, u32), &AppRun> = h.apps.iter().map(|r| ((r.service.as_str(), r.pid), r)).collect();
+    let shim_killed = |pid: u32| h.shim_kills.iter().any(|(p, _)| *p == pid);
+    let rebooted_after = |t: Ms| h.reboots.iter().any(|r| *r + 50 >= t);
+    let outages = merged(&h.outages);
+    // Exits reported to some manager, by (service, pid).
+    let mut reported: HashMap<(&str, u32), i32> = HashMap::new();
+
+    for m in &h.managers {
+        let who = format!("manager {} of {} (pid {})", m.mgr_pid, m.service, m.mgr_pid);
+        let mut pid = m.pids.last().copied();
+        if pid == Some(0) {
+            // Attached to a process not started yet (its shim adopted by a
+            // restarted cmappserver starts it): cmappmgr names pid 0. The
+            // process is the service's first one that started after the
+            // manager did, or the latest before.
+            pid = h
+                .apps
+                .iter()
+                .filter(|r| r.service == m.service && r.started <= m.ended)
+                .min_by_key(|r| r.started.abs_diff(m.started))
+                .map(|r| r.pid);
+        }
+        let run = pid.and_then(|p| runs.get(&(m.service.as_str(), p)).copied());
+        // What it reported: its exit code, or, killed after it printed the
+        // exit, the code it printed (the package log has it).
+        let outcome = m.code.or(m.printed);
+        let Some(c) = outcome else {
+            if m.signalled.is_none() {
+                v.push(format!("{who} was killed by a signal nobody sent; {}", m.tail));
+            }
+            continue;
+        };
+        if APP_CODES.contains(&c) {
+            let Some(p) = pid else {
+                v.push(format!("{who} exited {c} without naming a process; {}", m.tail));
+                continue;
+            };
+            match run.and_then(|r| r.exit) {
+                Some((code, _)) if code == c => {
+                    if let Some(other) = reported.insert((m.service.as_str(), p), c) {
+                        if other != c {
+                            v.push(format!(
+                                "pid {p} of {} reported as two different exits: {other} and {c}",
+                                m.service
+                            ));
+                        }
+                    }
+                }
+                Some((code, _)) => v.push(format!(
+                    "{who} reported exit {c} for pid {p}, which exited {code}; {}",
+                    m.tail
+                )),
+                None => v.push(format!(
+                    "{who} reported exit {c} for pid {p}, which never exited by itself; {}",
+                    m.tail
+                )),
+            }
+            continue;
+        }
+        match c {
+            0 if m.signalled == Some("TERM") => {}
+            70 => match pid {
+                Some(p) if shim_killed(p) => {
+                    reported.insert((m.service.as_str(), p), 70);
+                }
+                Some(p) => v.push(format!(
+                    "{who} was told the exit status of pid {p} was lost (70), though its shim was never killed{}; {}",
+                    match run.and_then(|r| r.exit) {
+                        Some((code, at)) => format!(" (the application had exited {code} at {at})"),
+                        None => String::new(),
+                    },
+                    m.tail
+                )),
+                None => v.push(format!("{who} exited 70 without naming a process; {}", m.tail)),
+            },
+            69 => {
+                let since = run.map(|r| r.started).unwrap_or(m.started);
+                if !h.reboots.iter().any(|r| *r >= since) {
+                    v.push(format!(
+                        "{who} was told its process was gone (69) with no reboot since it started; {}",
+                        m.tail
+                    ));
+                }
+            }
+            1 => {
+                // Unreachable for cmappserver_timeout: some outage (partition,
+                // server down) lasted, within this manager's life and before
+                // its exit, at least the timeout less one ping interval (the
+                // last answer may predate the outage by that much).
+                let need = h.timeout_ms.saturating_sub(h.ping_ms + 500);
+                let longest = outages
+                    .iter()
+                    .filter(|(a, b, _)| *a <= m.ended && *b >= m.started)
+                    .map(|(a, b, kind)| ((*b).min(m.ended).saturating_sub((*a).max(m.started)), kind.clone()))
+                    .max();
+                match longest {
+                    Some((len, _)) if len >= need => {}
+                    Some((len, kind)) => v.push(format!(
+                        "{who} gave up on the node (exit 1), but its longest outage ({kind}) was {:.1} s, shorter than the timeout ({:.1} s); {}",
+                        secs(len),
+                        secs(h.timeout_ms),
+                        m.tail
+                    )),
+                    None => v.push(format!(
+                        "{who} gave up on the node (exit 1) with no outage during its life; {}",
+                        m.tail
+                    )),
+                }
+            }
+            75 if m.refused && h.disk_full.iter().any(|(a, b)| *a <= m.ended && *b + 500 >= m.started) => {}
+            _ => v.push(format!(
+                "{who} exited {c}, which nothing in the history explains; {}",
+                m.tail
+            )),
+        }
+    }
+
+    for r in &h.apps {
+        let key = (r.service.as_str(), r.pid);
+        match r.exit {
+            Some((code, at)) => {
+                if reported.contains_key(&key) || shim_killed(r.pid) || rebooted_after(at) {
+                    continue;
+                }
+                v.push(format!(
+                    "the exit of {} pid {} (code {code} at {at}) was never reported to a manager",
+                    r.service, r.pid
+                ));
+            }
+            None => {
+                // Killed: only a reboot or the end of a killed shim may do that.
+                if !shim_killed(r.pid) && !h.reboots.iter().any(|t| *t >= r.started) {
+                    v.push(format!(
+                        "{} pid {} (started at {}) never exited, and neither a reboot nor its shim's end explains it",
+                        r.service, r.pid, r.started
+                    ));
+                }
+            }
+        }
+    }
+    v
+}
+
+/// How many of each fault kind, for the report.
+pub type FaultCounts = BTreeMap<&'static str, u64>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(service: &str, pid: u32, started: Ms, exit: Option<(i32, Ms)>) -> AppRun {
+        AppRun {
+            service: service.into(),
+            pid,
+            started,
+            exit,
+        }
+    }
+
+    fn mgr(service: &str, pids: &[u32], started: Ms, ended: Ms, code: Option<i32>) -> MgrRun {
+        MgrRun {
+            service: service.into(),
+            mgr_pid: 1000 + pids.first().copied().unwrap_or(0),
+            started,
+            ended,
+            code,
+            signalled: None,
+            pids: pids.to_vec(),
+            printed: code,
+            refused: false,
+            tail: String::new(),
+        }
+    }
+
+    fn history() -> History {
+        History {
+            timeout_ms: 6000,
+            ping_ms: 1500,
+            ..History::default()
+        }
+    }
+
+    #[test]
+    fn a_clean_history_passes() {
+        let mut h = history();
+        h.apps = vec![app("s1", 10, 0, Some((7, 500))), app("s1", 11, 600, Some((9, 900)))];
+        h.managers = vec![mgr("s1", &[10], 0, 520, Some(7)), mgr("s1", &[11], 550, 950, Some(9))];
+        assert_eq!(check(&h), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_log_parses_and_flags_what_it_cannot_read() {
+        let (runs, dups, bad) = parse_app_log(
+            "start s1 10 100\nexit s1 10 7 200\nstart s2 11 150\ndup s2 12 160 11\nexit s3 99 1 5\ngarbage\n",
+        );
+        assert_eq!(runs, vec![app("s1", 10, 100, Some((7, 200))), app("s2", 11, 150, None)]);
+        assert_eq!(dups.len(), 1);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+    }
+
+    #[test]
+    fn an_unreported_exit_is_a_violation() {
+        let mut h = history();
+        h.apps = vec![app("s1", 10, 0, Some((7, 500)))];
+        h.managers = vec![mgr("s1", &[10], 0, 300, None)];
+        h.managers[0].signalled = Some("KILL");
+        let v = check(&h);
+        assert!(v.len() == 1 && v[0].contains("never reported"), "{v:?}");
+    }
+
+    #[test]
+    fn status_lost_is_allowed_only_where_the_shim_was_killed() {
+        let mut h = history();
+        h.apps = vec![app("s1", 10, 0, Some((7, 500)))];
+        h.managers = vec![mgr("s1", &[10], 0, 600, Some(70))];
+        let v = check(&h);
+        assert!(v.iter().any(|l| l.contains("lost (70)")), "{v:?}");
+        assert!(v.iter().any(|l| l.contains("never reported")), "{v:?}");
+        h.shim_kills.push((10, 490));
+        assert_eq!(check(&h), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_wrong_or_invented_code_and_two_copies_are_violations() {
+        let mut h = history();
+        h.apps = vec![app("s1", 10, 0, Some((7, 500))), app("s1", 11, 0, None)];
+        h.managers = vec![mgr("s1", &[10], 0, 600, Some(8)), mgr("s1", &[11], 0, 600, Some(9))];
+        h.dups.push(Dup {
+            service: "s1".into(),
+            pid: 11,
+            at: 10,
+            holder: "10".into(),
+        });
+        let v = check(&h).join("\n");
+        assert!(v.contains("which exited 7"), "{v}");
+        assert!(v.contains("never exited by itself"), "{v}");
+        assert!(v.contains("two copies of s1"), "{v}");
+    }
+
+    #[test]
+    fn exit_1_needs_an_outage_as_long_as_the_timeout() {
+        let mut h = history();
+        h.managers = vec![mgr("s1", &[], 0, 20_000, Some(1))];
+        // Overlapping, and cmappserver up for a moment too short to be seen.
+        h.outages = vec![
+            (1000, 2000, "partition"),
+            (1500, 3000, "server-down"),
+            (4000, 4500, "server-down"),
+        ];
+        let v = check(&h);
+        assert!(v.len() == 1 && v[0].contains("3.5 s, shorter"), "{v:?}");
+        h.outages.push((10_000, 16_000, "partition"));
+        assert_eq!(check(&h), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_reboot_explains_69_and_killed_processes() {
+        let mut h = history();
+        h.apps = vec![app("s1", 10, 0, None), app("s2", 11, 0, Some((5, 100)))];
+        h.managers = vec![mgr("s1", &[10], 0, 600, Some(69))];
+        let v = check(&h);
+        assert_eq!(v.len(), 3, "{v:?}");
+        h.reboots.push(300);
+        assert_eq!(check(&h), Vec::<String>::new());
+    }
+}
