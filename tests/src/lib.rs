@@ -103,3 +103,45 @@ pub fn which(program: &str) -> Option<PathBuf> {
 pub fn alive(pid: u32) -> bool {
     common::proc::running(pid)
 }
+
+/// Counts of one process's resources, from /proc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub fds: usize,
+    pub rss_kb: u64,
+    /// Its children that are zombies (exited, not reaped).
+    pub zombies: usize,
+    pub threads: u64,
+}
+
+/// What process `pid` holds now.
+pub fn usage(pid: u32) -> Usage {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut zombies = 0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let rest: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        if rest.first() == Some(&"Z") && rest.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            zombies += 1;
+        }
+    }
+    Usage {
+        fds,
+        rss_kb: field("VmRSS:"),
+        zombies,
+        threads: field("Threads:"),
+    }
+}

@@ -8,7 +8,7 @@ use cmapp_tests::keys::{self, Keys};
 use cmapp_tests::mgr::{monitor_args, pid_in, Mgr};
 use cmapp_tests::netpair::NetPair;
 use cmapp_tests::server::Server;
-use cmapp_tests::{alive, wait_until, WAIT};
+use cmapp_tests::{alive, usage, wait_until, WAIT};
 
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -269,46 +269,6 @@ fn a_short_partition_is_invisible_and_a_long_one_ends_the_manager_at_the_timeout
     assert_eq!(pid_in(&line), pid);
     std::fs::write(&flag, "").unwrap();
     assert_eq!(again.code(), 12, "{}", again.err.text());
-}
-
-/// Counts of one process's resources.
-#[derive(Debug, Clone, Copy)]
-struct Usage {
-    fds: usize,
-    rss_kb: u64,
-    zombies: usize,
-    threads: u64,
-}
-
-fn usage(pid: u32) -> Usage {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let mut zombies = 0;
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let rest: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-        if rest.first() == Some(&"Z") && rest.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
-            zombies += 1;
-        }
-    }
-    Usage {
-        fds,
-        rss_kb: field("VmRSS:"),
-        zombies,
-        threads: field("Threads:"),
-    }
 }
 
 /// Relaunch churn across the process limit, with dropped connections: the

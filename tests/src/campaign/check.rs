@@ -145,6 +145,20 @@ fn secs(ms: Ms) -> f64 {
 
 /// Checks the history against the README's promises; returns one line per violation.
 pub fn check(h: &History) -> Vec<String> {
+    judge(h).violations
+}
+
+/// The checker's findings.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Broken promises.
+    pub violations: Vec<String>,
+    /// Oddities that break no promise (worth a look).
+    pub notes: Vec<String>,
+}
+
+/// Checks the history; violations and notes.
+pub fn judge(h: &History) -> Verdict {
     let mut v = Vec::new();
     for d in &h.dups {
         v.push(format!(
@@ -156,6 +170,7 @@ pub fn check(h: &History) -> Vec<String> {
     let shim_killed = |pid: u32| h.shim_kills.iter().any(|(p, _)| *p == pid);
     let rebooted_after = |t: Ms| h.reboots.iter().any(|r| *r + 50 >= t);
     let outages = merged(&h.outages);
+    let mut pid_zero = Vec::new();
     // Exits reported to some manager, by (service, pid).
     let mut reported: HashMap<(&str, u32), i32> = HashMap::new();
 
@@ -163,16 +178,19 @@ pub fn check(h: &History) -> Vec<String> {
         let who = format!("manager {} of {} (pid {})", m.mgr_pid, m.service, m.mgr_pid);
         let mut pid = m.pids.last().copied();
         if pid == Some(0) {
-            // Attached to a process not started yet (its shim adopted by a
-            // restarted cmappserver starts it): cmappmgr names pid 0. The
-            // process is the service's first one that started after the
-            // manager did, or the latest before.
-            pid = h
-                .apps
-                .iter()
-                .filter(|r| r.service == m.service && r.started <= m.ended)
-                .min_by_key(|r| r.started.abs_diff(m.started))
+            // Attached to a process whose shim a restarted cmappserver
+            // adopted before it started it: cmappmgr names pid 0 (a known
+            // flaw, see the report). The process is then the latest of the
+            // service that had ended with the code reported when the
+            // manager ended, else the one that started nearest its start.
+            let code = m.code.or(m.printed);
+            let of_service = || h.apps.iter().filter(|r| r.service == m.service && r.started <= m.ended);
+            pid = of_service()
+                .filter(|r| r.exit.is_some_and(|(c, at)| Some(c) == code && at <= m.ended + 50))
+                .max_by_key(|r| r.started)
+                .or_else(|| of_service().min_by_key(|r| r.started.abs_diff(m.started)))
                 .map(|r| r.pid);
+            pid_zero.push(format!("{who}: attached to running {} (pid 0)", m.service));
         }
         let run = pid.and_then(|p| runs.get(&(m.service.as_str(), p)).copied());
         // What it reported: its exit code, or, killed after it printed the
@@ -292,7 +310,10 @@ pub fn check(h: &History) -> Vec<String> {
             }
         }
     }
-    v
+    Verdict {
+        violations: v,
+        notes: pid_zero,
+    }
 }
 
 /// How many of each fault kind, for the report.
@@ -405,6 +426,19 @@ mod tests {
         assert!(v.len() == 1 && v[0].contains("3.5 s, shorter"), "{v:?}");
         h.outages.push((10_000, 16_000, "partition"));
         assert_eq!(check(&h), Vec::<String>::new());
+    }
+
+    #[test]
+    fn pid_0_is_matched_by_the_code_reported() {
+        let mut h = history();
+        h.apps = vec![app("s1", 10, 0, Some((42, 500))), app("s1", 11, 600, Some((25, 900)))];
+        h.managers = vec![mgr("s1", &[10], 0, 520, Some(42)), mgr("s1", &[0], 400, 950, Some(25))];
+        let verdict = judge(&h);
+        assert_eq!(verdict.violations, Vec::<String>::new());
+        assert_eq!(verdict.notes.len(), 1);
+        h.managers[1].code = Some(26);
+        h.managers[1].printed = Some(26);
+        assert!(!check(&h).is_empty());
     }
 
     #[test]

@@ -44,6 +44,7 @@ use crate::keys;
 use crate::mgr::{monitor_args, Mgr};
 use crate::netpair::NetPair;
 use crate::server::Server;
+use crate::{usage, Usage};
 use check::{History, MgrRun, Ms};
 
 /// What to run.
@@ -108,10 +109,14 @@ pub struct Report {
     pub manager_runs: usize,
     /// Broken promises found in the history.
     pub violations: Vec<String>,
+    /// What the checker found odd without a promise broken.
+    pub notes: Vec<String>,
     /// What was left over at the end, or grew.
     pub leftovers: Vec<String>,
     /// cmappserver's usage after the warm-up and at the end.
     pub usage: Option<(Usage, Usage)>,
+    /// Where the history of a campaign with violations was kept.
+    pub kept: Option<PathBuf>,
 }
 
 impl std::fmt::Display for Report {
@@ -125,6 +130,9 @@ impl std::fmt::Display for Report {
         writeln!(f, "faults injected: {}", faults.join(", "))?;
         if let Some((a, b)) = &self.usage {
             writeln!(f, "cmappserver after warm-up {a:?}, at the end {b:?}")?;
+        }
+        for n in &self.notes {
+            writeln!(f, "note: {n}")?;
         }
         for v in &self.violations {
             writeln!(f, "VIOLATION: {v}")?;
@@ -140,34 +148,6 @@ impl std::fmt::Display for Report {
             "replay: CAMPAIGN_SEED={:#x} CAMPAIGN_SECS={} (the fault schedule; the processes' timing differs)",
             self.seed, self.secs
         )
-    }
-}
-
-/// A process's resources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    pub fds: usize,
-    pub rss_kb: u64,
-    pub threads: u64,
-}
-
-fn usage(pid: u32) -> Usage {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Usage {
-        fds,
-        rss_kb: field("VmRSS:"),
-        threads: field("Threads:"),
     }
 }
 
@@ -278,14 +258,20 @@ struct Durational {
     delay: Option<Instant>,
     /// The disk full since, until.
     disk: Option<(Ms, Instant)>,
-    /// cmappserver down since, restart at (or once the disk is free).
-    server_down: Option<(Ms, Instant, &'static str)>,
+    /// cmappserver down since, restart at (or once the disk is free), why,
+    /// and whether it comes back from the other copy of the binary.
+    server_down: Option<(Ms, Instant, &'static str, bool)>,
 }
 
 /// The campaign in progress.
 struct Campaign<'a> {
     cfg: &'a Config,
-    rng: fastrand::Rng,
+    /// The fault schedule: one draw per fault (its own generator's seed)
+    /// and per interval, whatever the fault consumes, so that a seed
+    /// replays the same schedule.
+    frng: fastrand::Rng,
+    /// The processes' plans and the restart delays (timing-dependent in number).
+    prng: fastrand::Rng,
     dir: PathBuf,
     apps: PathBuf,
     app_bin: PathBuf,
@@ -349,7 +335,8 @@ pub fn run_campaign(cfg: &Config) -> Report {
     let (ended_tx, ended_rx) = mpsc::channel();
     let mut c = Campaign {
         cfg,
-        rng: fastrand::Rng::with_seed(cfg.seed),
+        frng: fastrand::Rng::with_seed(cfg.seed),
+        prng: fastrand::Rng::with_seed(cfg.seed ^ 0x9e37_79b9_7f4a_7c15),
         dir: dir.clone(),
         apps,
         app_bin: crate::bin("cmapp-campaign-app"),
@@ -397,11 +384,11 @@ impl Campaign<'_> {
     /// The next application of this service: its code and how long it runs
     /// (a fifth end at once, the rest within `max_ms`).
     fn plan(&mut self, slot: usize, max_ms: u64) {
-        let code = self.rng.i32(check::APP_CODES);
-        let ms = if self.rng.u8(..5) == 0 {
-            self.rng.u64(0..100)
+        let code = self.prng.i32(check::APP_CODES);
+        let ms = if self.prng.u8(..5) == 0 {
+            self.prng.u64(0..100)
         } else {
-            self.rng.u64(300..max_ms.max(301))
+            self.prng.u64(300..max_ms.max(301))
         };
         let path = self.apps.join("plans").join(self.service(slot));
         let tmp = path.with_extension("tmp");
@@ -470,7 +457,7 @@ impl Campaign<'_> {
             if draining && outcome.is_some_and(|c| check::APP_CODES.contains(&c) || c == 69 || c == 70) {
                 s.done = true;
             } else {
-                let delay = self.rng.u64(0..800);
+                let delay = self.prng.u64(0..800);
                 s.restart_at = Some(Instant::now() + Duration::from_millis(delay));
             }
             self.hist.managers.push(run);
@@ -495,12 +482,12 @@ impl Campaign<'_> {
 
     /// A duration: short (below the timeout, less a ping and slack for a
     /// reconnection under load) or long (above it).
-    fn outage_length(&mut self, long_one_in: u8) -> Duration {
+    fn outage_length(&self, r: &mut fastrand::Rng, long_one_in: u8) -> Duration {
         let t = self.cfg.timeout as f64;
-        let s = if self.rng.u8(..long_one_in) == 0 {
-            t * (1.25 + self.rng.f64() * 0.4)
+        let s = if r.u8(..long_one_in) == 0 {
+            t * (1.25 + r.f64() * 0.4)
         } else {
-            0.2 + self.rng.f64() * (t * 0.42 - 0.2)
+            0.2 + r.f64() * (t * 0.42 - 0.2)
         };
         Duration::from_secs_f64(s)
     }
@@ -520,7 +507,8 @@ impl Campaign<'_> {
             ("reboot", 2),
         ];
         let total: u32 = kinds.iter().map(|k| k.1).sum();
-        let mut pick = self.rng.u32(..total);
+        let mut r = fastrand::Rng::with_seed(self.frng.u64(..));
+        let mut pick = r.u32(..total);
         let kind = kinds
             .iter()
             .find(|(_, w)| {
@@ -563,11 +551,14 @@ impl Campaign<'_> {
                     }
                 };
                 let len = if kind == "reboot" {
-                    Duration::from_millis(self.rng.u64(300..2500))
+                    Duration::from_millis(r.u64(300..2500))
                 } else {
-                    self.outage_length(5)
+                    self.outage_length(&mut r, 5)
                 };
-                self.now.server_down = Some((down, now + len, how));
+                // Back from the other copy of the binary: always after an
+                // upgrade, one time in four after a kill or a stop.
+                let other = how == "upgrade" || (how != "reboot" && r.u8(..4) == 0);
+                self.now.server_down = Some((down, now + len, how, other));
             }
             "shim-kill" => {
                 let live: Vec<_> = self
@@ -579,10 +570,10 @@ impl Campaign<'_> {
                 if live.is_empty() {
                     return;
                 }
-                let r = &live[self.rng.usize(..live.len())];
+                let rec = &live[r.usize(..live.len())];
                 let at = now_ms();
-                if kill(Pid::from_raw(r.shim_pid as i32), Signal::SIGKILL).is_ok() {
-                    self.hist.shim_kills.push((r.pid, at));
+                if kill(Pid::from_raw(rec.shim_pid as i32), Signal::SIGKILL).is_ok() {
+                    self.hist.shim_kills.push((rec.pid, at));
                 }
             }
             "mgr-kill" | "mgr-term" => {
@@ -592,7 +583,7 @@ impl Campaign<'_> {
                 if running.is_empty() {
                     return;
                 }
-                let slot = running[self.rng.usize(..running.len())];
+                let slot = running[r.usize(..running.len())];
                 let (pid, at, _) = self.slots[slot].running.unwrap();
                 let (sig, name) = if kind == "mgr-kill" {
                     (Signal::SIGKILL, "KILL")
@@ -606,7 +597,7 @@ impl Campaign<'_> {
                 if self.now.partition.is_some() || (kind == "partition-loss" && self.now.delay.is_some()) {
                     return;
                 }
-                let len = self.outage_length(3);
+                let len = self.outage_length(&mut r, 3);
                 if kind == "partition-link" {
                     self.net.partition();
                 } else if !tc(
@@ -627,8 +618,8 @@ impl Campaign<'_> {
                 }
                 // Delay with jitter where sch_netem exists, else a slow
                 // link (a token bucket: latency under load, no loss).
-                let ms = self.rng.u64(50..400).to_string() + "ms";
-                let jitter = self.rng.u64(10..100).to_string() + "ms";
+                let ms = r.u64(50..400).to_string() + "ms";
+                let jitter = r.u64(10..100).to_string() + "ms";
                 let dev = self.net.guest_if.clone();
                 if !tc(
                     &self.net.guest_ns,
@@ -643,14 +634,14 @@ impl Campaign<'_> {
                         .push("tc: neither netem nor tbf: net-delay not injected".into());
                     return;
                 }
-                self.now.delay = Some(now + Duration::from_millis(self.rng.u64(1000..5000)));
+                self.now.delay = Some(now + Duration::from_millis(r.u64(1000..5000)));
             }
             "disk-full" => {
                 if self.now.disk.is_some() {
                     return;
                 }
                 self.fs.fill();
-                self.now.disk = Some((now_ms(), now + Duration::from_millis(self.rng.u64(500..5000))));
+                self.now.disk = Some((now_ms(), now + Duration::from_millis(r.u64(500..5000))));
             }
             _ => unreachable!(),
         }
@@ -739,10 +730,9 @@ impl Campaign<'_> {
             }
         }
         // cmappserver starts only with room on its disk (its boot id must be written).
-        if let Some((since, until, how)) = self.now.server_down {
+        if let Some((since, until, how, other)) = self.now.server_down {
             if (all || until <= now) && self.now.disk.is_none() {
-                let upgrade = how == "upgrade" || (how != "reboot" && self.rng.u8(..4) == 0);
-                let binary = if upgrade {
+                let binary = if other {
                     let other = if self.server.binary == self.binaries[0] { 1 } else { 0 };
                     Some(self.binaries[other].clone())
                 } else {
@@ -770,12 +760,7 @@ impl Campaign<'_> {
         for slot in 0..self.slots.len() {
             self.start_manager(slot, 1000);
         }
-        let end = Instant::now() + Duration::from_secs(60);
-        while self.slots.iter().any(|s| !s.done) && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(20));
-            self.reap(true);
-            self.restart_due(1000);
-        }
+        self.until_all_done(Duration::from_secs(60), 1000);
         assert!(
             self.slots.iter().all(|s| s.done),
             "the warm-up did not finish: {:?}",
@@ -786,6 +771,17 @@ impl Campaign<'_> {
             s.done = false;
         }
         usage(self.server.pid())
+    }
+
+    /// Restarts managers (no faults) until every service's application
+    /// ended and was collected, or `limit` passes.
+    fn until_all_done(&mut self, limit: Duration, max_ms: u64) {
+        let end = Instant::now() + limit;
+        while self.slots.iter().any(|s| !s.done) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+            self.reap(true);
+            self.restart_due(max_ms);
+        }
     }
 
     fn wait_records_gone(&self, limit: Duration) -> bool {
@@ -801,7 +797,7 @@ impl Campaign<'_> {
         }
         let t0 = Instant::now();
         let stop = t0 + Duration::from_secs(self.cfg.secs);
-        let mut next_fault = t0 + Duration::from_millis(self.rng.u64(300..1500));
+        let mut next_fault = t0 + Duration::from_millis(self.frng.u64(300..1500));
         let mut last_progress = t0;
         while Instant::now() < stop {
             std::thread::sleep(Duration::from_millis(20));
@@ -809,7 +805,7 @@ impl Campaign<'_> {
             self.end_faults(false);
             if Instant::now() >= next_fault {
                 self.inject();
-                next_fault = Instant::now() + Duration::from_millis(self.rng.u64(300..2500));
+                next_fault = Instant::now() + Duration::from_millis(self.frng.u64(300..2500));
             }
             // Managers are restarted once cmappserver is up again or not:
             // a cluster does not wait.
@@ -830,12 +826,7 @@ impl Campaign<'_> {
         for slot in 0..self.slots.len() {
             self.plan(slot, 1500);
         }
-        let drain_end = Instant::now() + Duration::from_secs(90);
-        while self.slots.iter().any(|s| !s.done) && Instant::now() < drain_end {
-            std::thread::sleep(Duration::from_millis(20));
-            self.reap(true);
-            self.restart_due(1500);
-        }
+        self.until_all_done(Duration::from_secs(90), 1500);
         for (slot, s) in self.slots.iter().enumerate() {
             if !s.done {
                 self.extra_violations.push(format!(
@@ -879,20 +870,22 @@ impl Campaign<'_> {
         if end.rss_kb > base.rss_kb + 8192 {
             leftovers.push(format!("cmappserver's memory grew: {base:?} → {end:?}"));
         }
-        let zombies = zombies_of(spid);
-        if zombies > 0 {
-            leftovers.push(format!("{zombies} zombie children of cmappserver"));
+        if end.zombies > 0 {
+            leftovers.push(format!("{} zombie children of cmappserver", end.zombies));
         }
 
         let log = std::fs::read_to_string(self.apps.join("apps.log")).unwrap_or_default();
         let (apps, dups, bad) = check::parse_app_log(&log);
         self.hist.apps = apps;
         self.hist.dups = dups;
-        let mut violations = check::check(&self.hist);
+        let verdict = check::judge(&self.hist);
+        let mut violations = verdict.violations;
         violations.extend(bad);
         violations.append(&mut self.extra_violations);
+        let mut kept = None;
         if !violations.is_empty() {
             let keep = self.dir.with_extension("history");
+            kept = Some(keep.clone());
             let _ = std::fs::create_dir_all(&keep);
             let _ = std::fs::write(keep.join("apps.log"), &log);
             let _ = std::fs::write(keep.join("history.txt"), format!("{:#?}", self.hist));
@@ -907,8 +900,10 @@ impl Campaign<'_> {
             apps_started: self.hist.apps.len(),
             manager_runs: self.hist.managers.len(),
             violations,
+            notes: verdict.notes,
             leftovers,
             usage: Some((base, end)),
+            kept,
         }
     }
 }
@@ -945,18 +940,4 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
-}
-
-fn zombies_of(parent: u32) -> usize {
-    let mut n = 0;
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let rest: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-        if rest.first() == Some(&"Z") && rest.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
-            n += 1;
-        }
-    }
-    n
 }
