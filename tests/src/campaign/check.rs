@@ -279,7 +279,9 @@ pub fn judge(h: &History) -> Verdict {
                     )),
                 }
             }
-            75 if m.refused && h.disk_full.iter().any(|(a, b)| *a <= m.ended && *b + 500 >= m.started) => {}
+            // cmappserver could not start it (71; 75 before cmappmgr's exit
+            // codes were split): a launch on a full state disk.
+            71 | 75 if m.refused && h.disk_full.iter().any(|(a, b)| *a <= m.ended && *b + 500 >= m.started) => {}
             _ => v.push(format!(
                 "{who} exited {c}, which nothing in the history explains; {}",
                 m.tail
