@@ -1129,6 +1129,7 @@ pub const MANAGER_KEY_DOCS: &[(&str, &str, &str)] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn the_man_page_documents_every_key() {
@@ -1506,6 +1507,475 @@ trustStorePassword=public
         assert!(
             ManagerConfig::parse(p, "forwardBytesPerSecond=10\n").is_err(),
             "below 1 KiB"
+        );
+    }
+
+    // ---- Every key, every bound, every spelling (see issue 19) ----
+
+    /// A valid, non-default value for every server key, and how it shows.
+    type Setting<C> = (&'static str, &'static str, fn(&C) -> bool);
+
+    fn server_settings() -> Vec<Setting<ServerConfig>> {
+        vec![
+            ("keyStore", "/k", |c| c.key_store == Path::new("/k")),
+            ("keyStorePassword", "kpw", |c| c.key_store_password == "kpw"),
+            ("trustStore", "g1:/t", |c| c.trust_store == Path::new("g1:/t")),
+            ("trustStorePassword", "tpw", |c| c.trust_store_password == "tpw"),
+            ("listen", "127.0.0.1:7", |c| {
+                c.listen == ["127.0.0.1:7".parse().unwrap()]
+            }),
+            ("port", "7000", |c| c.port == 7000),
+            ("maxProcesses", "31", |c| c.max_processes == 31),
+            ("stopGracePeriod", "0", |c| c.stop_grace == Duration::ZERO),
+            ("stateDir", "/st", |c| c.state_dir == Path::new("/st")),
+            ("handshakeTimeout", "2.5", |c| {
+                c.handshake_timeout == Duration::from_millis(2500)
+            }),
+            ("maxConnections", "3", |c| c.max_connections == 3),
+            ("maxPendingConnections", "4", |c| c.max_pending_connections == 4),
+            ("maxSilentConnections", "5", |c| c.max_silent_connections == 5),
+            ("handshakeLogInterval", "6", |c| {
+                c.handshake_log_interval == Duration::from_secs(6)
+            }),
+            ("exitHistory", "8", |c| c.exit_history == 8),
+            ("idleTimeout", "9", |c| c.idle_timeout == Duration::from_secs(9)),
+            ("stopProcessesOnShutdown", "yes", |c| c.stop_processes_on_shutdown),
+            ("processEnvironment", "clean", |c| {
+                c.process_environment == ProcessEnvironment::Clean
+            }),
+            ("environment", "A=b", |c| c.environment == [("A".into(), "b".into())]),
+            ("processOomScoreAdjust", "-1000", |c| {
+                c.process_oom_score_adjust == -1000
+            }),
+            ("outputLog", "syslog", |c| c.output_log == OutputLog::Syslog),
+            ("outputLogDir", "/o", |c| c.output_log_dir == Path::new("/o")),
+            ("outputLogSize", "4K", |c| c.output_log_size == 4096),
+            ("outputLogFiles", "100", |c| c.output_log_files == 100),
+            ("outputTail", "0", |c| c.output_tail == 0),
+        ]
+    }
+
+    fn manager_settings() -> Vec<Setting<ManagerConfig>> {
+        vec![
+            ("keyStore", "/k", |c| c.key_store == Path::new("/k")),
+            ("keyStorePassword", "kpw", |c| c.key_store_password == "kpw"),
+            ("trustStore", "/t", |c| c.trust_store == Path::new("/t")),
+            ("trustStorePassword", "tpw", |c| c.trust_store_password == "tpw"),
+            ("port", "7000", |c| c.port == 7000),
+            ("pingInterval", "0.25", |c| {
+                c.ping_interval == Some(Duration::from_millis(250))
+            }),
+            ("stopTimeout", "3", |c| c.stop_timeout == Duration::from_secs(3)),
+            ("stopOnHalt", "on", |c| c.stop_on_halt),
+            ("forwardOutput", "true", |c| c.forward_output),
+            ("forwardLinesPerSecond", "1000000", |c| {
+                c.forward_lines_per_sec == 1_000_000
+            }),
+            ("forwardBytesPerSecond", "1G", |c| c.forward_bytes_per_sec == 1 << 30),
+        ]
+    }
+
+    /// The separators Java accepts between a key and its value.
+    fn separator() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            Just("="),
+            Just(":"),
+            Just(" "),
+            Just("\t"),
+            Just(" = "),
+            Just("\u{c}:  ")
+        ]
+    }
+
+    /// `key` with each letter's case drawn from `upper`.
+    fn respelled(key: &str, upper: &[bool]) -> String {
+        key.chars()
+            .zip(upper.iter().cycle())
+            .map(|(c, &u)| {
+                if u {
+                    c.to_ascii_uppercase()
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Every server key, spelled in any case with any separator, sets
+        /// its setting and nothing else, without a warning.
+        #[test]
+        fn every_server_key_in_any_spelling_sets_its_setting(
+            i in 0..ServerConfig::KEYS.len(),
+            upper in proptest::collection::vec(any::<bool>(), 1..8),
+            sep in separator(),
+        ) {
+            let (key, value, set) = server_settings()[i];
+            prop_assert_eq!(ServerConfig::KEYS[i], key);
+            let text = format!("{}{sep}{value}\n", respelled(key, &upper));
+            let checked = ServerConfig::check(Path::new("s"), &text);
+            prop_assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
+            let c = checked.result.unwrap();
+            prop_assert!(set(&c), "{text:?}: {c:?}");
+            prop_assert!(!set(&ServerConfig::default()));
+            // Nothing else changed: putting the default back gives the default.
+            let mut back = c.clone();
+            let d = ServerConfig::default();
+            match key {
+                "keyStore" => back.key_store = d.key_store.clone(),
+                "keyStorePassword" => back.key_store_password = d.key_store_password.clone(),
+                "trustStore" => back.trust_store = d.trust_store.clone(),
+                "trustStorePassword" => back.trust_store_password = d.trust_store_password.clone(),
+                "listen" => back.listen.clear(),
+                "port" => back.port = d.port,
+                "maxProcesses" => back.max_processes = d.max_processes,
+                "stopGracePeriod" => back.stop_grace = d.stop_grace,
+                "stateDir" => back.state_dir = d.state_dir.clone(),
+                "handshakeTimeout" => back.handshake_timeout = d.handshake_timeout,
+                "maxConnections" => back.max_connections = d.max_connections,
+                "maxPendingConnections" => back.max_pending_connections = d.max_pending_connections,
+                "maxSilentConnections" => back.max_silent_connections = d.max_silent_connections,
+                "handshakeLogInterval" => back.handshake_log_interval = d.handshake_log_interval,
+                "exitHistory" => back.exit_history = d.exit_history,
+                "idleTimeout" => back.idle_timeout = d.idle_timeout,
+                "stopProcessesOnShutdown" => back.stop_processes_on_shutdown = d.stop_processes_on_shutdown,
+                "processEnvironment" => back.process_environment = d.process_environment,
+                "environment" => back.environment.clear(),
+                "processOomScoreAdjust" => back.process_oom_score_adjust = d.process_oom_score_adjust,
+                "outputLog" => back.output_log = d.output_log,
+                "outputLogDir" => back.output_log_dir = d.output_log_dir.clone(),
+                "outputLogSize" => back.output_log_size = d.output_log_size,
+                "outputLogFiles" => back.output_log_files = d.output_log_files,
+                "outputTail" => back.output_tail = d.output_tail,
+                other => panic!("{other} has no setting in this test"),
+            }
+            prop_assert_eq!(back, d);
+        }
+
+        #[test]
+        fn every_manager_key_in_any_spelling_sets_its_setting(
+            i in 0..ManagerConfig::KEYS.len(),
+            upper in proptest::collection::vec(any::<bool>(), 1..8),
+            sep in separator(),
+        ) {
+            let (key, value, set) = manager_settings()[i];
+            prop_assert_eq!(ManagerConfig::KEYS[i], key);
+            let text = format!("{}{sep}{value}\n", respelled(key, &upper));
+            let checked = ManagerConfig::check(Path::new("m"), &text);
+            prop_assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
+            let c = checked.result.unwrap();
+            prop_assert!(set(&c), "{text:?}: {c:?}");
+            prop_assert!(!set(&ManagerConfig::default()));
+        }
+
+        /// Any key and value survive Java's escaping: what a properties
+        /// writer stores is what the reader gets back, on any line ending.
+        #[test]
+        fn escaped_keys_and_values_read_back(
+            key in "[a-zA-Z =:#!\\\\\t\u{e9}]{1,10}",
+            value in "[a-z =:#!\\\\\t\n\r\u{c}\u{e9}\u{1F600}]{0,12}",
+            eol in prop_oneof![Just("\n"), Just("\r\n"), Just("\r")],
+        ) {
+            let text = format!("# x{eol}{}={}{eol}{eol}", java_escape(&key, true), java_escape(&value, false));
+            let (entries, errors) = parse_properties(Path::new("p"), &text);
+            prop_assert!(errors.is_empty(), "{:?}", errors);
+            prop_assert_eq!(entries.len(), 1);
+            prop_assert_eq!(&entries[0].key, &key);
+            prop_assert_eq!(&entries[0].value, &value);
+            prop_assert_eq!(entries[0].line, 2);
+        }
+    }
+
+    /// How `java.util.Properties.store` escapes a key or a value (plus
+    /// `\uXXXX` for characters outside Latin-1, which is allowed too).
+    fn java_escape(s: &str, key: bool) -> String {
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\t' => out.push_str("\\t"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\u{c}' => out.push_str("\\f"),
+                '=' | ':' | '#' | '!' => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                ' ' if key || i == 0 || i + 1 == s.chars().count() => out.push_str("\\ "),
+                c if (c as u32) > 0xff => {
+                    let mut units = [0u16; 2];
+                    for u in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{u:04X}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    fn server_error(text: &str) -> String {
+        ServerConfig::parse(Path::new("s"), text).unwrap_err().to_string()
+    }
+
+    fn manager_error(text: &str) -> String {
+        ManagerConfig::parse(Path::new("m"), text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn every_count_is_bounded_at_both_ends() {
+        for (key, min, max) in [
+            ("maxProcesses", 1, 100_000),
+            ("maxConnections", 1, 1_000_000),
+            ("maxPendingConnections", 1, 1_000_000),
+            ("maxSilentConnections", 1, 1_000_000),
+            ("exitHistory", 1, 1_000_000),
+        ] {
+            for n in [min, max] {
+                let c = ServerConfig::parse(Path::new("s"), &format!("{key}={n}\n")).unwrap();
+                let got = match key {
+                    "maxProcesses" => c.max_processes,
+                    "maxConnections" => c.max_connections,
+                    "maxPendingConnections" => c.max_pending_connections,
+                    "maxSilentConnections" => c.max_silent_connections,
+                    _ => c.exit_history,
+                };
+                assert_eq!(got, n, "{key}={n}");
+            }
+            for n in [min - 1, max + 1] {
+                assert_eq!(
+                    server_error(&format!("{key}={n}\n")),
+                    format!("s:1: {key}={n} must be between {min} and {max}")
+                );
+            }
+            assert_eq!(
+                server_error(&format!("{key}=-1\n")),
+                format!("s:1: {key}=-1 is not a whole number")
+            );
+        }
+    }
+
+    #[test]
+    fn every_duration_is_bounded_at_both_ends() {
+        // (key, zero allowed), for both files.
+        let server = [
+            ("stopGracePeriod", true),
+            ("handshakeTimeout", false),
+            ("handshakeLogInterval", false),
+            ("idleTimeout", false),
+        ];
+        let manager = [("pingInterval", false), ("stopTimeout", false)];
+        let cases = server
+            .iter()
+            .map(|&(k, z)| (k, z, true))
+            .chain(manager.iter().map(|&(k, z)| (k, z, false)));
+        for (key, zero_ok, is_server) in cases {
+            let error = |v: &str| {
+                let text = format!("{key}={v}\n");
+                if is_server {
+                    server_error(&text)
+                } else {
+                    manager_error(&text)
+                }
+            };
+            let ok = |v: &str| {
+                let text = format!("{key}={v}\n");
+                if is_server {
+                    ServerConfig::parse(Path::new("s"), &text).is_ok()
+                } else {
+                    ManagerConfig::parse(Path::new("m"), &text).is_ok()
+                }
+            };
+            let file = if is_server { "s" } else { "m" };
+            let range = if zero_ok { "0 or more" } else { "more than 0" };
+            for good in ["0.001", "1", "1e9", "1000000000"] {
+                assert!(ok(good), "{key}={good}");
+            }
+            assert_eq!(ok("0"), zero_ok, "{key}=0");
+            assert_eq!(ok("0.0"), zero_ok, "{key}=0.0");
+            for bad in ["-1", "-0.001", "NaN", "-inf"] {
+                assert_eq!(error(bad), format!("{file}:1: {key}={bad} must be {range} seconds"));
+            }
+            if !zero_ok {
+                assert_eq!(error("0"), format!("{file}:1: {key}=0 must be more than 0 seconds"));
+            }
+            for bad in ["1000000000.5", "1e10", "inf"] {
+                assert_eq!(
+                    error(bad),
+                    format!("{file}:1: {key}={bad} seconds is over the limit of 1000000000 seconds")
+                );
+            }
+            assert!(error("soon").ends_with("is not a number of seconds"), "{key}");
+        }
+        let c = ServerConfig::parse(Path::new("s"), "idleTimeout=0.5\nstopGracePeriod=1e9\n").unwrap();
+        assert_eq!(c.idle_timeout, Duration::from_millis(500));
+        assert_eq!(c.stop_grace, Duration::from_secs(1_000_000_000));
+    }
+
+    #[test]
+    fn every_yes_and_no_spelling_the_original_accepted() {
+        for (v, b) in [
+            ("yes", true),
+            ("YES", true),
+            ("true", true),
+            ("True", true),
+            ("on", true),
+            ("ON", true),
+            ("1", true),
+            ("no", false),
+            ("No", false),
+            ("false", false),
+            ("FALSE", false),
+            ("off", false),
+            ("Off", false),
+            ("0", false),
+            ("y", true),
+            ("N", false),
+        ] {
+            let s = ServerConfig::parse(
+                Path::new("s"),
+                &format!("stopProcessesOnShutdown=yes\nstopProcessesOnShutdown={v}\n"),
+            )
+            .unwrap();
+            assert_eq!(s.stop_processes_on_shutdown, b, "{v}");
+            let s = ServerConfig::parse(
+                Path::new("s"),
+                &format!("stopProcessesOnShutdown=no\nstopProcessesOnShutdown={v}\n"),
+            )
+            .unwrap();
+            assert_eq!(s.stop_processes_on_shutdown, b, "{v}");
+            let m = ManagerConfig::parse(Path::new("m"), &format!("stopOnHalt={v}\n")).unwrap();
+            assert_eq!(m.stop_on_halt, b, "{v}");
+        }
+        for bad in ["2", "yess", "enabled", "ja"] {
+            assert_eq!(
+                server_error(&format!("stopProcessesOnShutdown={bad}\n")),
+                format!("s:1: stopProcessesOnShutdown={bad} is not yes or no")
+            );
+        }
+        let c = ServerConfig::parse(Path::new("s"), "processEnvironment=clean\nprocessEnvironment=INHERIT\n").unwrap();
+        assert_eq!(c.process_environment, ProcessEnvironment::Inherit);
+    }
+
+    #[test]
+    fn ports_addresses_and_the_oom_adjustment_are_checked() {
+        assert_eq!(server_error("port=65536\n"), "s:1: port=65536 is not a port number");
+        assert_eq!(manager_error("port=-1\n"), "m:1: port=-1 is not a port number");
+        let c = ServerConfig::parse(Path::new("s"), "port=7\n").unwrap();
+        assert_eq!(
+            c.listen_addrs(),
+            ["[::]:7".parse().unwrap(), "0.0.0.0:7".parse().unwrap()]
+        );
+        let c = ServerConfig::parse(Path::new("s"), "port=7\nlisten=127.0.0.1:8\nlisten=[::1]:9\n").unwrap();
+        assert_eq!(
+            c.listen_addrs(),
+            ["127.0.0.1:8".parse().unwrap(), "[::1]:9".parse().unwrap()]
+        );
+        for n in ["-1000", "1000", "0"] {
+            let c = ServerConfig::parse(Path::new("s"), &format!("processOomScoreAdjust={n}\n")).unwrap();
+            assert_eq!(c.process_oom_score_adjust.to_string(), n);
+        }
+        for n in ["-1001", "1001", "x"] {
+            assert_eq!(
+                server_error(&format!("processOomScoreAdjust={n}\n")),
+                format!("s:1: processOomScoreAdjust={n} must be a whole number from -1000 to 1000")
+            );
+        }
+        assert!(server_error("environment==x\n").contains("\"\" is not a variable name"));
+        assert!(server_error("environment=A-B=x\n").contains("\"A-B\" is not a variable name"));
+        assert_eq!(
+            server_error("environment=A=x\\u0000\n"),
+            "s:1: environment=A=...: the value contains a NUL character"
+        );
+        let c = ServerConfig::parse(Path::new("s"), "environment=_a9=\n").unwrap();
+        assert_eq!(c.environment, [("_a9".into(), String::new())]);
+    }
+
+    #[test]
+    fn a_trust_store_for_one_node_needs_a_node_and_a_file() {
+        let m = |text: &str| ManagerConfig::parse(Path::new("m"), text).unwrap();
+        // A node name has neither '/' nor '\' and is not empty; otherwise the
+        // whole value is the path of the default trust store.
+        for plain in ["/etc/a:b", "dir/x:y", "C\\x:y", ":/a", "/plain"] {
+            let c = m(&format!("trustStore={}\n", plain.replace('\\', "\\\\")));
+            assert_eq!(c.trust_store, Path::new(plain), "{plain}");
+            assert!(c.node_trust_stores.is_empty(), "{plain}");
+        }
+        let c = m("trustStore= G1 : /a \ntrustStore=g2:/b\n");
+        assert_eq!(c.trust_store_for("g1"), Path::new("/a"));
+        assert_eq!(c.trust_store_for("G2"), Path::new("/b"));
+        assert_eq!(c.trust_store, ManagerConfig::default().trust_store);
+        assert_eq!(
+            manager_error("trustStore=g1:\n"),
+            "m:1: trustStore for node g1 names no file"
+        );
+        assert_eq!(
+            manager_error("trustStore=g1: \n"),
+            "m:1: trustStore for node g1 names no file"
+        );
+        // An empty trustStore gives the default back, as for any key.
+        let c = m("trustStore=/a\ntrustStore=\n");
+        assert_eq!(c.trust_store, ManagerConfig::default().trust_store);
+        // A node's entry and the default's are different slots: no warning.
+        let checked = ManagerConfig::check(Path::new("m"), "trustStore=/a\ntrustStore=g1:/b\n");
+        assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
+    }
+
+    #[test]
+    fn problems_are_listed_one_a_line_with_or_without_a_line_number() {
+        let e = ConfigErrors(vec![
+            ConfigError {
+                path: "/a".into(),
+                line: Some(3),
+                message: "x".into(),
+            },
+            ConfigError {
+                path: "/a".into(),
+                line: None,
+                message: "y".into(),
+            },
+        ]);
+        assert_eq!(e.to_string(), "/a:3: x\n/a: y");
+        let checked = ServerConfig::check(Path::new("s"), "bogus=1\nport=x\n");
+        assert_eq!(checked.clone().logged(), checked.result);
+        assert_eq!(checked.warnings.len(), 1);
+    }
+
+    #[test]
+    fn a_file_over_one_mebibyte_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.conf");
+        let mut text = "#".repeat((1 << 20) - 1);
+        text.push('\n');
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(ServerConfig::load(&path).unwrap(), ServerConfig::default());
+        text.push('\n');
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(
+            ServerConfig::load(&path).unwrap_err().to_string(),
+            format!("{}: configuration file is larger than 1 MiB", path.display())
+        );
+    }
+
+    #[test]
+    fn a_value_may_end_in_escaped_blanks_and_continue_over_blank_lines() {
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(one("k=a\\ \\ \t "), kv("k", "a  "));
+        assert_eq!(one("k=a\\\\ "), kv("k", "a\\"));
+        assert_eq!(one("k=\\u0041\\u00e9"), kv("k", "Aé"));
+        assert_eq!(
+            props("k\\\n\n=v"),
+            [("k".into(), String::new(), 1), (String::new(), "v".into(), 3)]
+        );
+        assert_eq!(
+            props("a=1\r\rb=2\n\nc=3"),
+            [
+                ("a".to_string(), "1".to_string(), 1),
+                ("b".to_string(), "2".to_string(), 3),
+                ("c".to_string(), "3".to_string(), 5),
+            ]
         );
     }
 }

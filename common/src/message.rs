@@ -525,6 +525,7 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn the_hello_reply_is_a_welcome_or_a_refusal_and_nothing_else() {
@@ -590,6 +591,362 @@ mod tests {
             serde_json::from_str::<Event>(&serde_json::to_string(&l).unwrap()).unwrap(),
             l
         );
+    }
+
+    fn id() -> impl Strategy<Value = String> {
+        "[a-z0-9-]{0,12}"
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        any::<String>()
+    }
+
+    fn status() -> impl Strategy<Value = ExitStatus> {
+        prop_oneof![
+            any::<i32>().prop_map(ExitStatus::Code),
+            any::<i32>().prop_map(ExitStatus::Signal),
+            (any::<i32>(), text()).prop_map(|(code, error)| ExitStatus::SpawnFailed { code, error }),
+            text().prop_map(|error| ExitStatus::Lost { error }),
+        ]
+    }
+
+    fn request() -> impl Strategy<Value = Request> {
+        let forward =
+            proptest::option::of(
+                (any::<u32>(), any::<u64>()).prop_map(|(lines_per_sec, bytes_per_sec)| Forward {
+                    lines_per_sec,
+                    bytes_per_sec,
+                }),
+            );
+        prop_oneof![
+            (
+                proptest::collection::vec(text(), 0..4),
+                proptest::option::of(text()),
+                proptest::option::of(id()),
+                forward,
+            )
+                .prop_map(|(run, name, attach_only, forward)| Request::Launch(Launch {
+                    run,
+                    name,
+                    attach_only,
+                    forward,
+                })),
+            (id(), proptest::option::of(any::<u64>())).prop_map(|(id, grace_ms)| Request::Stop(Stop { id, grace_ms })),
+            id().prop_map(|id| Request::Ack(Ack { id })),
+            Just(Request::List),
+            any::<u64>().prop_map(|seq| Request::Ping(Ping { seq })),
+            (
+                proptest::collection::vec(text(), 0..3),
+                proptest::option::of(text()),
+                any::<u32>(),
+                any::<bool>()
+            )
+                .prop_map(|(run, name, tail, follow)| Request::Logs(Logs {
+                    run,
+                    name,
+                    tail,
+                    follow,
+                })),
+        ]
+    }
+
+    fn process_info() -> impl Strategy<Value = ProcessInfo> {
+        let probe = prop_oneof![Just(crate::probe::Probe::Net), Just(crate::probe::Probe::Disk)];
+        (
+            (
+                id(),
+                text(),
+                text(),
+                proptest::option::of(text()),
+                any::<u32>(),
+                any::<u64>(),
+            ),
+            (
+                proptest::option::of(status()),
+                any::<bool>(),
+                any::<usize>(),
+                any::<bool>(),
+                proptest::option::of(probe),
+            ),
+            (proptest::option::of(text()), any::<u64>(), any::<u64>()),
+        )
+            .prop_map(
+                |(
+                    (id, key, service, name, pid, started_at_ms),
+                    (exit, attached, managers, acked, probe),
+                    (output, log_dropped, forward_dropped),
+                )| ProcessInfo {
+                    id,
+                    key,
+                    service,
+                    name,
+                    pid,
+                    started_at_ms,
+                    exit,
+                    attached,
+                    managers,
+                    acked,
+                    probe,
+                    output,
+                    log_dropped,
+                    forward_dropped,
+                },
+            )
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        let kind = prop_oneof![
+            Just(ErrorKind::Version),
+            Just(ErrorKind::Limit),
+            Just(ErrorKind::NotFound),
+            Just(ErrorKind::BadRequest),
+            Just(ErrorKind::ShuttingDown),
+            Just(ErrorKind::Internal),
+        ];
+        prop_oneof![
+            (id(), text(), any::<u32>(), any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
+                |(id, service, pid, started_at_ms, attached, exited)| Event::Started(Started {
+                    id,
+                    service,
+                    pid,
+                    started_at_ms,
+                    attached,
+                    exited
+                })
+            ),
+            (id(), any::<bool>(), text()).prop_map(|(id, err, line)| Event::Output(Output {
+                id,
+                stream: if err { Stream::Stderr } else { Stream::Stdout },
+                line
+            })),
+            (
+                id(),
+                any::<u32>(),
+                status(),
+                any::<u64>(),
+                proptest::collection::vec((any::<bool>(), text()), 0..3)
+            )
+                .prop_map(|(id, pid, status, exited_at_ms, tail)| Event::Exited(Exited {
+                    id,
+                    pid,
+                    status,
+                    exited_at_ms,
+                    tail: tail
+                        .into_iter()
+                        .map(|(err, line)| TailLine {
+                            stream: if err { Stream::Stderr } else { Stream::Stdout },
+                            line,
+                        })
+                        .collect(),
+                })),
+            (text(), proptest::collection::vec(text(), 0..3), any::<bool>())
+                .prop_map(|(source, lines, end)| Event::LogLines(LogLines { source, lines, end })),
+            id().prop_map(|id| Event::Acked(Ack { id })),
+            id().prop_map(|id| Event::Stopping(Ack { id })),
+            any::<u64>().prop_map(|seq| Event::Pong(Ping { seq })),
+            (proptest::collection::vec(process_info(), 0..3), any::<bool>())
+                .prop_map(|(processes, more)| Event::Processes(ProcessList { processes, more })),
+            (text(), any::<bool>()).prop_map(|(reason, processes_keep_running)| Event::ShuttingDown(ShuttingDown {
+                reason,
+                processes_keep_running
+            })),
+            id().prop_map(|id| Event::Superseded(Ack { id })),
+            (kind, text()).prop_map(|(kind, message)| Event::Error(ErrorReply { kind, message })),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn every_request_round_trips(r in request()) {
+            let json = serde_json::to_string(&r).unwrap();
+            prop_assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), r);
+        }
+
+        /// Every event round-trips, and [`Event::kind`] is its name on the wire.
+        #[test]
+        fn every_event_round_trips_under_its_kind(e in event()) {
+            let json = serde_json::to_value(&e).unwrap();
+            prop_assert_eq!(json["type"].as_str(), Some(e.kind()));
+            prop_assert_eq!(serde_json::from_value::<Event>(json).unwrap(), e);
+        }
+
+        #[test]
+        fn hello_and_welcome_round_trip_and_ignore_unknown_fields(
+            protocol in any::<u32>(), software in text(), manager in proptest::option::of(text()),
+            monitored in any::<usize>(), max_processes in any::<usize>(),
+        ) {
+            let hello = Hello { protocol, software: software.clone(), manager };
+            let mut json = serde_json::to_value(&hello).unwrap();
+            json["from_the_future"] = serde_json::json!({"x": [1, 2]});
+            prop_assert_eq!(serde_json::from_value::<Hello>(json).unwrap(), hello);
+            let welcome = Welcome { protocol, software, monitored, max_processes };
+            let mut json = serde_json::to_value(&welcome).unwrap();
+            json["from_the_future"] = serde_json::json!(null);
+            prop_assert_eq!(serde_json::from_value::<Welcome>(json).unwrap(), welcome);
+        }
+
+        /// A request or event of a kind this version does not know is refused
+        /// (a new kind needs a new protocol version), whatever it carries.
+        #[test]
+        fn unknown_kinds_are_refused(kind in "[a-z_]{1,12}", e in event()) {
+            let known = ["launch", "stop", "ack", "list", "ping", "started", "output", "exited", "acked",
+                "stopping", "pong", "processes", "shutting_down", "superseded", "error", "logs", "log_lines"];
+            prop_assume!(!known.contains(&kind.as_str()));
+            let mut json = serde_json::to_value(&e).unwrap();
+            json["type"] = serde_json::Value::String(kind);
+            prop_assert!(serde_json::from_value::<Event>(json.clone()).is_err());
+            prop_assert!(serde_json::from_value::<Request>(json).is_err());
+        }
+    }
+
+    #[test]
+    fn frames_without_a_kind_or_a_required_field_are_refused() {
+        for bad in [
+            r#"{"run":["x"]}"#,
+            r#"{"type":"stop"}"#,
+            r#"{"type":"ack","id":7}"#,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"LIST"}"#,
+            r#"[]"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"type":"list"}"#).unwrap(),
+            Request::List
+        );
+        assert!(serde_json::from_str::<Hello>(r#"{"software":"x"}"#).is_err());
+        assert!(serde_json::from_str::<Event>(r#"{"type":"exited","id":"a","pid":1,"status":{"code":1}}"#).is_ok());
+        assert!(serde_json::from_str::<Event>(r#"{"type":"exited","id":"a","pid":1,"status":{"crashed":1}}"#).is_err());
+    }
+
+    #[test]
+    fn instance_ids_are_bounded_in_every_request_that_carries_one() {
+        let ok = "i".repeat(MAX_ID_LEN);
+        let long = "i".repeat(MAX_ID_LEN + 1);
+        let carrying = |id: &str| {
+            [
+                Request::Launch(Launch {
+                    run: vec!["x".into()],
+                    name: None,
+                    attach_only: Some(id.into()),
+                    forward: None,
+                }),
+                Request::Stop(Stop {
+                    id: id.into(),
+                    grace_ms: None,
+                }),
+                Request::Ack(Ack { id: id.into() }),
+            ]
+        };
+        for r in carrying(&ok) {
+            assert_eq!(r.check(), Ok(()), "{r:?}");
+        }
+        for r in carrying(&long) {
+            assert_eq!(
+                r.check().unwrap_err(),
+                "the instance id is 129 bytes, over the limit of 128 bytes",
+                "{r:?}"
+            );
+        }
+        assert_eq!(Request::List.check(), Ok(()));
+        assert_eq!(Request::Ping(Ping { seq: 1 }).check(), Ok(()));
+    }
+
+    #[test]
+    fn statuses_read_and_print_as_a_shell_would_say() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            ExitStatus::from_std(std::process::ExitStatus::from_raw(7 << 8)),
+            ExitStatus::Code(7)
+        );
+        assert_eq!(
+            ExitStatus::from_std(std::process::ExitStatus::from_raw(9)),
+            ExitStatus::Signal(9)
+        );
+        assert!(matches!(
+            ExitStatus::from_std(std::process::ExitStatus::from_raw(0x137f)),
+            ExitStatus::Lost { .. }
+        ));
+        assert_eq!(ExitStatus::Lost { error: "x".into() }.exit_code(), LOST_EXIT_CODE);
+        assert_eq!(ExitStatus::Code(3).to_string(), "exit code 3");
+        assert_eq!(
+            ExitStatus::Signal(99).to_string(),
+            "killed by signal 99 (unknown signal)"
+        );
+        assert_eq!(
+            ExitStatus::SpawnFailed {
+                code: 127,
+                error: "not found".into()
+            }
+            .to_string(),
+            "could not be started (exit code 127): not found"
+        );
+        assert_eq!(
+            ExitStatus::Lost { error: "gone".into() }.to_string(),
+            "exit status lost: gone"
+        );
+        assert!(ExitStatus::SpawnFailed {
+            code: 256,
+            error: String::new()
+        }
+        .check()
+        .is_err());
+        let e = ErrorReply {
+            kind: ErrorKind::Limit,
+            message: "too many".into(),
+        };
+        assert_eq!(e.to_string(), "too many");
+    }
+
+    #[test]
+    fn a_long_listing_comes_in_pages_under_the_cap() {
+        let info = |i: usize| ProcessInfo {
+            id: format!("id{i:05}"),
+            key: String::new(),
+            service: "s".repeat(10_000),
+            name: None,
+            pid: 1,
+            started_at_ms: 0,
+            exit: None,
+            attached: false,
+            managers: 0,
+            acked: false,
+            probe: None,
+            output: None,
+            log_dropped: 0,
+            forward_dropped: 0,
+        };
+        let one_len = serde_json::to_vec(&info(10)).unwrap().len();
+        let n = 3 * LIST_PAGE_LEN / one_len;
+        let pages = ProcessList::pages((10..10 + n).map(info).collect());
+        assert!(pages.len() >= 3, "{} pages", pages.len());
+        let mut all = Vec::new();
+        for (i, page) in pages.iter().enumerate() {
+            assert_eq!(page.more, i + 1 < pages.len());
+            let len: usize = page
+                .processes
+                .iter()
+                .map(|p| serde_json::to_vec(p).unwrap().len())
+                .sum();
+            assert!(len <= LIST_PAGE_LEN, "page {i}: {len} bytes");
+            assert!(
+                len + one_len > LIST_PAGE_LEN || i + 1 == pages.len(),
+                "page {i} is full"
+            );
+            all.extend(page.processes.iter().map(|p| p.id.clone()));
+        }
+        assert_eq!(all, (10..10 + n).map(|i| format!("id{i:05}")).collect::<Vec<_>>());
+        let empty = ProcessList::pages(Vec::new());
+        assert_eq!(empty.len(), 1);
+        assert!(!empty[0].more && empty[0].processes.is_empty());
+    }
+
+    #[test]
+    fn now_is_after_the_epoch() {
+        assert!(now_ms() > 1_600_000_000_000);
     }
 
     #[test]

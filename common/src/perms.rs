@@ -107,4 +107,92 @@ mod tests {
             assert!(writable_by_others(Path::new("/tmp"), &meta, false).is_some());
         }
     }
+
+    #[test]
+    fn only_group_and_other_write_bits_count() {
+        let tmp = tempfile::tempdir().unwrap();
+        for mode in [0o7755, 0o4755, 0o2755, 0o700, 0o755, 0o1700, 0o604, 0o640, 0o6755] {
+            let p = with_mode(tmp.path(), &format!("f{mode:o}"), mode);
+            let meta = std::fs::metadata(&p).unwrap();
+            assert_eq!(writable_by_others(&p, &meta, false), None, "{mode:o}");
+            assert_eq!(writable_by_others(&p, &meta, true), None, "{mode:o}");
+        }
+        for (mode, whom) in [
+            (0o602, "others"),
+            (0o622, "others"),
+            (0o620, "its group"),
+            (0o1777, "others"),
+        ] {
+            let p = with_mode(tmp.path(), &format!("g{mode:o}"), mode);
+            let meta = std::fs::metadata(&p).unwrap();
+            let expected = format!("{} is writable by {whom} (mode {mode:04o})", p.display());
+            assert_eq!(writable_by_others(&p, &meta, false), Some(expected.clone()));
+            // Sticky is only a shelter for a directory.
+            assert_eq!(writable_by_others(&p, &meta, true), Some(expected), "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_sticky_directory_others_can_write_is_safe_only_as_an_ancestor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("sticky");
+        std::fs::create_dir(&d).unwrap();
+        for (mode, as_ancestor) in [(0o1777, true), (0o1770, true), (0o0777, false), (0o1755, true)] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+            let meta = std::fs::metadata(&d).unwrap();
+            assert_eq!(writable_by_others(&d, &meta, true).is_none(), as_ancestor, "{mode:o}");
+            assert_eq!(
+                writable_by_others(&d, &meta, false).is_none(),
+                mode & 0o022 == 0,
+                "{mode:o}"
+            );
+        }
+    }
+
+    #[test]
+    fn ownership_is_checked_before_the_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = with_mode(tmp.path(), "f", 0o600);
+        let meta = std::fs::metadata(&p).unwrap();
+        let me = meta.uid();
+        let other = me + 1;
+        assert_eq!(check_owned(&p, &meta, me, false, false), Ok(()));
+        assert_eq!(check_owned(&p, &meta, me, true, false), Ok(()));
+        let whom = if me == 0 {
+            format!("uid {other} or root")
+        } else {
+            format!("uid {other}")
+        };
+        let err = check_owned(&p, &meta, other, false, false).unwrap_err();
+        assert_eq!(err, format!("{} is owned by uid {me}, not by uid {other}", p.display()));
+        // Root's files are acceptable where root is.
+        assert_eq!(check_owned(&p, &meta, other, true, false).is_ok(), me == 0);
+        if me != 0 {
+            let err = check_owned(&p, &meta, other, true, false).unwrap_err();
+            assert!(err.ends_with(&format!("not by {whom}")), "{err}");
+        }
+        let loose = with_mode(tmp.path(), "g", 0o660);
+        let meta = std::fs::metadata(&loose).unwrap();
+        assert_eq!(
+            check_owned(&loose, &meta, me, false, false),
+            Err(format!("{} is writable by its group (mode 0660)", loose.display()))
+        );
+        let err = check_not_writable_by_others(&loose).unwrap_err();
+        assert!(err.ends_with(&format!("; run chmod go-w {}", loose.display())), "{err}");
+        assert!(check_not_writable_by_others(&tmp.path().join("none")).is_err());
+    }
+
+    #[test]
+    fn every_directory_above_must_be_safe() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = std::fs::metadata(tmp.path()).unwrap().uid();
+        let deep = tmp.path().join("a/b");
+        std::fs::create_dir_all(&deep).unwrap();
+        let resolved = check_ancestors(&deep, me).unwrap();
+        assert_eq!(resolved, deep.canonicalize().unwrap());
+        std::fs::set_permissions(tmp.path().join("a"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_ancestors(&deep, me).unwrap_err();
+        assert!(err.contains("/a is writable by others (mode 0777)"), "{err}");
+        assert!(check_ancestors(&tmp.path().join("missing"), me).is_err());
+    }
 }

@@ -151,6 +151,7 @@ pub fn split_run(run: &[String]) -> Result<Vec<String>, ServiceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
@@ -227,5 +228,132 @@ mod tests {
         );
         let named = ServiceSpec::parse(s(&["/apps/a x"]), Some("web".into())).unwrap();
         assert_eq!(named.key(), "name:web");
+    }
+
+    /// What `sh` makes of `line` as the arguments of a command: its words,
+    /// or `None` when it refuses the line (an unterminated quote).
+    fn shell_words_of(line: &str) -> Option<Vec<String>> {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s\\0' START {line}"))
+            .stderr(std::process::Stdio::null())
+            .output()
+            .expect("sh runs");
+        if !out.status.success() {
+            return None;
+        }
+        let text = String::from_utf8(out.stdout).expect("UTF-8 in, UTF-8 out");
+        let mut words: Vec<String> = text.split_terminator('\0').map(String::from).collect();
+        assert_eq!(words.remove(0), "START", "{line:?}");
+        Some(words)
+    }
+
+    /// Run strings made of what a shell splits on and quotes with, and
+    /// nothing it would expand or treat as an operator.
+    fn run_string() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                3 => Just(" "), 1 => Just("\t"), 2 => Just("'"), 2 => Just("\""), 2 => Just("\\"),
+                1 => Just("#"), 4 => Just("a"), 2 => Just("b-"), 1 => Just("/x.y"), 1 => Just("é"),
+            ],
+            0..24,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// One run string with white space is split exactly as `sh` splits
+        /// the words of a command line, and refused where `sh` refuses it.
+        #[test]
+        fn one_string_is_split_as_sh_splits_words(line in run_string()) {
+            let line = format!("{line} ");
+            let ours = split_run(std::slice::from_ref(&line));
+            match shell_words_of(&line) {
+                None => prop_assert!(matches!(ours, Err(ServiceError::Split { .. })), "{:?}: {:?}", line, ours),
+                Some(words) if words.first().is_none_or(|w| w.is_empty()) => {
+                    prop_assert_eq!(ours, Err(ServiceError::Empty), "{:?}", line)
+                }
+                Some(words) => prop_assert_eq!(ours, Ok(words), "{:?}", line),
+            }
+        }
+
+        /// A single argument without white space, and several arguments,
+        /// are the argv exactly as received, quotes and all.
+        #[test]
+        fn arguments_are_taken_as_they_are(
+            args in proptest::collection::vec("[a-z'\"#$*;\\\\]{1,8}", 1..5),
+        ) {
+            prop_assert_eq!(split_run(&args), Ok(args.clone()));
+            let spec = ServiceSpec::parse(args.clone(), None).unwrap();
+            prop_assert_eq!(&spec.argv, &args);
+            prop_assert_eq!(spec.display(), args.join(" "));
+            prop_assert_eq!(spec.key(), format!("run:{}", serde_json::to_string(&args).unwrap()));
+        }
+    }
+
+    #[test]
+    fn an_empty_program_is_nothing_to_run() {
+        assert_eq!(split_run(&s(&["", "x"])), Err(ServiceError::Empty));
+        assert_eq!(split_run(&s(&["'' x"])), Err(ServiceError::Empty));
+        assert_eq!(split_run(&s(&[""])), Err(ServiceError::Empty));
+        assert_eq!(
+            ServiceSpec::parse(s(&[" "]), None).unwrap_err().to_string(),
+            "empty run string: nothing to run"
+        );
+    }
+
+    #[test]
+    fn limits_are_inclusive() {
+        assert!(ServiceSpec::parse(vec!["y".repeat(MAX_RUN_LEN)], None).is_ok());
+        assert!(ServiceSpec::parse(vec!["a".into(); MAX_ARGS], None).is_ok());
+        assert!(ServiceSpec::parse(vec!["a ".repeat(MAX_ARGS)], None).is_ok());
+        let e = ServiceSpec::parse(vec!["a ".repeat(MAX_ARGS + 1)], None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the run string's list of arguments is 1025 arguments, over the limit of 1024 arguments"
+        );
+        assert_eq!(
+            ServiceSpec::parse(s(&["/bin/true"]), Some("a\0b".into())),
+            Err(ServiceError::Nul { what: "name" })
+        );
+        assert_eq!(
+            ServiceSpec::parse(s(&["a\0b c"]), None).unwrap_err().to_string(),
+            "the run string contains a NUL byte"
+        );
+        let e = ServiceSpec::parse(s(&["echo 'x"]), None).unwrap_err().to_string();
+        assert!(e.starts_with("cannot split run string echo 'x: "), "{e}");
+    }
+
+    #[test]
+    fn a_name_is_the_identity_and_the_display_an_empty_one_is_none() {
+        let named = ServiceSpec::parse(s(&["/apps/a", "x"]), Some("web".into())).unwrap();
+        assert_eq!(named.display(), "web");
+        assert_eq!(named.to_string(), "web");
+        let unnamed = ServiceSpec::parse(s(&["/apps/a", "x"]), Some(String::new())).unwrap();
+        assert_eq!(unnamed.name, None);
+        assert_eq!(unnamed.to_string(), "/apps/a x");
+        assert_eq!(unnamed.key(), r#"run:["/apps/a","x"]"#);
+    }
+
+    #[test]
+    fn a_probe_runs_as_its_subcommand() {
+        assert_eq!(Probe::Net.subcommand(), "net-mon");
+        assert_eq!(Probe::Disk.subcommand(), "disk-mon");
+        let spec = ServiceSpec::parse(s(&["/opt/hp/cmappserver/cmapp_disk_mon.pl /dev/sda"]), None).unwrap();
+        assert_eq!(spec.probe, Some(Probe::Disk));
+        assert_eq!(Probe::from_program("cmapp_net_mon"), Some(Probe::Net));
+        assert_eq!(ServiceSpec::parse(s(&["/bin/true"]), None).unwrap().probe, None);
+    }
+
+    #[test]
+    fn probes_are_recognised_by_program_name_anywhere() {
+        assert_eq!(
+            Probe::from_program("/opt/hp/cmappserver/cmapp_net_mon.pl"),
+            Some(Probe::Net)
+        );
+        assert_eq!(Probe::from_program("cmapp_disk_mon"), Some(Probe::Disk));
+        assert_eq!(Probe::from_program("/usr/bin/cmapp_disk_monitor"), None);
     }
 }

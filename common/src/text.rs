@@ -78,6 +78,7 @@ impl fmt::Display for Escaped<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn controls_are_escaped_and_plain_text_is_borrowed() {
@@ -91,5 +92,69 @@ mod tests {
     fn clip_cuts_on_a_character_boundary() {
         assert_eq!(clip("abc", 10), "abc");
         assert_eq!(clip("ééé", 3), "é... (6 bytes)");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the input, the escaped form has no control character
+        /// left, and text without one comes back unchanged.
+        #[test]
+        fn nothing_that_needs_escaping_survives(s in any::<String>()) {
+            let e = escape(&s);
+            prop_assert!(!e.chars().any(needs_escape), "{:?} -> {:?}", s, e);
+            if !s.chars().any(needs_escape) {
+                prop_assert_eq!(&*e, &*s);
+            }
+            prop_assert_eq!(Escaped(&s).to_string(), e.to_string());
+            let with_newline = format!("{s}\n");
+            let line = escape_line(&with_newline);
+            prop_assert_eq!(line.matches('\n').count(), 1);
+            prop_assert!(line.ends_with('\n'));
+        }
+
+        /// A clip is at most `max` bytes of the text (escaped), and says how
+        /// long the text was when it cut it.
+        #[test]
+        fn a_clip_keeps_a_prefix_and_names_the_length(s in "[a-zé\u{1F600}]{0,20}", max in 0usize..30) {
+            let c = clip(&s, max);
+            if s.len() <= max {
+                prop_assert_eq!(c, s);
+            } else {
+                let suffix = format!("... ({} bytes)", s.len());
+                prop_assert!(c.ends_with(&suffix), "{}", c);
+                let kept = &c[..c.len() - suffix.len()];
+                prop_assert!(s.starts_with(kept) && kept.len() <= max && kept.len() + 4 > max, "{:?} {} -> {:?}", s, max, c);
+            }
+        }
+    }
+
+    #[test]
+    fn each_control_is_escaped_its_own_way() {
+        for (raw, shown) in [
+            ("\n", r"\n"),
+            ("\r", r"\r"),
+            ("\t", r"\t"),
+            ("\x00", r"\u{0}"),
+            ("\x7f", r"\u{7f}"),
+            ("\u{85}", r"\u{85}"),
+            ("\u{2028}", r"\u{2028}"),
+            ("\u{2029}", r"\u{2029}"),
+            ("\u{202a}", r"\u{202a}"),
+            ("\u{2066}", r"\u{2066}"),
+            ("\u{2069}", r"\u{2069}"),
+        ] {
+            assert_eq!(escape(raw), shown, "{raw:?}");
+            assert_eq!(escape(&format!("a{raw}b")), format!("a{shown}b"));
+        }
+        for plain in ["\u{2027}", "\u{202f}", "\u{2065}", "\u{206a}", "\\", "é", " "] {
+            assert!(matches!(escape(plain), Cow::Borrowed(p) if p == plain), "{plain:?}");
+        }
+        assert!(matches!(escape_line("a\n"), Cow::Borrowed("a\n")));
+        assert_eq!(escape_line("a\tb"), r"a\tb");
+        assert_eq!(Escaped("a\x1b").to_string(), r"a\u{1b}");
+        assert_eq!(clip("abcdef", 3), "abc... (6 bytes)");
+        assert_eq!(clip("a\nb", 3), r"a\nb");
+        assert_eq!(clip("a\nbc", 3), r"a\nb... (4 bytes)");
     }
 }

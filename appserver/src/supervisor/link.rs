@@ -192,3 +192,112 @@ pub(super) async fn run(
     // status on disk just before (a race with our read) or died.
     sup.record_exit_from_disk(&proc).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::message::{ExitStatus, Stream};
+    use tokio::net::UnixListener;
+
+    /// A shim on `dir`'s socket that sends `first`, and after a `Start`
+    /// sends `then`; returns what the server sent it.
+    fn fake_shim(dir: &Dir, first: ShimEvent, then: Option<ShimEvent>) -> tokio::task::JoinHandle<Vec<ShimRequest>> {
+        let listener = UnixListener::bind(dir.path().join(state::SOCK)).unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut rd, mut wr) = connection::split(stream);
+            wr.write(&first).await.unwrap();
+            let mut got = Vec::new();
+            while let Ok(Some(req)) = rd.read::<ShimRequest>().await {
+                got.push(req);
+                if let Some(ev) = &then {
+                    wr.write(ev).await.unwrap();
+                }
+            }
+            got
+        })
+    }
+
+    fn hello(protocol: u32, pid: u32, waiting: bool) -> ShimEvent {
+        ShimEvent::Hello {
+            protocol,
+            pid,
+            started_at_ms: 5,
+            waiting,
+        }
+    }
+
+    async fn try_connect(
+        first: ShimEvent,
+        then: Option<ShimEvent>,
+        expect: Expect,
+    ) -> (Result<(u32, u64, bool), String>, Vec<ShimRequest>) {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let dir = Dir::open(tmp.path()).unwrap();
+        let shim = fake_shim(&dir, first, then);
+        let got = connect(&dir, expect)
+            .await
+            .map(|s| (s.pid, s.started_at_ms, s.pending.is_some()));
+        (got, shim.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_new_shim_must_speak_our_version_and_is_told_to_start() {
+        let started = ShimEvent::Started {
+            pid: 42,
+            started_at_ms: 6,
+        };
+        let (got, sent) = try_connect(hello(SHIM_PROTOCOL, 0, true), Some(started.clone()), Expect::New).await;
+        assert_eq!(got, Ok((42, 6, false)));
+        assert_eq!(sent, [ShimRequest::Start]);
+        let (got, sent) = try_connect(hello(OLDEST_ADOPTED, 0, true), Some(started), Expect::New).await;
+        assert_eq!(
+            got,
+            Err(format!(
+                "process supervisor speaks shim protocol {OLDEST_ADOPTED}, this cmappserver speaks {SHIM_PROTOCOL}"
+            ))
+        );
+        assert!(sent.is_empty(), "a refused shim is never told to start");
+    }
+
+    #[tokio::test]
+    async fn a_running_shim_of_any_adopted_version_is_adopted_without_a_start() {
+        for protocol in OLDEST_ADOPTED..=SHIM_PROTOCOL {
+            let (got, sent) = try_connect(hello(protocol, 7, false), None, Expect::Adopt).await;
+            assert_eq!(got, Ok((7, 5, false)), "protocol {protocol}");
+            assert!(sent.is_empty());
+        }
+        for protocol in [0, SHIM_PROTOCOL + 1] {
+            let (got, _) = try_connect(hello(protocol, 7, false), None, Expect::Adopt).await;
+            assert!(got.unwrap_err().contains(&format!("speaks shim protocol {protocol}")));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_program_that_could_not_start_is_an_exit_to_relay() {
+        let exited = ShimEvent::Exited {
+            status: ExitStatus::SpawnFailed {
+                code: 127,
+                error: "not found".into(),
+            },
+            exited_at_ms: 9,
+            tail: Vec::new(),
+        };
+        let (got, sent) = try_connect(hello(SHIM_PROTOCOL, 0, true), Some(exited), Expect::New).await;
+        assert_eq!(got, Ok((0, 9, true)));
+        assert_eq!(sent, [ShimRequest::Start]);
+    }
+
+    #[tokio::test]
+    async fn anything_but_a_hello_first_or_a_start_answer_is_refused() {
+        let out = ShimEvent::Output {
+            stream: Stream::Stdout,
+            line: "x".into(),
+        };
+        let (got, _) = try_connect(out.clone(), None, Expect::Adopt).await;
+        assert!(got.unwrap_err().ends_with("before its hello"));
+        let (got, _) = try_connect(hello(SHIM_PROTOCOL, 0, true), Some(out), Expect::New).await;
+        assert!(got.unwrap_err().ends_with("instead of starting its process"));
+    }
+}

@@ -570,4 +570,118 @@ mod tests {
         assert!(state.record("loose").is_err());
         assert!(state.records().is_empty());
     }
+
+    #[test]
+    fn records_round_trip_and_a_record_over_the_cap_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&tmp.path().join("state")).unwrap();
+        let rec = state.create_record("r1").unwrap().unwrap();
+        assert_eq!(fs::metadata(state.record_path("r1")).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(rec.path(), state.record_path("r1"));
+        let pid = PidRecord {
+            pid: 7,
+            started_at_ms: 8,
+            shim_pid: 9,
+            start_ticks: Some(10),
+        };
+        rec.write_json(PID, &pid).unwrap();
+        assert_eq!(rec.read_json::<PidRecord>(PID).unwrap(), Some(pid));
+        assert_eq!(
+            read_json::<PidRecord>(&state.record_path("r1"), PID).unwrap(),
+            Some(pid)
+        );
+        assert_eq!(rec.read_json::<ExitRecord>(EXIT).unwrap(), None);
+        let exit = ExitRecord {
+            status: ExitStatus::Code(3),
+            exited_at_ms: 4,
+        };
+        write_json(&state.record_path("r1"), EXIT, &exit).unwrap();
+        assert_eq!(rec.read_json::<ExitRecord>(EXIT).unwrap(), Some(exit));
+        // Not JSON of the right shape: an error naming the file.
+        rec.write(EXIT, b"{\"status\":").unwrap();
+        let err = rec.read_json::<ExitRecord>(EXIT).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}: ", state.record_path("r1").join(EXIT).display())),
+            "{err}"
+        );
+        // 4 MiB is read; one byte more is refused.
+        rec.write(META, &vec![b' '; 4 << 20]).unwrap();
+        assert_eq!(rec.read(META).unwrap().unwrap().len(), 4 << 20);
+        rec.write(META, &vec![b' '; (4 << 20) + 1]).unwrap();
+        let err = rec.read(META).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().ends_with("is larger than 4194304 bytes"), "{err}");
+        // Appends add lines; removal of what is not there is no error.
+        rec.append(SHIM_LOG, "a\n").unwrap();
+        rec.append(SHIM_LOG, "b\n").unwrap();
+        assert_eq!(rec.read(SHIM_LOG).unwrap().unwrap(), b"a\nb\n");
+        assert_eq!(
+            fs::metadata(state.record_path("r1").join(SHIM_LOG)).unwrap().mode() & 0o777,
+            0o600
+        );
+        rec.remove(SHIM_LOG).unwrap();
+        rec.remove(SHIM_LOG).unwrap();
+        assert_eq!(rec.read(SHIM_LOG).unwrap(), None);
+        assert_eq!(
+            fs::read(rec.fd_path(EXIT)).unwrap(),
+            fs::read(state.record_path("r1").join(EXIT)).unwrap()
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_directory_or_a_file_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&tmp.path().join("state")).unwrap();
+        let rec = state.create_record("r").unwrap().unwrap();
+        fs::create_dir(state.record_path("r").join(PID)).unwrap();
+        let err = rec.read(PID).unwrap_err();
+        assert!(err.to_string().ends_with("is not a regular file"), "{err}");
+        std::os::unix::fs::symlink(tmp.path(), tmp.path().join("link")).unwrap();
+        let err = Dir::open(&tmp.path().join("link")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("is not a directory"), "{err}");
+        let err = rec.append("sub/x", "y").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn one_server_per_state_directory_and_a_reboot_clears_the_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("a/b/state");
+        let state = StateDir::open(&root).unwrap();
+        assert_eq!(fs::metadata(&root).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(fs::metadata(root.join("procs")).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(fs::metadata(root.join("lock")).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_to_string(root.join("boot_id")).unwrap(), current_boot_id());
+        let err = StateDir::open(&root).unwrap_err();
+        assert_eq!(
+            err,
+            format!("state directory {} is in use by another cmappserver", root.display())
+        );
+        state.create_record("kept").unwrap().unwrap();
+        drop(state);
+        // Same boot: the records stay.
+        let state = StateDir::open(&root).unwrap();
+        assert_eq!(state.records().len(), 1);
+        state.record("kept").unwrap();
+        drop(state);
+        // Another boot: they are gone.
+        fs::write(root.join("boot_id"), "an earlier boot\n").unwrap();
+        let state = StateDir::open(&root).unwrap();
+        assert!(state.records().is_empty());
+        assert_eq!(fs::read_to_string(root.join("boot_id")).unwrap(), current_boot_id());
+        drop(state);
+        // A state directory others can write is refused.
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = StateDir::open(&root).unwrap_err();
+        assert!(err.contains("refusing to use it"), "{err}");
+    }
+
+    #[test]
+    fn records_are_trusted_only_from_our_own_user_and_this_boot() {
+        assert_eq!(own_uid(), nix::unistd::geteuid().as_raw());
+        assert!(!current_boot_id().is_empty());
+    }
 }
