@@ -552,3 +552,144 @@ async fn send_logs(path: std::path::PathBuf, files: u32, req: Logs, tx: mpsc::Se
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::state::StateDir;
+    use crate::supervisor::{AppSettings, Limits};
+    use common::message::{Ack, Ping, Stop, Welcome};
+
+    type Peer = (
+        connection::MessageReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+        connection::MessageWriter<tokio::io::WriteHalf<tokio::io::DuplexStream>>,
+    );
+
+    /// A session on one end of an in-memory stream, with a supervisor on a
+    /// fresh state directory; the manager's end is returned.
+    async fn session(
+        tmp: &tempfile::TempDir,
+    ) -> (Peer, tokio::task::JoinHandle<SessionEnd>, watch::Sender<Option<bool>>) {
+        let state = StateDir::open(&tmp.path().join("state")).unwrap();
+        let limits = Limits {
+            max_processes: 3,
+            stop_grace: Duration::from_secs(1),
+            exit_history: 4,
+            ack_wait: Duration::from_secs(1),
+            output: crate::supervisor::output::Settings {
+                dir: tmp.path().join("log"),
+                to_file: false,
+                to_syslog: false,
+                max_bytes: 1 << 20,
+                files: 1,
+                tail_lines: 0,
+            },
+        };
+        let settings = AppSettings {
+            environment: None,
+            oom_score_adj: 0,
+        };
+        let supervisor = Supervisor::open(state, limits, settings, "/nonexistent".into()).await;
+        let (shutdown_tx, shutdown) = watch::channel(None);
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let ctx = SessionContext {
+            supervisor,
+            idle_timeout: Duration::from_secs(30),
+            hello_timeout: Duration::from_secs(30),
+            shutdown,
+        };
+        let task = tokio::spawn(run(ours, ctx));
+        (connection::split(theirs), task, shutdown_tx)
+    }
+
+    fn hello(protocol: u32) -> Hello {
+        Hello {
+            protocol,
+            software: "test".into(),
+            manager: Some("  ".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_manager_of_another_version_is_told_so_and_the_session_ends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ((mut rd, mut wr), task, _sd) = session(&tmp).await;
+        wr.write(&hello(PROTOCOL_VERSION + 1)).await.unwrap();
+        let Some(Event::Error(e)) = rd.read::<Event>().await.unwrap() else {
+            panic!("an error reply expected")
+        };
+        assert_eq!(e.kind, ErrorKind::Version);
+        assert!(
+            e.message.starts_with(&format!(
+                "protocol version mismatch: test speaks protocol {}",
+                PROTOCOL_VERSION + 1
+            )),
+            "{}",
+            e.message
+        );
+        assert!(matches!(task.await.unwrap(), SessionEnd::Protocol(_)));
+        assert!(rd.read::<Event>().await.unwrap().is_none(), "closed after the reply");
+    }
+
+    #[tokio::test]
+    async fn requests_are_answered_and_bad_ones_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ((mut rd, mut wr), task, shutdown) = session(&tmp).await;
+        wr.write(&hello(PROTOCOL_VERSION)).await.unwrap();
+        let w: Welcome = rd.read().await.unwrap().unwrap();
+        assert_eq!((w.protocol, w.monitored, w.max_processes), (PROTOCOL_VERSION, 0, 3));
+        wr.write(&Request::Ping(Ping { seq: 7 })).await.unwrap();
+        assert_eq!(rd.read::<Event>().await.unwrap(), Some(Event::Pong(Ping { seq: 7 })));
+        let long = "i".repeat(common::message::MAX_ID_LEN + 1);
+        wr.write(&Request::Stop(Stop {
+            id: long,
+            grace_ms: None,
+        }))
+        .await
+        .unwrap();
+        let Some(Event::Error(e)) = rd.read::<Event>().await.unwrap() else {
+            panic!("an error reply expected")
+        };
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        wr.write(&Request::Stop(Stop {
+            id: "gone".into(),
+            grace_ms: None,
+        }))
+        .await
+        .unwrap();
+        let reply = rd.read::<Event>().await.unwrap();
+        assert!(
+            matches!(&reply, Some(Event::Error(e)) if e.kind == ErrorKind::NotFound),
+            "{reply:?}"
+        );
+        wr.write(&Request::Ack(Ack { id: "gone".into() })).await.unwrap();
+        assert_eq!(
+            rd.read::<Event>().await.unwrap(),
+            Some(Event::Acked(Ack { id: "gone".into() }))
+        );
+        wr.write(&Request::List).await.unwrap();
+        let Some(Event::Processes(list)) = rd.read::<Event>().await.unwrap() else {
+            panic!("a listing expected")
+        };
+        assert!(list.processes.is_empty() && !list.more);
+        shutdown.send(Some(true)).unwrap();
+        let Some(Event::ShuttingDown(s)) = rd.read::<Event>().await.unwrap() else {
+            panic!("a shutdown notice expected")
+        };
+        assert!(s.processes_keep_running);
+        assert!(matches!(task.await.unwrap(), SessionEnd::Shutdown));
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_the_limit_is_refused_after_its_hello() {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let task = tokio::spawn(refuse(ours, "too many".into(), Duration::from_secs(30)));
+        let (mut rd, mut wr) = connection::split(theirs);
+        wr.write(&hello(PROTOCOL_VERSION)).await.unwrap();
+        let Some(Event::Error(e)) = rd.read::<Event>().await.unwrap() else {
+            panic!("an error reply expected")
+        };
+        assert_eq!((e.kind, e.message.as_str()), (ErrorKind::Limit, "too many"));
+        task.await.unwrap();
+    }
+}
