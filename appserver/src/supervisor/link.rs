@@ -238,7 +238,8 @@ mod tests {
         let shim = fake_shim(&dir, first, then);
         let got = connect(&dir, expect)
             .await
-            .map(|s| (s.pid, s.started_at_ms, s.pending.is_some()));
+            .map(|s| (s.pid, s.started_at_ms, s.pending.is_some()))
+            .map_err(|e| e.to_string());
         (got, shim.await.unwrap())
     }
 

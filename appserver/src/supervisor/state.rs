@@ -657,7 +657,7 @@ mod tests {
         assert_eq!(fs::read_to_string(root.join("boot_id")).unwrap(), current_boot_id());
         let err = StateDir::open(&root).unwrap_err();
         assert_eq!(
-            err,
+            err.to_string(),
             format!("state directory {} is in use by another cmappserver", root.display())
         );
         state.create_record("kept").unwrap().unwrap();
@@ -676,7 +676,7 @@ mod tests {
         // A state directory others can write is refused.
         fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
         let err = StateDir::open(&root).unwrap_err();
-        assert!(err.contains("refusing to use it"), "{err}");
+        assert!(err.to_string().contains("refusing to use it"), "{err}");
     }
 
     #[test]
