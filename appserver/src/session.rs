@@ -560,7 +560,7 @@ mod tests {
     use crate::supervisor::{AppSettings, Limits};
     use common::message::{Ack, Ping, Stop, Welcome};
 
-    type Peer = (
+    type Manager = (
         connection::MessageReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
         connection::MessageWriter<tokio::io::WriteHalf<tokio::io::DuplexStream>>,
     );
@@ -569,7 +569,11 @@ mod tests {
     /// fresh state directory; the manager's end is returned.
     async fn session(
         tmp: &tempfile::TempDir,
-    ) -> (Peer, tokio::task::JoinHandle<SessionEnd>, watch::Sender<Option<bool>>) {
+    ) -> (
+        Manager,
+        tokio::task::JoinHandle<SessionEnd>,
+        watch::Sender<Option<bool>>,
+    ) {
         let state = StateDir::open(&tmp.path().join("state")).unwrap();
         let limits = Limits {
             max_processes: 3,
@@ -597,8 +601,14 @@ mod tests {
             idle_timeout: Duration::from_secs(30),
             hello_timeout: Duration::from_secs(30),
             shutdown,
+            policy: crate::policy::Current::default(),
+            audit: None,
         };
-        let task = tokio::spawn(run(ours, ctx));
+        let peer = super::Peer {
+            addr: "127.0.0.1:1".into(),
+            client: Arc::new(crate::policy::Client::default()),
+        };
+        let task = tokio::spawn(run(ours, ctx, peer));
         (connection::split(theirs), task, shutdown_tx)
     }
 
