@@ -602,7 +602,7 @@ mod tests {
             hello_timeout: Duration::from_secs(30),
             shutdown,
             policy: crate::policy::Current::default(),
-            audit: None,
+            audit: crate::reload::Swap::new(None),
         };
         let peer = super::Peer {
             addr: "127.0.0.1:1".into(),
