@@ -70,6 +70,21 @@ pub enum KeygenCommand {
         #[arg(long)]
         force: bool,
     },
+    /// A new certificate for the existing key in DIR's .private file (made
+    /// by keygen), replacing the .private and .public files: self-signed, or
+    /// signed by the CA in --ca-dir. Peers that pin the old certificate
+    /// must be given the new .public (README, Rotating keys)
+    Renew {
+        /// The directory of the .private file [default: as for keygen]
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Sign with the CA in this directory (ca.public, ca.private)
+        #[arg(long, value_name = "DIR")]
+        ca_dir: Option<PathBuf>,
+        /// The certificate's names [default: the old certificate's]
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+    },
 }
 
 /// Which program runs `keygen`.
@@ -125,6 +140,7 @@ pub fn run(args: &KeygenArgs, side: Side) -> Result<String, CertError> {
             names,
             force,
         }) => run_issue(ca_dir, dir.as_deref(), names, *force, side),
+        Some(KeygenCommand::Renew { dir, ca_dir, names }) => run_renew(dir.as_deref(), ca_dir.as_deref(), names, side),
     }
 }
 
@@ -210,6 +226,43 @@ fn run_pinned(args: &KeygenArgs, side: Side) -> Result<String, CertError> {
         ),
     };
     Ok(out)
+}
+
+fn run_renew(dir: Option<&Path>, ca_dir: Option<&Path>, names: &[String], side: Side) -> Result<String, CertError> {
+    let dir = dir.unwrap_or(side.default_dir());
+    let (private, public) = side.files(dir);
+    common::tls::check_key_file_mode(&private).map_err(|e| CertError::BadKey {
+        message: format!("{}: {e}", private.display()),
+    })?;
+    let text = fs::read_to_string(&private).map_err(|source| CertError::Io {
+        path: private.clone(),
+        action: "read",
+        source,
+    })?;
+    let ca = match ca_dir {
+        Some(d) => Some(crate::load_ca(&d.join("ca.public"), &d.join("ca.private"))?),
+        None => None,
+    };
+    let pem = crate::renew(&text, side.role(), names, ca.as_ref())?;
+    crate::write_private(&private, &pem.private_pem, true)?;
+    crate::write_public(&public, &pem.public_pem, true)?;
+    Ok(format!(
+        "Renewed the certificate of the key in {} ({}); wrote {} and {}.\n\
+         Next: {}\n",
+        private.display(),
+        if ca.is_some() {
+            "signed by the CA"
+        } else {
+            "self-signed"
+        },
+        private.display(),
+        public.display(),
+        if ca.is_some() {
+            "reload the daemon that uses it (systemctl reload cmappserver); managers read their files at each connection."
+        } else {
+            "give the new .public to the peers that pin this certificate (add it to their trust stores), then reload (README, Rotating keys)."
+        }
+    ))
 }
 
 fn run_ca(dir: Option<&Path>, name: Option<&str>, force: bool) -> Result<String, CertError> {

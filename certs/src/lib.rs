@@ -66,6 +66,9 @@ pub enum CertError {
     /// The CA certificate or key files are unusable.
     #[error("{}: {message}", path.display())]
     BadCa { path: PathBuf, message: String },
+    /// The key of a file to renew is unusable.
+    #[error("{message}")]
+    BadKey { message: String },
     /// rcgen failed (should not happen with valid input).
     #[error("{what}: {source}")]
     Generate {
@@ -192,7 +195,10 @@ fn leaf_params(role: Role, names: &[String]) -> Result<CertificateParams, CertEr
 /// serverAuth and clientAuth extended key usages, so tools that check
 /// purposes accept it on either end.
 pub fn self_signed(role: Role, names: &[String]) -> Result<Pem, CertError> {
-    let key = new_key()?;
+    self_signed_with(new_key()?, role, names)
+}
+
+fn self_signed_with(key: KeyPair, role: Role, names: &[String]) -> Result<Pem, CertError> {
     let mut params = leaf_params(role, names)?;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params
@@ -323,20 +329,88 @@ pub fn load_ca(cert_path: &Path, key_path: &Path) -> Result<Ca, CertError> {
 /// [`Role::Client`]). `private_pem` holds the key, the certificate and the CA
 /// certificate; the peers' trust store is `ca.cert_pem`.
 pub fn issue(ca: &Ca, role: Role, names: &[String]) -> Result<Pem, CertError> {
-    issue_with(ca, role, names, None)
+    issue_with(ca, role, names, None, new_key()?)
 }
 
 /// [`issue`], valid for `days` days from now only (a short-lived
 /// certificate, or one made to expire soon in a test).
 pub fn issue_valid_for(ca: &Ca, role: Role, names: &[String], days: u32) -> Result<Pem, CertError> {
-    issue_with(ca, role, names, Some(days))
+    issue_with(ca, role, names, Some(days), new_key()?)
 }
 
-fn issue_with(ca: &Ca, role: Role, names: &[String], days: Option<u32>) -> Result<Pem, CertError> {
+/// A new certificate for the key of an existing `*.private` file made by
+/// `keygen` (the key is kept; peers that pin the old certificate must be
+/// given the new one): signed by `ca`, or self-signed without one. `names`
+/// empty: the old certificate's names (its CN first, then its DNS and IP
+/// subject alternative names).
+pub fn renew(private_pem: &str, role: Role, names: &[String], ca: Option<&Ca>) -> Result<Pem, CertError> {
+    let block = |kind: &str| {
+        let begin = format!("-----BEGIN {kind}-----");
+        let end = format!("-----END {kind}-----");
+        let start = private_pem.find(&begin)?;
+        let stop = private_pem[start..].find(&end)? + start + end.len();
+        Some(private_pem[start..stop].to_string())
+    };
+    let key_pem = block("PRIVATE KEY").ok_or_else(|| CertError::BadKey {
+        message:
+            "no unencrypted PKCS#8 private key (\"BEGIN PRIVATE KEY\") in the file: renew works on files made by keygen"
+                .into(),
+    })?;
+    let key = KeyPair::from_pem(&key_pem).map_err(|e| CertError::BadKey {
+        message: format!("not a usable private key: {e}"),
+    })?;
+    let names = if names.is_empty() {
+        old_names(&block("CERTIFICATE").unwrap_or_default())
+    } else {
+        names.to_vec()
+    };
+    match ca {
+        Some(ca) => issue_with(ca, role, &names, None, key),
+        None => self_signed_with(key, role, &names),
+    }
+}
+
+/// The names of a certificate (PEM): its CN, then its DNS and IP SANs.
+fn old_names(cert_pem: &str) -> Vec<String> {
+    use rustls_pki_types::pem::PemObject;
+    let Some(Ok(der)) = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()).next() else {
+        return Vec::new();
+    };
+    let Ok((_, x509)) = x509_parser::parse_x509_certificate(&der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = x509
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if let Ok(Some(san)) = x509.subject_alternative_name() {
+        for n in &san.value.general_names {
+            let name = match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                    4 => <[u8; 4]>::try_from(*b)
+                        .ok()
+                        .map(|a| std::net::Ipv4Addr::from(a).to_string()),
+                    16 => <[u8; 16]>::try_from(*b)
+                        .ok()
+                        .map(|a| std::net::Ipv6Addr::from(a).to_string()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(name) = name.filter(|n| !names.contains(n)) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+fn issue_with(ca: &Ca, role: Role, names: &[String], days: Option<u32>, key: KeyPair) -> Result<Pem, CertError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(generate_error("reading the CA key"))?;
     let issuer =
         Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(generate_error("reading the CA certificate"))?;
-    let key = new_key()?;
     let mut params = leaf_params(role, names)?;
     params.extended_key_usages = vec![match role {
         Role::Server => ExtendedKeyUsagePurpose::ServerAuth,

@@ -70,6 +70,9 @@ _cmappmgr() {
             cmappmgr__subcmd__help__subcmd__keygen,issue)
                 cmd="cmappmgr__subcmd__help__subcmd__keygen__subcmd__issue"
                 ;;
+            cmappmgr__subcmd__help__subcmd__keygen,renew)
+                cmd="cmappmgr__subcmd__help__subcmd__keygen__subcmd__renew"
+                ;;
             cmappmgr__subcmd__help__subcmd__vm,deploy)
                 cmd="cmappmgr__subcmd__help__subcmd__vm__subcmd__deploy"
                 ;;
@@ -97,6 +100,9 @@ _cmappmgr() {
             cmappmgr__subcmd__keygen,issue)
                 cmd="cmappmgr__subcmd__keygen__subcmd__issue"
                 ;;
+            cmappmgr__subcmd__keygen,renew)
+                cmd="cmappmgr__subcmd__keygen__subcmd__renew"
+                ;;
             cmappmgr__subcmd__keygen__subcmd__help,ca)
                 cmd="cmappmgr__subcmd__keygen__subcmd__help__subcmd__ca"
                 ;;
@@ -105,6 +111,9 @@ _cmappmgr() {
                 ;;
             cmappmgr__subcmd__keygen__subcmd__help,issue)
                 cmd="cmappmgr__subcmd__keygen__subcmd__help__subcmd__issue"
+                ;;
+            cmappmgr__subcmd__keygen__subcmd__help,renew)
+                cmd="cmappmgr__subcmd__keygen__subcmd__help__subcmd__renew"
                 ;;
             cmappmgr__subcmd__vm,deploy)
                 cmd="cmappmgr__subcmd__vm__subcmd__deploy"
@@ -313,7 +322,7 @@ _cmappmgr() {
             return 0
             ;;
         cmappmgr__subcmd__help__subcmd__keygen)
-            opts="ca issue"
+            opts="ca issue renew"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -341,6 +350,20 @@ _cmappmgr() {
             return 0
             ;;
         cmappmgr__subcmd__help__subcmd__keygen__subcmd__issue)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        cmappmgr__subcmd__help__subcmd__keygen__subcmd__renew)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -481,7 +504,7 @@ _cmappmgr() {
             return 0
             ;;
         cmappmgr__subcmd__keygen)
-            opts="-h --dir --name --force --help ca issue help"
+            opts="-h --dir --name --force --help ca issue renew help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -525,7 +548,7 @@ _cmappmgr() {
             return 0
             ;;
         cmappmgr__subcmd__keygen__subcmd__help)
-            opts="ca issue help"
+            opts="ca issue renew help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -580,6 +603,20 @@ _cmappmgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        cmappmgr__subcmd__keygen__subcmd__help__subcmd__renew)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         cmappmgr__subcmd__keygen__subcmd__issue)
             opts="-h --ca-dir --dir --name --force --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -592,6 +629,32 @@ _cmappmgr() {
                     return 0
                     ;;
                 --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        cmappmgr__subcmd__keygen__subcmd__renew)
+            opts="-h --dir --ca-dir --name --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -67,13 +67,14 @@ complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand logs" -s f -l follow -
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand logs" -s v -l verbose -d 'Log debugging detail'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand logs" -l no_syslog -d 'Do not log to syslog (stderr only)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand logs" -s h -l help -d 'Print help'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -l dir -d 'Directory to write into [default: /etc for cmappmgr, /opt/hp/cmappserver for cmappserver]' -r -F
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -l name -d 'A name (host name or IP address) of this machine; repeat for more. The first is the certificate\'s common name [default: the host name]' -r
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -l force -d 'Overwrite existing files'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -s h -l help -d 'Print help'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -f -a "ca" -d 'Create a certificate authority: ca.public (its certificate, the trust store of CA mode) and ca.private (its key)'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -f -a "issue" -d 'Sign a certificate for this machine with a CA made by `keygen ca`'
-complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -l dir -d 'Directory to write into [default: /etc for cmappmgr, /opt/hp/cmappserver for cmappserver]' -r -F
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -l name -d 'A name (host name or IP address) of this machine; repeat for more. The first is the certificate\'s common name [default: the host name]' -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -l force -d 'Overwrite existing files'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -s h -l help -d 'Print help'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -f -a "ca" -d 'Create a certificate authority: ca.public (its certificate, the trust store of CA mode) and ca.private (its key)'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -f -a "issue" -d 'Sign a certificate for this machine with a CA made by `keygen ca`'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -f -a "renew" -d 'A new certificate for the existing key in DIR\'s .private file (made by keygen), replacing the .private and .public files: self-signed, or signed by the CA in --ca-dir. Peers that pin the old certificate must be given the new .public (README, Rotating keys)'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_seen_subcommand_from ca" -l dir -d 'Directory to write into [default: the current directory]' -r -F
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_seen_subcommand_from ca" -l name -d 'The CA\'s name [default: "cmapp CA on <host name>"]' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_seen_subcommand_from ca" -l force -d 'Overwrite existing files'
@@ -83,8 +84,13 @@ complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_see
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_seen_subcommand_from issue" -l name -d 'A name (host name or IP address) of this machine; repeat for more. The first is the common name [default: the host name]' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_seen_subcommand_from issue" -l force -d 'Overwrite existing files'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_seen_subcommand_from issue" -s h -l help -d 'Print help'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_seen_subcommand_from renew" -l dir -d 'The directory of the .private file [default: as for keygen]' -r -F
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_seen_subcommand_from renew" -l ca-dir -d 'Sign with the CA in this directory (ca.public, ca.private)' -r -F
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_seen_subcommand_from renew" -l name -d 'The certificate\'s names [default: the old certificate\'s]' -r
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_seen_subcommand_from renew" -s h -l help -d 'Print help'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_seen_subcommand_from help" -f -a "ca" -d 'Create a certificate authority: ca.public (its certificate, the trust store of CA mode) and ca.private (its key)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_seen_subcommand_from help" -f -a "issue" -d 'Sign a certificate for this machine with a CA made by `keygen ca`'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_seen_subcommand_from help" -f -a "renew" -d 'A new certificate for the existing key in DIR\'s .private file (made by keygen), replacing the .private and .public files: self-signed, or signed by the CA in --ca-dir. Peers that pin the old certificate must be given the new .public (README, Rotating keys)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand keygen; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -l connect -d 'libvirt connection URI' -r
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand vm; and not __fish_seen_subcommand_from start stop monitor validate maintenance deploy help" -l virsh -d 'The virsh program' -r -F
@@ -188,6 +194,7 @@ complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_s
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and not __fish_seen_subcommand_from check status logs keygen vm demo generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and __fish_seen_subcommand_from keygen" -f -a "ca" -d 'Create a certificate authority: ca.public (its certificate, the trust store of CA mode) and ca.private (its key)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and __fish_seen_subcommand_from keygen" -f -a "issue" -d 'Sign a certificate for this machine with a CA made by `keygen ca`'
+complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and __fish_seen_subcommand_from keygen" -f -a "renew" -d 'A new certificate for the existing key in DIR\'s .private file (made by keygen), replacing the .private and .public files: self-signed, or signed by the CA in --ca-dir. Peers that pin the old certificate must be given the new .public (README, Rotating keys)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "start" -d 'Start the guest unless it runs; wait until it runs (and its cmappserver answers)'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "stop" -d 'Shut the guest down gracefully, then force it off after --timeout'
 complete -c cmappmgr -n "__fish_cmappmgr_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "monitor" -d 'Watch the guest until it stops running (the package\'s guest-monitor service)'

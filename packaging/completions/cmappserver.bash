@@ -58,6 +58,9 @@ _cmappserver() {
             cmappserver__subcmd__help__subcmd__keygen,issue)
                 cmd="cmappserver__subcmd__help__subcmd__keygen__subcmd__issue"
                 ;;
+            cmappserver__subcmd__help__subcmd__keygen,renew)
+                cmd="cmappserver__subcmd__help__subcmd__keygen__subcmd__renew"
+                ;;
             cmappserver__subcmd__keygen,ca)
                 cmd="cmappserver__subcmd__keygen__subcmd__ca"
                 ;;
@@ -67,6 +70,9 @@ _cmappserver() {
             cmappserver__subcmd__keygen,issue)
                 cmd="cmappserver__subcmd__keygen__subcmd__issue"
                 ;;
+            cmappserver__subcmd__keygen,renew)
+                cmd="cmappserver__subcmd__keygen__subcmd__renew"
+                ;;
             cmappserver__subcmd__keygen__subcmd__help,ca)
                 cmd="cmappserver__subcmd__keygen__subcmd__help__subcmd__ca"
                 ;;
@@ -75,6 +81,9 @@ _cmappserver() {
                 ;;
             cmappserver__subcmd__keygen__subcmd__help,issue)
                 cmd="cmappserver__subcmd__keygen__subcmd__help__subcmd__issue"
+                ;;
+            cmappserver__subcmd__keygen__subcmd__help,renew)
+                cmd="cmappserver__subcmd__keygen__subcmd__help__subcmd__renew"
                 ;;
             *)
                 ;;
@@ -213,7 +222,7 @@ _cmappserver() {
             return 0
             ;;
         cmappserver__subcmd__help__subcmd__keygen)
-            opts="ca issue"
+            opts="ca issue renew"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -241,6 +250,20 @@ _cmappserver() {
             return 0
             ;;
         cmappserver__subcmd__help__subcmd__keygen__subcmd__issue)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        cmappserver__subcmd__help__subcmd__keygen__subcmd__renew)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -283,7 +306,7 @@ _cmappserver() {
             return 0
             ;;
         cmappserver__subcmd__keygen)
-            opts="-c -h --dir --name --force --conf --help ca issue help"
+            opts="-c -h --dir --name --force --conf --help ca issue renew help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -343,7 +366,7 @@ _cmappserver() {
             return 0
             ;;
         cmappserver__subcmd__keygen__subcmd__help)
-            opts="ca issue help"
+            opts="ca issue renew help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -398,6 +421,20 @@ _cmappserver() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        cmappserver__subcmd__keygen__subcmd__help__subcmd__renew)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         cmappserver__subcmd__keygen__subcmd__issue)
             opts="-c -h --ca-dir --dir --name --force --conf --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -410,6 +447,40 @@ _cmappserver() {
                     return 0
                     ;;
                 --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --conf)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        cmappserver__subcmd__keygen__subcmd__renew)
+            opts="-c -h --dir --ca-dir --name --conf --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -37,14 +37,15 @@ complete -c cmappserver -n "__fish_cmappserver_needs_command" -f -a "disk-mon" -
 complete -c cmappserver -n "__fish_cmappserver_needs_command" -f -a "shim" -d 'Internal: supervise one process (started by cmappserver itself)'
 complete -c cmappserver -n "__fish_cmappserver_needs_command" -f -a "generate" -d 'Internal: write the man page and shell completions under DIR'
 complete -c cmappserver -n "__fish_cmappserver_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -l dir -d 'Directory to write into [default: /etc for cmappmgr, /opt/hp/cmappserver for cmappserver]' -r -F
-complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -l name -d 'A name (host name or IP address) of this machine; repeat for more. The first is the certificate\'s common name [default: the host name]' -r
-complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -s c -l conf -d 'Configuration file' -r -F
-complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -l force -d 'Overwrite existing files'
-complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -s h -l help -d 'Print help'
-complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -f -a "ca" -d 'Create a certificate authority: ca.public (its certificate, the trust store of CA mode) and ca.private (its key)'
-complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -f -a "issue" -d 'Sign a certificate for this machine with a CA made by `keygen ca`'
-complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -l dir -d 'Directory to write into [default: /etc for cmappmgr, /opt/hp/cmappserver for cmappserver]' -r -F
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -l name -d 'A name (host name or IP address) of this machine; repeat for more. The first is the certificate\'s common name [default: the host name]' -r
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -s c -l conf -d 'Configuration file' -r -F
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -l force -d 'Overwrite existing files'
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -s h -l help -d 'Print help'
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -f -a "ca" -d 'Create a certificate authority: ca.public (its certificate, the trust store of CA mode) and ca.private (its key)'
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -f -a "issue" -d 'Sign a certificate for this machine with a CA made by `keygen ca`'
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -f -a "renew" -d 'A new certificate for the existing key in DIR\'s .private file (made by keygen), replacing the .private and .public files: self-signed, or signed by the CA in --ca-dir. Peers that pin the old certificate must be given the new .public (README, Rotating keys)'
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and __fish_seen_subcommand_from ca" -l dir -d 'Directory to write into [default: the current directory]' -r -F
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and __fish_seen_subcommand_from ca" -l name -d 'The CA\'s name [default: "cmapp CA on <host name>"]' -r
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and __fish_seen_subcommand_from ca" -s c -l conf -d 'Configuration file' -r -F
@@ -56,8 +57,14 @@ complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and __fi
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and __fish_seen_subcommand_from issue" -s c -l conf -d 'Configuration file' -r -F
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and __fish_seen_subcommand_from issue" -l force -d 'Overwrite existing files'
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and __fish_seen_subcommand_from issue" -s h -l help -d 'Print help'
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and __fish_seen_subcommand_from renew" -l dir -d 'The directory of the .private file [default: as for keygen]' -r -F
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and __fish_seen_subcommand_from renew" -l ca-dir -d 'Sign with the CA in this directory (ca.public, ca.private)' -r -F
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and __fish_seen_subcommand_from renew" -l name -d 'The certificate\'s names [default: the old certificate\'s]' -r
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and __fish_seen_subcommand_from renew" -s c -l conf -d 'Configuration file' -r -F
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and __fish_seen_subcommand_from renew" -s h -l help -d 'Print help'
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and __fish_seen_subcommand_from help" -f -a "ca" -d 'Create a certificate authority: ca.public (its certificate, the trust store of CA mode) and ca.private (its key)'
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and __fish_seen_subcommand_from help" -f -a "issue" -d 'Sign a certificate for this machine with a CA made by `keygen ca`'
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and __fish_seen_subcommand_from help" -f -a "renew" -d 'A new certificate for the existing key in DIR\'s .private file (made by keygen), replacing the .private and .public files: self-signed, or signed by the CA in --ca-dir. Peers that pin the old certificate must be given the new .public (README, Rotating keys)'
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand net-mon" -s c -l conf -d 'Configuration file' -r -F
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand disk-mon" -s c -l conf -d 'Configuration file' -r -F
@@ -73,3 +80,4 @@ complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and not __
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and not __fish_seen_subcommand_from keygen net-mon disk-mon shim generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and __fish_seen_subcommand_from keygen" -f -a "ca" -d 'Create a certificate authority: ca.public (its certificate, the trust store of CA mode) and ca.private (its key)'
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and __fish_seen_subcommand_from keygen" -f -a "issue" -d 'Sign a certificate for this machine with a CA made by `keygen ca`'
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and __fish_seen_subcommand_from keygen" -f -a "renew" -d 'A new certificate for the existing key in DIR\'s .private file (made by keygen), replacing the .private and .public files: self-signed, or signed by the CA in --ca-dir. Peers that pin the old certificate must be given the new .public (README, Rotating keys)'

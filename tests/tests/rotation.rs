@@ -176,3 +176,87 @@ fn expiring_certificates_are_warned_about_at_check_config_start_and_by_cmappmgr_
         "{err}"
     );
 }
+
+#[test]
+fn keygen_renew_makes_a_new_certificate_for_the_same_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let run = |bin: &str, args: &[&str]| {
+        let out = std::process::Command::new(cmapp_tests::bin(bin))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{bin} {args:?}: {text}");
+        text
+    };
+    let d = dir.join("guest");
+    let ds = d.to_str().unwrap();
+    run(
+        "cmappserver",
+        &["keygen", "--dir", ds, "--name", "guest1", "--name", "10.0.0.21"],
+    );
+    let read = |n: &str| std::fs::read_to_string(d.join(n)).unwrap();
+    let key_of = |pem: &str| pem[..pem.find("-----END PRIVATE KEY-----").unwrap()].to_string();
+    let (old_private, old_public) = (read("server.private"), read("server.public"));
+
+    let text = run("cmappserver", &["keygen", "renew", "--dir", ds]);
+    assert!(text.contains("self-signed"), "{text}");
+    let (new_private, new_public) = (read("server.private"), read("server.public"));
+    assert_eq!(key_of(&new_private), key_of(&old_private), "the key is kept");
+    assert_ne!(new_public, old_public, "a new certificate");
+    let shown = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(d.join("server.public"))
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("CN=guest1") || shown.contains("CN = guest1"), "{shown}");
+    assert!(
+        shown.contains("DNS:guest1") && shown.contains("IP Address:10.0.0.21"),
+        "{shown}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(d.join("server.private"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    // Signed by a CA: the same key, a certificate the CA vouches for.
+    let c = dir.join("ca");
+    run("cmappmgr", &["keygen", "ca", "--dir", c.to_str().unwrap()]);
+    run(
+        "cmappserver",
+        &["keygen", "renew", "--dir", ds, "--ca-dir", c.to_str().unwrap()],
+    );
+    assert_eq!(key_of(&read("server.private")), key_of(&old_private));
+    let verify = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(c.join("ca.public"))
+        .arg(d.join("server.public"))
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    // And the renewed store loads: --check-config with it.
+    let conf = dir.join("cmappserver.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "keyStore={}\ntrustStore={}\nstateDir={}\n",
+            d.join("server.private").display(),
+            c.join("ca.public").display(),
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    run("cmappserver", &["--check-config", "--conf", conf.to_str().unwrap()]);
+}
