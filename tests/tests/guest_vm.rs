@@ -150,7 +150,12 @@ fn guest_applications_report_exit_codes_and_signals() {
     assert!(m.err.contains(&format!("on {}", qemu::node())), "{}", m.err.text());
 
     // Killed from inside the guest by another cmappmgr's command.
-    let mut victim = lab.mgr(10.0, &["/bin/sh", "-c", "echo \"app-pid=$$\"; exec sleep 1000"]);
+    // Forwarded: the test reads the pid the running application prints.
+    let mut victim = lab.mgr_with(
+        10.0,
+        &["-forward_output"],
+        &["/bin/sh", "-c", "echo \"app-pid=$$\"; exec sleep 1000"],
+    );
     let pid = started_pid(&victim);
     let echoed = victim
         .out
