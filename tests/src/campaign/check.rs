@@ -166,13 +166,22 @@ pub fn judge(h: &History) -> Verdict {
             d.service, d.pid, d.at, d.holder
         ));
     }
-    let runs: HashMap<(&str, u32), &AppRun> = h.apps.iter().map(|r| ((r.service.as_str(), r.pid), r)).collect();
-    let shim_killed = |pid: u32| h.shim_kills.iter().any(|(p, _)| *p == pid);
+    // Pids are reused in a long campaign: a pid at an instant names the
+    // run of that pid (and service) that had started by then, the latest.
+    let run_at = |service: Option<&str>, pid: u32, t: Ms| -> Option<usize> {
+        h.apps
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.pid == pid && r.started <= t + 50 && service.is_none_or(|s| r.service == s))
+            .max_by_key(|(_, r)| r.started)
+            .map(|(i, _)| i)
+    };
+    let shim_killed = |run: usize| h.shim_kills.iter().any(|(p, t)| run_at(None, *p, *t) == Some(run));
     let rebooted_after = |t: Ms| h.reboots.iter().any(|r| *r + 50 >= t);
     let outages = merged(&h.outages);
     let mut pid_zero = Vec::new();
-    // Exits reported to some manager, by (service, pid).
-    let mut reported: HashMap<(&str, u32), i32> = HashMap::new();
+    // Exits reported to some manager, by run.
+    let mut reported: HashMap<usize, i32> = HashMap::new();
 
     for m in &h.managers {
         let who = format!("manager {} of {} (pid {})", m.mgr_pid, m.service, m.mgr_pid);
@@ -192,7 +201,8 @@ pub fn judge(h: &History) -> Verdict {
                 .map(|r| r.pid);
             pid_zero.push(format!("{who}: attached to running {} (pid 0)", m.service));
         }
-        let run = pid.and_then(|p| runs.get(&(m.service.as_str(), p)).copied());
+        let idx = pid.and_then(|p| run_at(Some(&m.service), p, m.ended));
+        let run = idx.map(|i| &h.apps[i]);
         // What it reported: its exit code, or, killed after it printed the
         // exit, the code it printed (the package log has it).
         let outcome = m.code.or(m.printed);
@@ -209,7 +219,7 @@ pub fn judge(h: &History) -> Verdict {
             };
             match run.and_then(|r| r.exit) {
                 Some((code, _)) if code == c => {
-                    if let Some(other) = reported.insert((m.service.as_str(), p), c) {
+                    if let Some(other) = idx.and_then(|i| reported.insert(i, c)) {
                         if other != c {
                             v.push(format!(
                                 "pid {p} of {} reported as two different exits: {other} and {c}",
@@ -232,8 +242,8 @@ pub fn judge(h: &History) -> Verdict {
         match c {
             0 if m.signalled == Some("TERM") => {}
             70 => match pid {
-                Some(p) if shim_killed(p) => {
-                    reported.insert((m.service.as_str(), p), 70);
+                Some(_) if idx.is_some_and(shim_killed) => {
+                    reported.insert(idx.unwrap_or_default(), 70);
                 }
                 Some(p) => v.push(format!(
                     "{who} was told the exit status of pid {p} was lost (70), though its shim was never killed{}; {}",
@@ -289,11 +299,10 @@ pub fn judge(h: &History) -> Verdict {
         }
     }
 
-    for r in &h.apps {
-        let key = (r.service.as_str(), r.pid);
+    for (i, r) in h.apps.iter().enumerate() {
         match r.exit {
             Some((code, at)) => {
-                if reported.contains_key(&key) || shim_killed(r.pid) || rebooted_after(at) {
+                if reported.contains_key(&i) || shim_killed(i) || rebooted_after(at) {
                     continue;
                 }
                 v.push(format!(
@@ -303,7 +312,7 @@ pub fn judge(h: &History) -> Verdict {
             }
             None => {
                 // Killed: only a reboot or the end of a killed shim may do that.
-                if !shim_killed(r.pid) && !h.reboots.iter().any(|t| *t >= r.started) {
+                if !shim_killed(i) && !h.reboots.iter().any(|t| *t >= r.started) {
                     v.push(format!(
                         "{} pid {} (started at {}) never exited, and neither a reboot nor its shim's end explains it",
                         r.service, r.pid, r.started
@@ -428,6 +437,26 @@ mod tests {
         assert!(v.len() == 1 && v[0].contains("3.5 s, shorter"), "{v:?}");
         h.outages.push((10_000, 16_000, "partition"));
         assert_eq!(check(&h), Vec::<String>::new());
+    }
+
+    /// Found in the long run: pids wrap (pid_max 32768 here), and one
+    /// service's processes may share a pid an hour apart.
+    #[test]
+    fn a_reused_pid_names_the_run_of_its_time() {
+        let mut h = history();
+        h.apps = vec![
+            app("s1", 10, 0, Some((42, 500))),
+            app("s1", 10, 90_000, Some((25, 90_500))),
+        ];
+        h.managers = vec![
+            mgr("s1", &[10], 0, 520, Some(42)),
+            mgr("s1", &[10], 89_900, 90_600, Some(25)),
+        ];
+        h.shim_kills.push((10, 200));
+        assert_eq!(check(&h), Vec::<String>::new());
+        h.managers[1].code = Some(70);
+        let v = check(&h);
+        assert!(v.iter().any(|l| l.contains("lost (70)")), "{v:?}");
     }
 
     #[test]

@@ -640,8 +640,10 @@ impl Campaign<'_> {
                 if self.now.disk.is_some() {
                     return;
                 }
+                // Full from the first write that fails, during the filling.
+                let since = now_ms();
                 self.fs.fill();
-                self.now.disk = Some((now_ms(), now + Duration::from_millis(r.u64(500..5000))));
+                self.now.disk = Some((since, now + Duration::from_millis(r.u64(500..5000))));
             }
             _ => unreachable!(),
         }
