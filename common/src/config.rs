@@ -1552,6 +1552,12 @@ trustStorePassword=public
             ("outputLogSize", "4K", |c| c.output_log_size == 4096),
             ("outputLogFiles", "100", |c| c.output_log_files == 100),
             ("outputTail", "0", |c| c.output_tail == 0),
+            ("allowedClients", "CN=a*", |c| {
+                c.allowed_clients.as_ref().map(|e| e.value.as_str()) == Some("CN=a*")
+            }),
+            ("auditLog", "/audit", |c| {
+                c.audit_log.as_deref() == Some(Path::new("/audit"))
+            }),
         ]
     }
 
@@ -1649,6 +1655,8 @@ trustStorePassword=public
                 "outputLogSize" => back.output_log_size = d.output_log_size,
                 "outputLogFiles" => back.output_log_files = d.output_log_files,
                 "outputTail" => back.output_tail = d.output_tail,
+                "allowedClients" => back.allowed_clients = d.allowed_clients.clone(),
+                "auditLog" => back.audit_log = d.audit_log.clone(),
                 other => panic!("{other} has no setting in this test"),
             }
             prop_assert_eq!(back, d);
@@ -1977,5 +1985,41 @@ trustStorePassword=public
                 ("c".to_string(), "3".to_string(), 5),
             ]
         );
+    }
+
+    #[test]
+    fn every_size_is_bounded_at_both_ends_in_any_unit() {
+        let server_size =
+            |v: &str| ServerConfig::parse(Path::new("s"), &format!("outputLogSize={v}\n")).map(|c| c.output_log_size);
+        for (v, n) in [
+            ("4096", 4096),
+            ("4k", 4096),
+            ("4K", 4096),
+            ("1m", 1 << 20),
+            ("2G", 2 << 30),
+            ("1024G", 1 << 40),
+        ] {
+            assert_eq!(server_size(v), Ok(n), "{v}");
+        }
+        for v in ["4095", "1025G", "3"] {
+            assert_eq!(
+                server_size(v).unwrap_err().to_string(),
+                format!("s:1: outputLogSize={v} must be between 4096 and 1099511627776 bytes")
+            );
+        }
+        for v in ["4T", "x", "K", "-1", "99999999999999999999", "18014398509481984K"] {
+            assert_eq!(
+                server_size(v).unwrap_err().to_string(),
+                format!("s:1: outputLogSize={v} is not a size (bytes, or with K, M or G)")
+            );
+        }
+        let manager_rate = |v: &str| {
+            ManagerConfig::parse(Path::new("m"), &format!("forwardBytesPerSecond={v}\n"))
+                .map(|c| c.forward_bytes_per_sec)
+        };
+        assert_eq!(manager_rate("1024"), Ok(1024));
+        assert_eq!(manager_rate("1G"), Ok(1 << 30));
+        assert!(manager_rate("1023").is_err());
+        assert!(manager_rate("1073741825").is_err());
     }
 }
