@@ -36,6 +36,7 @@ install_cargo_tools() {
   cargo_tool cargo-nextest
   cargo_tool cargo-deb
   cargo_tool cargo-zigbuild
+  cargo_tool cargo-mutants   # .ci/mutants: mutation testing of the changed code
   cargo_tool vhost-device-vsock   # the guests' virtio-vsock device (guest_vm.rs); about 2 min to build
   cargo_tool cargo-machete   # .ci/run: no declared dependency goes unused
   cargo_tool cargo-deny      # .ci/run: licenses, duplicate versions, sources (deny.toml); a few minutes to build
