@@ -302,7 +302,10 @@ fn deb_install_upgrade_under_a_monitored_application_remove_and_purge() {
         assert!(Path::new(kept).exists(), "{kept} (configuration) is gone after remove");
     }
 
-    // Purge: nothing left.
+    // Purge: nothing left, the applications' output logs included (the
+    // application here writes none: one stands in for them).
+    std::fs::create_dir_all("/var/log/cmappserver").unwrap();
+    std::fs::write("/var/log/cmappserver/app-0000.log", "a line\n").unwrap();
     let out = ok(
         "dpkg -P",
         run(Command::new("dpkg").args(["-P", "cmappserver", "cmappmgr"])),
@@ -311,6 +314,7 @@ fn deb_install_upgrade_under_a_monitored_application_remove_and_purge() {
     for gone in [
         "/opt/hp",
         "/var/lib/cmappserver",
+        "/var/log/cmappserver",
         "/etc/cmappmgr.conf",
         "/etc/init.d/cmappserver",
         PIDFILE,
