@@ -9,6 +9,7 @@
 //! | `policy`       | the command policy: who may run what, as whom                 |
 //! | `runas`        | `cmappserver run-as`: becoming a rule's user before the exec  |
 //! | `audit`        | the audit log: one JSON line per authenticated request        |
+//! | `reload`       | what SIGHUP replaces: TLS material, policy, audit log         |
 //! | `notify`       | systemd readiness, status and watchdog                        |
 //! | `manual`       | the man page's sections beyond the command line               |
 //!

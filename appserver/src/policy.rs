@@ -51,38 +51,13 @@ impl Client {
     }
 
     pub fn from_der(der: &[u8]) -> Client {
-        use x509_parser::extensions::GeneralName;
         let fingerprint = hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref());
-        let Ok((_, x509)) = x509_parser::parse_x509_certificate(der) else {
-            return Client {
-                fingerprint,
-                ..Client::default()
-            };
-        };
-        let mut names: Vec<String> = x509
-            .subject()
-            .iter_common_name()
-            .filter_map(|cn| cn.as_str().ok().map(str::to_string))
-            .collect();
-        if let Ok(Some(san)) = x509.subject_alternative_name() {
-            for n in &san.value.general_names {
-                match n {
-                    GeneralName::DNSName(d) | GeneralName::URI(d) => names.push((*d).to_string()),
-                    GeneralName::IPAddress(b) => match b.len() {
-                        4 => names
-                            .push(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).unwrap_or_default()).to_string()),
-                        16 => names
-                            .push(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).unwrap_or_default()).to_string()),
-                        _ => {}
-                    },
-                    _ => {}
-                }
-            }
-        }
-        names.dedup();
+        let subject = x509_parser::parse_x509_certificate(der)
+            .map(|(_, x509)| x509.subject().to_string())
+            .unwrap_or_default();
         Client {
-            subject: x509.subject().to_string(),
-            names,
+            subject,
+            names: common::tls::certificate_names(der, true),
             fingerprint,
         }
     }

@@ -373,38 +373,10 @@ pub fn renew(private_pem: &str, role: Role, names: &[String], ca: Option<&Ca>) -
 /// The names of a certificate (PEM): its CN, then its DNS and IP SANs.
 fn old_names(cert_pem: &str) -> Vec<String> {
     use rustls_pki_types::pem::PemObject;
-    let Some(Ok(der)) = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()).next() else {
-        return Vec::new();
-    };
-    let Ok((_, x509)) = x509_parser::parse_x509_certificate(&der) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = x509
-        .subject()
-        .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
-        .collect();
-    if let Ok(Some(san)) = x509.subject_alternative_name() {
-        for n in &san.value.general_names {
-            let name = match n {
-                x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
-                x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
-                    4 => <[u8; 4]>::try_from(*b)
-                        .ok()
-                        .map(|a| std::net::Ipv4Addr::from(a).to_string()),
-                    16 => <[u8; 16]>::try_from(*b)
-                        .ok()
-                        .map(|a| std::net::Ipv6Addr::from(a).to_string()),
-                    _ => None,
-                },
-                _ => None,
-            };
-            if let Some(name) = name.filter(|n| !names.contains(n)) {
-                names.push(name);
-            }
-        }
+    match rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()).next() {
+        Some(Ok(der)) => common::tls::certificate_names(&der, false),
+        _ => Vec::new(),
     }
-    names
 }
 
 fn issue_with(ca: &Ca, role: Role, names: &[String], days: Option<u32>, key: KeyPair) -> Result<Pem, CertError> {

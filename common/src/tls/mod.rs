@@ -221,25 +221,44 @@ pub fn peer_identity(conn: &rustls::CommonState) -> String {
 
 /// The subject CN of a certificate, or else its first subject alternative name.
 pub(super) fn certificate_name(cert: &CertificateDer<'_>) -> Option<String> {
+    certificate_names(cert, false).into_iter().next()
+}
+
+/// A certificate's names: its subject CN(s), then its DNS, IP and (with
+/// `uris`) URI subject alternative names, in that order, without repeats.
+/// Empty for bytes that are not a certificate.
+pub fn certificate_names(cert: &[u8], uris: bool) -> Vec<String> {
     use x509_parser::extensions::GeneralName;
-    let (_, x509) = x509_parser::parse_x509_certificate(cert).ok()?;
-    if let Some(cn) = x509.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()) {
-        return Some(cn.to_string());
+    let Ok((_, x509)) = x509_parser::parse_x509_certificate(cert) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = x509
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if let Ok(Some(san)) = x509.subject_alternative_name() {
+        for n in &san.value.general_names {
+            let name = match n {
+                GeneralName::DNSName(d) => Some((*d).to_string()),
+                GeneralName::URI(u) if uris => Some((*u).to_string()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => <[u8; 4]>::try_from(*b)
+                        .ok()
+                        .map(|a| std::net::Ipv4Addr::from(a).to_string()),
+                    16 => <[u8; 16]>::try_from(*b)
+                        .ok()
+                        .map(|a| std::net::Ipv6Addr::from(a).to_string()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(name) = name.filter(|n| !names.contains(n)) {
+                names.push(name);
+            }
+        }
     }
-    let san = x509.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|name| match name {
-        GeneralName::DNSName(dns) => Some((*dns).to_string()),
-        GeneralName::IPAddress(bytes) => match bytes.len() {
-            4 => <[u8; 4]>::try_from(*bytes)
-                .ok()
-                .map(|b| std::net::Ipv4Addr::from(b).to_string()),
-            16 => <[u8; 16]>::try_from(*bytes)
-                .ok()
-                .map(|b| std::net::Ipv6Addr::from(b).to_string()),
-            _ => None,
-        },
-        _ => None,
-    })
+    names
 }
 
 /// Fuzz entry point (see [`crate::fuzzing`]): the key store and trust store
