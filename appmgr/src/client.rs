@@ -331,7 +331,14 @@ pub struct Client {
     rd: MessageReader<ReadHalf<Tls>>,
     wr: MessageWriter<WriteHalf<Tls>>,
     pub welcome: Welcome,
+    /// Output lines that arrived while [`call`](Self::call) waited for its
+    /// answer (a launched application may print before its `started` reply
+    /// is written), handed out first by [`next_event`](Self::next_event).
+    held: std::collections::VecDeque<Event>,
 }
+
+/// At most this many output lines are held during one call (the oldest go).
+const HELD_MAX: usize = 1000;
 
 impl Client {
     async fn hello(tls: Tls, limit: Duration, hello: &Hello) -> Result<Client, ClientError> {
@@ -365,7 +372,12 @@ impl Client {
             Ok(Ok(Some(v))) => v,
         };
         match reply {
-            HelloReply::Welcome(welcome) => Ok(Client { rd, wr, welcome }),
+            HelloReply::Welcome(welcome) => Ok(Client {
+                rd,
+                wr,
+                welcome,
+                held: Default::default(),
+            }),
             HelloReply::Refused(Refusal::Error(e)) => Err(match e.kind {
                 ErrorKind::Version => ClientError::Version(e.message),
                 // The server's session limit: a later attempt may find room.
@@ -389,6 +401,13 @@ impl Client {
 
     /// The next event; `Ok(None)` when the server closed the connection.
     pub async fn next_event(&mut self) -> Result<Option<Event>, ClientError> {
+        if let Some(ev) = self.held.pop_front() {
+            return Ok(Some(ev));
+        }
+        self.read_wire().await
+    }
+
+    async fn read_wire(&mut self) -> Result<Option<Event>, ClientError> {
         self.rd
             .read()
             .await
@@ -398,7 +417,17 @@ impl Client {
     /// The next event before `deadline`. Running out of time, or the server
     /// closing the connection, is `Unreachable` (retryable) while `doing`.
     pub async fn next_before(&mut self, deadline: Instant, doing: &'static str) -> Result<Event, ClientError> {
-        match tokio::time::timeout_at(deadline, self.next_event()).await {
+        if let Some(ev) = self.held.pop_front() {
+            return Ok(ev);
+        }
+        Self::answer_or_unreachable(tokio::time::timeout_at(deadline, self.read_wire()).await, doing)
+    }
+
+    fn answer_or_unreachable(
+        read: Result<Result<Option<Event>, ClientError>, tokio::time::error::Elapsed>,
+        doing: &'static str,
+    ) -> Result<Event, ClientError> {
+        match read {
             Err(_) => Err(ClientError::unreachable(doing, Cause::TimedOut)),
             Ok(Err(e)) => Err(e),
             Ok(Ok(None)) => Err(ClientError::unreachable(doing, Cause::Closed)),
@@ -407,14 +436,23 @@ impl Client {
     }
 
     /// Sends `req` and returns the first event that is not an output line
-    /// or another push (those are skipped: a caller of `call` is not attached),
-    /// nor the pong of an earlier ping.
+    /// or another push, nor the pong of an earlier ping. Output lines are
+    /// held for [`next_event`](Self::next_event): those of a process being
+    /// launched may come before its `started` reply.
     pub async fn call(&mut self, req: &Request, limit: Duration) -> Result<Event, ClientError> {
         self.send(req).await?;
         let deadline = Instant::now() + limit;
+        let doing = "waiting for cmappserver's answer";
         loop {
-            match self.next_before(deadline, "waiting for cmappserver's answer").await? {
-                Event::Output(_) | Event::ShuttingDown(_) | Event::Superseded(_) => continue,
+            let read = tokio::time::timeout_at(deadline, self.read_wire()).await;
+            match Self::answer_or_unreachable(read, doing)? {
+                ev @ Event::Output(_) => {
+                    if self.held.len() >= HELD_MAX {
+                        self.held.pop_front();
+                    }
+                    self.held.push_back(ev);
+                }
+                Event::ShuttingDown(_) | Event::Superseded(_) => continue,
                 // The answer to a ping sent before this request, not to it.
                 Event::Pong(_) if !matches!(req, Request::Ping(_)) => continue,
                 ev => return Ok(ev),
