@@ -207,6 +207,7 @@ impl Watcher<'_> {
                 return WatchEnd::Exit(e.exit_code());
             }
         };
+        let first_launch = self.instance.is_none();
         match (&self.instance, started.attached) {
             (Some(_), _) => tracing::info!(
                 "re-attached to {} (pid {}) on {}",
@@ -239,10 +240,15 @@ impl Watcher<'_> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0u64;
         // The last sign of life on this connection: the launch's answer, then
-        // every message. The launch's answer is heard too: a launch that took
-        // seconds (a loaded guest) must not count as seconds of silence.
+        // every message. The first launch's answer restarts the
+        // cmappserver_timeout clock too: a launch that took seconds (a loaded
+        // guest) must not count as seconds of silence. A re-attach's answer
+        // does not: a server that answers launches but never pings must not
+        // keep the manager alive past its timeout by being reconnected to.
         let mut alive_at = Instant::now();
-        self.last_heard = alive_at;
+        if first_launch {
+            self.last_heard = alive_at;
+        }
         loop {
             tokio::select! {
                 ev = client.next_event() => {
