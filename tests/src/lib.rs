@@ -37,6 +37,16 @@ pub mod vsock;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// What a finished command printed, its stdout then its stderr, as text for
+/// assertions and failure messages.
+pub fn stdout_and_stderr(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 

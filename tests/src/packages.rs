@@ -28,11 +28,7 @@ pub fn build(revision: u32) -> Built {
         .arg(&out)
         .output()
         .expect("packaging/build.sh");
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let log = crate::stdout_and_stderr(&run);
     assert!(run.status.success(), "packaging/build.sh failed:\n{log}");
     let version = common::SOFTWARE_VERSION;
     let find = |p: String| {

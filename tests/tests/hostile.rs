@@ -538,11 +538,7 @@ fn sslscan_sees_tls_1_3_only_strong_ciphers_and_a_required_client_certificate() 
         .stdin(std::process::Stdio::null())
         .output()
         .expect("openssl");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&no_cert.stdout),
-        String::from_utf8_lossy(&no_cert.stderr)
-    );
+    let said = cmapp_tests::stdout_and_stderr(&no_cert);
     // (the server's TLS 1.3 alert 116, certificate_required)
     assert!(said.contains("certificate required"), "{said}");
 }

@@ -69,11 +69,7 @@ fn hostile(unprivileged: bool, args: &[&str]) -> (i32, String) {
         Command::new(cmapp_tests::bin("cmapp-hostile"))
     };
     let out = cmd.args(args).stdin(Stdio::null()).output().expect("run cmapp-hostile");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = cmapp_tests::stdout_and_stderr(&out);
     (out.status.code().unwrap_or(-1), text)
 }
 

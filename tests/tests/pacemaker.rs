@@ -376,11 +376,7 @@ fn ocf_tester_passes_against_a_real_cmappserver() {
         .env("HA_RSCTMP", dir.join("rsctmp"))
         .output()
         .expect("run ocf-tester (apt-get install resource-agents libxml2-utils)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = cmapp_tests::stdout_and_stderr(&out);
     assert!(out.status.success() && text.contains("passed all tests"), "{text}");
     // It stopped what it started.
     assert!(

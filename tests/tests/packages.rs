@@ -15,11 +15,7 @@ use cmapp_tests::packages::{self, Built};
 
 fn run(cmd: &mut Command) -> (i32, String) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = cmapp_tests::stdout_and_stderr(&out);
     (out.status.code().unwrap_or(-1), text)
 }
 

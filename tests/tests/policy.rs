@@ -28,11 +28,7 @@ fn check_config(conf: &Path) -> (i32, String) {
         .arg("--check-config")
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = cmapp_tests::stdout_and_stderr(&out);
     (out.status.code().unwrap_or(-1), text)
 }
 

@@ -186,11 +186,7 @@ fn keygen_renew_makes_a_new_certificate_for_the_same_key() {
             .args(args)
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = cmapp_tests::stdout_and_stderr(&out);
         assert!(out.status.success(), "{bin} {args:?}: {text}");
         text
     };

@@ -74,11 +74,7 @@ impl Init {
             .env("START_TIMEOUT", WAIT.as_secs().to_string())
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = cmapp_tests::stdout_and_stderr(&out);
         (out.status.code().unwrap_or(-1), text)
     }
 
