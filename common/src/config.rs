@@ -2022,4 +2022,21 @@ trustStorePassword=public
         assert!(manager_rate("1023").is_err());
         assert!(manager_rate("1073741825").is_err());
     }
+
+    #[test]
+    fn each_output_log_setting_names_its_sinks() {
+        for (v, file, syslog) in [
+            ("file", true, false),
+            ("syslog", false, true),
+            ("both", true, true),
+            ("NONE", false, false),
+        ] {
+            let c = ServerConfig::parse(Path::new("s"), &format!("outputLog={v}\n")).unwrap();
+            assert_eq!(
+                (c.output_log.to_file(), c.output_log.to_syslog()),
+                (file, syslog),
+                "{v}"
+            );
+        }
+    }
 }

@@ -163,6 +163,24 @@ pub fn fuzz_entry(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// The count of lines the guest log lost is on the wire only when
+    /// there is one, so that a v1 server reads the frame as it always did.
+    #[test]
+    fn a_log_loss_is_sent_only_when_there_is_one() {
+        let dropped = |log| ShimEvent::Dropped {
+            lines: 3,
+            unconnected: None,
+            log,
+        };
+        let json = serde_json::to_string(&dropped(0)).unwrap();
+        assert_eq!(json, r#"{"type":"dropped","lines":3}"#);
+        let json = serde_json::to_string(&dropped(5)).unwrap();
+        assert_eq!(json, r#"{"type":"dropped","lines":3,"log":5}"#);
+        assert_eq!(serde_json::from_str::<ShimEvent>(&json).unwrap(), dropped(5));
+    }
+
     /// Replays the committed fuzz corpus (`fuzz/corpus/shim_protocol`).
     #[test]
     fn the_fuzz_corpus_replays_without_a_panic() {
