@@ -83,8 +83,9 @@ fn ready_is_sent_once_listening_and_status_follows_the_process_count() {
     m.err.wait_for("started", WAIT).expect("started");
     assert_eq!(notify.wait_for("STATUS="), "STATUS=1 monitored processes (limit 30)\n");
 
-    // The application does not inherit the protocol's variables.
-    let mut env = Mgr::spawn(&conf, &server.node(), 10.0, &[], &["/usr/bin/env"]);
+    // The application does not inherit the protocol's variables (all of its
+    // output forwarded: only the last lines come with the exit by default).
+    let mut env = Mgr::spawn(&conf, &server.node(), 10.0, &["-forward_output"], &["/usr/bin/env"]);
     assert_eq!(env.code(), 0, "{}", env.err.text());
     let out = env.out.text();
     assert!(out.contains("PATH="), "env printed nothing: {out}");
