@@ -10,7 +10,7 @@ use cmapp_tests::keys::{self, Keys};
 use cmapp_tests::mgr::{pid_in, Mgr};
 use cmapp_tests::server::Server;
 use cmapp_tests::{alive, wait_until, WAIT};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 /// Fields drop in order: the server (and its processes) before the directory.
@@ -88,7 +88,8 @@ fn start_launches_once_and_returns_while_the_application_runs() {
 fn monitor_reports_an_exit_once_with_its_code() {
     let g = guest();
     let pid = g.start(APP);
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    // The whole group: the shell and its `sleep`, which would outlive the test.
+    killpg(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     assert!(wait_until(WAIT, || !alive(pid)));
     // The status may take a moment to reach the server: 0 until it has.
     let (code, m) = loop {
@@ -215,7 +216,8 @@ fn the_watcher_reports_an_exit_the_moment_it_happens_and_only_once() {
     let mut w = g.watch(&reporter(&g.dir, &reported), &[], APP);
     w.expect_line("watching", WAIT);
     let t0 = Instant::now();
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    // The whole group: the shell and its `sleep`, which would outlive the test.
+    killpg(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     assert!(wait_until(WAIT, || reported.exists()), "{}", w.err.text());
     let took = t0.elapsed();
     assert_eq!(w.code(), 0, "{}", w.err.text());
@@ -237,7 +239,8 @@ fn a_watcher_started_after_the_exit_still_reports_it_once() {
     let g = guest();
     let reported = g.dir.join("reported");
     let pid = g.start(APP);
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    // The whole group: the shell and its `sleep`, which would outlive the test.
+    killpg(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     assert!(wait_until(WAIT, || g.server.log.contains("killed by signal 9")));
     let mut w = g.watch(&reporter(&g.dir, &reported), &[], APP);
     assert_eq!(w.code(), 0, "{}", w.err.text());
@@ -292,7 +295,8 @@ fn the_watcher_rides_out_a_server_restart_and_still_reports() {
     w.expect_line("watching", WAIT);
     g.server.kill9();
     g.server.restart(None);
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    // The whole group: the shell and its `sleep`, which would outlive the test.
+    killpg(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     assert_eq!(w.code(), 0, "{}", w.err.text());
     assert_eq!(
         std::fs::read_to_string(&reported).ok().as_deref(),
