@@ -10,7 +10,7 @@ use cmapp_tests::keys::{self, Keys};
 use cmapp_tests::mgr::{pid_in, Mgr};
 use cmapp_tests::server::Server;
 use cmapp_tests::{alive, wait_until, WAIT};
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 /// Fields drop in order: the server (and its processes) before the directory.
