@@ -321,6 +321,12 @@ impl GuestLog {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
+    /// True when the writer has nothing queued and is not writing: its drop
+    /// count cannot change until the next line.
+    pub fn idle(&self) -> bool {
+        self.shared.queued.load(Ordering::Acquire) == 0 && self.shared.busy_since.load(Ordering::Acquire) == 0
+    }
+
     /// Waits until the writer has taken every queued line, or is stuck on
     /// the disk for [`STALL`]: so that the count reported with an exit is
     /// complete when the disk answers (written or failed), and the exit is
@@ -804,6 +810,17 @@ mod tests {
         }
         let t: Vec<String> = g.finish().0.into_iter().map(|l| l.line).collect();
         assert_eq!(t, ["l7", "l8", "l9"]);
+    }
+
+    #[test]
+    fn a_writer_is_idle_with_nothing_queued_and_no_batch_begun() {
+        let g = GuestLog::start(None, |_| {});
+        assert!(g.idle());
+        g.shared.queued.store(1, Ordering::Release);
+        assert!(!g.idle(), "a line queued");
+        g.shared.queued.store(0, Ordering::Release);
+        g.shared.busy_since.store(1, Ordering::Release);
+        assert!(!g.idle(), "a batch being written");
     }
 
     #[test]

@@ -464,7 +464,9 @@ async fn run(dir: &Dir) -> Result<(), ShimError> {
             _ = tokio::time::sleep(Duration::from_millis(100)), if out.dropped.any() && link.is_some() => {
                 notify_dropped(&link, &mut out.dropped);
             }
-            _ = report.tick() => out.report_log_drops(&link, false),
+            // Only while the count may change or is untold: an idle shim
+            // sleeps until its process does something.
+            _ = report.tick(), if out.log_drops_unsettled() => out.report_log_drops(&link, false),
         }
     };
     let exited_at_ms = now_ms();
@@ -594,6 +596,12 @@ impl Out {
 
     /// Tells the server the guest log's drop count when it changed, at most
     /// once a second (`now`: at the exit, whatever the time).
+    /// The guest log's writer still has lines (its drop count may grow), or
+    /// the count has grown since it was last reported.
+    fn log_drops_unsettled(&self) -> bool {
+        self.guest.dropped() != self.reported || !self.guest.idle()
+    }
+
     fn report_log_drops(&mut self, link: &Option<Link>, now: bool) {
         let total = self.guest.dropped();
         if total == self.reported || (!now && self.reported_at.elapsed() < Duration::from_secs(1)) {
@@ -857,4 +865,22 @@ enum ReadOutcome {
     Data,
     WouldBlock,
     Closed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drop_report_ticks_only_while_the_count_may_change_or_is_untold() {
+        let mut out = Out {
+            guest: GuestLog::start(None, |_| {}),
+            dropped: Dropped::default(),
+            reported: 0,
+            reported_at: tokio::time::Instant::now(),
+        };
+        assert!(!out.log_drops_unsettled(), "an idle writer, everything told: no tick");
+        out.reported = 1;
+        assert!(out.log_drops_unsettled(), "a count not told yet");
+    }
 }
