@@ -448,20 +448,25 @@ impl Campaign<'_> {
 
     /// Collects the managers that ended; schedules their restart (unless `draining`).
     fn reap(&mut self, draining: bool) {
-        while let Ok(Ended { slot, mut run }) = self.ended_rx.try_recv() {
-            let s = &mut self.slots[slot];
-            if let Some((_, _, sig)) = s.running.take() {
-                run.signalled = sig;
-            }
-            let outcome = run.code.or(run.printed);
-            if draining && outcome.is_some_and(|c| check::APP_CODES.contains(&c) || c == 69 || c == 70) {
-                s.done = true;
-            } else {
-                let delay = self.prng.u64(0..800);
-                s.restart_at = Some(Instant::now() + Duration::from_millis(delay));
-            }
-            self.hist.managers.push(run);
+        while let Ok(ended) = self.ended_rx.try_recv() {
+            self.ended(ended, draining);
         }
+    }
+
+    /// Records one manager's end, and when its slot starts another.
+    fn ended(&mut self, Ended { slot, mut run }: Ended, draining: bool) {
+        let s = &mut self.slots[slot];
+        if let Some((_, _, sig)) = s.running.take() {
+            run.signalled = sig;
+        }
+        let outcome = run.code.or(run.printed);
+        if draining && outcome.is_some_and(|c| check::APP_CODES.contains(&c) || c == 69 || c == 70) {
+            s.done = true;
+        } else {
+            let delay = self.prng.u64(0..800);
+            s.restart_at = Some(Instant::now() + Duration::from_millis(delay));
+        }
+        self.hist.managers.push(run);
     }
 
     fn restart_due(&mut self, max_ms: u64) {
@@ -842,8 +847,15 @@ impl Campaign<'_> {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
         }
-        std::thread::sleep(Duration::from_millis(200));
-        self.reap(true);
+        // Each killed manager's end, as its waiter thread reports it.
+        let end = Instant::now() + Duration::from_secs(10);
+        while self.slots.iter().any(|s| s.running.is_some()) {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.ended_rx.recv_timeout(left) {
+                Ok(ended) => self.ended(ended, true),
+                Err(_) => break,
+            }
+        }
 
         let mut leftovers = Vec::new();
         // Records whose exit a killed manager still owes are kept idleTimeout (20 s).
