@@ -9,6 +9,9 @@
 use ring::digest;
 use rustls_pki_types::CertificateDer;
 
+pub(super) use super::error::PasswordName;
+use super::error::StoreError;
+
 /// What a store file is, judged by its content (never by its name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Format {
@@ -23,14 +26,10 @@ const JKS_MAGIC: u32 = 0xFEED_FEED;
 const JCEKS_MAGIC: u32 = 0xCECE_CECE;
 
 /// Tells the format from the first bytes; `Err` names a format we do not read.
-pub(super) fn detect(data: &[u8]) -> Result<Format, String> {
+pub(super) fn detect(data: &[u8]) -> Result<Format, StoreError> {
     match data.get(..4).map(|m| u32::from_be_bytes([m[0], m[1], m[2], m[3]])) {
         Some(JKS_MAGIC) => return Ok(Format::Jks),
-        Some(JCEKS_MAGIC) => {
-            return Err("is a JCEKS key store, which is not supported; convert it with \
-                 `keytool -importkeystore -srckeystore FILE -destkeystore NEW -deststoretype pkcs12`"
-                .into())
-        }
+        Some(JCEKS_MAGIC) => return Err(StoreError::Jceks),
         _ => {}
     }
     if data.first() == Some(&0x30) {
@@ -65,36 +64,16 @@ pub(super) struct Contents {
     pub(super) key_entries: usize,
 }
 
-/// Which password a message should name.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct PasswordName(pub(super) &'static str);
-
-fn wrong_password(password: &str, which: PasswordName) -> String {
-    if password.is_empty() {
-        format!(
-            "cannot open the store: it needs a password and none was given ({})",
-            which.0
-        )
-    } else {
-        format!(
-            "cannot open the store: wrong password ({}), or the file is damaged",
-            which.0
-        )
-    }
-}
-
 /// Opens a PKCS#12 file with `password`.
-pub(super) fn read_pkcs12(data: &[u8], password: &str, which: PasswordName) -> Result<Contents, String> {
+pub(super) fn read_pkcs12(data: &[u8], password: &str, which: PasswordName) -> Result<Contents, StoreError> {
     use p12_keystore::error::Error;
-    let archive = p12_keystore::Pkcs12Archive::from_pkcs12(data, password).map_err(|e| match e {
-        Error::MacError(_) | Error::UnpadError | Error::InvalidPrivateKey => wrong_password(password, which),
+    let archive = p12_keystore::Pkcs12Archive::from_pkcs12(data, password).map_err(|source| match source {
+        Error::MacError(_) | Error::UnpadError | Error::InvalidPrivateKey => StoreError::password(password, which),
         Error::UnsupportedEncryptionScheme | Error::UnsupportedMacAlgorithm | Error::UnsupportedContentType => {
-            format!("the PKCS#12 store uses an algorithm that is not supported ({e})")
+            StoreError::Pkcs12Algorithm { source }
         }
-        Error::InvalidVersion | Error::DerError(_) => {
-            format!("not a key store: neither PEM, PKCS#12 nor JKS (as PKCS#12: {e})")
-        }
-        e => format!("cannot read the PKCS#12 store: {e}"),
+        Error::InvalidVersion | Error::DerError(_) => StoreError::NotAStore { source },
+        source => StoreError::Pkcs12 { source },
     })?;
     let key_entries = archive.keys.len();
     let keys = archive.keys.into_iter().map(|k| k.key.as_der().to_vec()).collect();
@@ -117,36 +96,34 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
         let end = self.at.checked_add(n).filter(|&e| e <= self.data.len());
-        let end = end.ok_or_else(|| "the JKS store is truncated or damaged".to_string())?;
+        let end = end.ok_or(StoreError::JksShort)?;
         let bytes = &self.data[self.at..end];
         self.at = end;
         Ok(bytes)
     }
-    fn u16(&mut self) -> Result<u16, String> {
+    fn u16(&mut self) -> Result<u16, StoreError> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, StoreError> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn u32_len(&mut self) -> Result<usize, String> {
-        usize::try_from(self.u32()?).map_err(|_| "the JKS store is damaged".to_string())
+    fn u32_len(&mut self) -> Result<usize, StoreError> {
+        usize::try_from(self.u32()?).map_err(|_| StoreError::JksDamaged)
     }
     /// Java's `DataInput.readUTF`: a 16-bit length, then (modified) UTF-8.
-    fn utf(&mut self) -> Result<String, String> {
+    fn utf(&mut self) -> Result<String, StoreError> {
         let n = usize::from(self.u16()?);
         Ok(String::from_utf8_lossy(self.take(n)?).into_owned())
     }
-    fn certificate(&mut self, version: u32) -> Result<CertificateDer<'static>, String> {
+    fn certificate(&mut self, version: u32) -> Result<CertificateDer<'static>, StoreError> {
         if version == 2 {
             let kind = self.utf()?;
             if kind != "X.509" {
-                return Err(format!(
-                    "the JKS store holds a {kind:?} certificate; only X.509 is supported"
-                ));
+                return Err(StoreError::JksCertificateType { kind });
             }
         }
         let n = self.u32_len()?;
@@ -176,20 +153,20 @@ pub(super) fn read_jks(
     password: &str,
     which: PasswordName,
     decrypt_keys: bool,
-) -> Result<Contents, String> {
+) -> Result<Contents, StoreError> {
     const DIGEST_LEN: usize = 20;
-    let body_len = data.len().checked_sub(DIGEST_LEN).ok_or("the JKS store is truncated")?;
+    let body_len = data.len().checked_sub(DIGEST_LEN).ok_or(StoreError::JksTruncated)?;
     let (body, stored) = data.split_at(body_len);
     let pw = jks_password(password);
     // Sun's integrity check: SHA-1 over the password, a fixed phrase and the body.
     if sha1(&[&pw, b"Mighty Aphrodite", body]).as_ref() != stored {
-        return Err(wrong_password(password, which));
+        return Err(StoreError::password(password, which));
     }
     let mut c = Cursor { data: body, at: 0 };
     c.u32()?; // the magic, checked by `detect`
     let version = c.u32()?;
     if version != 1 && version != 2 {
-        return Err(format!("the JKS store has an unknown version ({version})"));
+        return Err(StoreError::JksVersion { version });
     }
     let count = c.u32()?;
     let mut contents = Contents::default();
@@ -212,11 +189,11 @@ pub(super) fn read_jks(
                 }
             }
             2 => trusted.push(c.certificate(version)?),
-            other => return Err(format!("the JKS store holds an entry of unknown type {other}")),
+            tag => return Err(StoreError::JksEntryType { tag }),
         }
     }
     if c.at != body.len() {
-        return Err("the JKS store has trailing data".into());
+        return Err(StoreError::JksTrailingData);
     }
     contents.certs.extend(trusted);
     Ok(contents)
@@ -227,10 +204,10 @@ const JKS_KEY_PROTECTOR: &str = "1.3.6.1.4.1.42.2.17.1.1";
 
 /// Undoes Sun's `KeyProtector`: an EncryptedPrivateKeyInfo whose data is
 /// salt (20 bytes), the key XORed with a SHA-1 chain, and a SHA-1 check.
-fn jks_decrypt_key(protected: &[u8], pw: &[u8], which: PasswordName) -> Result<Vec<u8>, String> {
+fn jks_decrypt_key(protected: &[u8], pw: &[u8], which: PasswordName) -> Result<Vec<u8>, StoreError> {
     use x509_parser::der_parser::ber::BerObjectContent;
     use x509_parser::der_parser::parse_der;
-    let damaged = || "the JKS store's private key entry is damaged".to_string();
+    let damaged = || StoreError::JksKeyDamaged;
     let (_, info) = parse_der(protected).map_err(|_| damaged())?;
     let BerObjectContent::Sequence(items) = &info.content else {
         return Err(damaged());
@@ -243,10 +220,7 @@ fn jks_decrypt_key(protected: &[u8], pw: &[u8], which: PasswordName) -> Result<V
         _ => None,
     };
     if oid.as_deref() != Some(JKS_KEY_PROTECTOR) {
-        return Err(format!(
-            "the JKS store's private key is protected by an unsupported algorithm ({})",
-            oid.unwrap_or_else(|| "unknown".into())
-        ));
+        return Err(StoreError::JksKeyAlgorithm { oid });
     }
     let data = data.as_slice().map_err(|_| damaged())?;
     const SALT: usize = 20;
@@ -264,11 +238,7 @@ fn jks_decrypt_key(protected: &[u8], pw: &[u8], which: PasswordName) -> Result<V
     }
     if sha1(&[pw, &plain]).as_ref() != check {
         // The store's digest matched, so the key's own password differs.
-        return Err(format!(
-            "the store opened with {}, but its private key has another password (keytool -keypass); \
-             make them equal with `keytool -keypasswd -alias ALIAS -keystore FILE`",
-            which.0
-        ));
+        return Err(StoreError::JksKeyPassword { which });
     }
     Ok(plain)
 }

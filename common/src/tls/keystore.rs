@@ -8,7 +8,8 @@ use rustls_pki_types::{
 };
 use std::path::Path;
 
-use super::files::{file_error, key_store_mode, read_file};
+use super::error::StoreError;
+use super::files::{key_store_mode, read_file};
 use super::java::{self, Format, PasswordName};
 use super::verify::check_validity;
 use super::{provider, subject_of, KeyMaterial, TlsError};
@@ -22,7 +23,7 @@ use super::{provider, subject_of, KeyMaterial, TlsError};
 /// PEM key (the original's configuration always names one).
 pub fn load_key_store(path: &Path, password: &str) -> Result<KeyMaterial, TlsError> {
     let file = read_file(path, "key store")?;
-    let opened = open_key_store(&file.bytes, password).map_err(|message| file_error(path, message))?;
+    let opened = open_key_store(&file.bytes, password).map_err(|source| TlsError::store(path, source))?;
     key_store_mode(path, file.mode, opened.encrypted)?;
     tracing::debug!("{}: {} key store", path.display(), opened.format.name());
     Ok(opened.material)
@@ -37,8 +38,8 @@ pub(super) struct Opened {
     pub(super) format: Format,
 }
 
-pub(super) fn open_key_store(data: &[u8], password: &str) -> Result<Opened, String> {
-    const WHICH: PasswordName = PasswordName("keyStorePassword");
+pub(super) fn open_key_store(data: &[u8], password: &str) -> Result<Opened, StoreError> {
+    const WHICH: PasswordName = "keyStorePassword";
     let format = java::detect(data)?;
     let pkcs8 = |keys: Vec<Vec<u8>>| -> Vec<PrivateKeyDer<'static>> {
         keys.into_iter().map(|k| PrivatePkcs8KeyDer::from(k).into()).collect()
@@ -53,13 +54,7 @@ pub(super) fn open_key_store(data: &[u8], password: &str) -> Result<Opened, Stri
             let c = java::read_jks(data, password, WHICH, true)?;
             (pkcs8(c.keys), c.certs, !password.is_empty())
         }
-        Format::DerCertificate => {
-            return Err(
-                "holds a single certificate (as `keytool -export` writes it), not a key store; \
-                        keyStore names the .private file"
-                    .into(),
-            )
-        }
+        Format::DerCertificate => return Err(StoreError::SingleCertificate),
     };
     let material = assemble(keys, certs, format)?;
     Ok(Opened {
@@ -70,7 +65,7 @@ pub(super) fn open_key_store(data: &[u8], password: &str) -> Result<Opened, Stri
 }
 
 /// The PEM sections rustls-pki-types does not know: PKCS#8 encrypted keys.
-fn encrypted_key_sections(text: &str) -> Result<Vec<Vec<u8>>, String> {
+fn encrypted_key_sections(text: &str) -> Result<Vec<Vec<u8>>, StoreError> {
     const BEGIN: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
     const END: &str = "-----END ENCRYPTED PRIVATE KEY-----";
     let mut sections = Vec::new();
@@ -78,43 +73,36 @@ fn encrypted_key_sections(text: &str) -> Result<Vec<Vec<u8>>, String> {
     while let Some(start) = rest.find(BEGIN) {
         let section = &rest[start..];
         let Some(end) = section.find(END) else {
-            return Err("the ENCRYPTED PRIVATE KEY section has no end line".into());
+            return Err(StoreError::EncryptedKeyUnterminated);
         };
         let block = &section[..end + END.len()];
-        let (_label, der) = pkcs8::der::pem::decode_vec(block.as_bytes())
-            .map_err(|e| format!("the ENCRYPTED PRIVATE KEY section is not valid PEM: {e}"))?;
+        let (_label, der) =
+            pkcs8::der::pem::decode_vec(block.as_bytes()).map_err(|source| StoreError::EncryptedKeyPem { source })?;
         sections.push(der);
         rest = &section[end + END.len()..];
     }
     Ok(sections)
 }
 
-const SUPPORTED_ENCRYPTION: &str = "supported: PKCS#8 PBES2 with PBKDF2-HMAC-SHA256 or scrypt and AES-CBC, \
-     as written by `openssl pkcs8 -topk8 -v2 aes-256-cbc`";
-
-fn unsupported_encryption(e: &pkcs8::Error) -> String {
-    format!("the private key's encryption is not supported: {e} ({SUPPORTED_ENCRYPTION})")
-}
-
-fn decrypt_pkcs8(der: &[u8], password: &str) -> Result<PrivatePkcs8KeyDer<'static>, String> {
+fn decrypt_pkcs8(der: &[u8], password: &str) -> Result<PrivatePkcs8KeyDer<'static>, StoreError> {
     use pkcs8::pkcs5;
-    let info = pkcs8::EncryptedPrivateKeyInfoRef::try_from(der).map_err(|e| match e {
-        pkcs8::Error::EncryptedPrivateKey(_) => unsupported_encryption(&e),
-        _ => format!("the ENCRYPTED PRIVATE KEY is malformed: {e}"),
+    let info = pkcs8::EncryptedPrivateKeyInfoRef::try_from(der).map_err(|source| match source {
+        pkcs8::Error::EncryptedPrivateKey(_) => StoreError::KeyEncryption { source },
+        _ => StoreError::EncryptedKeyMalformed { source },
     })?;
     let wrong = || {
         if password.is_empty() {
-            "the private key is encrypted but no password was given (keyStorePassword)".to_string()
+            StoreError::KeyNoPassword
         } else {
-            "cannot decrypt the private key: wrong password (keyStorePassword)".to_string()
+            StoreError::KeyWrongPassword
         }
     };
     // pkcs5 reports a bad padding (the usual sign of a wrong password)
     // as `EncryptFailed`, so both count.
-    let doc = info.decrypt(password).map_err(|e| match e {
+    let doc = info.decrypt(password).map_err(|source| match source {
         pkcs8::Error::EncryptedPrivateKey(pkcs5::Error::DecryptFailed | pkcs5::Error::EncryptFailed)
         | pkcs8::Error::Asn1(_) => wrong(),
-        _ => unsupported_encryption(&e),
+        source => StoreError::KeyEncryption { source },
     })?;
     // A wrong password passes the padding check once in 256 tries: the
     // plaintext must also be a private key.
@@ -124,26 +112,22 @@ fn decrypt_pkcs8(der: &[u8], password: &str) -> Result<PrivatePkcs8KeyDer<'stati
 
 /// The material of a key store, or why it cannot be used.
 #[cfg(test)]
-pub(super) fn parse_key_store(data: &[u8], password: &str) -> Result<KeyMaterial, String> {
+pub(super) fn parse_key_store(data: &[u8], password: &str) -> Result<KeyMaterial, StoreError> {
     open_key_store(data, password).map(|o| o.material)
 }
 
 type Parts = (Vec<PrivateKeyDer<'static>>, Vec<CertificateDer<'static>>, bool);
 
 /// The keys and certificates of a PEM key store, and whether a key was encrypted.
-fn parse_pem(pem: &[u8], password: &str) -> Result<Parts, String> {
+fn parse_pem(pem: &[u8], password: &str) -> Result<Parts, StoreError> {
     let text = String::from_utf8_lossy(pem);
     if text.contains("Proc-Type: 4,ENCRYPTED") {
-        return Err(
-            "the private key is encrypted in the legacy OpenSSL format, which is not supported; \
-                    convert it with `openssl pkcs8 -topk8 -v2 aes-256-cbc` and keep the certificates after it"
-                .into(),
-        );
+        return Err(StoreError::LegacyEncryptedKey);
     }
     let mut certs = Vec::new();
     let mut keys: Vec<PrivateKeyDer<'static>> = Vec::new();
     for item in <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(pem) {
-        let (kind, der) = item.map_err(|e| format!("not a valid PEM file: {e}"))?;
+        let (kind, der) = item.map_err(|source| StoreError::Pem { source })?;
         match kind {
             SectionKind::Certificate => certs.push(CertificateDer::from(der)),
             SectionKind::PrivateKey => keys.push(PrivatePkcs8KeyDer::from(der).into()),
@@ -165,45 +149,36 @@ fn assemble(
     mut keys: Vec<PrivateKeyDer<'static>>,
     mut certs: Vec<CertificateDer<'static>>,
     format: Format,
-) -> Result<KeyMaterial, String> {
+) -> Result<KeyMaterial, StoreError> {
     let key = match keys.len() {
-        0 if format == Format::Pem => {
-            return Err("no private key found (expected a PRIVATE KEY, ENCRYPTED PRIVATE KEY, \
-                        EC PRIVATE KEY or RSA PRIVATE KEY section)"
-                .into())
-        }
-        0 => {
-            return Err(format!(
-                "no private key found in this {} store: it holds only certificates \
-                 (is it the .public file? keyStore names the .private file)",
-                format.name()
-            ))
-        }
+        0 if format == Format::Pem => return Err(StoreError::NoKeyInPem),
+        0 => return Err(StoreError::NoKey { format: format.name() }),
         1 => keys.remove(0),
-        n => return Err(format!("holds {n} private keys; a key store holds exactly one")),
+        count => return Err(StoreError::ManyKeys { count }),
     };
     if certs.is_empty() {
-        return Err("no certificate found; a key store holds the private key and its certificate (chain)".into());
+        return Err(StoreError::NoCertificate);
     }
     for (i, cert) in certs.iter().enumerate() {
-        if let Err(e) = x509_parser::parse_x509_certificate(cert) {
-            return Err(format!("certificate #{} is not a valid X.509 certificate: {e}", i + 1));
+        if let Err(source) = x509_parser::parse_x509_certificate(cert) {
+            return Err(StoreError::Certificate { number: i + 1, source });
         }
     }
 
-    if let Some(problem) = unusable_algorithm(&key) {
-        return Err(problem);
+    if is_dsa(&key) {
+        return Err(StoreError::DsaKey);
     }
     let key = with_ec_public_key(key);
-    let signing_key = provider().key_provider.load_private_key(key.clone_key()).map_err(|e| {
-        format!("the private key cannot be used: {e} (TLS 1.3 here takes RSA, ECDSA P-256 or P-384, or Ed25519 keys)")
-    })?;
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|source| StoreError::UnusableKey { source })?;
     let matches = |cert: &CertificateDer<'static>| match CertifiedKey::new(vec![cert.clone()], signing_key.clone())
         .keys_match()
     {
         Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => Ok(true),
         Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => Ok(false),
-        Err(e) => Err(format!("cannot compare the private key with the certificate: {e}")),
+        Err(source) => Err(StoreError::CompareKey { source }),
     };
     if !matches(&certs[0])? {
         // Be forgiving about the order: move the key's own certificate first.
@@ -220,10 +195,9 @@ fn assemble(
                 certs.insert(0, leaf);
             }
             None => {
-                return Err(format!(
-                    "the private key does not match the certificate ({}) nor any other certificate in the file",
-                    subject_of(&certs[0])
-                ))
+                return Err(StoreError::KeyMismatch {
+                    subject: subject_of(&certs[0]),
+                })
             }
         }
     }
@@ -253,18 +227,12 @@ fn with_ec_public_key(key: PrivateKeyDer<'static>) -> PrivateKeyDer<'static> {
 /// The OID of DSA keys, keytool's default algorithm before Java 17.
 const DSA: &str = "1.2.840.10040.4.1";
 
-/// A clear message for key algorithms TLS 1.3 cannot use.
-fn unusable_algorithm(key: &PrivateKeyDer<'_>) -> Option<String> {
+/// A DSA key, which TLS 1.3 cannot use (and rustls would only call unusable).
+fn is_dsa(key: &PrivateKeyDer<'_>) -> bool {
     let PrivateKeyDer::Pkcs8(der) = key else {
-        return None;
+        return false;
     };
-    let info = pkcs8::PrivateKeyInfoRef::try_from(der.secret_pkcs8_der()).ok()?;
-    (info.algorithm.oid.to_string() == DSA).then(|| {
-        "the private key is a DSA key (the old keytool default), which TLS 1.3 cannot use; \
-         make a new key with `cmappmgr keygen` (host) or `cmappserver keygen` (guest), \
-         or with keytool adding `-keyalg EC`, and distribute its certificate again"
-            .to_string()
-    })
+    pkcs8::PrivateKeyInfoRef::try_from(der.secret_pkcs8_der()).is_ok_and(|info| info.algorithm.oid.to_string() == DSA)
 }
 
 fn warn_if_outside_validity(cert: &CertificateDer<'_>) {

@@ -66,6 +66,7 @@ use rustls::InconsistentKeys;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 mod diagnose;
+mod error;
 mod expiry;
 mod files;
 mod java;
@@ -76,6 +77,7 @@ mod truststore;
 mod verify;
 
 pub use diagnose::{describe_handshake_error, is_auth_failure};
+pub use error::StoreError;
 pub use expiry::{expiry_warnings, WARN_BEFORE};
 pub use files::check_key_file_mode;
 pub use keystore::load_key_store;
@@ -92,9 +94,26 @@ pub enum TlsError {
     /// A key store or trust store file is missing, unreadable, unsafe or malformed.
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
+    /// A key store or trust store's content cannot be used.
+    #[error("{path}: {source}")]
+    Store {
+        path: PathBuf,
+        /// Boxed: most of what a caller's error holds is not this.
+        #[source]
+        source: Box<StoreError>,
+    },
     /// The material loaded but cannot make a TLS configuration.
     #[error("TLS configuration: {0}")]
     Config(String),
+}
+
+impl TlsError {
+    pub(super) fn store(path: &std::path::Path, source: StoreError) -> TlsError {
+        TlsError::Store {
+            path: path.into(),
+            source: Box::new(source),
+        }
+    }
 }
 
 /// A private key with its certificate chain (the `keyStore` file).

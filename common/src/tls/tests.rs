@@ -458,7 +458,7 @@ fn key_certificate_mismatch_is_reported() {
     let a = pinned("guest1");
     let b = pinned("guest2");
     let pem = format!("{}{}", a.key_pem, b.cert_pem);
-    let e = parse_key_store(pem.as_bytes(), "").unwrap_err();
+    let e = parse_key_store(pem.as_bytes(), "").unwrap_err().to_string();
     assert!(e.contains("does not match the certificate (CN=guest2)"), "{e}");
 }
 
@@ -493,7 +493,7 @@ fn encrypted_pkcs8_key_needs_the_right_password() {
 #[test]
 fn legacy_encrypted_key_is_explained() {
     let pem = "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00\n\nAAAA\n-----END EC PRIVATE KEY-----\n";
-    let e = parse_key_store(pem.as_bytes(), "x").unwrap_err();
+    let e = parse_key_store(pem.as_bytes(), "x").unwrap_err().to_string();
     assert!(e.contains("legacy OpenSSL format"), "{e}");
 }
 
@@ -568,7 +568,9 @@ fn openssl_key_formats_load() {
         &p("sha1.key"),
     ])
     .unwrap();
-    let e = parse_key_store(&std::fs::read(p("sha1.key")).unwrap(), "secret").unwrap_err();
+    let e = parse_key_store(&std::fs::read(p("sha1.key")).unwrap(), "secret")
+        .unwrap_err()
+        .to_string();
     eprintln!("{e}");
     assert!(e.contains("encryption is not supported"), "{e}");
     for (key, pass) in [
@@ -780,16 +782,16 @@ async fn java_key_and_trust_stores_load_and_handshake() {
         assert_eq!(s_res.unwrap(), "host1", "{name}");
         assert_eq!(c_res.unwrap(), "guest1", "{name}");
 
-        let e = parse_key_store(&key, "nope").unwrap_err();
+        let e = parse_key_store(&key, "nope").unwrap_err().to_string();
         assert!(e.contains("wrong password (keyStorePassword)"), "{name}: {e}");
-        let e = parse_key_store(&key, "").unwrap_err();
+        let e = parse_key_store(&key, "").unwrap_err().to_string();
         assert!(e.contains("none was given (keyStorePassword)"), "{name}: {e}");
-        let e = parse_trust_store(&trust, "nope").unwrap_err();
+        let e = parse_trust_store(&trust, "nope").unwrap_err().to_string();
         assert!(e.contains("wrong password (trustStorePassword)"), "{name}: {e}");
         // The two files swapped in the configuration.
-        let e = parse_trust_store(&key, "serverpw").unwrap_err();
+        let e = parse_trust_store(&key, "serverpw").unwrap_err().to_string();
         assert!(e.contains("holds a private key"), "{name}: {e}");
-        let e = parse_key_store(&trust, "public").unwrap_err();
+        let e = parse_key_store(&trust, "public").unwrap_err().to_string();
         assert!(
             e.contains("no private key found") && e.contains(".public file"),
             "{name}: {e}"
@@ -817,7 +819,9 @@ fn ec_keys_without_their_public_key_load() {
 #[test]
 fn jks_edge_cases_are_explained() {
     let party = pinned("guest1");
-    let e = parse_key_store(&jks(&party, true, "serverpw", "other"), "serverpw").unwrap_err();
+    let e = parse_key_store(&jks(&party, true, "serverpw", "other"), "serverpw")
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("its private key has another password (keytool -keypass)"),
         "{e}"
@@ -826,7 +830,7 @@ fn jks_edge_cases_are_explained() {
     // A damaged byte fails the integrity check, like a wrong password.
     let mut damaged = jks(&party, true, "serverpw", "serverpw");
     damaged[40] ^= 1;
-    let e = parse_key_store(&damaged, "serverpw").unwrap_err();
+    let e = parse_key_store(&damaged, "serverpw").unwrap_err().to_string();
     assert!(
         e.contains("wrong password (keyStorePassword), or the file is damaged"),
         "{e}"
@@ -842,11 +846,13 @@ fn jks_edge_cases_are_explained() {
     let mut huge = body.to_vec();
     let at = body.len() - cert_der(&party).len() - 4;
     huge[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
-    let e = parse_trust_store(&jks_resign(&huge, "public"), "public").unwrap_err();
+    let e = parse_trust_store(&jks_resign(&huge, "public"), "public")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("truncated or damaged"), "{e}");
 
     let jceks = [0xCE, 0xCE, 0xCE, 0xCE, 0, 0, 0, 2];
-    let e = parse_key_store(&jceks, "x").unwrap_err();
+    let e = parse_key_store(&jceks, "x").unwrap_err().to_string();
     assert!(e.contains("JCEKS") && e.contains("-deststoretype pkcs12"), "{e}");
 }
 
@@ -856,7 +862,7 @@ fn exported_der_certificate_is_a_trust_store_only() {
     let der = cert_der(&party);
     let t = parse_trust_store(&der, "public").unwrap();
     assert_eq!(t.pinned.len(), 1);
-    let e = parse_key_store(&der, "clientpw").unwrap_err();
+    let e = parse_key_store(&der, "clientpw").unwrap_err().to_string();
     assert!(e.contains("single certificate") && e.contains("keytool -export"), "{e}");
 }
 
@@ -875,7 +881,9 @@ fn dsa_key_is_refused_with_a_way_out() {
     );
     let pem = pkcs8::der::pem::encode_string("PRIVATE KEY", pkcs8::LineEnding::LF, &dsa).unwrap();
     let party = pinned("guest1");
-    let e = parse_key_store(format!("{pem}{}", party.cert_pem).as_bytes(), "").unwrap_err();
+    let e = parse_key_store(format!("{pem}{}", party.cert_pem).as_bytes(), "")
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("DSA key") && e.contains("TLS 1.3 cannot use") && e.contains("keygen") && e.contains("-keyalg EC"),
         "{e}"

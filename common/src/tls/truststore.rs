@@ -6,7 +6,8 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::CertificateDer;
 
-use super::files::{check_trust_file_mode, file_error, read_file};
+use super::error::StoreError;
+use super::files::{check_trust_file_mode, read_file};
 use super::java::{self, Format, PasswordName};
 use super::{subject_of, TlsError, TrustStore};
 
@@ -16,17 +17,11 @@ use super::{subject_of, TlsError, TrustStore};
 pub fn load_trust_store(path: &Path, password: &str) -> Result<TrustStore, TlsError> {
     check_trust_file_mode(path)?;
     let file = read_file(path, "trust store")?;
-    parse_trust_store(&file.bytes, password).map_err(|message| file_error(path, message))
+    parse_trust_store(&file.bytes, password).map_err(|source| TlsError::store(path, source))
 }
 
-fn private_key() -> String {
-    "holds a private key: a trust store holds only certificates (the peer's .public file, \
-     never a .private file)"
-        .to_string()
-}
-
-pub(super) fn parse_trust_store(data: &[u8], password: &str) -> Result<TrustStore, String> {
-    const WHICH: PasswordName = PasswordName("trustStorePassword");
+pub(super) fn parse_trust_store(data: &[u8], password: &str) -> Result<TrustStore, StoreError> {
+    const WHICH: PasswordName = "trustStorePassword";
     let certs = match java::detect(data)? {
         Format::Pem => pem_certificates(data)?,
         Format::DerCertificate => vec![CertificateDer::from(data.to_vec())],
@@ -35,47 +30,48 @@ pub(super) fn parse_trust_store(data: &[u8], password: &str) -> Result<TrustStor
     };
     let mut store = TrustStore::default();
     for (i, der) in certs.into_iter().enumerate() {
-        let n = i + 1;
+        let number = i + 1;
         let is_ca = match x509_parser::parse_x509_certificate(&der) {
             Ok((_, x509)) => x509.is_ca(),
-            Err(e) => return Err(format!("certificate #{n} is not a valid X.509 certificate: {e}")),
+            Err(source) => return Err(StoreError::Certificate { number, source }),
         };
         if is_ca {
-            RootCertStore::empty().add(der.clone()).map_err(|e| {
-                format!(
-                    "CA certificate #{n} ({}) cannot be a trust anchor: {e}",
-                    subject_of(&der)
-                )
-            })?;
+            RootCertStore::empty()
+                .add(der.clone())
+                .map_err(|source| StoreError::TrustAnchor {
+                    number,
+                    subject: subject_of(&der),
+                    source,
+                })?;
             store.cas.push(der);
         } else {
             store.pinned.push(der);
         }
     }
     if store.is_empty() {
-        return Err("no certificate found (expected the peer's certificate or a CA certificate)".into());
+        return Err(StoreError::NoTrustedCertificate);
     }
     Ok(store)
 }
 
-fn java_certificates(contents: java::Contents) -> Result<Vec<CertificateDer<'static>>, String> {
+fn java_certificates(contents: java::Contents) -> Result<Vec<CertificateDer<'static>>, StoreError> {
     if contents.key_entries > 0 {
-        return Err(private_key());
+        return Err(StoreError::KeyInTrustStore);
     }
     Ok(contents.certs)
 }
 
-fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, StoreError> {
     if String::from_utf8_lossy(pem).contains("PRIVATE KEY-----") {
-        return Err(private_key());
+        return Err(StoreError::KeyInTrustStore);
     }
     let mut certs = Vec::new();
     for item in <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(pem) {
-        let (kind, der) = item.map_err(|e| format!("not a valid PEM file: {e}"))?;
+        let (kind, der) = item.map_err(|source| StoreError::Pem { source })?;
         match kind {
             SectionKind::Certificate => certs.push(CertificateDer::from(der)),
             SectionKind::PrivateKey | SectionKind::EcPrivateKey | SectionKind::RsaPrivateKey => {
-                return Err(private_key())
+                return Err(StoreError::KeyInTrustStore)
             }
             _ => {}
         }
