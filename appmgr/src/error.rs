@@ -57,9 +57,9 @@ pub enum ConfigError {
     /// The configuration file (every problem in it).
     #[error("{0}")]
     File(#[from] common::config::ConfigErrors),
-    /// `-node` is not an address (the parser's words).
-    #[error("{0}")]
-    Node(String),
+    /// `-node` is not an address.
+    #[error(transparent)]
+    Node(#[from] common::address::AddressError),
     /// The key store or the trust store (`which`) cannot be used.
     #[error("{which}: {source}")]
     KeyMaterial {

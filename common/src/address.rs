@@ -5,12 +5,58 @@
 //! Unix socket, the Firecracker "hybrid vsock" convention).
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{AddrParseError, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
 /// `VMADDR_CID_ANY` and `VMADDR_PORT_ANY`: wildcards, never a peer's address.
 const VSOCK_ANY: u32 = u32::MAX;
+
+/// Why a listen address or a `-node` value is not one; each message quotes
+/// the value as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    /// A listen address that is neither an address and port nor `vsock:PORT`.
+    #[error("{input:?} is not an address and port such as 0.0.0.0:5315 or [::1]:5315, nor vsock:PORT")]
+    Listen {
+        input: String,
+        #[source]
+        source: AddrParseError,
+    },
+    /// The port of a `vsock:PORT` listen address.
+    #[error("{input:?}: {source}")]
+    ListenPort {
+        input: String,
+        #[source]
+        source: VsockPortError,
+    },
+    #[error("-node {node:?}: the name before '@' is empty")]
+    EmptyName { node: String },
+    /// The port of a vsock `-node`.
+    #[error("-node {node:?}: {source}")]
+    NodePort {
+        node: String,
+        #[source]
+        source: VsockPortError,
+    },
+    #[error("-node {node:?}: {cid:?} is not a guest's vsock context id (CID, 1 to {})", VSOCK_ANY - 1)]
+    Cid { node: String, cid: String },
+    #[error("-node {node:?}: the vsock device's socket must be an absolute path (vsock-unix:/path/to/socket[:PORT])")]
+    RelativeSocket { node: String },
+    /// A TCP `-node` that is not `HOST[:PORT]`.
+    #[error(
+        "-node {node:?} is not a host name or address with an optional :port, \
+         nor vsock:CID[:PORT] or vsock-unix:/PATH[:PORT]"
+    )]
+    HostPort { node: String },
+}
+
+/// A vsock port that is not a number, or is the wildcard.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{port:?} is not a vsock port (0 to {})", VSOCK_ANY - 1)]
+pub struct VsockPortError {
+    pub port: String,
+}
 
 /// One address cmappserver listens on: `0.0.0.0:5315`, `[::]:5315`, or
 /// `vsock:5315` (a virtio-vsock port, any CID: the guest's own).
@@ -21,17 +67,21 @@ pub enum ListenAddr {
 }
 
 impl FromStr for ListenAddr {
-    type Err = String;
+    type Err = AddressError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, AddressError> {
         if let Some(port) = strip_scheme(s, "vsock") {
             return Ok(ListenAddr::Vsock {
-                port: vsock_port(port).map_err(|e| format!("{s:?}: {e}"))?,
+                port: vsock_port(port).map_err(|source| AddressError::ListenPort {
+                    input: s.into(),
+                    source,
+                })?,
             });
         }
-        s.parse()
-            .map(ListenAddr::Tcp)
-            .map_err(|_| format!("{s:?} is not an address and port such as 0.0.0.0:5315 or [::1]:5315, nor vsock:PORT"))
+        s.parse().map(ListenAddr::Tcp).map_err(|source| AddressError::Listen {
+            input: s.into(),
+            source,
+        })
     }
 }
 
@@ -50,10 +100,10 @@ fn strip_scheme<'a>(s: &'a str, scheme: &str) -> Option<&'a str> {
     head.eq_ignore_ascii_case(scheme).then_some(rest)
 }
 
-fn vsock_port(s: &str) -> Result<u32, String> {
+fn vsock_port(s: &str) -> Result<u32, VsockPortError> {
     match s.parse::<u32>() {
         Ok(p) if p != VSOCK_ANY => Ok(p),
-        _ => Err(format!("{s:?} is not a vsock port (0 to {})", VSOCK_ANY - 1)),
+        _ => Err(VsockPortError { port: s.into() }),
     }
 }
 
@@ -89,11 +139,15 @@ pub struct Node {
 
 impl Node {
     /// Parses a `-node` value; `default_port` where it names no port.
-    pub fn parse(node: &str, default_port: u16) -> Result<Node, String> {
+    pub fn parse(node: &str, default_port: u16) -> Result<Node, AddressError> {
+        let port_error = |source| AddressError::NodePort {
+            node: node.into(),
+            source,
+        };
         let (name, rest) = match node.split_once('@') {
             Some((name, rest)) if is_vsock(rest) => {
                 if name.is_empty() {
-                    return Err(format!("-node {node:?}: the name before '@' is empty"));
+                    return Err(AddressError::EmptyName { node: node.into() });
                 }
                 (Some(name.to_string()), rest)
             }
@@ -101,16 +155,16 @@ impl Node {
         };
         if let Some(addr) = strip_scheme(rest, "vsock") {
             let (cid, port) = match addr.split_once(':') {
-                Some((cid, port)) => (cid, vsock_port(port).map_err(|e| format!("-node {node:?}: {e}"))?),
+                Some((cid, port)) => (cid, vsock_port(port).map_err(port_error)?),
                 None => (addr, u32::from(default_port)),
             };
             let cid = match cid.parse::<u32>() {
                 Ok(c) if c != 0 && c != VSOCK_ANY => c,
                 _ => {
-                    return Err(format!(
-                        "-node {node:?}: {cid:?} is not a guest's vsock context id (CID, 1 to {})",
-                        VSOCK_ANY - 1
-                    ))
+                    return Err(AddressError::Cid {
+                        node: node.into(),
+                        cid: cid.into(),
+                    })
                 }
             };
             return Ok(Node {
@@ -122,14 +176,12 @@ impl Node {
             // A path may hold ':' itself: only a final all-digit part is a port.
             let (path, port) = match addr.rsplit_once(':') {
                 Some((path, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
-                    (path, vsock_port(port).map_err(|e| format!("-node {node:?}: {e}"))?)
+                    (path, vsock_port(port).map_err(port_error)?)
                 }
                 _ => (addr, u32::from(default_port)),
             };
             if !path.starts_with('/') {
-                return Err(format!(
-                    "-node {node:?}: the vsock device's socket must be an absolute path (vsock-unix:/path/to/socket[:PORT])"
-                ));
+                return Err(AddressError::RelativeSocket { node: node.into() });
             }
             return Ok(Node {
                 name,
@@ -177,13 +229,8 @@ impl fmt::Display for Node {
 
 /// Host and port of a TCP `-node` value: `guest1`, `guest1:5400`,
 /// `10.0.0.5`, `[fe80::1]:5400`, or a bare IPv6 address.
-pub fn parse_host_port(node: &str, default_port: u16) -> Result<(String, u16), String> {
-    let bad = || {
-        format!(
-            "-node {node:?} is not a host name or address with an optional :port, \
-             nor vsock:CID[:PORT] or vsock-unix:/PATH[:PORT]"
-        )
-    };
+pub fn parse_host_port(node: &str, default_port: u16) -> Result<(String, u16), AddressError> {
+    let bad = || AddressError::HostPort { node: node.into() };
     if let Some(rest) = node.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or_else(bad)?;
         let port = match after.strip_prefix(':') {
@@ -211,7 +258,7 @@ pub fn parse_host_port(node: &str, default_port: u16) -> Result<(String, u16), S
 mod tests {
     use super::*;
 
-    fn node(s: &str) -> Result<Node, String> {
+    fn node(s: &str) -> Result<Node, AddressError> {
         Node::parse(s, 5315)
     }
 
@@ -259,7 +306,7 @@ mod tests {
             "vsock:3:-1",
             "@vsock:3",
         ] {
-            let e = node(bad).unwrap_err();
+            let e = node(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{bad}: {e}");
         }
     }
@@ -283,7 +330,10 @@ mod tests {
             }
         );
         assert_eq!(n.to_string(), "vm1@vsock-unix:/run/a:b/v.sock:6000");
-        assert!(node("vsock-unix:relative.sock").unwrap_err().contains("absolute"));
+        assert!(matches!(
+            node("vsock-unix:relative.sock"),
+            Err(AddressError::RelativeSocket { .. })
+        ));
         assert!(node("vsock-unix:").is_err());
         assert!(node("vsock-unix:/s:99999999999").is_err());
     }
