@@ -5,52 +5,106 @@
 //! the directories above it). These checks name the path, its owner or mode,
 //! and what is wrong with it, so that an administrator can fix it at once.
 
+use std::fmt;
 use std::fs::Metadata;
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+/// Why a path is not safe from other users, or could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum PermsError {
+    /// Its metadata (or, for [`check_ancestors`], its resolved path) could not be read.
+    #[error("{}: {source}", path.display())]
+    Stat {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// It belongs to `owner`, not to `uid` (nor to root, when `or_root`).
+    #[error("{} is owned by uid {owner}, not by uid {uid}{}", path.display(), if *or_root { " or root" } else { "" })]
+    NotOwned {
+        path: PathBuf,
+        owner: u32,
+        uid: u32,
+        or_root: bool,
+    },
+    #[error(transparent)]
+    Writable(#[from] Writable),
+    /// A file is expected there.
+    #[error("{} is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+    /// A directory is expected there (and a symbolic link is not followed).
+    #[error("{} is not a directory (a symbolic link?)", path.display())]
+    NotADirectory { path: PathBuf },
+    /// A symbolic link where none is followed.
+    #[error("{} is a symbolic link", path.display())]
+    Symlink { path: PathBuf },
+}
+
+/// A path group or others may write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} is writable by {by} (mode {mode:04o})", path.display())]
+pub struct Writable {
+    pub path: PathBuf,
+    pub by: Whom,
+    /// The permission bits (`0o7777`).
+    pub mode: u32,
+}
+
+/// Who, besides the owner, may write a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whom {
+    Others,
+    Group,
+}
+
+impl fmt::Display for Whom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Whom::Others => "others",
+            Whom::Group => "its group",
+        })
+    }
+}
 
 /// Why `path` (with metadata `meta`) could be changed by someone other than
 /// its owner: `None` when nobody else can write it. A sticky directory
 /// (such as /tmp) counts as safe when `sticky_ok`: others may add entries but
 /// not replace ours.
-pub fn writable_by_others(path: &Path, meta: &Metadata, sticky_ok: bool) -> Option<String> {
+pub fn writable_by_others(path: &Path, meta: &Metadata, sticky_ok: bool) -> Option<Writable> {
     let mode = meta.mode() & 0o7777;
     if sticky_ok && meta.is_dir() && mode & 0o1000 != 0 {
         return None;
     }
-    if mode & 0o002 != 0 {
-        Some(format!("{} is writable by others (mode {mode:04o})", path.display()))
+    let by = if mode & 0o002 != 0 {
+        Whom::Others
     } else if mode & 0o020 != 0 {
-        Some(format!("{} is writable by its group (mode {mode:04o})", path.display()))
+        Whom::Group
     } else {
-        None
-    }
-}
-
-/// Refuses a file that group or others could write (readable is fine): a
-/// configuration file or a trust store, as sshd's `StrictModes` does.
-pub fn check_not_writable_by_others(path: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    match writable_by_others(path, &meta, false) {
-        Some(why) => Err(format!("{why}; run chmod go-w {}", path.display())),
-        None => Ok(()),
-    }
+        return None;
+    };
+    Some(Writable {
+        path: path.into(),
+        by,
+        mode,
+    })
 }
 
 /// Checks that `meta` belongs to `uid` (or to root, when `root_ok`) and that
 /// no one else can write it.
-pub fn check_owned(path: &Path, meta: &Metadata, uid: u32, root_ok: bool, sticky_ok: bool) -> Result<(), String> {
+pub fn check_owned(path: &Path, meta: &Metadata, uid: u32, root_ok: bool, sticky_ok: bool) -> Result<(), PermsError> {
     let owner = meta.uid();
     if owner != uid && !(root_ok && owner == 0) {
-        let whom = if root_ok && uid != 0 {
-            format!("uid {uid} or root")
-        } else {
-            format!("uid {uid}")
-        };
-        return Err(format!("{} is owned by uid {owner}, not by {whom}", path.display()));
+        return Err(PermsError::NotOwned {
+            path: path.into(),
+            owner,
+            uid,
+            or_root: root_ok && uid != 0,
+        });
     }
     match writable_by_others(path, meta, sticky_ok) {
-        Some(why) => Err(why),
+        Some(why) => Err(why.into()),
         None => Ok(()),
     }
 }
@@ -58,10 +112,14 @@ pub fn check_owned(path: &Path, meta: &Metadata, uid: u32, root_ok: bool, sticky
 /// Checks every directory above `path` (resolved): each must belong to
 /// `uid` or root and be writable by no one else, unless it is sticky. Returns
 /// the resolved path.
-pub fn check_ancestors(path: &Path, uid: u32) -> Result<PathBuf, String> {
-    let resolved = path.canonicalize().map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn check_ancestors(path: &Path, uid: u32) -> Result<PathBuf, PermsError> {
+    let stat = |path: &Path, source| PermsError::Stat {
+        path: path.into(),
+        source,
+    };
+    let resolved = path.canonicalize().map_err(|e| stat(path, e))?;
     for dir in resolved.ancestors().skip(1) {
-        let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let meta = std::fs::metadata(dir).map_err(|e| stat(dir, e))?;
         check_owned(dir, &meta, uid, true, true)?;
     }
     Ok(resolved)
@@ -90,9 +148,10 @@ mod tests {
             (0o646, false),
         ] {
             let p = with_mode(tmp.path(), &format!("f{mode:o}"), mode);
-            let r = check_not_writable_by_others(&p);
-            assert_eq!(r.is_ok(), ok, "{mode:o}: {r:?}");
-            if let Err(e) = r {
+            let r = writable_by_others(&p, &std::fs::metadata(&p).unwrap(), false);
+            assert_eq!(r.is_none(), ok, "{mode:o}: {r:?}");
+            if let Some(e) = r {
+                let e = e.to_string();
                 assert!(e.starts_with(&p.display().to_string()), "{e}");
                 assert!(e.contains(&format!("(mode {mode:04o})")), "{e}");
             }
@@ -126,9 +185,10 @@ mod tests {
             let p = with_mode(tmp.path(), &format!("g{mode:o}"), mode);
             let meta = std::fs::metadata(&p).unwrap();
             let expected = format!("{} is writable by {whom} (mode {mode:04o})", p.display());
-            assert_eq!(writable_by_others(&p, &meta, false), Some(expected.clone()));
+            let found = |sticky_ok| writable_by_others(&p, &meta, sticky_ok).map(|w| w.to_string());
+            assert_eq!(found(false), Some(expected.clone()));
             // Sticky is only a shelter for a directory.
-            assert_eq!(writable_by_others(&p, &meta, true), Some(expected), "{mode:o}");
+            assert_eq!(found(true), Some(expected), "{mode:o}");
         }
     }
 
@@ -156,30 +216,35 @@ mod tests {
         let meta = std::fs::metadata(&p).unwrap();
         let me = meta.uid();
         let other = me + 1;
-        assert_eq!(check_owned(&p, &meta, me, false, false), Ok(()));
-        assert_eq!(check_owned(&p, &meta, me, true, false), Ok(()));
+        check_owned(&p, &meta, me, false, false).unwrap();
+        check_owned(&p, &meta, me, true, false).unwrap();
         let whom = if me == 0 {
             format!("uid {other} or root")
         } else {
             format!("uid {other}")
         };
-        let err = check_owned(&p, &meta, other, false, false).unwrap_err();
+        let err = check_owned(&p, &meta, other, false, false).unwrap_err().to_string();
         assert_eq!(err, format!("{} is owned by uid {me}, not by uid {other}", p.display()));
         // Root's files are acceptable where root is.
         assert_eq!(check_owned(&p, &meta, other, true, false).is_ok(), me == 0);
         if me != 0 {
-            let err = check_owned(&p, &meta, other, true, false).unwrap_err();
+            let err = check_owned(&p, &meta, other, true, false).unwrap_err().to_string();
             assert!(err.ends_with(&format!("not by {whom}")), "{err}");
         }
         let loose = with_mode(tmp.path(), "g", 0o660);
         let meta = std::fs::metadata(&loose).unwrap();
-        assert_eq!(
+        assert!(matches!(
             check_owned(&loose, &meta, me, false, false),
-            Err(format!("{} is writable by its group (mode 0660)", loose.display()))
+            Err(PermsError::Writable(Writable {
+                by: Whom::Group,
+                mode: 0o660,
+                ..
+            }))
+        ));
+        assert_eq!(
+            check_owned(&loose, &meta, me, false, false).unwrap_err().to_string(),
+            format!("{} is writable by its group (mode 0660)", loose.display())
         );
-        let err = check_not_writable_by_others(&loose).unwrap_err();
-        assert!(err.ends_with(&format!("; run chmod go-w {}", loose.display())), "{err}");
-        assert!(check_not_writable_by_others(&tmp.path().join("none")).is_err());
     }
 
     #[test]
@@ -191,7 +256,7 @@ mod tests {
         let resolved = check_ancestors(&deep, me).unwrap();
         assert_eq!(resolved, deep.canonicalize().unwrap());
         std::fs::set_permissions(tmp.path().join("a"), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let err = check_ancestors(&deep, me).unwrap_err();
+        let err = check_ancestors(&deep, me).unwrap_err().to_string();
         assert!(err.contains("/a is writable by others (mode 0777)"), "{err}");
         assert!(check_ancestors(&tmp.path().join("missing"), me).is_err());
     }

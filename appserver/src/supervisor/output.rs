@@ -559,8 +559,9 @@ impl Writer {
 /// root, can change: the shim may run as root, and a directory others can
 /// write would let them point our writes at any file.
 fn open_output(path: &Path) -> std::io::Result<File> {
+    use common::perms::PermsError;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let refused = |e: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e);
+    let refused = |e: PermsError| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e);
     if let Some(dir) = path.parent() {
         fs::DirBuilder::new().recursive(true).mode(0o750).create(dir)?;
         let uid = nix::unistd::geteuid().as_raw();
@@ -574,7 +575,7 @@ fn open_output(path: &Path) -> std::io::Result<File> {
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(path)?;
     if !f.metadata()?.is_file() {
-        return Err(refused(format!("{} is not a regular file", path.display())));
+        return Err(refused(PermsError::NotAFile { path: path.into() }));
     }
     Ok(f)
 }

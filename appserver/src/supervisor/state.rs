@@ -41,6 +41,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::message::{ExitStatus, InstanceId};
+use common::perms::PermsError;
 use common::service::ServiceSpec;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, AT_FDCWD};
@@ -131,8 +132,8 @@ pub fn own_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
 
-fn untrusted(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::PermissionDenied, msg)
+fn untrusted(e: PermsError) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, e)
 }
 
 /// Checks that an open file or directory belongs to us and only we can write it.
@@ -166,9 +167,7 @@ impl Dir {
             Mode::empty(),
         )
         .map_err(|e| match e {
-            Errno::ELOOP | Errno::ENOTDIR => {
-                untrusted(format!("{} is not a directory (a symbolic link?)", path.display()))
-            }
+            Errno::ELOOP | Errno::ENOTDIR => untrusted(PermsError::NotADirectory { path: path.clone() }),
             e => io::Error::from(e),
         })?;
         let fd = fs::File::from(fd);
@@ -223,18 +222,16 @@ impl Dir {
                 let f = fs::File::from(fd);
                 let meta = check_trusted(&self.path.join(name), &f)?;
                 if !meta.is_file() {
-                    return Err(untrusted(format!(
-                        "{} is not a regular file",
-                        self.path.join(name).display()
-                    )));
+                    return Err(untrusted(PermsError::NotAFile {
+                        path: self.path.join(name),
+                    }));
                 }
                 Ok(Some(f))
             }
             Err(Errno::ENOENT) => Ok(None),
-            Err(Errno::ELOOP) => Err(untrusted(format!(
-                "{} is a symbolic link",
-                self.path.join(name).display()
-            ))),
+            Err(Errno::ELOOP) => Err(untrusted(PermsError::Symlink {
+                path: self.path.join(name),
+            })),
             Err(e) => Err(e.into()),
         }
     }

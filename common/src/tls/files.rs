@@ -69,13 +69,11 @@ pub(super) fn key_store_mode(path: &Path, mode: u32, encrypted: bool) -> Result<
 /// can write it can add a certificate and be trusted.
 pub fn check_trust_file_mode(path: &Path) -> Result<(), TlsError> {
     let meta = std::fs::metadata(path).map_err(|e| file_error(path, read_error("trust store", &e)))?;
-    if crate::perms::writable_by_others(path, &meta, false).is_some() {
-        let mode = meta.permissions().mode() & 0o7777;
-        let whom = if mode & 0o002 != 0 { "others" } else { "its group" };
+    if let Some(crate::perms::Writable { by, mode, .. }) = crate::perms::writable_by_others(path, &meta, false) {
         return Err(file_error(
             path,
             format!(
-                "trust store is writable by {whom} (mode {mode:04o}), who could make any certificate trusted; run chmod go-w {}",
+                "trust store is writable by {by} (mode {mode:04o}), who could make any certificate trusted; run chmod go-w {}",
                 path.display()
             ),
         ));
