@@ -63,6 +63,28 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// A `\u` escape in a properties file that is not a character.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EscapeError {
+    /// Not four hex digits; `hex` is what followed the `\u`.
+    #[error("malformed \\uXXXX escape \"\\u{hex}\" (four hex digits expected)")]
+    Malformed { hex: String },
+    /// A UTF-16 surrogate not followed by its other half.
+    #[error("\\u{hex} is half of a UTF-16 pair without its other half")]
+    HalfPair { hex: String },
+}
+
+/// Why an `environment=` value is not a variable to set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvEntryError {
+    #[error("environment={value} is not KEY=VALUE")]
+    NotKeyValue { value: String },
+    #[error("environment={value}: {key:?} is not a variable name (letters, digits and _, not starting with a digit)")]
+    Name { value: String, key: String },
+    #[error("environment={key}=...: the value contains a NUL character")]
+    Nul { key: String },
+}
+
 /// One logical line of a properties file: a key and its value, unescaped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -126,10 +148,10 @@ pub fn parse_properties(path: &Path, text: &str) -> (Vec<Entry>, Vec<ConfigError
                 value,
                 line: i + 1,
             }),
-            Err(message) => errors.push(ConfigError {
+            Err(e) => errors.push(ConfigError {
                 path: path.to_path_buf(),
                 line: Some(i + 1),
-                message,
+                message: e.to_string(),
             }),
         }
     }
@@ -157,7 +179,7 @@ fn natural_lines(text: &str) -> Vec<&str> {
 }
 
 /// Splits one logical line (leading white space gone) into its unescaped key and value.
-fn split_entry(line: &str) -> Result<(String, String), String> {
+fn split_entry(line: &str) -> Result<(String, String), EscapeError> {
     let mut key_end = line.len();
     let mut value_start = line.len();
     let mut has_separator = false;
@@ -209,7 +231,7 @@ fn trim_unescaped_end(s: &str) -> &str {
 }
 
 /// Java's escapes: `\t \n \r \f`, `\uXXXX`, and `\` + any other character is that character.
-fn unescape(s: &str) -> Result<String, String> {
+fn unescape(s: &str) -> Result<String, EscapeError> {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
@@ -228,9 +250,7 @@ fn unescape(s: &str) -> Result<String, String> {
                     .then(|| u32::from_str_radix(&hex, 16).ok())
                     .flatten();
                 let Some(unit) = unit else {
-                    return Err(format!(
-                        "malformed \\uXXXX escape \"\\u{hex}\" (four hex digits expected)"
-                    ));
+                    return Err(EscapeError::Malformed { hex });
                 };
                 // A UTF-16 surrogate pair is two escapes.
                 match char::from_u32(unit) {
@@ -243,7 +263,7 @@ fn unescape(s: &str) -> Result<String, String> {
                                 out.push(ch);
                                 chars.nth(5);
                             }
-                            None => return Err(format!("\\u{hex} is half of a UTF-16 pair without its other half")),
+                            None => return Err(EscapeError::HalfPair { hex }),
                         }
                     }
                 }
@@ -570,20 +590,21 @@ pub enum ProcessEnvironment {
 }
 
 /// Parses `KEY=VALUE` for `environment=`: a portable variable name.
-fn env_entry(value: &str) -> Result<(String, String), String> {
+fn env_entry(value: &str) -> Result<(String, String), EnvEntryError> {
     let (k, v) = value
         .split_once('=')
-        .ok_or_else(|| format!("environment={value} is not KEY=VALUE"))?;
+        .ok_or_else(|| EnvEntryError::NotKeyValue { value: value.into() })?;
     let portable = !k.is_empty()
         && !k.starts_with(|c: char| c.is_ascii_digit())
         && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !portable {
-        return Err(format!(
-            "environment={value}: {k:?} is not a variable name (letters, digits and _, not starting with a digit)"
-        ));
+        return Err(EnvEntryError::Name {
+            value: value.into(),
+            key: k.into(),
+        });
     }
     if v.contains('\0') {
-        return Err(format!("environment={k}=...: the value contains a NUL character"));
+        return Err(EnvEntryError::Nul { key: k.into() });
     }
     Ok((k.to_string(), v.to_string()))
 }
@@ -726,7 +747,7 @@ impl ServerConfig {
                 },
                 "environment" => match env_entry(&e.value) {
                     Ok(kv) => c.environment.push(kv),
-                    Err(msg) => r.error(e.line, msg),
+                    Err(err) => r.error(e.line, err.to_string()),
                 },
                 "processOomScoreAdjust" => match e.value.parse::<i32>() {
                     Ok(n) if (-1000..=1000).contains(&n) => c.process_oom_score_adjust = n,
