@@ -330,8 +330,8 @@ async fn handle(
     log_readers: &Arc<tokio::sync::Semaphore>,
 ) -> Option<Event> {
     let session = sub.session;
-    if let Err(message) = req.check() {
-        return Some(refused(session, ErrorKind::BadRequest, message));
+    if let Err(e) = req.check() {
+        return Some(refused(session, ErrorKind::BadRequest, e.to_string()));
     }
     let client = &who.peer.client;
     // The policy's verdict on the process a stop or an ack names.

@@ -115,26 +115,42 @@ pub enum Request {
 /// The longest instance id a request may carry, in bytes (ours are about 30).
 pub const MAX_ID_LEN: usize = 128;
 
+/// Why a request is refused before it is acted on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("the instance id is {len} bytes, over the limit of {MAX_ID_LEN} bytes")]
+    IdTooLong { len: usize },
+    /// A `logs` request's service identity.
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
+}
+
+/// A status received from a peer that no process can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StatusError {
+    #[error("exit code {0} is out of range (0 to 255)")]
+    Code(i32),
+    #[error("signal number {0} is out of range (1 to {MAX_SIGNAL})")]
+    Signal(i32),
+}
+
 impl Request {
     /// Checks the bounds of what the request carries that the run-string
     /// parser does not check (see [`crate::service`] for those), and those of
     /// a `logs` request's service identity, which nothing launches.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), RequestError> {
         let id = match self {
             Request::Launch(l) => l.attach_only.as_deref(),
             Request::Stop(s) => Some(s.id.as_str()),
             Request::Ack(a) => Some(a.id.as_str()),
             Request::Logs(l) => {
-                crate::service::ServiceSpec::check(&l.run, l.name.as_deref()).map_err(|e| e.to_string())?;
+                crate::service::ServiceSpec::check(&l.run, l.name.as_deref())?;
                 None
             }
             Request::List | Request::Ping(_) => None,
         };
         match id {
-            Some(id) if id.len() > MAX_ID_LEN => Err(format!(
-                "the instance id is {} bytes, over the limit of {MAX_ID_LEN} bytes",
-                id.len()
-            )),
+            Some(id) if id.len() > MAX_ID_LEN => Err(RequestError::IdTooLong { len: id.len() }),
             _ => Ok(()),
         }
     }
@@ -352,14 +368,12 @@ impl ExitStatus {
 
     /// Whether a status received from a peer is one a process can have: an
     /// exit code in 0..=255, a signal in 1..=[`MAX_SIGNAL`].
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), StatusError> {
         match self {
             ExitStatus::Code(c) | ExitStatus::SpawnFailed { code: c, .. } if !(0..=255).contains(c) => {
-                Err(format!("exit code {c} is out of range (0 to 255)"))
+                Err(StatusError::Code(*c))
             }
-            ExitStatus::Signal(s) if !(1..=MAX_SIGNAL).contains(s) => {
-                Err(format!("signal number {s} is out of range (1 to {MAX_SIGNAL})"))
-            }
+            ExitStatus::Signal(s) if !(1..=MAX_SIGNAL).contains(s) => Err(StatusError::Signal(*s)),
             _ => Ok(()),
         }
     }
@@ -845,10 +859,11 @@ mod tests {
             assert_eq!(r.check(), Ok(()), "{r:?}");
         }
         for r in carrying(&long) {
+            let e = r.check().unwrap_err();
+            assert_eq!(e, RequestError::IdTooLong { len: 129 }, "{r:?}");
             assert_eq!(
-                r.check().unwrap_err(),
-                "the instance id is 129 bytes, over the limit of 128 bytes",
-                "{r:?}"
+                e.to_string(),
+                "the instance id is 129 bytes, over the limit of 128 bytes"
             );
         }
         assert_eq!(Request::List.check(), Ok(()));
@@ -1002,7 +1017,7 @@ mod tests {
             ExitStatus::Signal(65),
             ExitStatus::Signal(i32::MIN),
         ] {
-            assert!(bad.check().unwrap_err().contains("out of range"), "{bad:?}");
+            assert!(bad.check().unwrap_err().to_string().contains("out of range"), "{bad:?}");
         }
     }
 }
