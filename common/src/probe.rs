@@ -203,19 +203,28 @@ pub struct DiskArgs {
     pub devices: Vec<PathBuf>,
 }
 
+/// A probe option's value that is not of its form (clap adds the option's name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeArgError {
+    #[error("{0:?} is not a network interface name")]
+    Interface(String),
+    #[error("{0:?} is not an absolute path")]
+    NotAbsolute(String),
+}
+
 /// Interface names are at most 15 bytes and never contain `/` or spaces.
-fn parse_lan(s: &str) -> Result<String, String> {
+fn parse_lan(s: &str) -> Result<String, ProbeArgError> {
     if s.is_empty() || s.len() > 15 || s.contains(['/', ' ', '\t', '\n']) {
-        return Err(format!("{s:?} is not a network interface name"));
+        return Err(ProbeArgError::Interface(s.into()));
     }
     Ok(s.to_string())
 }
 
 /// Checks a host log file option: written by cmappmgr on the host, so in the
 /// guest only its form matters.
-fn parse_host_path(s: &str) -> Result<PathBuf, String> {
+fn parse_host_path(s: &str) -> Result<PathBuf, ProbeArgError> {
     if s.is_empty() || !s.starts_with('/') {
-        return Err(format!("{s:?} is not an absolute path"));
+        return Err(ProbeArgError::NotAbsolute(s.into()));
     }
     Ok(s.into())
 }
