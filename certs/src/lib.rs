@@ -63,7 +63,14 @@ pub enum CertError {
     /// No name was given and none could be found.
     #[error("no name for the certificate; give one with --name")]
     NoName,
-    /// The CA certificate or key files are unusable.
+    /// The CA certificate file is unusable.
+    #[error("{}: {source}", path.display())]
+    BadCaCertificate {
+        path: PathBuf,
+        #[source]
+        source: CaCertificateError,
+    },
+    /// The CA key file is unusable.
     #[error("{}: {message}", path.display())]
     BadCa { path: PathBuf, message: String },
     /// The key of a file to renew is unusable.
@@ -76,6 +83,25 @@ pub enum CertError {
         #[source]
         source: rcgen::Error,
     },
+}
+
+/// Why the first certificate of a CA certificate file cannot sign.
+#[derive(Debug, thiserror::Error)]
+pub enum CaCertificateError {
+    #[error("no certificate found")]
+    NoCertificate,
+    #[error("not a valid PEM file: {source}")]
+    Pem {
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("not a valid X.509 certificate: {source}")]
+    X509 {
+        #[source]
+        source: x509_parser::nom::Err<x509_parser::error::X509Error>,
+    },
+    #[error("{subject} is not a CA certificate (it lacks basicConstraints CA:TRUE)")]
+    NotCa { subject: String },
 }
 
 fn generate_error(what: &'static str) -> impl FnOnce(rcgen::Error) -> CertError {
@@ -252,19 +278,17 @@ fn certificate_blocks(text: &str) -> String {
 }
 
 /// The first certificate of a PEM text, if it is a CA: its DER, or why not.
-fn first_ca_certificate(text: &str) -> Result<Vec<u8>, String> {
+fn first_ca_certificate(text: &str) -> Result<Vec<u8>, CaCertificateError> {
     use rustls_pki_types::pem::PemObject;
     let der = rustls_pki_types::CertificateDer::pem_slice_iter(text.as_bytes())
         .next()
-        .ok_or("no certificate found")?
-        .map_err(|e| format!("not a valid PEM file: {e}"))?;
-    let (_, x509) =
-        x509_parser::parse_x509_certificate(&der).map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
+        .ok_or(CaCertificateError::NoCertificate)?
+        .map_err(|source| CaCertificateError::Pem { source })?;
+    let (_, x509) = x509_parser::parse_x509_certificate(&der).map_err(|source| CaCertificateError::X509 { source })?;
     if !x509.is_ca() {
-        return Err(format!(
-            "{} is not a CA certificate (it lacks basicConstraints CA:TRUE)",
-            x509.subject()
-        ));
+        return Err(CaCertificateError::NotCa {
+            subject: x509.subject().to_string(),
+        });
     }
     Ok(der.to_vec())
 }
@@ -288,7 +312,10 @@ pub fn load_ca(cert_path: &Path, key_path: &Path) -> Result<Ca, CertError> {
     };
 
     let cert_text = read(cert_path)?;
-    let ca_der = first_ca_certificate(&cert_text).map_err(|m| bad(cert_path, m))?;
+    let ca_der = first_ca_certificate(&cert_text).map_err(|source| CertError::BadCaCertificate {
+        path: cert_path.into(),
+        source,
+    })?;
 
     common::tls::check_key_file_mode(key_path).map_err(|e| match e {
         common::tls::TlsError::File { message, .. } => bad(key_path, message),
