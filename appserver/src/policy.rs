@@ -77,6 +77,64 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Why the value of a rule's key (or of `allowedClients`) is not one it takes.
+/// The configuration error around it names the file, line and key.
+#[derive(Debug, thiserror::Error)]
+enum ValueError {
+    #[error("{value:?} is not sha256: and 32 bytes in hex")]
+    Fingerprint { value: String },
+    #[error("{value:?} is not a name pattern: {source}")]
+    NamePattern {
+        value: String,
+        #[source]
+        source: glob::PatternError,
+    },
+    #[error("names no client")]
+    NoClient,
+    #[error("{value:?}: the built-in probes are probe:net-mon and probe:disk-mon")]
+    UnknownProbe { value: String },
+    #[error("{value:?} is not an absolute path (nor probe:NAME)")]
+    RelativeProgram { value: String },
+    #[error("{value:?} contains \"..\"")]
+    ParentDir { value: String },
+    #[error("cannot split {value:?}: {source}")]
+    Split {
+        value: String,
+        #[source]
+        source: shell_words::ParseError,
+    },
+    #[error("{word:?} is not a pattern: {source}")]
+    ArgPattern {
+        word: String,
+        #[source]
+        source: glob::PatternError,
+    },
+    #[error("not a whole number")]
+    NotAWholeNumber(#[source] std::num::ParseIntError),
+    #[error("no such user in the user database")]
+    NoUser,
+    #[error("cannot look the user up: {0}")]
+    LookUpUser(#[source] nix::errno::Errno),
+    #[error("no such group in the group database")]
+    NoGroup,
+    #[error("cannot look the group up: {0}")]
+    LookUpGroup(#[source] nix::errno::Errno),
+    #[error("not an absolute path")]
+    RelativeCwd,
+    #[error(transparent)]
+    Limit(#[from] runas::LimitError),
+}
+
+/// A client that `allowedClients` does not name.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("client {client} is not among the allowedClients of {}", config.display())]
+pub struct NotAdmitted {
+    /// The client, as [`Client::short`] shows it.
+    pub client: String,
+    /// The configuration file that has the list.
+    pub config: PathBuf,
+}
+
 /// Whom a rule (or `allowedClients`) applies to.
 #[derive(Debug, Clone)]
 enum ClientPattern {
@@ -87,7 +145,7 @@ enum ClientPattern {
 }
 
 impl ClientPattern {
-    fn parse(s: &str) -> Result<ClientPattern, String> {
+    fn parse(s: &str) -> Result<ClientPattern, ValueError> {
         let fp = s.strip_prefix("sha256:").or_else(|| s.strip_prefix("SHA256:"));
         if let Some(fp) = fp {
             let hexed: String = fp
@@ -96,13 +154,16 @@ impl ClientPattern {
                 .collect::<String>()
                 .to_ascii_lowercase();
             if hexed.len() != 64 || !hexed.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(format!("{s:?} is not sha256: and 32 bytes in hex"));
+                return Err(ValueError::Fingerprint { value: s.into() });
             }
             return Ok(ClientPattern::Fingerprint(hexed));
         }
         glob::Pattern::new(s)
             .map(ClientPattern::Name)
-            .map_err(|e| format!("{s:?} is not a name pattern: {e}"))
+            .map_err(|source| ValueError::NamePattern {
+                value: s.into(),
+                source,
+            })
     }
 
     fn matches(&self, c: &Client) -> bool {
@@ -120,14 +181,14 @@ impl ClientPattern {
     }
 }
 
-fn parse_clients(value: &str) -> Result<Vec<ClientPattern>, String> {
+fn parse_clients(value: &str) -> Result<Vec<ClientPattern>, ValueError> {
     let list: Vec<ClientPattern> = value
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|s| !s.is_empty())
         .map(ClientPattern::parse)
         .collect::<Result<_, _>>()?;
     if list.is_empty() {
-        return Err("names no client".into());
+        return Err(ValueError::NoClient);
     }
     Ok(list)
 }
@@ -141,22 +202,20 @@ enum Program {
 }
 
 impl Program {
-    fn parse(v: &str) -> Result<Program, String> {
+    fn parse(v: &str) -> Result<Program, ValueError> {
         if let Some(p) = v.strip_prefix("probe:") {
             return match p {
                 "net-mon" | "cmapp_net_mon" | "cmapp_net_mon.pl" => Ok(Program::Probe(Probe::Net)),
                 "disk-mon" | "cmapp_disk_mon" | "cmapp_disk_mon.pl" => Ok(Program::Probe(Probe::Disk)),
-                _ => Err(format!(
-                    "{v:?}: the built-in probes are probe:net-mon and probe:disk-mon"
-                )),
+                _ => Err(ValueError::UnknownProbe { value: v.into() }),
             };
         }
         let path = Path::new(v);
         if !path.is_absolute() {
-            return Err(format!("{v:?} is not an absolute path (nor probe:NAME)"));
+            return Err(ValueError::RelativeProgram { value: v.into() });
         }
         if path.components().any(|c| c == Component::ParentDir) {
-            return Err(format!("{v:?} contains \"..\""));
+            return Err(ValueError::ParentDir { value: v.into() });
         }
         if v.ends_with('/') {
             Ok(Program::Under(path.to_path_buf()))
@@ -188,15 +247,23 @@ struct Args {
 }
 
 impl Args {
-    fn parse(v: &str) -> Result<Args, String> {
-        let mut words = shell_words::split(v).map_err(|e| format!("cannot split {v:?}: {e}"))?;
+    fn parse(v: &str) -> Result<Args, ValueError> {
+        let mut words = shell_words::split(v).map_err(|source| ValueError::Split {
+            value: v.into(),
+            source,
+        })?;
         let more = words.last().is_some_and(|w| w == "...");
         if more {
             words.pop();
         }
         let patterns = words
             .iter()
-            .map(|w| glob::Pattern::new(w).map_err(|e| format!("{w:?} is not a pattern: {e}")))
+            .map(|w| {
+                glob::Pattern::new(w).map_err(|source| ValueError::ArgPattern {
+                    word: w.clone(),
+                    source,
+                })
+            })
             .collect::<Result<_, _>>()?;
         Ok(Args { patterns, more })
     }
@@ -401,7 +468,7 @@ impl Policy {
                 errors.push((e.line, format!("{full} is empty")));
                 continue;
             }
-            let bad = |m: String| (e.line, format!("allow.{name}.{canonical}={v}: {m}"));
+            let bad = |m: ValueError| (e.line, format!("allow.{name}.{canonical}={v}: {m}"));
             match canonical.as_str() {
                 "program" => match Program::parse(v) {
                     Ok(p) => program = Some(p),
@@ -413,7 +480,7 @@ impl Policy {
                 },
                 "maxArgs" => match v.parse::<usize>() {
                     Ok(n) => max_args = Some(n),
-                    Err(_) => errors.push(bad("not a whole number".into())),
+                    Err(err) => errors.push(bad(ValueError::NotAWholeNumber(err))),
                 },
                 "clients" => match parse_clients(v) {
                     Ok(c) => clients = Some(c),
@@ -421,19 +488,19 @@ impl Policy {
                 },
                 "user" => match nix::unistd::User::from_name(v) {
                     Ok(Some(_)) => run_as.user = Some(v.to_string()),
-                    Ok(None) => errors.push(bad("no such user in the user database".into())),
-                    Err(err) => errors.push(bad(format!("cannot look the user up: {err}"))),
+                    Ok(None) => errors.push(bad(ValueError::NoUser)),
+                    Err(err) => errors.push(bad(ValueError::LookUpUser(err))),
                 },
                 "group" => match nix::unistd::Group::from_name(v) {
                     Ok(Some(_)) => run_as.group = Some(v.to_string()),
-                    Ok(None) => errors.push(bad("no such group in the group database".into())),
-                    Err(err) => errors.push(bad(format!("cannot look the group up: {err}"))),
+                    Ok(None) => errors.push(bad(ValueError::NoGroup)),
+                    Err(err) => errors.push(bad(ValueError::LookUpGroup(err))),
                 },
                 "cwd" => {
                     if Path::new(v).is_absolute() {
                         run_as.cwd = Some(v.into());
                     } else {
-                        errors.push(bad("not an absolute path".into()));
+                        errors.push(bad(ValueError::RelativeCwd));
                     }
                 }
                 limit => {
@@ -441,7 +508,7 @@ impl Policy {
                     let bytes = runas::RESOURCES.iter().any(|r| r.0 == res && r.2);
                     match runas::parse_limit(res, v, bytes) {
                         Ok(l) => run_as.limits.push(l),
-                        Err(m) => errors.push(bad(m)),
+                        Err(m) => errors.push(bad(m.into())),
                     }
                 }
             }
@@ -471,13 +538,12 @@ impl Policy {
     }
 
     /// May this client connect at all? `Err` says why not.
-    pub fn admit(&self, client: &Client) -> Result<(), String> {
+    pub fn admit(&self, client: &Client) -> Result<(), NotAdmitted> {
         match &self.allowed_clients {
-            Some(list) if !list.iter().any(|p| p.matches(client)) => Err(format!(
-                "client {} is not among the allowedClients of {}",
-                client.short(),
-                self.source.display()
-            )),
+            Some(list) if !list.iter().any(|p| p.matches(client)) => Err(NotAdmitted {
+                client: client.short(),
+                config: self.source.clone(),
+            }),
             _ => Ok(()),
         }
     }
@@ -685,7 +751,11 @@ mod tests {
         )
         .unwrap();
         assert!(p.admit(&client(&["host7"])).is_ok());
-        assert!(p.admit(&client(&["evil"])).unwrap_err().contains("allowedClients"));
+        assert!(p
+            .admit(&client(&["evil"]))
+            .unwrap_err()
+            .to_string()
+            .contains("allowedClients"));
         match p.decide(&client(&["host7"]), &argv(&["/bin/sh"])) {
             Decision::Allowed { rule, run_as: Some(r) } => {
                 assert_eq!(rule, "app");

@@ -20,6 +20,7 @@ use std::ffi::CString;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
+use nix::errno::Errno;
 use nix::sys::resource::{setrlimit, Resource, RLIM_INFINITY};
 use nix::unistd::{Gid, Group, Uid, User};
 use serde::{Deserialize, Serialize};
@@ -89,10 +90,27 @@ impl RunAs {
     }
 }
 
+/// Why a limit value (`allow.NAME.limit.RESOURCE`, `run-as --limit`) is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("{value:?}: unknown unit {unit:?} (K, M, G or T)")]
+    Unit { value: String, unit: char },
+    /// `bytes`: the resource is a size, which may have a unit.
+    #[error(
+        "{value:?} is not a number{} or unlimited",
+        if *bytes { " (with an optional K, M, G or T)" } else { "" }
+    )]
+    NotANumber { value: String, bytes: bool },
+    #[error("{value:?} is too large")]
+    TooLarge { value: String },
+    #[error("the soft limit in {value:?} is above the hard limit")]
+    SoftAboveHard { value: String },
+}
+
 /// Parses a limit value: `N`, `SOFT:HARD`, `unlimited`; sizes may end in
 /// K, M, G or T (powers of 1024) when `bytes`.
-pub fn parse_limit(resource: &str, value: &str, bytes: bool) -> Result<Limit, String> {
-    let one = |v: &str| -> Result<Option<u64>, String> {
+pub fn parse_limit(resource: &str, value: &str, bytes: bool) -> Result<Limit, LimitError> {
+    let one = |v: &str| -> Result<Option<u64>, LimitError> {
         let v = v.trim();
         if v.eq_ignore_ascii_case("unlimited") || v.eq_ignore_ascii_case("infinity") {
             return Ok(None);
@@ -104,21 +122,18 @@ pub fn parse_limit(resource: &str, value: &str, bytes: bool) -> Result<Limit, St
                     'M' => 1 << 20,
                     'G' => 1 << 30,
                     'T' => 1 << 40,
-                    _ => return Err(format!("{v:?}: unknown unit {c:?} (K, M, G or T)")),
+                    unit => return Err(LimitError::Unit { value: v.into(), unit }),
                 };
                 (&v[..i], m)
             }
             _ => (v, 1),
         };
-        let n: u64 = digits.parse().map_err(|_| {
-            format!(
-                "{v:?} is not a number{} or unlimited",
-                if bytes { " (with an optional K, M, G or T)" } else { "" }
-            )
-        })?;
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| LimitError::NotANumber { value: v.into(), bytes })?;
         n.checked_mul(mult)
             .map(Some)
-            .ok_or_else(|| format!("{v:?} is too large"))
+            .ok_or_else(|| LimitError::TooLarge { value: v.into() })
     };
     let (soft, hard) = match value.split_once(':') {
         Some((s, h)) => (one(s)?, one(h)?),
@@ -133,7 +148,7 @@ pub fn parse_limit(resource: &str, value: &str, bytes: bool) -> Result<Limit, St
         _ => false,
     };
     if above(soft, hard) {
-        return Err(format!("the soft limit in {value:?} is above the hard limit"));
+        return Err(LimitError::SoftAboveHard { value: value.into() });
     }
     Ok(Limit {
         resource: resource.to_string(),
@@ -184,7 +199,7 @@ pub fn main(args: Vec<String>) -> i32 {
     let mut cmd = std::process::Command::new(program);
     cmd.args(&argv[1..]);
     if let Err(e) = become_user(&run_as, &mut cmd) {
-        return fail(126, e);
+        return fail(e.exit_code(), e.to_string());
     }
     // Only returns on failure.
     let err = cmd.exec();
@@ -196,56 +211,145 @@ pub fn main(args: Vec<String>) -> i32 {
     fail(code, format!("{program}: {err}"))
 }
 
+/// Why `run-as` could not become the configured user.
+#[derive(Debug, thiserror::Error)]
+pub enum BecomeError {
+    #[error("unknown resource {resource}")]
+    UnknownResource { resource: String },
+    #[error("cannot set the {resource} limit: {source}")]
+    Limit {
+        resource: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot look up user {name}: {source}")]
+    LookUpUser {
+        name: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("user {name} does not exist")]
+    NoUser { name: String },
+    #[error("cannot look up group {name}: {source}")]
+    LookUpGroup {
+        name: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("group {name} does not exist")]
+    NoGroup { name: String },
+    #[error("a user name with a NUL byte")]
+    NulInName,
+    #[error("cannot set the supplementary groups of {user}: {source}")]
+    SupplementaryGroups {
+        user: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot set the groups: {source}")]
+    Groups {
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot set group id {gid}: {source}")]
+    SetGid {
+        gid: Gid,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot become user {user} ({uid}): {source}")]
+    SetUid {
+        user: String,
+        uid: Uid,
+        #[source]
+        source: Errno,
+    },
+    /// Dropping root did not hold.
+    #[error("user {user}: root privileges could be regained")]
+    RootRegained { user: String },
+    #[error("cannot change to directory {}: {source}", dir.display())]
+    Cwd {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BecomeError {
+    /// `run-as`'s exit code: 126, as a shell's for a program found but not
+    /// run (127, not found, comes from the exec itself).
+    pub fn exit_code(&self) -> i32 {
+        126
+    }
+}
+
 /// Sets limits, groups, group, user, working directory and the login
 /// variables (those the application's configured environment does not set).
-fn become_user(run_as: &RunAs, cmd: &mut std::process::Command) -> Result<(), String> {
+fn become_user(run_as: &RunAs, cmd: &mut std::process::Command) -> Result<(), BecomeError> {
     for l in &run_as.limits {
         let resource = RESOURCES
             .iter()
             .find(|r| r.0 == l.resource)
             .map(|r| r.1)
-            .ok_or_else(|| format!("unknown resource {}", l.resource))?;
+            .ok_or_else(|| BecomeError::UnknownResource {
+                resource: l.resource.clone(),
+            })?;
         setrlimit(
             resource,
             l.soft.unwrap_or(RLIM_INFINITY),
             l.hard.unwrap_or(RLIM_INFINITY),
         )
-        .map_err(|e| format!("cannot set the {} limit: {e}", l.resource))?;
+        .map_err(|source| BecomeError::Limit {
+            resource: l.resource.clone(),
+            source,
+        })?;
     }
     let user = match &run_as.user {
         Some(name) => Some(
             User::from_name(name)
-                .map_err(|e| format!("cannot look up user {name}: {e}"))?
-                .ok_or_else(|| format!("user {name} does not exist"))?,
+                .map_err(|source| BecomeError::LookUpUser {
+                    name: name.clone(),
+                    source,
+                })?
+                .ok_or_else(|| BecomeError::NoUser { name: name.clone() })?,
         ),
         None => None,
     };
     let gid = match &run_as.group {
         Some(name) => {
             Group::from_name(name)
-                .map_err(|e| format!("cannot look up group {name}: {e}"))?
-                .ok_or_else(|| format!("group {name} does not exist"))?
+                .map_err(|source| BecomeError::LookUpGroup {
+                    name: name.clone(),
+                    source,
+                })?
+                .ok_or_else(|| BecomeError::NoGroup { name: name.clone() })?
                 .gid
         }
         None => user.as_ref().map_or_else(Gid::current, |u| u.gid),
     };
     match &user {
         Some(u) => {
-            let name = CString::new(u.name.as_str()).map_err(|_| "a user name with a NUL byte".to_string())?;
-            nix::unistd::initgroups(&name, gid)
-                .map_err(|e| format!("cannot set the supplementary groups of {}: {e}", u.name))?;
+            let name = CString::new(u.name.as_str()).map_err(|_| BecomeError::NulInName)?;
+            nix::unistd::initgroups(&name, gid).map_err(|source| BecomeError::SupplementaryGroups {
+                user: u.name.clone(),
+                source,
+            })?;
         }
         None if run_as.group.is_some() => {
-            nix::unistd::setgroups(&[gid]).map_err(|e| format!("cannot set the groups: {e}"))?;
+            nix::unistd::setgroups(&[gid]).map_err(|source| BecomeError::Groups { source })?;
         }
         None => {}
     }
-    nix::unistd::setgid(gid).map_err(|e| format!("cannot set group id {gid}: {e}"))?;
+    nix::unistd::setgid(gid).map_err(|source| BecomeError::SetGid { gid, source })?;
     if let Some(u) = &user {
-        nix::unistd::setuid(u.uid).map_err(|e| format!("cannot become user {} ({}): {e}", u.name, u.uid))?;
+        nix::unistd::setuid(u.uid).map_err(|source| BecomeError::SetUid {
+            user: u.name.clone(),
+            uid: u.uid,
+            source,
+        })?;
         // Dropped for good: getting root back must fail.
         if !u.uid.is_root() && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
-            return Err(format!("user {}: root privileges could be regained", u.name));
+            return Err(BecomeError::RootRegained { user: u.name.clone() });
         }
         let home = u.dir.display().to_string();
         let shell = u.shell.display().to_string();
@@ -274,7 +378,10 @@ fn become_user(run_as: &RunAs, cmd: &mut std::process::Command) -> Result<(), St
         }
         (None, None) => PathBuf::from("/"),
     };
-    std::env::set_current_dir(&cwd).map_err(|e| format!("cannot change to directory {}: {e}", cwd.display()))?;
+    std::env::set_current_dir(&cwd).map_err(|source| BecomeError::Cwd {
+        dir: cwd.clone(),
+        source,
+    })?;
     Ok(())
 }
 

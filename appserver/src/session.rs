@@ -160,7 +160,8 @@ async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         audit: audit.as_ref().as_ref(),
     };
     // Clients the guest does not know by name are turned away here (CA mode).
-    if let Err(why) = ctx.policy.get().admit(&peer.client) {
+    if let Err(e) = ctx.policy.get().admit(&peer.client) {
+        let why = e.to_string();
         who.record("connect", None, None, &Decision::Refused(why.clone()), why.clone());
         let _ = wr
             .write(&Event::Error(ErrorReply {
