@@ -52,6 +52,31 @@ pub struct Record<'a> {
     pub outcome: String,
 }
 
+/// Why the audit log cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The `auditLog` file (a configuration problem).
+    #[error("auditLog {}: cannot open it for appending: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The writer thread (an internal failure).
+    #[error("cannot start the audit thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+impl AuditError {
+    /// cmappserver's exit code when this stops it from starting.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AuditError::Open { .. } => crate::exit::CONFIG,
+            AuditError::Thread(_) => crate::exit::INTERNAL,
+        }
+    }
+}
+
 /// Where records go.
 #[derive(Debug, Clone)]
 pub struct Audit {
@@ -62,14 +87,17 @@ pub struct Audit {
 
 impl Audit {
     /// Opens (creates) the file and starts the writer thread.
-    pub fn open(path: &Path) -> Result<Audit, String> {
+    pub fn open(path: &Path) -> Result<Audit, AuditError> {
         let file = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
             .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(path)
-            .map_err(|e| format!("auditLog {}: cannot open it for appending: {e}", path.display()))?;
+            .map_err(|source| AuditError::Open {
+                path: path.into(),
+                source,
+            })?;
         let (tx, rx) = sync_channel::<String>(QUEUE);
         let shown = path.display().to_string();
         std::thread::Builder::new()
@@ -97,7 +125,7 @@ impl Audit {
                     }
                 }
             })
-            .map_err(|e| format!("cannot start the audit thread: {e}"))?;
+            .map_err(AuditError::Thread)?;
         Ok(Audit {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),

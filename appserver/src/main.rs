@@ -100,6 +100,8 @@ mod exit {
     pub const CANNOT_LISTEN: u8 = 71;
     /// The pid file cannot be written (EX_CANTCREAT).
     pub const CANNOT_CREATE: u8 = 73;
+    /// An internal failure: a thread or a signal handler that cannot be set up.
+    pub const INTERNAL: u8 = 1;
 }
 
 /// The command line, for the man page and completions.
@@ -348,7 +350,7 @@ impl Reload {
         let loaded = load_from(&self.conf, &self.listen);
         let loaded = loaded.and_then(|l| {
             let audit = l.config.audit_log.as_deref().map(audit::Audit::open).transpose();
-            audit.map(|a| (l, a)).map_err(|e| vec![e])
+            audit.map(|a| (l, a)).map_err(|e| vec![e.to_string()])
         });
         match loaded {
             Err(problems) => {
@@ -394,7 +396,7 @@ async fn run(loaded: Loaded, pid_file: Option<PathBuf>, reload: Reload) -> ExitC
         Ok(a) => a,
         Err(e) => {
             tracing::error!("{e}");
-            return ExitCode::from(exit::CONFIG);
+            return ExitCode::from(e.exit_code());
         }
     };
     tracing::info!("{}", policy.summary());
@@ -402,7 +404,7 @@ async fn run(loaded: Loaded, pid_file: Option<PathBuf>, reload: Reload) -> ExitC
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot install signal handlers: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(exit::INTERNAL);
         }
     };
     let state = match supervisor::state::StateDir::open(&config.state_dir) {
