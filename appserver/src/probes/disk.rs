@@ -175,7 +175,7 @@ fn read_worker(args: &[String]) -> i32 {
     let mut lines = Vec::new();
     let result = read_device(Path::new(device), poll, &mut lines);
     if let Err(failure) = &result {
-        lines.push(failure.clone());
+        lines.push(failure.to_string());
     }
     println!("{}", lines.join("\n"));
     if result.is_ok() {
@@ -185,20 +185,53 @@ fn read_worker(args: &[String]) -> i32 {
     }
 }
 
+/// Why a reader failed on its device: the last line it prints.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("open of {} failed: {source}", device.display())]
+    Open {
+        device: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("size of {} unknown: {source}", device.display())]
+    Size {
+        device: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is empty (size 0)", device.display())]
+    Empty { device: PathBuf },
+    /// A read returned nothing before the size the device claims.
+    #[error("read of {} at offset {offset} failed: end of device before its size {size}", device.display())]
+    Eof { device: PathBuf, offset: u64, size: u64 },
+    #[error("read of {} at offset {offset} failed: {source}", device.display())]
+    Read {
+        device: PathBuf,
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Reads one block at each of this poll's offsets of `device`, bypassing the
 /// page cache; records a line per read in `lines`.
-fn read_device(device: &Path, poll: u64, lines: &mut Vec<String>) -> Result<(), String> {
+fn read_device(device: &Path, poll: u64, lines: &mut Vec<String>) -> Result<(), ReadError> {
     let name = device.display();
     let mut file: File = OpenOptions::new()
         .read(true)
         .custom_flags(OFlag::O_DIRECT.bits())
         .open(device)
-        .map_err(|e| format!("open of {name} failed: {e}"))?;
-    let size = file
-        .seek(SeekFrom::End(0))
-        .map_err(|e| format!("size of {name} unknown: {e}"))?;
+        .map_err(|source| ReadError::Open {
+            device: device.into(),
+            source,
+        })?;
+    let size = file.seek(SeekFrom::End(0)).map_err(|source| ReadError::Size {
+        device: device.into(),
+        source,
+    })?;
     if size == 0 {
-        return Err(format!("{name} is empty (size 0)"));
+        return Err(ReadError::Empty { device: device.into() });
     }
     // O_DIRECT wants an aligned buffer: take the aligned part of a larger one.
     let mut buf = vec![0u8; 2 * BLOCK];
@@ -208,15 +241,23 @@ fn read_device(device: &Path, poll: u64, lines: &mut Vec<String>) -> Result<(), 
         let begun = Instant::now();
         match file.read_at(block, offset) {
             Ok(0) => {
-                return Err(format!(
-                    "read of {name} at offset {offset} failed: end of device before its size {size}"
-                ))
+                return Err(ReadError::Eof {
+                    device: device.into(),
+                    offset,
+                    size,
+                })
             }
             Ok(n) => lines.push(format!(
                 "read {n} bytes of {name} at offset {offset} in {:.3} ms",
                 ms(begun.elapsed())
             )),
-            Err(e) => return Err(format!("read of {name} at offset {offset} failed: {e}")),
+            Err(source) => {
+                return Err(ReadError::Read {
+                    device: device.into(),
+                    offset,
+                    source,
+                })
+            }
         }
     }
     Ok(())

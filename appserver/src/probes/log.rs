@@ -13,8 +13,24 @@
 use std::fmt::Display;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+/// The guest log file (`--guest_logfile`) cannot be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open guest log file {}: {source}", path.display())]
+pub struct GuestLogError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl GuestLogError {
+    /// The probe's exit code: its command line names a file it cannot use.
+    pub fn exit_code(&self) -> i32 {
+        super::EX_USAGE
+    }
+}
 
 /// Where a probe's lines go, and how much it logs.
 #[derive(Debug)]
@@ -37,7 +53,7 @@ pub fn watch(
         Ok(log) => log,
         Err(e) => {
             eprintln!("{probe}: {e}");
-            return super::EX_USAGE;
+            return e.exit_code();
         }
     };
     let (code, message) = run(&log);
@@ -48,7 +64,7 @@ pub fn watch(
 impl Log {
     /// A log for `probe` that keeps messages of `level` and below; appends to
     /// `guest_file` too when one is given (an error if it cannot be opened).
-    pub fn open(probe: &'static str, level: u8, guest_file: Option<&Path>) -> Result<Log, String> {
+    pub fn open(probe: &'static str, level: u8, guest_file: Option<&Path>) -> Result<Log, GuestLogError> {
         let guest = match guest_file {
             None => None,
             Some(path) => Some(
@@ -56,7 +72,10 @@ impl Log {
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|e| format!("cannot open guest log file {}: {e}", path.display()))?,
+                    .map_err(|source| GuestLogError {
+                        path: path.into(),
+                        source,
+                    })?,
             ),
         };
         Ok(Log { probe, level, guest })
