@@ -231,15 +231,14 @@ mod tests {
         first: ShimEvent,
         then: Option<ShimEvent>,
         expect: Expect,
-    ) -> (Result<(u32, u64, bool), String>, Vec<ShimRequest>) {
+    ) -> (Result<(u32, u64, bool), LinkError>, Vec<ShimRequest>) {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         let dir = Dir::open(tmp.path()).unwrap();
         let shim = fake_shim(&dir, first, then);
         let got = connect(&dir, expect)
             .await
-            .map(|s| (s.pid, s.started_at_ms, s.pending.is_some()))
-            .map_err(|e| e.to_string());
+            .map(|s| (s.pid, s.started_at_ms, s.pending.is_some()));
         (got, shim.await.unwrap())
     }
 
@@ -250,14 +249,16 @@ mod tests {
             started_at_ms: 6,
         };
         let (got, sent) = try_connect(hello(SHIM_PROTOCOL, 0, true), Some(started.clone()), Expect::New).await;
-        assert_eq!(got, Ok((42, 6, false)));
+        assert_eq!(got.unwrap(), (42, 6, false));
         assert_eq!(sent, [ShimRequest::Start]);
         let (got, sent) = try_connect(hello(OLDEST_ADOPTED, 0, true), Some(started), Expect::New).await;
+        let e = got.unwrap_err();
+        assert!(matches!(e, LinkError::Version(OLDEST_ADOPTED)), "{e:?}");
         assert_eq!(
-            got,
-            Err(format!(
+            e.to_string(),
+            format!(
                 "process supervisor speaks shim protocol {OLDEST_ADOPTED}, this cmappserver speaks {SHIM_PROTOCOL}"
-            ))
+            )
         );
         assert!(sent.is_empty(), "a refused shim is never told to start");
     }
@@ -266,12 +267,12 @@ mod tests {
     async fn a_running_shim_of_any_adopted_version_is_adopted_without_a_start() {
         for protocol in OLDEST_ADOPTED..=SHIM_PROTOCOL {
             let (got, sent) = try_connect(hello(protocol, 7, false), None, Expect::Adopt).await;
-            assert_eq!(got, Ok((7, 5, false)), "protocol {protocol}");
+            assert_eq!(got.unwrap(), (7, 5, false), "protocol {protocol}");
             assert!(sent.is_empty());
         }
         for protocol in [0, SHIM_PROTOCOL + 1] {
             let (got, _) = try_connect(hello(protocol, 7, false), None, Expect::Adopt).await;
-            assert!(got.unwrap_err().contains(&format!("speaks shim protocol {protocol}")));
+            assert!(matches!(got, Err(LinkError::Version(p)) if p == protocol), "{got:?}");
         }
     }
 
@@ -286,7 +287,7 @@ mod tests {
             tail: Vec::new(),
         };
         let (got, sent) = try_connect(hello(SHIM_PROTOCOL, 0, true), Some(exited), Expect::New).await;
-        assert_eq!(got, Ok((0, 9, true)));
+        assert_eq!(got.unwrap(), (0, 9, true));
         assert_eq!(sent, [ShimRequest::Start]);
     }
 
@@ -297,8 +298,11 @@ mod tests {
             line: "x".into(),
         };
         let (got, _) = try_connect(out.clone(), None, Expect::Adopt).await;
-        assert!(got.unwrap_err().ends_with("before its hello"));
+        assert!(got.unwrap_err().to_string().ends_with("before its hello"));
         let (got, _) = try_connect(hello(SHIM_PROTOCOL, 0, true), Some(out), Expect::New).await;
-        assert!(got.unwrap_err().ends_with("instead of starting its process"));
+        assert!(got
+            .unwrap_err()
+            .to_string()
+            .ends_with("instead of starting its process"));
     }
 }
