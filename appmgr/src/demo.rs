@@ -13,28 +13,67 @@ use std::process::{Command, Stdio};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-fn sibling(name: &str) -> Result<PathBuf, String> {
-    let me = common::exe::path().ok_or("cannot find this program")?;
-    let p = me.with_file_name(name);
-    if p.exists() {
-        Ok(p)
-    } else {
-        Err(format!(
-            "{} not found next to cmappmgr (build the whole workspace: cargo build --workspace)",
-            p.display()
-        ))
+/// Why the demo could not run (the sample application's own exit is not an error).
+#[derive(Debug, thiserror::Error)]
+enum DemoError {
+    #[error("cannot find this program")]
+    NoExe,
+    #[error("{} not found next to cmappmgr (build the whole workspace: cargo build --workspace)", path.display())]
+    Missing { path: PathBuf },
+    #[error("cannot make a temporary directory: {0}")]
+    TempDir(#[source] std::io::Error),
+    #[error(transparent)]
+    Keys(#[from] certs::CertError),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start {}: {source}", program.display())]
+    Start {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read cmappserver's log: {0}")]
+    ServerLog(#[source] std::io::Error),
+    #[error("cmappserver exited before listening")]
+    ServerExited,
+}
+
+impl DemoError {
+    /// `cmappmgr demo`'s exit code when it could not show the path.
+    fn exit_code(&self) -> i32 {
+        1
     }
 }
 
-fn write_keys(dir: &Path) -> Result<(), String> {
-    let e = |e: certs::CertError| e.to_string();
-    let server = certs::self_signed(certs::Role::Server, &["127.0.0.1".into()]).map_err(e)?;
-    let client = certs::self_signed(certs::Role::Client, &["demo-host".into()]).map_err(e)?;
-    certs::write_private(&dir.join("server.private"), &server.private_pem, true).map_err(e)?;
-    certs::write_public(&dir.join("server.public"), &server.public_pem, true).map_err(e)?;
-    certs::write_private(&dir.join("client.private"), &client.private_pem, true).map_err(e)?;
-    certs::write_public(&dir.join("client.public"), &client.public_pem, true).map_err(e)?;
+fn sibling(name: &str) -> Result<PathBuf, DemoError> {
+    let me = common::exe::path().ok_or(DemoError::NoExe)?;
+    let path = me.with_file_name(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(DemoError::Missing { path })
+    }
+}
+
+fn write_keys(dir: &Path) -> Result<(), DemoError> {
+    let server = certs::self_signed(certs::Role::Server, &["127.0.0.1".into()])?;
+    let client = certs::self_signed(certs::Role::Client, &["demo-host".into()])?;
+    certs::write_private(&dir.join("server.private"), &server.private_pem, true)?;
+    certs::write_public(&dir.join("server.public"), &server.public_pem, true)?;
+    certs::write_private(&dir.join("client.private"), &client.private_pem, true)?;
+    certs::write_public(&dir.join("client.public"), &client.public_pem, true)?;
     Ok(())
+}
+
+fn write(path: &Path, text: String) -> Result<(), DemoError> {
+    std::fs::write(path, text).map_err(|source| DemoError::Write {
+        path: path.into(),
+        source,
+    })
 }
 
 /// The demo's private directory (mode 0700, made fresh: an existing path is
@@ -71,35 +110,33 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cmappmgr demo: {e}");
-            1
+            e.exit_code()
         }
     }
 }
 
-fn run() -> Result<i32, String> {
-    let tmp = TempDir::new().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
+fn run() -> Result<i32, DemoError> {
+    let tmp = TempDir::new().map_err(DemoError::TempDir)?;
     let dir = tmp.0.as_path();
     let server_bin = sibling("cmappserver")?;
     println!("demo: throwaway keys in {}", dir.display());
     write_keys(dir)?;
     let server_conf = dir.join("cmappserver.conf");
-    std::fs::write(
+    write(
         &server_conf,
         format!(
             "keyStore={0}/server.private\ntrustStore={0}/client.public\nlisten=127.0.0.1:0\nstateDir={0}/state\n",
             dir.display()
         ),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let mgr_conf = dir.join("cmappmgr.conf");
-    std::fs::write(
+    write(
         &mgr_conf,
         format!(
             "keyStore={0}/client.private\ntrustStore={0}/server.public\n",
             dir.display()
         ),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
 
     let mut server = Command::new(&server_bin)
         .arg("--conf")
@@ -108,14 +145,17 @@ fn run() -> Result<i32, String> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", server_bin.display()))?;
+        .map_err(|source| DemoError::Start {
+            program: server_bin.clone(),
+            source,
+        })?;
     let mut log = BufReader::new(server.stderr.take().expect("piped"));
     let mut addr = None;
     let mut line = String::new();
     while addr.is_none() {
         line.clear();
-        if log.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
-            return Err("cmappserver exited before listening".into());
+        if log.read_line(&mut line).map_err(DemoError::ServerLog)? == 0 {
+            return Err(DemoError::ServerExited);
         }
         print!("  guest | {line}");
         addr = line.split("listening on ").nth(1).map(|a| a.trim().to_string());
@@ -130,12 +170,16 @@ fn run() -> Result<i32, String> {
 
     let app = "echo hello from the guest; echo this goes to stderr >&2; sleep 1; exit 3";
     println!("demo: cmappmgr -node {addr} -cmappserver_timeout 10 -service /bin/sh -c '{app}'");
-    let status = Command::new(common::exe::reexec())
+    let manager = common::exe::reexec();
+    let status = Command::new(&manager)
         .args(["-node", &addr, "-cmappserver_timeout", "10", "--conf"])
         .arg(&mgr_conf)
         .args(["--no_syslog", "-service", "/bin/sh", "-c", app])
         .status()
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| DemoError::Start {
+            program: manager.clone(),
+            source,
+        })?;
     let code = status.code().unwrap_or(1);
     println!("demo: cmappmgr exited with {code}: the application's own exit code, reported the moment it ended");
 
