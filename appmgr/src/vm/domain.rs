@@ -64,23 +64,29 @@ pub struct Interface {
     pub model: Option<String>,
 }
 
+/// Why `virsh dumpxml`'s output is not a domain definition we read.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainXmlError {
+    #[error("the domain definition is {len} bytes, over the {MAX_XML} accepted")]
+    TooLarge { len: usize },
+    #[error("the domain definition is not valid XML: {0}")]
+    Xml(#[source] roxmltree::Error),
+    #[error("the definition's root element is <{root}>, not <domain>")]
+    NotADomain { root: String },
+}
+
 impl DomainXml {
     /// Parses `virsh dumpxml` output.
-    pub fn parse(xml: &str) -> Result<DomainXml, String> {
+    pub fn parse(xml: &str) -> Result<DomainXml, DomainXmlError> {
         if xml.len() > MAX_XML {
-            return Err(format!(
-                "the domain definition is {} bytes, over the {MAX_XML} accepted",
-                xml.len()
-            ));
+            return Err(DomainXmlError::TooLarge { len: xml.len() });
         }
-        let doc =
-            roxmltree::Document::parse(xml).map_err(|e| format!("the domain definition is not valid XML: {e}"))?;
+        let doc = roxmltree::Document::parse(xml).map_err(DomainXmlError::Xml)?;
         let root = doc.root_element();
         if !root.has_tag_name("domain") {
-            return Err(format!(
-                "the definition's root element is <{}>, not <domain>",
-                root.tag_name().name()
-            ));
+            return Err(DomainXmlError::NotADomain {
+                root: root.tag_name().name().into(),
+            });
         }
         let mut out = DomainXml {
             name: text(child(root, "name")).unwrap_or_default(),
@@ -272,11 +278,16 @@ mod tests {
 
     #[test]
     fn bad_definitions_are_errors_that_say_why() {
-        let e = DomainXml::parse("<domain><name>x</name>").unwrap_err();
+        let e = DomainXml::parse("<domain><name>x</name>").unwrap_err().to_string();
         assert!(e.starts_with("the domain definition is not valid XML"), "{e}");
         let e = DomainXml::parse("<network><name>x</name></network>").unwrap_err();
-        assert!(e.contains("<network>, not <domain>"), "{e}");
+        assert!(
+            matches!(&e, DomainXmlError::NotADomain { root } if root == "network"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("<network>, not <domain>"), "{e}");
         let big = format!("<domain>{}</domain>", " ".repeat(MAX_XML));
-        assert!(DomainXml::parse(&big).unwrap_err().contains("over the"));
+        assert!(matches!(DomainXml::parse(&big), Err(DomainXmlError::TooLarge { .. })));
+        assert!(DomainXml::parse(&big).unwrap_err().to_string().contains("over the"));
     }
 }

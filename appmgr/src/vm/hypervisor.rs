@@ -84,6 +84,13 @@ pub enum HvError {
     NotFound { command: String, detail: String },
     #[error("{command} failed: {detail}")]
     Failed { command: String, detail: String },
+    /// The domain's definition could not be read.
+    #[error("{command} failed: {source}")]
+    Definition {
+        command: String,
+        #[source]
+        source: super::domain::DomainXmlError,
+    },
     #[error("{command} did not finish within {} s and was killed", timeout.as_secs_f64())]
     Timeout { command: String, timeout: Duration },
     #[error("could not run {command}: {source}")]

@@ -133,7 +133,7 @@ impl Hypervisor for Virsh {
         });
         let command = self.command_line(&["dumpxml", domain]);
         let xml = self.run(&["dumpxml", domain])?;
-        let domain = DomainXml::parse(&xml).map_err(|detail| HvError::Failed { command, detail })?;
+        let domain = DomainXml::parse(&xml).map_err(|source| HvError::Definition { command, source })?;
         Ok(DomainDefinition { persistent, domain })
     }
 
