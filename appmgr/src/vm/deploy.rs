@@ -36,43 +36,90 @@ pub struct AppMon {
     pub halt: u32,
 }
 
+/// Why a `-x` value is not `appmon=NAME:CMD:TIMEOUT:RESTART:HALT`; each
+/// message quotes the value as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppMonError {
+    #[error("-x {value:?}: only appmon=NAME:CMD:TIMEOUT:RESTART:HALT is supported (no interactive mode, no merge)")]
+    NotAppMon { value: String },
+    #[error("-x {value:?}: expected appmon=NAME:CMD:TIMEOUT:RESTART:HALT")]
+    Shape { value: String },
+    #[error("-x {value:?}: {source}")]
+    Name {
+        value: String,
+        #[source]
+        source: NameError,
+    },
+    #[error("-x {value:?}: the command is empty")]
+    EmptyCommand { value: String },
+    #[error(
+        "-x {value:?}: the command contains a double quote or a line break, which a package \
+         configuration value cannot hold; put the command in a script in the guest"
+    )]
+    Unquotable { value: String },
+    /// `field`: `timeout` or `halt timeout`.
+    #[error("-x {value:?}: {field} {given:?} is not a positive number of seconds")]
+    Seconds {
+        value: String,
+        field: &'static str,
+        given: String,
+    },
+    #[error("-x {value:?}: restart {given:?} is not none, unlimited or a count")]
+    Restart { value: String, given: String },
+}
+
+/// A name Serviceguard does not take for a package or a service.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} is not a valid package or service name (1-39 letters, digits, '.', '_', '-')")]
+pub struct NameError {
+    pub name: String,
+}
+
 /// Parses the value of `-x`: `appmon=NAME:CMD:TIMEOUT:RESTART:HALT`. The
 /// command may itself contain colons; the last three fields are split off
 /// from the right.
-pub fn parse_x(value: &str) -> Result<AppMon, String> {
-    let spec = value.strip_prefix("appmon=").ok_or_else(|| {
-        format!("-x {value:?}: only appmon=NAME:CMD:TIMEOUT:RESTART:HALT is supported (no interactive mode, no merge)")
-    })?;
-    let (name, rest) = spec
-        .split_once(':')
-        .ok_or_else(|| format!("-x {value:?}: expected appmon=NAME:CMD:TIMEOUT:RESTART:HALT"))?;
+pub fn parse_x(value: &str) -> Result<AppMon, AppMonError> {
+    let spec = value
+        .strip_prefix("appmon=")
+        .ok_or_else(|| AppMonError::NotAppMon { value: value.into() })?;
+    let shape = || AppMonError::Shape { value: value.into() };
+    let (name, rest) = spec.split_once(':').ok_or_else(shape)?;
     let mut tail = rest.rsplitn(4, ':');
     let (halt, restart, timeout, command) = match (tail.next(), tail.next(), tail.next(), tail.next()) {
         (Some(h), Some(r), Some(t), Some(c)) => (h, r, t, c),
-        _ => return Err(format!("-x {value:?}: expected appmon=NAME:CMD:TIMEOUT:RESTART:HALT")),
+        _ => return Err(shape()),
     };
-    check_name(name).map_err(|e| format!("-x {value:?}: {e}"))?;
+    check_name(name).map_err(|source| AppMonError::Name {
+        value: value.into(),
+        source,
+    })?;
     let command = command.trim();
     if command.is_empty() {
-        return Err(format!("-x {value:?}: the command is empty"));
+        return Err(AppMonError::EmptyCommand { value: value.into() });
     }
     if command.contains(['"', '\n', '\r', '\0']) {
-        return Err(format!(
-            "-x {value:?}: the command contains a double quote or a line break, which a package \
-             configuration value cannot hold; put the command in a script in the guest"
-        ));
+        return Err(AppMonError::Unquotable { value: value.into() });
     }
-    let secs = |what: &str, v: &str| -> Result<u32, String> {
+    let secs = |field: &'static str, v: &str| -> Result<u32, AppMonError> {
         v.trim()
             .parse::<u32>()
             .ok()
             .filter(|n| *n > 0)
-            .ok_or_else(|| format!("-x {value:?}: {what} {v:?} is not a positive number of seconds"))
+            .ok_or_else(|| AppMonError::Seconds {
+                value: value.into(),
+                field,
+                given: v.into(),
+            })
     };
     let restart = match restart.trim() {
         r @ ("none" | "unlimited") => r.to_string(),
         r if r.parse::<u32>().is_ok() => r.to_string(),
-        r => return Err(format!("-x {value:?}: restart {r:?} is not none, unlimited or a count")),
+        r => {
+            return Err(AppMonError::Restart {
+                value: value.into(),
+                given: r.into(),
+            })
+        }
     };
     Ok(AppMon {
         name: name.to_string(),
@@ -85,7 +132,7 @@ pub fn parse_x(value: &str) -> Result<AppMon, String> {
 
 /// A Serviceguard package or service name: 1-39 characters, letters, digits,
 /// `.`, `_`, `-`, starting with a letter or digit.
-fn check_name(name: &str) -> Result<(), String> {
+fn check_name(name: &str) -> Result<(), NameError> {
     let ok = !name.is_empty()
         && name.len() <= 39
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -93,9 +140,7 @@ fn check_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is not a valid package or service name (1-39 letters, digits, '.', '_', '-')"
-        ))
+        Err(NameError { name: name.into() })
     }
 }
 
@@ -119,11 +164,7 @@ pub struct DeployOptions {
 }
 
 pub fn run(hv: &dyn Hypervisor, guest: &str, opts: &DeployOptions) -> Result<(), VmError> {
-    check_name(guest).map_err(|e| {
-        VmError::Config(format!(
-            "the guest's name is the package's name, and {e}; rename the domain (virsh domrename)"
-        ))
-    })?;
+    check_name(guest).map_err(VmError::GuestName)?;
     let mut names = vec![guest.to_string()];
     for a in &opts.appmons {
         if names.contains(&a.name) {
@@ -601,7 +642,7 @@ mod tests {
             ("appmon=x:/a:10:often:300", "restart \"often\""),
             ("appmon=x: :10:1:300", "command is empty"),
         ] {
-            let e = parse_x(bad).unwrap_err();
+            let e = parse_x(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
     }

@@ -129,6 +129,9 @@ pub enum VmError {
     /// A bad package configuration or toolkit directory.
     #[error("{0}")]
     Config(String),
+    /// The guest's name cannot be a package's.
+    #[error("the guest's name is the package's name, and {0}; rename the domain (virsh domrename)")]
+    GuestName(#[source] deploy::NameError),
     /// A step on a file or directory failed (`doing`: "create the maintenance file", ...).
     #[error("cannot {doing} {}: {source}", path.display())]
     File {
