@@ -81,6 +81,13 @@ pub enum ConfigError {
          the guest's certificate against: name the guest as its certificate does, -node NAME@{node}"
     )]
     VsockNeedsName { node: String },
+    /// The host log file a probe's run string names cannot be opened.
+    #[error("cannot open the host log file {}: {source}", path.display())]
+    HostLog {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// This host's kernel has no AF_VSOCK at all: no retry will help.
     #[error(
         "cannot connect to {at}: {source}: this host's kernel has no AF_VSOCK support \

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::cli::MonitorArgs;
 use crate::client::{Client, Connector};
+use crate::error::{ClientError, ConfigError};
 use crate::exit;
 
 /// How one watch of a connection ended.
@@ -46,8 +47,9 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
     let host_log = match open_host_log(&args.run) {
         Ok(f) => f,
         Err(e) => {
+            let e = ClientError::from(e);
             tracing::error!("{e}");
-            return exit::CONFIG;
+            return e.exit_code();
         }
     };
     let connector = match Connector::new(&conf, &args.node) {
@@ -454,7 +456,7 @@ impl Sink {
 /// probe accepts: the probe's own option definitions find it). cmappmgr
 /// opens it itself: the host's own configuration names it, and the guest
 /// never decides which host file gets written.
-fn open_host_log(run: &[String]) -> Result<Option<File>, String> {
+fn open_host_log(run: &[String]) -> Result<Option<File>, ConfigError> {
     let Ok(spec) = ServiceSpec::parse(run.to_vec(), None) else {
         return Ok(None);
     };
@@ -466,5 +468,5 @@ fn open_host_log(run: &[String]) -> Result<Option<File>, String> {
         .append(true)
         .open(&path)
         .map(Some)
-        .map_err(|e| format!("cannot open the host log file {}: {e}", path.display()))
+        .map_err(|source| ConfigError::HostLog { path, source })
 }
