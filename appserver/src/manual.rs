@@ -19,7 +19,11 @@ pub fn sections() -> Vec<Section> {
     vec![
         Section::new("EXIT STATUS")
             .item("0", "stopped on request (SIGTERM, SIGINT), or --check-config found no problem")
-            .item("1", "--check-config found a problem (each one is printed)")
+            .item(
+                exit::INTERNAL.to_string(),
+                "--check-config found a problem (each one is printed), or an internal failure \
+                 (a thread or signal handler that cannot be set up)",
+            )
             .item(exit::CANNOT_LISTEN.to_string(), "cannot listen on a configured address")
             .item(exit::CANNOT_CREATE.to_string(), "cannot write the --pid-file")
             .item(
