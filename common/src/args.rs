@@ -74,6 +74,12 @@ mod tests {
             single_dash(s(&["-lan", "x", "-probe_count=3", "-O", "--lan", "--", "-lan"]), &long),
             s(&["--lan", "x", "--probe_count=3", "-O", "--lan", "--", "-lan"])
         );
+        // A second `--` is an operand like any other: it turns nothing back on.
+        assert_eq!(single_dash(s(&["--", "--", "-lan"]), &long), s(&["--", "--", "-lan"]));
+        assert_eq!(
+            single_dash(s(&["-lan=eth0", "-other"]), &long),
+            s(&["--lan=eth0", "-other"])
+        );
     }
 
     #[test]

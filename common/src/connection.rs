@@ -187,6 +187,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_message_of_exactly_the_cap_is_sent_and_read() {
+        let (a, b) = tokio::io::duplex(MAX_FRAME_LEN + 64);
+        let mut w = MessageWriter::new(a);
+        let mut r = MessageReader::new(b);
+        // A JSON string's body is its text and two quotes.
+        let biggest = "x".repeat(MAX_FRAME_LEN - 2);
+        w.write(&biggest).await.unwrap();
+        assert_eq!(r.read::<String>().await.unwrap(), Some(biggest));
+    }
+
+    #[test]
+    fn a_failing_network_is_not_a_protocol_violation() {
+        // rustls reports a corrupt record as InvalidData too: only the
+        // codec's own error means an oversized frame.
+        for err in [
+            io::Error::new(io::ErrorKind::InvalidData, "corrupt TLS record"),
+            io::Error::from(io::ErrorKind::ConnectionReset),
+        ] {
+            let err = ConnectionError::from_codec(err);
+            assert!(matches!(err, ConnectionError::Io(_)), "{err:?}");
+            assert!(!err.is_protocol_violation(), "{err:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn close_ends_the_stream_cleanly_and_gives_up_on_a_peer_that_does_not_read() {
+        let (a, b) = tokio::io::duplex(4096);
+        let (mut w, mut r) = (MessageWriter::new(a), MessageReader::new(b));
+        w.write(&1u8).await.unwrap();
+        w.close(std::time::Duration::from_secs(10)).await.unwrap();
+        assert_eq!(r.read::<u8>().await.unwrap(), Some(1));
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), r.read::<u8>()).await;
+        assert!(
+            end.expect("no end of stream after close").unwrap().is_none(),
+            "a clean close"
+        );
+
+        // A peer that reads nothing: the pipe fills and close must not wait forever.
+        let (a, _b) = tokio::io::duplex(16);
+        let mut w = MessageWriter::new(a);
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(50), w.write(&"x".repeat(100))).await;
+        let err = w.close(std::time::Duration::from_millis(50)).await.unwrap_err();
+        assert!(
+            matches!(&err, ConnectionError::Io(e) if e.kind() == io::ErrorKind::TimedOut),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_message_over_the_cap_is_not_sent() {
         let (a, _b) = tokio::io::duplex(64);
         let mut w = MessageWriter::new(a);

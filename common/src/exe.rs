@@ -24,3 +24,15 @@ pub fn reexec() -> PathBuf {
 pub fn path() -> Option<PathBuf> {
     std::env::current_exe().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_binary_is_found_and_rerun_through_proc() {
+        assert_eq!(reexec(), PathBuf::from(SELF));
+        let me = path().expect("the test binary's path");
+        assert_eq!(me, std::fs::read_link(SELF).unwrap());
+    }
+}

@@ -89,4 +89,30 @@ mod tests {
         assert!(clock_ticks_per_second() > 0);
         assert!(!running(u32::MAX));
     }
+
+    #[test]
+    fn an_ended_child_not_yet_reaped_is_a_zombie_that_runs_no_more() {
+        use nix::sys::wait::{waitid, Id, WaitPidFlag};
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let started = start_ticks(pid).expect("a child that may not have ended yet");
+        // Wait for its end without reaping it: it stays a zombie.
+        waitid(
+            Id::Pid(nix::unistd::Pid::from_raw(pid as i32)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+        )
+        .unwrap();
+        let s = stat(pid).unwrap();
+        assert!(s.is_zombie(), "{s:?}");
+        assert!(!running(pid));
+        assert_eq!(start_ticks(pid), Some(started), "a zombie still tells when it started");
+        let mut child = child;
+        child.wait().unwrap();
+        assert_eq!(stat(pid), None);
+    }
+
+    #[test]
+    fn clock_ticks_are_linux_user_hz() {
+        assert_eq!(clock_ticks_per_second(), 100);
+    }
 }

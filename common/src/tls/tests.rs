@@ -9,7 +9,7 @@ use rcgen::{
 use rustls::crypto::CryptoProvider;
 use rustls::CertificateError;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{ServerName, UnixTime};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::PermissionsExt;
@@ -349,6 +349,126 @@ fn plain_io_errors_are_not_auth_failures() {
     );
     assert!(is_auth_failure(&err));
     assert!(describe_handshake_error(&err).contains("TLS 1.3 is required"));
+}
+
+/// Every kind of handshake failure gets its own sentence, with the rustls
+/// error after it, and only those retrying cannot fix count as auth failures.
+#[test]
+fn each_handshake_failure_is_explained_and_classified() {
+    use rustls::AlertDescription as A;
+    let tls = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+    let cert = |e: CertificateError| tls(rustls::Error::InvalidCertificate(e));
+    let mismatch = CertificateError::Other(rustls::OtherError(Arc::new(super::verify::KeyMismatch)));
+    let other = CertificateError::Other(rustls::OtherError(Arc::new(io::Error::other("x"))));
+    let cases: Vec<(io::Error, &str, bool)> = vec![
+        (
+            io::Error::from(io::ErrorKind::ConnectionReset),
+            "closed during the TLS handshake",
+            false,
+        ),
+        (
+            io::Error::from(io::ErrorKind::BrokenPipe),
+            "closed during the TLS handshake",
+            false,
+        ),
+        (
+            io::Error::from(io::ErrorKind::TimedOut),
+            "the TLS handshake timed out",
+            false,
+        ),
+        (
+            io::Error::from(io::ErrorKind::ConnectionRefused),
+            "the TLS handshake failed (",
+            false,
+        ),
+        (
+            cert(CertificateError::NotValidForName),
+            "does not carry the name we connected to",
+            true,
+        ),
+        (
+            cert(CertificateError::Expired),
+            "the peer's certificate has expired",
+            true,
+        ),
+        (
+            cert(CertificateError::NotValidYet),
+            "not valid yet (check both clocks)",
+            true,
+        ),
+        (cert(CertificateError::InvalidPurpose), "not made for this use", true),
+        (
+            cert(CertificateError::BadEncoding),
+            "the peer's certificate is malformed",
+            true,
+        ),
+        (cert(mismatch), "does not hold its private key", true),
+        (cert(other), "the peer's certificate is not trusted", true),
+        (
+            cert(CertificateError::BadSignature),
+            "does not verify (a forged or corrupted",
+            true,
+        ),
+        (
+            cert(CertificateError::UnknownIssuer),
+            "the peer's certificate is not trusted",
+            true,
+        ),
+        (
+            tls(rustls::Error::NoCertificatesPresented),
+            "presented no certificate",
+            true,
+        ),
+        (
+            tls(rustls::Error::AlertReceived(A::ProtocolVersion)),
+            "TLS 1.3 is required on both sides",
+            true,
+        ),
+        (
+            tls(rustls::Error::AlertReceived(A::HandshakeFailure)),
+            "the peer refused the handshake",
+            true,
+        ),
+        (
+            tls(rustls::Error::AlertReceived(A::UnknownCA)),
+            "the peer rejected our certificate (UnknownCA)",
+            true,
+        ),
+        (
+            tls(rustls::Error::AlertReceived(A::DecryptError)),
+            "the peer rejected our certificate",
+            true,
+        ),
+        (
+            tls(rustls::Error::AlertReceived(A::InternalError)),
+            "the TLS handshake failed (",
+            false,
+        ),
+        (
+            tls(rustls::Error::NoApplicationProtocol),
+            "no common ALPN protocol",
+            true,
+        ),
+        (
+            tls(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)),
+            "our private key does not match our certificate",
+            true,
+        ),
+        (
+            tls(rustls::Error::UnsupportedNameType),
+            "the TLS handshake failed (",
+            true,
+        ),
+        (tls(rustls::Error::DecryptError), "the TLS handshake failed (", false),
+    ];
+    for (err, hint, auth) in cases {
+        let text = describe_handshake_error(&err);
+        assert!(text.starts_with(hint) || text.contains(hint), "{err:?}: {text}");
+        if let Some(tls) = rustls_error(&err) {
+            assert!(text.ends_with(&format!("({tls})")), "{text}");
+        }
+        assert_eq!(is_auth_failure(&err), auth, "{err:?}");
+    }
 }
 
 #[test]
@@ -924,4 +1044,316 @@ fn mode_policy_warns_for_encrypted_keys_and_refuses_plain_ones() {
             "{e}"
         );
     }
+}
+
+// ---- names, validity, expiry warnings, file policy ----
+
+fn der_of(party: &Party) -> CertificateDer<'static> {
+    CertificateDer::from_pem_slice(party.cert_pem.as_bytes()).unwrap()
+}
+
+#[test]
+fn a_certificate_is_named_by_its_cn_then_its_alternative_names_once_each() {
+    let mut p = params("guest1");
+    p.subject_alt_names = vec![
+        rcgen::SanType::DnsName("guest1".try_into().unwrap()),
+        rcgen::SanType::DnsName("g1.example".try_into().unwrap()),
+        rcgen::SanType::URI("spiffe://cluster/guest1".try_into().unwrap()),
+        rcgen::SanType::IpAddress("10.1.2.3".parse().unwrap()),
+        rcgen::SanType::IpAddress("fd00::7".parse().unwrap()),
+    ];
+    let der = der_of(&self_signed_with(p));
+    assert_eq!(
+        certificate_names(&der, false),
+        ["guest1", "g1.example", "10.1.2.3", "fd00::7"]
+    );
+    assert_eq!(
+        certificate_names(&der, true),
+        ["guest1", "g1.example", "spiffe://cluster/guest1", "10.1.2.3", "fd00::7"]
+    );
+    assert_eq!(certificate_name(&der).as_deref(), Some("guest1"));
+    assert!(certificate_names(b"not a certificate", true).is_empty());
+    assert_eq!(subject_of(&der), "CN=guest1");
+    assert_eq!(
+        subject_of(&CertificateDer::from(vec![1, 2, 3])),
+        "an unparsable certificate"
+    );
+}
+
+/// A certificate valid from midnight UTC of one day to midnight of another,
+/// with those two instants in seconds since the epoch.
+fn valid_between(from: (i32, u8, u8), to: (i32, u8, u8)) -> (CertificateDer<'static>, i64, i64) {
+    let mut p = params("guest1");
+    p.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+    p.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
+    let der = der_of(&self_signed_with(p));
+    let (_, x509) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let (a, b) = (
+        x509.validity().not_before.timestamp(),
+        x509.validity().not_after.timestamp(),
+    );
+    (der.clone(), a, b)
+}
+
+#[test]
+fn a_certificate_is_valid_from_its_first_second_to_its_last() {
+    let (cert, from, to) = valid_between((2027, 1, 1), (2030, 3, 17));
+    let at = |s: i64| UnixTime::since_unix_epoch(Duration::from_secs(s as u64));
+    for ok in [from, from + 1, to - 1, to] {
+        assert!(super::verify::check_validity(&cert, at(ok)).is_ok(), "{ok}");
+    }
+    assert!(matches!(
+        super::verify::check_validity(&cert, at(from - 1)),
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidYetContext { .. }
+        ))
+    ));
+    assert!(matches!(
+        super::verify::check_validity(&cert, at(to + 1)),
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::ExpiredContext { .. }
+        ))
+    ));
+    assert!(matches!(
+        super::verify::check_validity(&CertificateDer::from(vec![0x30, 0]), at(0)),
+        Err(rustls::Error::InvalidCertificate(CertificateError::BadEncoding))
+    ));
+}
+
+#[test]
+fn certificates_ending_within_thirty_days_are_warned_about_once_each() {
+    let day = 86_400;
+    let (cert, _, end) = valid_between((2027, 1, 1), (2030, 3, 17));
+    let path = Path::new("/etc/cmapp/server.private");
+    let warn = |left: i64| {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs((end - left) as u64);
+        expiry_warnings("keyStore", path, std::slice::from_ref(&cert), now)
+    };
+    assert_eq!(WARN_BEFORE, Duration::from_secs(30 * day as u64));
+    assert!(warn(30 * day + 1).is_empty());
+    let w = warn(30 * day);
+    assert_eq!(w.len(), 1);
+    assert!(
+        w[0].starts_with(
+            "the certificate of guest1 in keyStore /etc/cmapp/server.private expires on 2030-03-17T00:00:00Z, in 30 day(s)"
+        ),
+        "{}",
+        w[0]
+    );
+    assert!(warn(10 * day + 1)[0].contains("in 11 day(s)"));
+    assert!(warn(10 * day)[0].contains("in 10 day(s)"));
+    assert!(warn(1)[0].contains("in 1 day(s)"));
+    for gone in [0, -1, -400 * day] {
+        let w = warn(gone);
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].contains("expired on 2030-03-17T00:00:00Z: make a new one"),
+            "{}",
+            w[0]
+        );
+    }
+    let several = [cert.clone(), CertificateDer::from(vec![1, 2]), cert.clone()];
+    let now = std::time::UNIX_EPOCH + Duration::from_secs(end as u64);
+    assert_eq!(
+        expiry_warnings("trustStore", path, &several, now).len(),
+        2,
+        "one per certificate, garbage skipped"
+    );
+}
+
+#[test]
+fn a_key_store_is_refused_by_mode_unless_only_readable_and_password_protected() {
+    let p = Path::new("/k.private");
+    for (mode, encrypted, refused) in [
+        (0o600, false, None),
+        (0o400, false, None),
+        (0o100600, false, None),
+        (0o4700, false, None),
+        (
+            0o640,
+            false,
+            Some("private key is accessible by group or others (mode 0640)"),
+        ),
+        (
+            0o604,
+            false,
+            Some("private key is accessible by group or others (mode 0604)"),
+        ),
+        (0o610, false, Some("(mode 0610)")),
+        (0o644, true, None),
+        (0o640, true, None),
+        (0o660, true, Some("key store is writable by its group (mode 0660)")),
+        (0o606, true, Some("key store is writable by others (mode 0606)")),
+        (0o622, true, Some("key store is writable by others (mode 0622)")),
+    ] {
+        match (super::files::key_store_mode(p, mode, encrypted), refused) {
+            (Ok(()), None) => {}
+            (Err(e), Some(why)) => {
+                let e = message(e);
+                assert!(
+                    e.starts_with("/k.private: ") && e.contains(why) && e.contains("chmod 600 /k.private"),
+                    "{e}"
+                );
+            }
+            (r, _) => panic!("{mode:o} {encrypted}: {r:?}"),
+        }
+    }
+}
+
+#[test]
+fn store_files_must_be_regular_files_of_at_most_4_mib() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = message(load_trust_store(dir.path(), "").unwrap_err());
+    assert!(e.ends_with("the trust store is not a regular file"), "{e}");
+    let e = message(load_key_store(dir.path(), "").unwrap_err());
+    assert!(e.ends_with("the key store is not a regular file"), "{e}");
+
+    let cert = pinned("host1").cert_pem;
+    // PEM allows text around its sections: pad to exactly the limit.
+    let exact = format!("{cert}{}", "x".repeat((4 << 20) - cert.len()));
+    let path = write(dir.path(), "exact.public", &exact, 0o644);
+    assert_eq!(load_trust_store(&path, "").unwrap().pinned.len(), 1);
+    let over = write(dir.path(), "over.public", &format!("{exact}x"), 0o644);
+    let e = message(load_trust_store(&over, "").unwrap_err());
+    assert!(
+        e.contains("over.public") && e.ends_with("the trust store is larger than 4 MiB"),
+        "{e}"
+    );
+
+    let e = message(load_key_store(&dir.path().join("none.private"), "").unwrap_err());
+    assert!(e.ends_with("key store file does not exist"), "{e}");
+    let e = message(check_key_file_mode(&dir.path().join("none.private")).unwrap_err());
+    assert!(e.ends_with("key store file does not exist"), "{e}");
+    let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+    assert_eq!(
+        super::files::read_error("trust store", &denied),
+        "cannot read the trust store: permission denied"
+    );
+    let other = io::Error::other("disk on fire");
+    assert_eq!(
+        super::files::read_error("key store", &other),
+        "cannot read the key store: disk on fire"
+    );
+}
+
+/// A JKS body (without its digest) of `version` holding `entries`, each
+/// already encoded (tag, alias, date, then the entry's fields).
+fn jks_body(version: u32, entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = [
+        0xFEED_FEEDu32.to_be_bytes(),
+        version.to_be_bytes(),
+        (entries.len() as u32).to_be_bytes(),
+    ]
+    .concat();
+    for e in entries {
+        body.extend(e);
+    }
+    body
+}
+
+/// A trusted-certificate entry; version 1 stores no certificate type.
+fn jks_trusted(version: u32, kind: &str, cert: &[u8]) -> Vec<u8> {
+    let mut e = [2u32.to_be_bytes().to_vec(), utf("peer"), 0u64.to_be_bytes().to_vec()].concat();
+    if version == 2 {
+        e.extend(utf(kind));
+    }
+    e.extend((cert.len() as u32).to_be_bytes());
+    e.extend(cert);
+    e
+}
+
+#[test]
+fn jks_stores_of_either_version_load_and_every_malformation_is_named() {
+    let party = pinned("host1");
+    let cert = cert_der(&party);
+    let open = |body: Vec<u8>| parse_trust_store(&jks_resign(&body, "public"), "public");
+    for version in [1, 2] {
+        let t = open(jks_body(version, &[jks_trusted(version, "X.509", &cert)])).unwrap();
+        assert_eq!(t.pinned, [CertificateDer::from(cert.clone())], "version {version}");
+    }
+    let refused = |body: Vec<u8>, why: &str| {
+        let e = open(body).unwrap_err();
+        assert!(e.contains(why), "{why}: {e}");
+    };
+    refused(jks_body(3, &[jks_trusted(2, "X.509", &cert)]), "unknown version (3)");
+    refused(jks_body(0, &[jks_trusted(2, "X.509", &cert)]), "unknown version (0)");
+    refused(
+        jks_body(2, &[jks_trusted(2, "PGP", &cert)]),
+        "holds a \"PGP\" certificate; only X.509",
+    );
+    let mut unknown = jks_trusted(2, "X.509", &cert);
+    unknown[..4].copy_from_slice(&3u32.to_be_bytes());
+    refused(jks_body(2, &[unknown]), "an entry of unknown type 3");
+    let mut trailing = jks_body(2, &[jks_trusted(2, "X.509", &cert)]);
+    trailing.push(0);
+    refused(trailing, "trailing data");
+    let e = parse_trust_store(&[0xFE, 0xED, 0xFE, 0xED, 0, 0, 0, 2], "public").unwrap_err();
+    assert!(e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn a_jks_whose_digest_does_not_match_is_refused_naming_the_file_and_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let party = pinned("host1");
+    let mut store = jks(&party, false, "public", "public");
+    let last = store.len() - 1;
+    store[last] ^= 1;
+    let path = dir.path().join("peer.jks");
+    std::fs::write(&path, &store).unwrap();
+    let e = message(load_trust_store(&path, "public").unwrap_err());
+    assert!(
+        e.starts_with(&format!("{}: ", path.display()))
+            && e.contains("cannot open the store: wrong password (trustStorePassword), or the file is damaged"),
+        "{e}"
+    );
+    // Any password in any script is hashed as Java does (UTF-16, big-endian).
+    let store = jks(&party, false, "pässwörd€", "x");
+    assert_eq!(parse_trust_store(&store, "pässwörd€").unwrap().pinned.len(), 1);
+    assert!(parse_trust_store(&store, "passwort").is_err());
+}
+
+#[test]
+fn a_jks_private_key_protected_otherwise_or_damaged_is_refused() {
+    let party = pinned("guest1");
+    let cert = cert_der(&party);
+    let key_entry = |protected: Vec<u8>| {
+        let mut e = [
+            1u32.to_be_bytes().to_vec(),
+            utf("serverprivate"),
+            0u64.to_be_bytes().to_vec(),
+        ]
+        .concat();
+        e.extend((protected.len() as u32).to_be_bytes());
+        e.extend(protected);
+        e.extend(1u32.to_be_bytes());
+        e.extend([utf("X.509"), (cert.len() as u32).to_be_bytes().to_vec(), cert.clone()].concat());
+        e
+    };
+    let open = |protected: Vec<u8>| {
+        let body = jks_body(2, &[key_entry(protected)]);
+        parse_key_store(&jks_resign(&body, "pw"), "pw").unwrap_err()
+    };
+    // Another algorithm's OID (PBE with SHA-1 and 3DES, 1.2.840.113549.1.12.1.3).
+    let oid = [0x06, 0x0a, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x01, 0x03];
+    let algorithm = tlv(0x30, &[&oid[..], &[0x05, 0x00]].concat());
+    let other = tlv(0x30, &[algorithm, tlv(0x04, &[0u8; 64])].concat());
+    let e = open(other);
+    assert!(
+        e.contains("protected by an unsupported algorithm (1.2.840.113549.1.12.1.3)"),
+        "{e}"
+    );
+    // The protector's OID but fewer bytes than its salt and check.
+    let good = jks_protect(&key_der(&party), "pw");
+    let short = {
+        let oid = [0x06, 0x0a, 0x2b, 0x06, 0x01, 0x04, 0x01, 0x2a, 0x02, 0x11, 0x01, 0x01];
+        let algorithm = tlv(0x30, &[&oid[..], &[0x05, 0x00]].concat());
+        tlv(0x30, &[algorithm, tlv(0x04, &[0u8; 39])].concat())
+    };
+    assert!(open(short).contains("private key entry is damaged"));
+    assert!(open(vec![0x04, 0x01, 0x00]).contains("private key entry is damaged"));
+    assert!(open(good[..good.len() - 1].to_vec()).contains("private key entry is damaged"));
+    // Exactly salt and check, no key: decrypts to nothing, which is no key.
+    let empty = jks_protect(&[], "pw");
+    let e = open(empty);
+    assert!(!e.contains("damaged") && !e.contains("another password"), "{e}");
 }
