@@ -384,3 +384,105 @@ fn certificates_carry_what_tools_expect() {
     let eku = x509.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.client_auth && !eku.server_auth && !x509.is_ca());
 }
+
+/// The validity period of the first certificate in `pem`, in seconds since the epoch.
+fn validity_of(pem: &str) -> (i64, i64) {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let (_, x509) = x509_parser::parse_x509_certificate(&der).unwrap();
+    (
+        x509.validity().not_before.timestamp(),
+        x509.validity().not_after.timestamp(),
+    )
+}
+
+fn names_of(pem: &str) -> Vec<String> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    common::tls::certificate_names(&der, false)
+}
+
+fn key_block(private_pem: &str) -> &str {
+    let end = "-----END PRIVATE KEY-----";
+    &private_pem[..private_pem.find(end).unwrap() + end.len()]
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[test]
+fn renew_keeps_the_key_and_the_names_with_a_new_ten_year_certificate() {
+    let old = self_signed(Role::Server, &names(&["guest1", "10.0.0.5"])).unwrap();
+    let new = renew(&old.private_pem, Role::Server, &[], None).unwrap();
+    assert_eq!(key_block(&new.private_pem), key_block(&old.private_pem));
+    assert_ne!(new.public_pem, old.public_pem);
+    assert_eq!(names_of(&new.public_pem), ["guest1", "10.0.0.5"]);
+    assert!(
+        new.private_pem.ends_with(&new.public_pem),
+        "the key, then its certificate"
+    );
+    let (from, to) = validity_of(&new.public_pem);
+    assert!((from - (now() - 86_400)).abs() < 600, "valid from a day ago");
+    assert!((to - (now() + 3653 * 86_400)).abs() < 600, "valid for ten years");
+    tls::server_config(load(tempfile::tempdir().unwrap().path(), "s", &new).0, load_trust(&old)).unwrap();
+
+    // New names replace the old ones; a CA signs instead of the key itself.
+    let ca = new_ca("test CA").unwrap();
+    let issued = renew(&old.private_pem, Role::Client, &names(&["host9"]), Some(&ca)).unwrap();
+    assert_eq!(key_block(&issued.private_pem), key_block(&old.private_pem));
+    assert_eq!(names_of(&issued.public_pem), ["host9"]);
+    assert!(
+        issued.private_pem.ends_with(&certificate_blocks(&ca.cert_pem)),
+        "the chain ends with the CA"
+    );
+
+    for bad in [
+        String::new(),
+        old.public_pem.clone(),
+        old.private_pem.replace("PRIVATE KEY", "EC PRIVATE KEY"),
+    ] {
+        let e = renew(&bad, Role::Server, &[], None).unwrap_err();
+        assert!(e.to_string().contains("no unencrypted PKCS#8 private key"), "{e}");
+    }
+    let garbage = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+    let e = renew(garbage, Role::Server, &[], None).unwrap_err();
+    assert!(e.to_string().starts_with("not a usable private key"), "{e}");
+}
+
+fn load_trust(pem: &Pem) -> TrustStore {
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("t.public");
+    write_public(&public, &pem.public_pem, false).unwrap();
+    tls::load_trust_store(&public, "").unwrap()
+}
+
+#[test]
+fn an_issued_certificate_lasts_the_days_asked_but_never_beyond_its_ca() {
+    let ca = new_ca("test CA").unwrap();
+    let leaf = issue_valid_for(&ca, Role::Server, &names(&["guest1"]), 30).unwrap();
+    let (_, to) = validity_of(&leaf.public_pem);
+    assert!((to - (now() + 30 * 86_400)).abs() < 600, "{to}");
+
+    // A CA that ends in 10 days: what it signs ends with it.
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::default();
+    p.distinguished_name = distinguished_name("short CA", None);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    p.not_before = time::OffsetDateTime::now_utc() - Duration::from_secs(86_400);
+    p.not_after = time::OffsetDateTime::now_utc() + Duration::from_secs(10 * 86_400);
+    let short = Ca {
+        cert_pem: p.self_signed(&key).unwrap().pem(),
+        key_pem: key.serialize_pem(),
+    };
+    let (_, ca_end) = validity_of(&short.cert_pem);
+    for leaf in [
+        issue(&short, Role::Client, &names(&["host1"])).unwrap(),
+        issue_valid_for(&short, Role::Client, &names(&["host1"]), 30).unwrap(),
+    ] {
+        assert_eq!(validity_of(&leaf.public_pem).1, ca_end);
+    }
+    let sooner = issue_valid_for(&short, Role::Client, &names(&["host1"]), 5).unwrap();
+    assert!(validity_of(&sooner.public_pem).1 < ca_end);
+}
