@@ -288,6 +288,27 @@ mod tests {
     }
 
     #[test]
+    fn a_tcp_node_is_named_by_its_host_and_printed_so_it_parses_back() {
+        for (text, host, port, shown) in [
+            ("guest1", "guest1", 5315, "guest1:5315"),
+            ("guest1:7", "guest1", 7, "guest1:7"),
+            ("2001:db8::1", "2001:db8::1", 5315, "[2001:db8::1]:5315"),
+            ("[fe80::1]:9", "fe80::1", 9, "[fe80::1]:9"),
+            // '@' is part of the host unless a vsock address follows it.
+            ("@guest:1", "@guest", 1, "@guest:1"),
+        ] {
+            let n = node(text).unwrap();
+            assert_eq!(n, tcp(host, port), "{text}");
+            assert_eq!(n.name(), Some(host), "{text}");
+            assert_eq!(n.to_string(), shown, "{text}");
+            assert_eq!(node(shown).unwrap(), n, "{shown}");
+        }
+        for bad in ["[::1]x", "[::1]:", "[::1]:x", ":5315", "g:", "g:70000"] {
+            assert_eq!(node(bad), Err(AddressError::HostPort { node: bad.into() }), "{bad}");
+        }
+    }
+
+    #[test]
     fn vsock_nodes_parse() {
         let n = node("vsock:3").unwrap();
         assert_eq!(n.target, Target::Vsock { cid: 3, port: 5315 });
@@ -330,6 +351,19 @@ mod tests {
             }
         );
         assert_eq!(n.to_string(), "vm1@vsock-unix:/run/a:b/v.sock:6000");
+        // Only an all-digit last part is a port.
+        for (text, path) in [("vsock-unix:/run/x:y.sock", "/run/x:y.sock"), ("vsock-unix:/s:", "/s:")] {
+            let n = node(text).unwrap();
+            assert_eq!(
+                n.target,
+                Target::VsockUnix {
+                    path: path.into(),
+                    port: 5315
+                },
+                "{text}"
+            );
+            assert_eq!(n.name(), None);
+        }
         assert!(matches!(
             node("vsock-unix:relative.sock"),
             Err(AddressError::RelativeSocket { .. })

@@ -156,3 +156,78 @@ pub fn init(program: &str, verbosity: Verbosity, use_syslog: bool) {
         tracing::debug!("no syslog socket; logging to stderr only");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    /// A syslog layer writing to a socket of our own, and that socket.
+    fn syslog_pair(dir: &std::path::Path) -> (SyslogLayer, UnixDatagram) {
+        let path = dir.join("log");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        let formatter = syslog::Formatter3164 {
+            facility: syslog::Facility::LOG_DAEMON,
+            hostname: None,
+            process: "cmapp-test".into(),
+            pid: 42,
+        };
+        let logger = syslog::unix_custom(formatter, &path).unwrap();
+        (
+            SyslogLayer {
+                logger: Mutex::new(logger),
+            },
+            socket,
+        )
+    }
+
+    #[test]
+    fn syslog_gets_info_and_above_with_their_priorities_one_escaped_line_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layer, socket) = syslog_pair(dir.path());
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!("not for syslog");
+            tracing::trace!("nor this");
+            tracing::error!(app = "db\nx", "it failed");
+            tracing::warn!(code = 3, "careful\x1b[31m");
+            tracing::info!(target: SYSLOG_ONLY, "last line");
+        });
+        socket.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = socket.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        assert_eq!(got.len(), 3, "{got:?}");
+        // Facility daemon (3): priority 3*8 + severity (error 3, warning 4, info 6).
+        assert!(
+            got[0].starts_with("<27>") && got[0].ends_with("cmapp-test[42]: it failed app=\"db\\nx\""),
+            "{}",
+            got[0]
+        );
+        assert!(
+            got[1].starts_with("<28>") && got[1].ends_with(": careful\\u{1b}[31m code=3"),
+            "{}",
+            got[1]
+        );
+        assert!(
+            got[2].starts_with("<30>") && got[2].ends_with(": last line"),
+            "{}",
+            got[2]
+        );
+    }
+
+    #[test]
+    fn stderr_lines_have_their_controls_escaped_and_count_as_written_whole() {
+        use std::io::Write;
+        let mut w = EscapingWriter(Vec::new());
+        let event = b"WARN peer sent \x1b[2Jname\nforged line\n";
+        assert_eq!(w.write(event).unwrap(), event.len());
+        w.flush().unwrap();
+        assert_eq!(
+            String::from_utf8(w.0).unwrap(),
+            "WARN peer sent \\u{1b}[2Jname\\nforged line\n"
+        );
+    }
+}

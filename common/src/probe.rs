@@ -248,6 +248,36 @@ mod tests {
     }
 
     #[test]
+    fn each_probe_has_its_program_names_and_its_subcommand() {
+        assert_eq!(Probe::Net.programs(), ["cmapp_net_mon", "cmapp_net_mon.pl"]);
+        assert_eq!(Probe::Disk.programs(), ["cmapp_disk_mon", "cmapp_disk_mon.pl"]);
+        assert_eq!(
+            (Probe::Net.name(), Probe::Disk.name()),
+            ("cmapp_net_mon", "cmapp_disk_mon")
+        );
+        assert_eq!(
+            (Probe::Net.to_string(), Probe::Disk.to_string()),
+            ("net-mon".into(), "disk-mon".into())
+        );
+        assert_eq!(Probe::from_subcommand("disk-mon"), Some(Probe::Disk));
+        assert_eq!(Probe::from_subcommand("cmapp_disk_mon"), None);
+        assert_eq!(Probe::Disk.command().get_name(), "cmapp_disk_mon");
+        assert_eq!(Probe::Net.command().get_name(), "cmapp_net_mon");
+    }
+
+    #[test]
+    fn a_lan_is_an_interface_name_of_1_to_15_bytes() {
+        let net = |lan: &str| NetArgs::try_parse_from(["p", "--lan", lan, "--ip", "10.0.0.1"]).map(|a| a.lan);
+        for ok in ["eth0", "a", "enp0s31f6.12345"] {
+            assert_eq!(net(ok).unwrap(), ok);
+        }
+        for bad in ["", "enp0s31f6.123456", "a/b", "a b", "a\tb"] {
+            let e = net(bad).unwrap_err().to_string();
+            assert!(e.contains("is not a network interface name"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
     fn the_host_log_option_is_one_the_parser_defines() {
         for p in Probe::ALL {
             let cmd = p.command();
