@@ -486,3 +486,21 @@ fn an_issued_certificate_lasts_the_days_asked_but_never_beyond_its_ca() {
     let sooner = issue_valid_for(&short, Role::Client, &names(&["host1"]), 5).unwrap();
     assert!(validity_of(&sooner.public_pem).1 < ca_end);
 }
+
+#[test]
+fn private_keys_never_show_in_debug_output() {
+    let pem = self_signed(Role::Server, &names(&["guest1"])).unwrap();
+    let shown = format!("{pem:?}");
+    assert!(
+        shown.contains("<redacted>") && shown.contains(&format!("{:?}", pem.public_pem)),
+        "{shown}"
+    );
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    let ca = new_ca("test CA").unwrap();
+    let shown = format!("{ca:?}");
+    assert!(
+        shown.contains("<redacted>") && shown.contains("BEGIN CERTIFICATE"),
+        "{shown}"
+    );
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+}

@@ -913,7 +913,7 @@ async fn java_key_and_trust_stores_load_and_handshake() {
         assert!(e.contains("holds a private key"), "{name}: {e}");
         let e = parse_key_store(&trust, "public").unwrap_err().to_string();
         assert!(
-            e.contains("no private key found") && e.contains(".public file"),
+            e.contains(&format!("no private key found in this {name} store")) && e.contains(".public file"),
             "{name}: {e}"
         );
     }
