@@ -113,6 +113,38 @@ impl NetPair {
     pub fn heal(&self) {
         ip(&["-n", &self.guest_ns, "link", "set", &self.guest_if, "up"]);
     }
+
+    /// Makes the network drop everything sent to the guest and everything
+    /// it sends, silently: its address is taken off its interface, so the
+    /// host's packets find no one (and no answer: the guest has no route
+    /// back without it), while the link stays up and the host keeps the
+    /// guest's hardware address. The guest's stack never sees the host's
+    /// SYNs (no SYN-ACK of its own comes back after the heal) and no ARP
+    /// is needed: the host's TCP alone decides when it tries again.
+    pub fn drop_all(&self) {
+        ip(&[
+            "-n",
+            &self.guest_ns,
+            "addr",
+            "del",
+            &format!("{}/24", self.guest_ip),
+            "dev",
+            &self.guest_if,
+        ]);
+    }
+
+    /// Ends [`drop_all`](Self::drop_all).
+    pub fn undrop_all(&self) {
+        ip(&[
+            "-n",
+            &self.guest_ns,
+            "addr",
+            "add",
+            &format!("{}/24", self.guest_ip),
+            "dev",
+            &self.guest_if,
+        ]);
+    }
 }
 
 impl Drop for NetPair {
