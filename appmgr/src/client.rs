@@ -214,7 +214,8 @@ impl Connector {
     }
 
     /// One attempt: the transport (TCP, vsock or a vsock device's socket),
-    /// TLS, hello. Each phase is bounded by `limit`.
+    /// TLS, hello. Each phase is bounded by `limit`; a TCP connect sends a
+    /// fresh SYN every second meanwhile ([`tcp_connect`]).
     pub async fn connect_once(&self, limit: Duration) -> Result<Client, ClientError> {
         let (stream, at) = self.open(limit).await?;
         let connector = self.refresh();
@@ -246,7 +247,7 @@ impl Connector {
                     .collect();
                 let mut last = ClientError::unreachable(format!("name lookup of {host}"), Cause::NoAddresses);
                 for addr in addrs {
-                    match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+                    match tokio::time::timeout(limit, tcp_connect(addr, SYN_AGAIN)).await {
                         Err(_) => last = ClientError::unreachable(format!("connection to {addr}"), Cause::TimedOut),
                         Ok(Err(e)) => last = ClientError::unreachable(format!("connection to {addr} failed"), e),
                         Ok(Ok(tcp)) => {
@@ -290,6 +291,56 @@ impl Connector {
     /// succeeds, fails for good, or `deadline` passes (then the last error).
     pub async fn connect(&self, deadline: Instant) -> Result<Client, ClientError> {
         retry_until(deadline, |limit| self.connect_once(limit)).await
+    }
+}
+
+/// How often [`tcp_connect`] puts a fresh SYN on the wire while the guest
+/// has not answered: the kernel's own first retransmission time (its
+/// initial RTO, RFC 6298).
+const SYN_AGAIN: Duration = Duration::from_secs(1);
+
+/// A TCP connection to `addr` that sees the guest within about `again`
+/// of its becoming reachable.
+///
+/// A lone connect started while the guest is cut off resends its SYN on
+/// the kernel's backoff (a few times 1 s apart on recent kernels, then 2,
+/// 4, 8 s apart; 1, 2, 4 s apart on older ones), and misses a reachable
+/// window of a second or two between two outages: the manager then gives
+/// up at its timeout though the guest was reachable in time (found by the
+/// fault campaign). So the first attempt is kept as it is, never
+/// abandoned before `limit` (a slow network completes it, whatever its
+/// round trip), and beside it one fresh attempt, replaced every `again`
+/// from 1.5 × `again` on (half a period off the kernel's own 1 s retries),
+/// sends a new SYN each time. At most two sockets, about one SYN a second
+/// more than the kernel alone sends, and only while the guest does not
+/// answer: a refusal or a quick error of the first attempt is the answer
+/// at once, as before, and the caller backs off. The first attempt to
+/// connect wins; the other is closed, almost always before its SYN is
+/// answered (the far end's SYN-ACK then meets a reset, leaving the
+/// server nothing), at worst as a connection that ends before its TLS
+/// handshake. An error of the fresh attempt is the answer; one of the
+/// first, once fresh attempts run, is not.
+async fn tcp_connect(addr: std::net::SocketAddr, again: Duration) -> std::io::Result<TcpStream> {
+    let mut first = Box::pin(TcpStream::connect(addr));
+    let mut first_failed = false;
+    let mut fresh = None;
+    let mut tick = tokio::time::interval_at(Instant::now() + again * 3 / 2, again);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = &mut first, if !first_failed => match r {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) if fresh.is_none() => return Err(e),
+                Err(_) => first_failed = true,
+            },
+            r = async {
+                match fresh.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            } => return r,
+            _ = tick.tick() => fresh = Some(Box::pin(TcpStream::connect(addr))),
+        }
     }
 }
 
