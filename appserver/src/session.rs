@@ -691,6 +691,149 @@ mod tests {
         assert!(matches!(task.await.unwrap(), SessionEnd::Shutdown));
     }
 
+    /// Runs `send_logs` on `path`; its events arrive on the receiver, which
+    /// closes when it returns.
+    async fn logs_of(path: &std::path::Path, files: u32, tail: u32, follow: bool) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel(64);
+        let req = Logs {
+            run: vec!["app".into()],
+            name: None,
+            tail,
+            follow,
+        };
+        tokio::spawn(send_logs(path.to_path_buf(), files, req, tx));
+        rx
+    }
+
+    /// The next event, or `None` when `send_logs` has returned.
+    async fn next(rx: &mut mpsc::Receiver<Event>) -> Option<Event> {
+        tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("send_logs neither sent nor returned within 20 s")
+    }
+
+    fn lines_of(ev: Option<Event>) -> (Vec<String>, bool) {
+        match ev {
+            Some(Event::LogLines(l)) => (l.lines, l.end),
+            other => panic!("log lines expected, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn logs_with_tail_n_sends_the_last_n_lines_marked_as_the_end_then_returns() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("s.log");
+        std::fs::write(&path, (0..10).map(|i| format!("line {i}\n")).collect::<String>()).unwrap();
+        let mut rx = logs_of(&path, 1, 3, false).await;
+        let Some(Event::LogLines(l)) = next(&mut rx).await else {
+            panic!("log lines expected")
+        };
+        assert_eq!(l.source, path.display().to_string());
+        assert_eq!(
+            (l.lines, l.end),
+            (vec!["line 7".to_string(), "line 8".into(), "line 9".into()], true)
+        );
+        assert_eq!(next(&mut rx).await, None, "without --follow, nothing after the end");
+        // An empty log is one empty frame, still marked as the end.
+        std::fs::write(&path, "").unwrap();
+        let mut rx = logs_of(&path, 1, 3, false).await;
+        assert_eq!(lines_of(next(&mut rx).await), (vec![], true));
+        assert_eq!(next(&mut rx).await, None);
+    }
+
+    /// What lines cost of a frame's budget: their bytes, and 8 for each but the last.
+    fn frame_bytes(lines: &[String]) -> usize {
+        lines.iter().map(|l| l.len() + 8).sum::<usize>() - 8
+    }
+
+    #[tokio::test]
+    async fn a_tail_over_256_kib_is_sent_in_frames_of_at_most_256_kib_the_last_marked_as_the_end() {
+        // A frame takes lines while their bytes, with 8 for each line
+        // before the last, stay within 256 KiB: 63 lines of 4088 bytes and
+        // one of 4096 fill one frame to the byte, and the next line begins
+        // another.
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("s.log");
+        let mut want: Vec<String> = (0..63).map(|i| format!("{i:02}{}", "a".repeat(4086))).collect();
+        want.push("b".repeat(4096));
+        want.push("c".into());
+        std::fs::write(&path, want.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        let mut rx = logs_of(&path, 1, 1000, false).await;
+        let (first, end) = lines_of(next(&mut rx).await);
+        assert_eq!((first.len(), end), (64, false), "a full frame, not the last");
+        assert_eq!(frame_bytes(&first), 256 << 10);
+        let (second, end) = lines_of(next(&mut rx).await);
+        assert_eq!((second, end), (vec!["c".to_string()], true));
+        assert_eq!(first[..], want[..64]);
+        assert_eq!(next(&mut rx).await, None);
+
+        // A larger tail: every frame within the budget, in order, only the last the end.
+        let big: Vec<String> = (0..300).map(|i| format!("{i:03}{}", "x".repeat(3000))).collect();
+        std::fs::write(&path, big.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        let mut rx = logs_of(&path, 1, 300, false).await;
+        let mut got = Vec::new();
+        let mut frames = 0;
+        while let Some(ev) = next(&mut rx).await {
+            let (lines, end) = lines_of(Some(ev));
+            assert!(!lines.is_empty());
+            assert!(frame_bytes(&lines) <= 256 << 10);
+            frames += 1;
+            got.extend(lines);
+            assert_eq!(end, got.len() == big.len(), "only the last frame is the end");
+        }
+        assert_eq!(got, big);
+        assert_eq!(
+            frames, 4,
+            "300 lines of 3003 bytes (3011 of the budget): 3 frames of 87 lines and one of 39"
+        );
+    }
+
+    #[tokio::test]
+    async fn logs_of_a_missing_file_is_not_found_unless_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("s.log");
+        let mut rx = logs_of(&path, 1, 10, false).await;
+        let Some(Event::Error(e)) = next(&mut rx).await else {
+            panic!("an error expected")
+        };
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert!(
+            e.message.starts_with(&format!("cannot read {}: ", path.display())),
+            "{}",
+            e.message
+        );
+        assert_eq!(next(&mut rx).await, None);
+        // Unreadable for another reason: an internal error.
+        std::fs::create_dir(&path).unwrap();
+        let mut rx = logs_of(&path, 1, 10, false).await;
+        let Some(Event::Error(e)) = next(&mut rx).await else {
+            panic!("an error expected")
+        };
+        assert_eq!(e.kind, ErrorKind::Internal, "{}", e.message);
+        assert_eq!(next(&mut rx).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_followed_log_sends_its_tail_then_each_new_line_until_the_session_goes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("s.log");
+        // Followed before it exists: an empty tail, then its lines once it does.
+        let mut rx = logs_of(&path, 1, 10, true).await;
+        assert_eq!(lines_of(next(&mut rx).await), (vec![], true));
+        std::fs::write(&path, "first\n").unwrap();
+        assert_eq!(lines_of(next(&mut rx).await), (vec!["first".to_string()], true));
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut f, b"second\nthird\n").unwrap();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let (lines, end) = lines_of(next(&mut rx).await);
+            assert!(end, "each followed frame is complete");
+            got.extend(lines);
+        }
+        assert_eq!(got, ["second", "third"]);
+        drop(rx);
+    }
+
     #[tokio::test]
     async fn a_connection_over_the_limit_is_refused_after_its_hello() {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
