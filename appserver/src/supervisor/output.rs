@@ -836,6 +836,468 @@ mod tests {
     }
 
     #[test]
+    fn sizes_are_shown_in_the_largest_whole_unit_and_the_destinations_named() {
+        let cases = [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1 KiB"),
+            (1536, "1536 B"),
+            (3 << 10, "3 KiB"),
+            (1 << 20, "1 MiB"),
+            ((5 << 20) + 1024, "5121 KiB"),
+            (1 << 30, "1 GiB"),
+            ((1 << 30) + (1 << 20), "1025 MiB"),
+            (3 << 30, "3 GiB"),
+        ];
+        for (n, shown) in cases {
+            assert_eq!(human_bytes(n), shown, "{n}");
+        }
+        let mut m = meta(Path::new("/var/log/apps"), 10 << 20, 3);
+        assert_eq!(m.describe(), "file /var/log/apps/s.log (3 x 10 MiB)");
+        m.syslog = true;
+        assert_eq!(
+            m.describe(),
+            "file /var/log/apps/s.log (3 x 10 MiB) + syslog (cmappserver[s])"
+        );
+        m.file = None;
+        assert_eq!(m.describe(), "syslog (cmappserver[s])");
+        m.syslog = false;
+        assert_eq!(m.describe(), "nowhere in the guest");
+    }
+
+    #[test]
+    fn a_services_output_settings_come_from_the_servers() {
+        let mut c = ServerConfig::default();
+        c.output_log_dir = "/srv/out".into();
+        c.output_log = common::config::OutputLog::Both;
+        c.output_log_size = 12345;
+        c.output_log_files = 7;
+        c.output_tail = 9;
+        let s = Settings::from_config(&c);
+        assert_eq!(
+            (
+                s.dir.as_path(),
+                s.to_file,
+                s.to_syslog,
+                s.max_bytes,
+                s.files,
+                s.tail_lines
+            ),
+            (Path::new("/srv/out"), true, true, 12345, 7, 9)
+        );
+        let m = OutputMeta::for_service(&s, "name:web");
+        let stem = file_stem("name:web");
+        assert!(stem.starts_with("web-"), "{stem}");
+        assert_eq!(
+            m,
+            OutputMeta {
+                file: Some(PathBuf::from(format!("/srv/out/{stem}.log"))),
+                syslog: true,
+                max_bytes: 12345,
+                files: 7,
+                tail_lines: 9,
+                tag: stem,
+            }
+        );
+        c.output_log = common::config::OutputLog::Syslog;
+        let m = OutputMeta::for_service(&Settings::from_config(&c), "name:web");
+        assert_eq!((m.file, m.syslog), (None, true));
+    }
+
+    #[test]
+    fn file_names_hash_the_whole_identity_with_fnv1a() {
+        // The published FNV-1a 64 test vectors.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(file_stem(""), "-84222325");
+        assert_eq!(
+            file_stem("name:..a  b__c_"),
+            format!("a_b_c-{:08x}", fnv1a(b"name:..a  b__c_") as u32)
+        );
+        assert_eq!(
+            file_stem(&"y".repeat(MAX_STEM)).len(),
+            MAX_STEM + 9,
+            "64 bytes are kept whole"
+        );
+        assert_eq!(rotated(Path::new("/d/s.log"), 2), Path::new("/d/s.log.2"));
+    }
+
+    #[test]
+    fn the_last_lines_of_a_file_are_read_whatever_their_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let tail = |n, end| read_tail(&path, 1, n, end).unwrap();
+        fs::write(&path, "a\nb\nc").unwrap();
+        assert_eq!(tail(5, None), ["a", "b", "c"], "an unterminated last line counts");
+        assert_eq!(tail(2, None), ["b", "c"]);
+        assert_eq!(tail(0, None), Vec::<String>::new());
+        fs::write(&path, "abc\ndef\nghi\n").unwrap();
+        assert_eq!(tail(1, None), ["ghi"]);
+        assert_eq!(tail(10, Some(8)), ["abc", "def"], "up to byte 8 only");
+        assert_eq!(
+            tail(10, Some(100)),
+            ["abc", "def", "ghi"],
+            "an end past the file is its end"
+        );
+        fs::write(&path, "\n\nx\n").unwrap();
+        assert_eq!(tail(10, None), ["", "", "x"], "empty lines are lines");
+        fs::write(&path, "").unwrap();
+        assert!(tail(10, None).is_empty());
+        // Long lines are cut to what a frame may carry.
+        fs::write(&path, format!("{}\nshort\n", "z".repeat(10_000))).unwrap();
+        let t = tail(2, None);
+        assert_eq!((t[0].len(), t[1].as_str()), (MAX_LINE_LEN, "short"));
+        // Across the 64 KiB steps of reading backwards, no line is cut or
+        // half-read: 3000 lines of 100 bytes, the last 1000 of them.
+        let all: Vec<String> = (0..3000).map(|i| format!("{i:05}{}", ".".repeat(94))).collect();
+        fs::write(&path, all.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        assert_eq!(tail(1000, None), all[2000..]);
+        assert_eq!(tail(655, None), all[2345..], "one line past one step");
+        assert_eq!(tail(5000, None), all, "all of it");
+        assert_eq!(tail(3, Some(1000 * 100)), all[997..1000]);
+        // A line far longer than is shown stops the reading: its last piece is shown.
+        let mut huge = "h".repeat(1 << 20);
+        huge.push_str("\nend\n");
+        fs::write(&path, huge).unwrap();
+        let t = tail(2, None);
+        assert_eq!((t.len(), t[0].len(), t[1].as_str()), (2, MAX_LINE_LEN, "end"));
+        // The newest file must be there; a rotated one need not be.
+        assert_eq!(read_tail(&path, 5, 10, None).unwrap().len(), 2);
+        let e = read_tail(&dir.path().join("none.log"), 3, 10, None).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        // Never through a symbolic link.
+        std::os::unix::fs::symlink(&path, dir.path().join("link.log")).unwrap();
+        assert!(read_tail(&dir.path().join("link.log"), 1, 10, None).is_err());
+    }
+
+    #[test]
+    fn a_follower_returns_complete_lines_within_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.log");
+        fs::write(&path, "old\n").unwrap();
+        let mut f = Follower::at_end(&path);
+        assert_eq!(f.pos(), Some(4));
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        write!(file, "abc").unwrap();
+        assert!(f.poll(1 << 20).is_empty(), "half a line waits");
+        writeln!(file, "def").unwrap();
+        assert_eq!(f.poll(1 << 20), ["abcdef"]);
+        assert_eq!(f.pos(), Some(11));
+        // A budget of 10 bytes: the lines it covers, the rest next time.
+        for i in 0..6 {
+            writeln!(file, "line{i}").unwrap();
+        }
+        assert_eq!(f.poll(10), ["line0"]);
+        assert_eq!(f.poll(12), ["line1", "line2"]);
+        assert_eq!(f.poll(1 << 20), ["line3", "line4", "line5"]);
+        // A line longer than is shown comes out cut, without waiting for its end.
+        write!(file, "{}", "q".repeat(MAX_LINE_LEN + 10)).unwrap();
+        let got = f.poll(1 << 20);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].len(), MAX_LINE_LEN);
+        // An unterminated last piece of a rotated file is a line of its own.
+        write!(file, "tail").unwrap();
+        assert!(f.poll(1 << 20).is_empty());
+        fs::rename(&path, rotated(&path, 1)).unwrap();
+        fs::write(&path, "fresh\n").unwrap();
+        assert_eq!(f.poll(1 << 20), ["tail", "fresh"]);
+        // A file that is not there yet is followed from its beginning.
+        let later = dir.path().join("later.log");
+        let mut g = Follower::at_end(&later);
+        assert_eq!(g.pos(), None);
+        assert!(g.poll(1 << 20).is_empty());
+        fs::write(&later, "one\ntwo\n").unwrap();
+        assert_eq!(g.poll(1 << 20), ["one", "two"]);
+    }
+
+    /// What the writer told shim.log.
+    fn shim_log() -> (
+        Arc<std::sync::Mutex<Vec<String>>>,
+        impl Fn(&str) + Send + Clone + 'static,
+    ) {
+        let said = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = said.clone();
+        (said, move |l: &str| s.lock().unwrap().push(l.to_string()))
+    }
+
+    #[test]
+    fn lines_reach_the_file_in_order_and_the_tail_keeps_the_last_within_64_kib() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = meta(&dir.path().join("out"), 1 << 30, 2);
+        m.tail_lines = 100;
+        let (said, log) = shim_log();
+        let mut g = GuestLog::start(Some(&m), log);
+        assert!(g.accepting());
+        for i in 0..3000 {
+            g.line(Stream::Stdout, &format!("line {i}"));
+        }
+        // Ten lines of 10 KiB: the tail's 64 KiB hold six.
+        let big = "b".repeat(10 << 10);
+        for _ in 0..10 {
+            g.line(Stream::Stderr, &big);
+        }
+        let (tail, flush) = g.finish();
+        flush.wait(Duration::from_secs(30));
+        assert_eq!(tail.len(), 6);
+        assert!(tail.iter().all(|l| l.stream == Stream::Stderr && l.line == big));
+        let text = fs::read_to_string(m.file.as_ref().unwrap()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3010);
+        assert!(lines[..3000].iter().enumerate().all(|(i, l)| *l == format!("line {i}")));
+        assert!(said.lock().unwrap().is_empty(), "{said:?}");
+        // The output directory is made private to us.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.path().join("out")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o750);
+    }
+
+    #[test]
+    fn without_a_file_or_syslog_only_the_tail_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = meta(dir.path(), 1 << 20, 2);
+        m.file = None;
+        let mut g = GuestLog::start(Some(&m), |_| {});
+        assert!(g.tx.is_none(), "no writer thread");
+        g.line(Stream::Stdout, "x");
+        assert_eq!(g.finish().0.len(), 1);
+        assert!(fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing written");
+    }
+
+    #[test]
+    fn lines_that_cannot_be_written_are_counted_and_said_at_powers_of_two() {
+        let dir = tempfile::tempdir().unwrap();
+        // The output directory is a file: every write fails.
+        fs::write(dir.path().join("out"), "").unwrap();
+        let m = meta(&dir.path().join("out"), 1 << 20, 2);
+        let (said, log) = shim_log();
+        let mut g = GuestLog::start(Some(&m), log);
+        for i in 0..5 {
+            g.line(Stream::Stdout, &format!("l{i}"));
+            // One at a time, so that each is its own failed write.
+            g.shared.queued.load(Ordering::Acquire);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !g.idle() && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+        }
+        let (_, flush) = g.finish();
+        flush.wait(Duration::from_secs(30));
+        let said = said.lock().unwrap().clone();
+        let errors: Vec<&String> = said
+            .iter()
+            .filter(|l| l.starts_with("cannot write the output file"))
+            .collect();
+        assert_eq!(errors.len(), 3, "errors 1, 2 and 4 are said: {said:?}");
+        assert!(errors[2].ends_with("(4 lines dropped so far)"), "{said:?}");
+        assert_eq!(
+            said.last().unwrap(),
+            "5 output lines in all were not written to the guest's log (the disk was slow or full)"
+        );
+    }
+
+    #[test]
+    fn dropped_lines_are_noted_in_the_file_once_it_can_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = meta(dir.path(), 1 << 20, 2);
+        let shared = Arc::new(Shared::new());
+        let mut w = Writer::new(m.clone(), shared.clone());
+        let (said, log) = shim_log();
+        w.write("before", false, &log);
+        shared.dropped.store(3, Ordering::Relaxed);
+        w.note_drops(&log);
+        w.note_drops(&log);
+        w.write("after", false, &log);
+        shared.dropped.store(5, Ordering::Relaxed);
+        w.note_drops(&log);
+        w.flush(&log);
+        let note = |n| format!("[cmappserver: {n} output lines dropped: the disk was slow or full]");
+        assert_eq!(
+            fs::read_to_string(m.file.as_ref().unwrap()).unwrap(),
+            format!("before\n{}\nafter\n{}\n", note(3), note(2))
+        );
+        assert_eq!(*said.lock().unwrap(), [note(3), note(2)]);
+        // A failed write of notes and lines: only the application's lines count.
+        fs::remove_file(m.file.as_ref().unwrap()).unwrap();
+        w.file = Some(File::open("/dev/null").unwrap()); // read-only: the write fails
+        w.write("lost", false, &log);
+        shared.dropped.store(6, Ordering::Relaxed);
+        w.note_drops(&log);
+        w.flush(&log);
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 7, "the line, not the note");
+        assert!(w.file.is_none(), "opened afresh next time");
+    }
+
+    #[test]
+    fn a_file_is_rotated_before_a_line_would_take_it_past_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = meta(dir.path(), 100, 3);
+        let path = m.file.clone().unwrap();
+        // What is already there counts.
+        fs::write(&path, "x".repeat(90)).unwrap();
+        let mut w = Writer::new(m.clone(), Arc::new(Shared::new()));
+        w.write(&"y".repeat(9), false, &|_| {});
+        w.flush(&|_| {});
+        assert_eq!(fs::read_to_string(&path).unwrap().len(), 100, "90 + 10 fit exactly");
+        w.write("z", false, &|_| {});
+        w.flush(&|_| {});
+        assert_eq!(fs::read_to_string(&path).unwrap(), "z\n");
+        assert_eq!(fs::read_to_string(rotated(&path, 1)).unwrap().len(), 100);
+        // A line longer than the size is written whole, alone in its file.
+        let long = "L".repeat(300);
+        w.write(&long, false, &|_| {});
+        w.write("after", false, &|_| {});
+        w.flush(&|_| {});
+        assert_eq!(fs::read_to_string(&path).unwrap(), "after\n");
+        assert_eq!(fs::read_to_string(rotated(&path, 1)).unwrap(), format!("{long}\n"));
+        assert_eq!(fs::read_to_string(rotated(&path, 2)).unwrap(), "z\n");
+
+        // One file kept: emptied in place.
+        let one = meta(&dir.path().join("one"), 50, 1);
+        let p1 = one.file.clone().unwrap();
+        let mut w = Writer::new(one, Arc::new(Shared::new()));
+        for i in 0..20 {
+            w.write(&format!("line {i:02}"), false, &|_| {});
+        }
+        w.flush(&|_| {});
+        // Six lines of 8 bytes fill it: 20 lines are three fills and two.
+        assert_eq!(fs::read_to_string(&p1).unwrap(), "line 18\nline 19\n");
+        assert!(!rotated(&p1, 1).exists());
+    }
+
+    #[test]
+    fn a_quarter_mib_of_lines_is_written_without_waiting_for_the_batch_to_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = meta(dir.path(), 1 << 30, 2);
+        let mut w = Writer::new(m.clone(), Arc::new(Shared::new()));
+        let line = "w".repeat(1023);
+        for _ in 0..300 {
+            w.write(&line, false, &|_| {});
+        }
+        let on_disk = fs::metadata(m.file.as_ref().unwrap()).unwrap().len();
+        assert_eq!(on_disk, 256 << 10, "written once 256 KiB were gathered");
+    }
+
+    #[test]
+    fn the_output_file_is_never_reached_through_a_link_or_a_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        fs::write(&target, "").unwrap();
+        let link = dir.path().join("link.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(open_output(&link).is_err());
+        let e = open_output(Path::new("/dev/null")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+        assert!(open_output(&dir.path().join("ok.log")).is_ok());
+        assert!(open_read(&link).is_err());
+        let mut f = Follower::at_end(&link);
+        assert_eq!(f.pos(), None, "a link is not followed");
+    }
+
+    /// A guest log whose writer the test plays: `queued` lines, the writer
+    /// alive while the returned sender is.
+    fn played(busy_for: Option<Duration>, queued: usize) -> (GuestLog, SyncSender<()>, Receiver<TailLine>) {
+        let mut shared = Shared::new();
+        shared.epoch = Instant::now() - Duration::from_secs(10);
+        if let Some(d) = busy_for {
+            shared
+                .busy_since
+                .store(shared.now() - d.as_nanos() as u64, Ordering::Release);
+        }
+        shared.queued.store(queued, Ordering::Release);
+        let (tx, rx) = sync_channel(1);
+        let (alive, done) = sync_channel(0);
+        let g = GuestLog {
+            tx: Some(tx),
+            done: Some(done),
+            shared: Arc::new(shared),
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            tail_lines: 0,
+        };
+        (g, alive, rx)
+    }
+
+    #[test]
+    fn a_full_queue_holds_the_reading_until_the_writer_stalls_or_is_gone() {
+        let (g, alive, _rx) = played(None, WRITE_QUEUE - 1);
+        assert!(g.accepting(), "room for one more");
+        g.shared.queued.store(WRITE_QUEUE, Ordering::Release);
+        assert!(!g.accepting(), "full, and the writer is working");
+        let (g2, _alive2, _rx2) = played(Some(Duration::from_millis(900)), WRITE_QUEUE);
+        assert!(!g2.accepting(), "on one batch for 0.9 s: not stalled yet");
+        let (g3, _alive3, _rx3) = played(Some(Duration::from_millis(1100)), WRITE_QUEUE);
+        assert!(g3.accepting(), "stalled: lines are dropped, not waited for");
+        drop(alive);
+        assert!(g.accepting(), "the writer is gone: nothing would make room");
+        assert!(!g2.writer_gone());
+    }
+
+    #[test]
+    fn a_line_that_finds_the_queue_full_is_dropped_and_counted() {
+        let (mut g, _alive, rx) = played(None, 0);
+        g.line(Stream::Stdout, "one");
+        g.line(Stream::Stdout, "two");
+        g.line(Stream::Stdout, "three");
+        assert_eq!(g.dropped(), 2);
+        assert_eq!(
+            g.shared.queued.load(Ordering::Acquire),
+            1,
+            "only what is queued is counted as queued"
+        );
+        assert_eq!(rx.try_recv().unwrap().line, "one");
+    }
+
+    async fn wait<F: std::future::Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(20), f)
+            .await
+            .expect("waited 20 s")
+    }
+
+    #[tokio::test]
+    async fn room_and_drain_wait_for_the_writer_but_never_for_a_stuck_disk() {
+        // Nothing queued, a stalled writer, a gone writer, no writer: no wait.
+        let (g, _a, _r) = played(None, 0);
+        wait(g.drain()).await;
+        wait(g.room()).await;
+        let (g, _a, _r) = played(Some(Duration::from_secs(2)), WRITE_QUEUE);
+        wait(g.drain()).await;
+        wait(g.room()).await;
+        let (g, a, _r) = played(None, 5);
+        drop(a);
+        wait(g.drain()).await;
+        wait(g.room()).await;
+        let none = GuestLog::start(None, |_| {});
+        none.shared.queued.store(1, Ordering::Release);
+        wait(none.drain()).await;
+        // A working writer: both wait until it has made room.
+        let (g, _a, _r) = played(None, WRITE_QUEUE);
+        let done = std::cell::Cell::new(0);
+        wait(async {
+            tokio::join!(
+                async {
+                    g.drain().await;
+                    done.set(done.get() + 1);
+                },
+                async {
+                    g.room().await;
+                    done.set(done.get() + 1);
+                },
+                async {
+                    for _ in 0..10 {
+                        tokio::task::yield_now().await;
+                    }
+                    assert_eq!(done.get(), 0, "both wait while the queue is full");
+                    g.shared.queued.store(0, Ordering::Release);
+                    g.shared.room.notify_waiters();
+                },
+            )
+        })
+        .await;
+        assert_eq!(done.get(), 2);
+    }
+
+    #[test]
     fn a_follower_sees_new_lines_across_a_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.log");
