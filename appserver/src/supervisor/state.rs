@@ -677,8 +677,62 @@ mod tests {
     }
 
     #[test]
+    fn a_file_a_fifo_or_a_nested_name_is_not_a_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&tmp.path().join("state")).unwrap();
+        // A regular file where a directory is expected.
+        let file = tmp.path().join("file");
+        fs::write(&file, "").unwrap();
+        let err = Dir::open(&file).unwrap_err();
+        assert!(err.to_string().contains("is not a directory"), "{err}");
+        // A FIFO planted as a record file is refused, without waiting for a writer.
+        let rec = state.create_record("r").unwrap().unwrap();
+        nix::unistd::mkfifo(&state.record_path("r").join(PID), Mode::S_IRUSR | Mode::S_IWUSR).unwrap();
+        let err = rec.read(PID).unwrap_err();
+        assert!(err.to_string().ends_with("is not a regular file"), "{err}");
+        // An id that cannot be made is an error, not an id taken.
+        assert!(state.create_record("no/such").is_err());
+        // Hidden entries (temporary files of a write) are not records.
+        fs::create_dir(state.record_path(".partial")).unwrap();
+        fs::set_permissions(state.record_path(".partial"), fs::Permissions::from_mode(0o700)).unwrap();
+        let names: Vec<String> = state.records().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["r"]);
+    }
+
+    #[test]
+    fn a_boot_id_others_can_write_refuses_the_directory_and_an_unreadable_one_is_another_boot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        let state = StateDir::open(&root).unwrap();
+        state.create_record("kept").unwrap().unwrap();
+        drop(state);
+        fs::set_permissions(root.join("boot_id"), fs::Permissions::from_mode(0o666)).unwrap();
+        let err = StateDir::open(&root).unwrap_err();
+        assert!(err.to_string().contains("refusing to use it"), "{err}");
+        assert!(root.join("procs/kept").exists(), "nothing cleared");
+        // Over the size of a record: not this boot's.
+        fs::set_permissions(root.join("boot_id"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(root.join("boot_id"), vec![b'x'; (4 << 20) + 1]).unwrap();
+        let state = StateDir::open(&root).unwrap();
+        assert!(state.records().is_empty());
+        assert_eq!(fs::read_to_string(root.join("boot_id")).unwrap(), current_boot_id());
+    }
+
+    #[test]
+    fn a_state_directory_that_cannot_be_made_says_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("file"), "").unwrap();
+        let err = StateDir::open(&tmp.path().join("file/state")).unwrap_err();
+        assert!(err.to_string().contains(": cannot create it: "), "{err}");
+    }
+
+    #[test]
     fn records_are_trusted_only_from_our_own_user_and_this_boot() {
         assert_eq!(own_uid(), nix::unistd::geteuid().as_raw());
         assert!(!current_boot_id().is_empty());
+        if std::env::var_os("CMAPPSERVER_BOOT_ID").is_none() {
+            let kernel = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+            assert_eq!(current_boot_id(), kernel.trim(), "the kernel's boot id");
+        }
     }
 }
