@@ -259,3 +259,178 @@ fn gone(spec: &ServiceSpec) -> ErrorReply {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::table::tests::{filed, meta, subscriber, supervisor};
+    use super::*;
+    use std::path::Path;
+
+    fn launch(name: &str) -> Launch {
+        Launch {
+            run: vec![format!("/bin/{name}")],
+            name: Some(name.into()),
+            attach_only: None,
+            forward: None,
+        }
+    }
+
+    fn open(_: &[String]) -> Decision {
+        Decision::Open
+    }
+
+    #[tokio::test]
+    async fn a_known_service_is_attached_to_when_the_policy_allows_what_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let p = filed(&sup, tmp.path(), "app", Some(meta(tmp.path())));
+        let (a, _ra) = subscriber(1, "mgr-a", 8);
+        let s = sup.launch(launch("app"), a, &open).await.unwrap();
+        assert_eq!((s.id.as_str(), s.attached), ("id-app", true));
+        // The policy judges the argv of the process that runs.
+        let judged = Mutex::new(Vec::new());
+        let refuse = |argv: &[String]| {
+            judged.lock().unwrap().push(argv.to_vec());
+            Decision::Refused("not you".into())
+        };
+        let (b, _rb) = subscriber(2, "mgr-b", 8);
+        let mut other_run = launch("app");
+        other_run.run = vec!["/bin/other".into()];
+        let e = sup.launch(other_run, b, &refuse).await.unwrap_err();
+        assert_eq!((e.kind, e.message.as_str()), (ErrorKind::Forbidden, "not you"));
+        assert_eq!(*judged.lock().unwrap(), [vec!["/bin/app".to_string()]]);
+        assert_eq!(p.info().managers, 1, "a refused manager is not attached");
+        let allowed = |_: &[String]| Decision::Allowed {
+            rule: "r".into(),
+            run_as: None,
+        };
+        let (b, _rb) = subscriber(2, "mgr-b", 8);
+        assert!(sup.launch(launch("app"), b, &allowed).await.unwrap().attached);
+        assert_eq!(p.info().managers, 2);
+        assert!(sup.launching.lock().unwrap().is_empty(), "no launch lock left behind");
+    }
+
+    #[tokio::test]
+    async fn a_reattach_finds_its_own_instance_current_or_kept_or_is_told_it_is_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let p = filed(&sup, tmp.path(), "app", Some(meta(tmp.path())));
+        let again = |id: &str| {
+            let mut l = launch("app");
+            l.attach_only = Some(id.into());
+            l
+        };
+        let (a, _ra) = subscriber(1, "mgr-a", 8);
+        assert!(sup.launch(again("id-app"), a.clone(), &open).await.unwrap().attached);
+        let e = sup.launch(again("id-other"), a.clone(), &open).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert_eq!(
+            e.message,
+            "the process for service app is gone: cmappserver has no record of it (the guest rebooted, or its record was dropped)"
+        );
+        // Collected by another manager and kept by id for this one.
+        let (b, _rb) = subscriber(2, "mgr-b", 8);
+        p.attach(b, false, None);
+        sup.record_exit(&p, super::super::table::tests::exit(&p, 0)).await;
+        sup.ack("id-app", "mgr-b").unwrap();
+        assert_eq!(sup.monitored(), 0);
+        let s = sup.launch(again("id-app"), a.clone(), &open).await.unwrap();
+        assert!(s.attached && s.exited);
+        // Kept under another service's key: not this one.
+        let mut other = again("id-app");
+        other.name = Some("other".into());
+        other.run = vec!["/bin/other".into()];
+        assert_eq!(
+            sup.launch(other, a.clone(), &open).await.unwrap_err().kind,
+            ErrorKind::NotFound
+        );
+        // And refused by the policy like any attach.
+        let refuse = |_: &[String]| Decision::Refused("no".into());
+        assert_eq!(
+            sup.launch(again("id-app"), a, &refuse).await.unwrap_err().kind,
+            ErrorKind::Forbidden
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_launch_is_refused_by_the_policy_the_shutdown_or_the_limit_before_anything_starts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let (a, _ra) = subscriber(1, "mgr-a", 8);
+        let refuse = |_: &[String]| Decision::Refused("no rule".into());
+        let e = sup.launch(launch("new"), a.clone(), &refuse).await.unwrap_err();
+        assert_eq!((e.kind, e.message.as_str()), (ErrorKind::Forbidden, "no rule"));
+        let e = sup
+            .launch(
+                Launch {
+                    run: vec![],
+                    ..launch("x")
+                },
+                a.clone(),
+                &open,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        // 8 processes at most (the test supervisor's limit): 7 running and
+        // one being started fill it; exited ones do not count.
+        for i in 0..7 {
+            filed(&sup, tmp.path(), &format!("p{i}"), None);
+        }
+        let done = filed(&sup, tmp.path(), "done", None);
+        sup.record_exit(&done, super::super::table::tests::exit(&done, 0)).await;
+        sup.table().spawning = 1;
+        let e = sup.launch(launch("new"), a.clone(), &open).await.unwrap_err();
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (ErrorKind::Limit, "limit of 8 monitored processes reached")
+        );
+        assert_eq!(sup.table().spawning, 1, "a refused launch counts nothing");
+        sup.table().spawning = 0;
+        // One place left: the launch gets past the limit (and fails here,
+        // where the record cannot be made), and gives the place back.
+        std::fs::remove_dir_all(tmp.path().join("state/procs")).unwrap();
+        let e = sup.launch(launch("new"), a.clone(), &open).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Internal);
+        assert!(e.message.starts_with("cannot create process record: "), "{}", e.message);
+        assert_eq!(sup.table().spawning, 0);
+        assert!(sup.launching.lock().unwrap().is_empty());
+        sup.shutdown(false).await;
+        let e = sup.launch(launch("new"), a, &open).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ShuttingDown);
+    }
+
+    #[tokio::test]
+    async fn the_policys_run_as_is_what_a_new_process_runs_as() {
+        let run_as = RunAs {
+            user: Some("nobody".into()),
+            ..RunAs::default()
+        };
+        assert_eq!(permitted(Decision::Open).unwrap(), None);
+        let allowed = Decision::Allowed {
+            rule: "r".into(),
+            run_as: Some(run_as.clone()),
+        };
+        assert_eq!(permitted(allowed).unwrap(), Some(run_as));
+        let e = permitted(Decision::Refused("why".into())).unwrap_err();
+        assert_eq!((e.kind, e.message.as_str()), (ErrorKind::Forbidden, "why"));
+    }
+
+    #[tokio::test]
+    async fn instance_ids_are_unique_and_name_the_server() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let a = sup.new_id();
+        let b = sup.new_id();
+        assert_ne!(a, b);
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(parts.len(), 3, "{a}");
+        assert_eq!(u32::from_str_radix(parts[1], 16).unwrap(), std::process::id());
+        assert!(
+            u64::from_str_radix(parts[0], 16).unwrap() > 1_600_000_000_000,
+            "ms since the epoch"
+        );
+        let (id, dir) = sup.create_record().unwrap();
+        assert_eq!(dir.path(), Path::new(&tmp.path().join("state/procs").join(&id)));
+    }
+}

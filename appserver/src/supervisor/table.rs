@@ -513,8 +513,10 @@ fn forget(table: &mut Table, proc: &Arc<Proc>) -> bool {
     found
 }
 
+/// Test helpers shared by the supervisor's rooms: a supervisor on a fresh
+/// state directory, processes filed in its table, subscribers.
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::supervisor::output::Settings;
     use crate::supervisor::{AppSettings, Limits};
@@ -522,7 +524,11 @@ mod tests {
     use std::path::Path;
 
     /// A supervisor on a fresh state directory, with nothing recorded.
-    async fn supervisor(tmp: &Path, exit_history: usize, ack_wait: Duration) -> Arc<Supervisor> {
+    pub(in crate::supervisor) async fn supervisor(
+        tmp: &Path,
+        exit_history: usize,
+        ack_wait: Duration,
+    ) -> Arc<Supervisor> {
         let limits = Limits {
             max_processes: 8,
             stop_grace: Duration::from_millis(100),
@@ -541,7 +547,7 @@ mod tests {
         Supervisor::open(state, limits, AppSettings::default(), "/nonexistent".into()).await
     }
 
-    fn meta(tmp: &Path) -> OutputMeta {
+    pub(in crate::supervisor) fn meta(tmp: &Path) -> OutputMeta {
         OutputMeta {
             file: Some(tmp.join("log/app.log")),
             syslog: false,
@@ -553,7 +559,12 @@ mod tests {
     }
 
     /// A running process of the service `name`, filed in `sup`'s table.
-    fn filed(sup: &Supervisor, tmp: &Path, name: &str, output: Option<OutputMeta>) -> Arc<Proc> {
+    pub(in crate::supervisor) fn filed(
+        sup: &Supervisor,
+        tmp: &Path,
+        name: &str,
+        output: Option<OutputMeta>,
+    ) -> Arc<Proc> {
         let service = ServiceSpec::parse(vec![format!("/bin/{name}")], Some(name.into())).unwrap();
         let dir = tmp.join(format!("rec-{name}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -572,7 +583,11 @@ mod tests {
         p
     }
 
-    fn subscriber(session: u64, manager: &str, queue: usize) -> (Subscriber, mpsc::Receiver<Event>) {
+    pub(in crate::supervisor) fn subscriber(
+        session: u64,
+        manager: &str,
+        queue: usize,
+    ) -> (Subscriber, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(queue);
         let sub = Subscriber {
             session,
@@ -582,7 +597,7 @@ mod tests {
         (sub, rx)
     }
 
-    fn exit(p: &Proc, code: i32) -> Exited {
+    pub(in crate::supervisor) fn exit(p: &Proc, code: i32) -> Exited {
         Exited {
             id: p.id.clone(),
             pid: p.pid,
@@ -592,7 +607,7 @@ mod tests {
         }
     }
 
-    fn every_line(lines_per_sec: u32, bytes_per_sec: u64) -> Option<Forward> {
+    pub(in crate::supervisor) fn every_line(lines_per_sec: u32, bytes_per_sec: u64) -> Option<Forward> {
         Some(Forward {
             lines_per_sec,
             bytes_per_sec,
@@ -600,7 +615,7 @@ mod tests {
     }
 
     /// Every output line queued for a subscriber, in order.
-    fn lines(rx: &mut mpsc::Receiver<Event>) -> Vec<String> {
+    pub(in crate::supervisor) fn lines(rx: &mut mpsc::Receiver<Event>) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(ev) = rx.try_recv() {
             match ev {
