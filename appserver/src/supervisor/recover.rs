@@ -222,3 +222,413 @@ fn recorded_managers(dir: &std::path::Path) -> Vec<Arc<str>> {
     }
     names
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::procfs::tests::{dead_pid, Child};
+    use super::super::proto::{ShimEvent, ShimRequest};
+    use super::super::table::tests::{every_line, lines, subscriber, supervisor};
+    use super::*;
+    use common::connection;
+    use common::message::{Event, Stream};
+    use common::service::ServiceSpec;
+    use std::path::{Path, PathBuf};
+    use tokio::net::UnixListener;
+    use tokio::sync::mpsc;
+
+    /// Writes the record `id` of the service `name` into the state
+    /// directory under `tmp`, as a shim and an earlier server left it.
+    fn record(tmp: &Path, id: &str, name: &str, pid: Option<PidRecord>, exit: Option<ExitStatus>) -> PathBuf {
+        let state = state::StateDir::open(&tmp.join("state")).unwrap();
+        let dir = state.create_record(id).unwrap().unwrap();
+        let service = ServiceSpec::parse(vec![format!("/bin/{name}")], Some(name.into())).unwrap();
+        let meta = Meta {
+            id: id.into(),
+            key: service.key(),
+            service,
+            created_at_ms: 7,
+            environment: None,
+            oom_score_adj: None,
+            output: None,
+            run_as: None,
+        };
+        dir.write_json(state::META, &meta).unwrap();
+        if let Some(p) = pid {
+            dir.write_json(state::PID, &p).unwrap();
+        }
+        if let Some(status) = exit {
+            let at = pid.map_or(8, |p| p.started_at_ms + 1);
+            dir.write_json(
+                state::EXIT,
+                &ExitRecord {
+                    status,
+                    exited_at_ms: at,
+                },
+            )
+            .unwrap();
+        }
+        dir.path().to_path_buf()
+    }
+
+    fn pid(started_at_ms: u64) -> Option<PidRecord> {
+        Some(PidRecord {
+            pid: 0,
+            started_at_ms,
+            shim_pid: 0,
+            start_ticks: None,
+        })
+    }
+
+    fn managers(dir: &Path, names: &[&str]) {
+        let m = state::Managers {
+            managers: names.iter().map(|n| n.to_string()).collect(),
+        };
+        state::write_json(dir, state::MANAGERS, &m).unwrap();
+    }
+
+    fn owed(sup: &Supervisor, id: &str) -> Vec<String> {
+        let p = sup.find(id).unwrap();
+        let inner = p.lock();
+        inner.owed.iter().map(|m| m.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn an_exit_recorded_while_the_server_was_away_is_handed_out_to_the_managers_that_watched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = record(tmp.path(), "r1", "app", pid(50), Some(ExitStatus::Code(3)));
+        let tail = vec![TailLine {
+            stream: Stream::Stderr,
+            line: "last words".into(),
+        }];
+        state::write_json(&dir, state::TAIL, &tail).unwrap();
+        let long = "x".repeat(200);
+        managers(&dir, &["mgr-a", "", "mgr-a", "bad\u{1}name", &long]);
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let info = sup.list();
+        assert_eq!(info.len(), 1);
+        assert_eq!(
+            (info[0].id.as_str(), info[0].started_at_ms, info[0].exit.clone()),
+            ("r1", 50, Some(ExitStatus::Code(3)))
+        );
+        let want = ["mgr-a".to_string(), "bad?name".into(), "x".repeat(128)];
+        assert_eq!(owed(&sup, "r1"), want, "the recorded managers, cleaned");
+        let departed: Vec<String> = sup
+            .find("r1")
+            .unwrap()
+            .lock()
+            .departed
+            .iter()
+            .map(|(m, _)| m.to_string())
+            .collect();
+        assert_eq!(departed, want);
+        let (a, mut ra) = subscriber(1, "mgr-a", 8);
+        sup.find("r1").unwrap().attach(a, true, None);
+        let Ok(Event::Exited(ex)) = ra.try_recv() else {
+            panic!("the exit")
+        };
+        assert_eq!((ex.status, ex.exited_at_ms, ex.tail), (ExitStatus::Code(3), 51, tail));
+        // At most 16 managers are kept from a record.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = record(tmp.path(), "r2", "app", None, Some(ExitStatus::Code(0)));
+        let many: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+        managers(&dir, &many.iter().map(String::as_str).collect::<Vec<_>>());
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        assert_eq!(owed(&sup, "r2"), many[..16]);
+    }
+
+    #[tokio::test]
+    async fn records_that_are_not_ours_or_not_readable_are_never_adopted() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Filed under another id: left alone.
+        let moved = record(tmp.path(), "r-moved", "a", None, None);
+        let meta: Meta = state::read_json(&moved, state::META).unwrap().unwrap();
+        state::write_json(
+            &moved,
+            state::META,
+            &Meta {
+                id: "r-other".into(),
+                ..meta
+            },
+        )
+        .unwrap();
+        // Others can write it: left alone.
+        let loose = record(tmp.path(), "r-loose", "b", None, None);
+        std::fs::set_permissions(
+            loose.join(state::META),
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )
+        .unwrap();
+        // Not a record at all: removed.
+        let junk = record(tmp.path(), "r-junk", "c", None, None);
+        std::fs::write(junk.join(state::META), "{").unwrap();
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        assert!(sup.list().is_empty());
+        assert!(moved.exists() && loose.exists());
+        assert!(!junk.exists());
+    }
+
+    #[tokio::test]
+    async fn a_record_without_an_exit_or_with_an_unreadable_one_is_lost() {
+        let tmp = tempfile::tempdir().unwrap();
+        record(tmp.path(), "r-none", "a", None, None);
+        let bad = record(tmp.path(), "r-bad", "b", pid(40), None);
+        std::fs::write(bad.join(state::EXIT), "{\"status\":").unwrap();
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let list = sup.list();
+        let none = list.iter().find(|i| i.id == "r-none").unwrap();
+        assert_eq!(
+            (none.pid, none.started_at_ms),
+            (0, 7),
+            "no pid record: the time it was filed"
+        );
+        assert_eq!(
+            none.exit,
+            Some(ExitStatus::Lost {
+                error: "its supervisor is gone and recorded no exit status".into()
+            })
+        );
+        let bad = list.iter().find(|i| i.id == "r-bad").unwrap();
+        let Some(ExitStatus::Lost { error }) = &bad.exit else {
+            panic!("{bad:?}")
+        };
+        assert!(
+            error.starts_with("its supervisor is gone and recorded no exit status; its exit record is unreadable: "),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn of_two_records_of_one_service_the_newer_is_current_and_the_older_kept_for_its_managers() {
+        for (older, newer) in [("r-a", "r-b"), ("r-b", "r-a")] {
+            let tmp = tempfile::tempdir().unwrap();
+            let old = record(tmp.path(), older, "app", pid(10), Some(ExitStatus::Code(1)));
+            managers(&old, &["mgr-a", "mgr-b"]);
+            record(tmp.path(), newer, "app", pid(20), Some(ExitStatus::Code(2)));
+            let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+            let table = sup.table();
+            assert_eq!(table.by_key.len(), 1);
+            assert_eq!(table.by_key.values().next().unwrap().id, newer, "{older} then {newer}");
+            let kept = table.lingering.get(older).expect("the older exit kept by id");
+            assert!(kept.lock().acked, "collected before the restart");
+            let owed: Vec<String> = kept.lock().owed.iter().map(|m| m.to_string()).collect();
+            assert_eq!(owed, ["mgr-a", "mgr-b"]);
+        }
+        // The same start time: the one read last is current.
+        let tmp = tempfile::tempdir().unwrap();
+        record(tmp.path(), "r-a", "app", pid(10), Some(ExitStatus::Code(1)));
+        record(tmp.path(), "r-b", "app", pid(10), Some(ExitStatus::Code(2)));
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        assert_eq!(sup.table().by_key.values().next().unwrap().id, "r-b");
+    }
+
+    #[tokio::test]
+    async fn adopted_exits_are_held_to_the_exit_history() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (id, name) in [("r1", "a"), ("r2", "b"), ("r3", "c")] {
+            record(tmp.path(), id, name, None, Some(ExitStatus::Code(0)));
+        }
+        let sup = supervisor(tmp.path(), 2, Duration::from_secs(60)).await;
+        let ids: Vec<String> = sup.list().into_iter().map(|i| i.id).collect();
+        assert_eq!(ids, ["r2", "r3"]);
+    }
+
+    /// A shim of an earlier server on the record's socket, running `pid`:
+    /// sends its hello, then whatever the test sends it, and hands back
+    /// what the server asked of it.
+    fn running_shim(dir: &Path, pid: u32) -> (mpsc::Sender<ShimEvent>, tokio::task::JoinHandle<Vec<ShimRequest>>) {
+        let listener = UnixListener::bind(dir.join(state::SOCK)).unwrap();
+        let (tx, mut rx) = mpsc::channel::<ShimEvent>(16);
+        let task = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut rd, mut wr) = connection::split(stream);
+            wr.write(&ShimEvent::Hello {
+                protocol: 1,
+                pid,
+                started_at_ms: 30,
+                waiting: false,
+            })
+            .await
+            .unwrap();
+            let mut got = Vec::new();
+            loop {
+                tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Some(ev) => wr.write(&ev).await.unwrap(),
+                        None => break,
+                    },
+                    req = rd.read::<ShimRequest>() => match req {
+                        Ok(Some(r)) => got.push(r),
+                        _ => break,
+                    },
+                }
+            }
+            got
+        });
+        (tx, task)
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<Event>) -> Event {
+        tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("an event within 20 s")
+            .expect("the queue is open")
+    }
+
+    #[tokio::test]
+    async fn a_running_shim_is_adopted_and_its_output_drops_and_exit_are_relayed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rec = PidRecord {
+            pid: 77,
+            ..pid(30).unwrap()
+        };
+        let dir = record(tmp.path(), "r1", "app", Some(rec), None);
+        let (shim, task) = running_shim(&dir, 77);
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let p = sup.find("r1").expect("adopted");
+        assert!(p.is_running());
+        assert_eq!((p.pid, p.started_at_ms), (77, 30), "the pid record's");
+        assert!(sup.table().exited.is_empty());
+        let (a, mut ra) = subscriber(1, "mgr-a", 64);
+        p.attach(a, true, every_line(1000, 1 << 20));
+        shim.send(ShimEvent::Output {
+            stream: Stream::Stdout,
+            line: "hello".into(),
+        })
+        .await
+        .unwrap();
+        let Event::Output(o) = next(&mut ra).await else {
+            panic!("output")
+        };
+        assert_eq!(
+            (o.id.as_str(), o.stream, o.line.as_str()),
+            ("r1", Stream::Stdout, "hello")
+        );
+        // Drops: a notice for the lines lost on the way, the guest log's count kept.
+        for (lines, log) in [(0, 4), (3, 5)] {
+            shim.send(ShimEvent::Dropped {
+                lines,
+                unconnected: Some(1),
+                log,
+            })
+            .await
+            .unwrap();
+        }
+        let Event::Output(o) = next(&mut ra).await else {
+            panic!("a notice")
+        };
+        assert_eq!(
+            o.line,
+            super::super::table::dropped_notice(3, Some(1)),
+            "none for 0 lines"
+        );
+        assert_eq!(p.info().log_dropped, 5);
+        // A stop goes to the shim; its exit comes back.
+        sup.stop("r1", Some(Duration::from_millis(250))).await.unwrap();
+        shim.send(ShimEvent::Exited {
+            status: ExitStatus::Signal(15),
+            exited_at_ms: 99,
+            tail: Vec::new(),
+        })
+        .await
+        .unwrap();
+        let Event::Exited(ex) = next(&mut ra).await else {
+            panic!("the exit")
+        };
+        assert_eq!(
+            (ex.id.as_str(), ex.pid, ex.status, ex.exited_at_ms),
+            ("r1", 77, ExitStatus::Signal(15), 99)
+        );
+        drop(shim);
+        assert_eq!(task.await.unwrap(), [ShimRequest::Stop { grace_ms: 250 }]);
+        assert!(lines(&mut ra).is_empty());
+        assert_eq!(sup.stop("r1", None).await, Ok(()), "ended: nothing to stop");
+    }
+
+    #[tokio::test]
+    async fn a_shim_that_goes_without_a_word_leaves_its_status_on_disk_or_a_lost_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let on_disk = record(tmp.path(), "r1", "a", None, None);
+        let silent = record(tmp.path(), "r2", "b", None, None);
+        let (s1, _t1) = running_shim(&on_disk, 70);
+        let (s2, _t2) = running_shim(&silent, 71);
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let (a, mut ra) = subscriber(1, "mgr-a", 8);
+        sup.find("r1").unwrap().attach(a.clone(), true, None);
+        sup.find("r2").unwrap().attach(a, true, None);
+        state::write_json(
+            &on_disk,
+            state::EXIT,
+            &ExitRecord {
+                status: ExitStatus::Code(4),
+                exited_at_ms: 5,
+            },
+        )
+        .unwrap();
+        drop(s1);
+        let Event::Exited(ex) = next(&mut ra).await else {
+            panic!("the exit")
+        };
+        assert_eq!((ex.id.as_str(), ex.status), ("r1", ExitStatus::Code(4)));
+        drop(s2);
+        let Event::Exited(ex) = next(&mut ra).await else {
+            panic!("the exit")
+        };
+        assert_eq!(
+            (ex.id.as_str(), ex.status),
+            (
+                "r2",
+                ExitStatus::Lost {
+                    error: "its supervisor died without recording an exit status".into()
+                }
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn an_application_whose_shim_died_is_killed_once_the_shim_has_ended_and_only_if_it_is_the_same_process() {
+        let tmp = tempfile::tempdir().unwrap();
+        // The application, and its shim: a child that ends a moment after
+        // its connection closes (as a killed shim's does).
+        let app = Child::sleep(true);
+        let mut shim_proc = std::process::Command::new("sleep").arg("0.3").spawn().unwrap();
+        let dir = record(tmp.path(), "r1", "app", Some(app.record(shim_proc.id())), None);
+        let (shim, _task) = running_shim(&dir, app.pid());
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let (a, mut ra) = subscriber(1, "mgr-a", 8);
+        sup.find("r1").unwrap().attach(a, true, None);
+        drop(shim);
+        let Event::Exited(ex) = next(&mut ra).await else {
+            panic!("the exit")
+        };
+        assert_eq!(
+            ex.status,
+            ExitStatus::Lost {
+                error: "its supervisor died without recording an exit status; the unmonitored application was killed"
+                    .into()
+            }
+        );
+        let mut app = app;
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(app.0.wait().unwrap().signal(), Some(9));
+        shim_proc.wait().unwrap();
+
+        // Its shim still running, or another process under its pid: left alone.
+        for (shim_pid, ticks_off) in [(std::process::id(), 0), (dead_pid(), 1)] {
+            let tmp = tempfile::tempdir().unwrap();
+            let app = Child::sleep(true);
+            let mut rec = app.record(shim_pid);
+            rec.start_ticks = rec.start_ticks.map(|t| t + ticks_off);
+            record(tmp.path(), "r1", "app", Some(rec), None);
+            let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+            let list = sup.list();
+            assert_eq!(
+                list[0].exit,
+                Some(ExitStatus::Lost {
+                    error: "its supervisor is gone and recorded no exit status".into()
+                }),
+                "shim {shim_pid}, ticks off by {ticks_off}"
+            );
+            assert!(common::proc::running(app.pid()), "not killed");
+        }
+    }
+}
