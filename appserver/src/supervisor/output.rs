@@ -321,6 +321,13 @@ impl GuestLog {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
+    /// Sets the counts a writer would have (for the shim's tests).
+    #[cfg(test)]
+    pub(super) fn set_counts_for_test(&self, queued: usize, dropped: u64) {
+        self.shared.queued.store(queued, Ordering::Release);
+        self.shared.dropped.store(dropped, Ordering::Relaxed);
+    }
+
     /// True when the writer has nothing queued and is not writing: its drop
     /// count cannot change until the next line.
     pub fn idle(&self) -> bool {
@@ -867,12 +874,14 @@ mod tests {
 
     #[test]
     fn a_services_output_settings_come_from_the_servers() {
-        let mut c = ServerConfig::default();
-        c.output_log_dir = "/srv/out".into();
-        c.output_log = common::config::OutputLog::Both;
-        c.output_log_size = 12345;
-        c.output_log_files = 7;
-        c.output_tail = 9;
+        let mut c = ServerConfig {
+            output_log_dir: "/srv/out".into(),
+            output_log: common::config::OutputLog::Both,
+            output_log_size: 12345,
+            output_log_files: 7,
+            output_tail: 9,
+            ..Default::default()
+        };
         let s = Settings::from_config(&c);
         assert_eq!(
             (

@@ -403,8 +403,7 @@ async fn run(dir: &Dir) -> Result<(), ShimError> {
     let stop = |grace_ms: u64, stop_requested: &mut bool, kill_at: &mut Option<tokio::time::Instant>| {
         *stop_requested = true;
         let _ = killpg(pgid, Signal::SIGTERM);
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(grace_ms);
-        *kill_at = Some(kill_at.map_or(deadline, |k| k.min(deadline)));
+        *kill_at = Some(kill_deadline(*kill_at, tokio::time::Instant::now(), grace_ms));
     };
 
     let status = loop {
@@ -495,6 +494,18 @@ async fn run(dir: &Dir) -> Result<(), ShimError> {
     // The exit is out; now let the guest log catch up before we go.
     flush.wait(Duration::from_secs(5));
     recorded
+}
+
+/// When a stop asked for at `now` with `grace_ms` sends KILL: after the
+/// grace, or at the deadline of an earlier stop if that comes first (a
+/// second stop never puts the KILL off).
+fn kill_deadline(
+    current: Option<tokio::time::Instant>,
+    now: tokio::time::Instant,
+    grace_ms: u64,
+) -> tokio::time::Instant {
+    let deadline = now + Duration::from_millis(grace_ms);
+    current.map_or(deadline, |k| k.min(deadline))
 }
 
 /// Records the exit in `exit.json` (first: it must survive whatever happens
@@ -882,5 +893,577 @@ mod tests {
         assert!(!out.log_drops_unsettled(), "an idle writer, everything told: no tick");
         out.reported = 1;
         assert!(out.log_drops_unsettled(), "a count not told yet");
+        out.reported = 0;
+        out.guest = played_guest_log(7, 0);
+        assert!(out.log_drops_unsettled(), "lines queued: the count may change");
+        out.guest = played_guest_log(0, 2);
+        out.reported = 2;
+        assert!(!out.log_drops_unsettled(), "idle, and the count told");
+    }
+
+    use common::service::ServiceSpec;
+    use std::io::Write as _;
+    use std::os::fd::OwnedFd;
+
+    /// A guest log with `queued` lines waiting and `dropped` lines lost
+    /// (no writer: what the shim sees of one).
+    fn played_guest_log(queued: usize, dropped: u64) -> GuestLog {
+        let g = GuestLog::start(None, |_| {});
+        g.set_counts_for_test(queued, dropped);
+        g
+    }
+
+    /// A link whose other end is the test: what the shim sends arrives on
+    /// the receiver; `room` events fit before it is full.
+    fn link(room: usize) -> (Link, mpsc::Receiver<ShimEvent>, mpsc::Sender<ShimRequest>) {
+        let (tx, rx) = mpsc::channel(room);
+        let (req_tx, requests) = mpsc::channel(8);
+        let link = Link {
+            tx,
+            requests,
+            writer: tokio::spawn(async {}),
+            peer: Peer { pid: 0, ticks: None },
+        };
+        (link, rx, req_tx)
+    }
+
+    fn events(rx: &mut mpsc::Receiver<ShimEvent>) -> Vec<ShimEvent> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    fn output(line: &str) -> ShimEvent {
+        ShimEvent::Output {
+            stream: Stream::Stdout,
+            line: line.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_go_to_the_server_and_what_finds_no_room_or_no_server_is_counted_and_told() {
+        let mut dropped = Dropped::default();
+        assert!(!dropped.any());
+        forward(&None, &mut dropped, Some((Stream::Stdout, "a".into())));
+        forward(&None, &mut dropped, Some((Stream::Stdout, "b".into())));
+        assert_eq!((dropped.slow, dropped.unconnected), (0, 2));
+        assert!(dropped.any());
+        // A server with room for two events: the notice, then the line.
+        let (l, mut rx, _req) = link(2);
+        let l = Some(l);
+        forward(&l, &mut dropped, Some((Stream::Stderr, "c".into())));
+        assert_eq!(
+            events(&mut rx),
+            [
+                ShimEvent::Dropped {
+                    lines: 2,
+                    unconnected: Some(2),
+                    log: 0
+                },
+                ShimEvent::Output {
+                    stream: Stream::Stderr,
+                    line: "c".into()
+                }
+            ]
+        );
+        assert!(!dropped.any(), "told");
+        forward(&l, &mut dropped, None);
+        assert!(events(&mut rx).is_empty(), "no line, nothing sent");
+        // A slow server: lines over its room are counted.
+        for i in 0..5 {
+            forward(&l, &mut dropped, Some((Stream::Stdout, format!("l{i}"))));
+        }
+        assert_eq!((dropped.slow, dropped.unconnected), (3, 0));
+        assert_eq!(events(&mut rx), [output("l0"), output("l1")]);
+        notify_dropped(&l, &mut dropped);
+        notify_dropped(&l, &mut dropped);
+        assert_eq!(
+            events(&mut rx),
+            [ShimEvent::Dropped {
+                lines: 3,
+                unconnected: Some(0),
+                log: 0
+            }],
+            "told once"
+        );
+        // A notice that does not fit is kept for later.
+        dropped.slow = 1;
+        dropped.unconnected = 4;
+        forward(&l, &mut dropped, Some((Stream::Stdout, "x".into())));
+        forward(&l, &mut dropped, Some((Stream::Stdout, "y".into())));
+        forward(&l, &mut dropped, Some((Stream::Stdout, "z".into())));
+        assert_eq!(
+            (dropped.slow, dropped.unconnected),
+            (2, 0),
+            "the notice and a line sent; the two lines after it lost and counted"
+        );
+        let got = events(&mut rx);
+        assert_eq!(
+            got[0],
+            ShimEvent::Dropped {
+                lines: 5,
+                unconnected: Some(4),
+                log: 0
+            }
+        );
+        notify_dropped(&None, &mut dropped);
+        assert!(dropped.any(), "no server: nothing told");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_guest_logs_drop_count_is_reported_when_it_grows_at_most_once_a_second_or_at_the_exit() {
+        let (l, mut rx, _req) = link(8);
+        let l = Some(l);
+        let mut out = Out {
+            guest: played_guest_log(0, 0),
+            dropped: Dropped::default(),
+            reported: 0,
+            reported_at: tokio::time::Instant::now(),
+        };
+        let report = |log| ShimEvent::Dropped {
+            lines: 0,
+            unconnected: Some(0),
+            log,
+        };
+        out.report_log_drops(&l, true);
+        assert!(events(&mut rx).is_empty(), "nothing lost, nothing to say");
+        out.guest = played_guest_log(0, 3);
+        out.report_log_drops(&l, false);
+        assert!(events(&mut rx).is_empty(), "not within the second since the last");
+        tokio::time::advance(Duration::from_millis(999)).await;
+        out.report_log_drops(&l, false);
+        assert!(events(&mut rx).is_empty());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        out.report_log_drops(&l, false);
+        assert_eq!(events(&mut rx), [report(3)]);
+        out.report_log_drops(&l, true);
+        assert!(events(&mut rx).is_empty(), "told already");
+        out.guest = played_guest_log(0, 5);
+        out.report_log_drops(&l, true);
+        assert_eq!(events(&mut rx), [report(5)], "at the exit, at once");
+        out.guest = played_guest_log(0, 6);
+        out.report_log_drops(&None, true);
+        assert_eq!(out.reported, 5, "no server: still untold");
+        // A line taken reports the count too.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        out.take(&l, Some((Stream::Stdout, "line".into())));
+        assert_eq!(events(&mut rx), [report(6), output("line")]);
+        out.take(&l, None);
+        assert!(events(&mut rx).is_empty());
+    }
+
+    fn pipe() -> (OwnedFd, std::fs::File) {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
+        (r, std::fs::File::from(w))
+    }
+
+    #[tokio::test]
+    async fn a_pipe_is_split_into_lines_of_at_most_4096_bytes() {
+        let (r, mut w) = pipe();
+        let mut lines = LineReader::new(Stream::Stderr, Some(r));
+        let exact = "e".repeat(MAX_LINE_LEN);
+        let over = "o".repeat(MAX_LINE_LEN + 5);
+        write!(w, "one\r\ntwo\n\n{exact}\n{over}\nlast").unwrap();
+        drop(w);
+        let mut got = Vec::new();
+        while let Ok(Some((stream, line))) = tokio::time::timeout(Duration::from_secs(1), lines.next_line()).await {
+            assert_eq!(stream, Stream::Stderr);
+            got.push(line);
+        }
+        assert_eq!(
+            got,
+            [
+                "one".to_string(),
+                "two".into(),
+                "".into(),
+                exact,
+                "o".repeat(MAX_LINE_LEN),
+                "ooooo".into(),
+                "last".into()
+            ]
+        );
+        assert!(lines.pipe.is_none(), "closed");
+        assert_eq!(lines.try_next_line(), None);
+        assert_eq!(lines.take_partial(), None);
+    }
+
+    #[tokio::test]
+    async fn what_is_in_a_pipe_is_read_without_waiting_and_a_partial_line_taken_at_the_end() {
+        let (r, mut w) = pipe();
+        let mut lines = LineReader::new(Stream::Stdout, Some(r));
+        assert_eq!(lines.try_next_line(), None, "nothing yet: no wait");
+        assert!(lines.pipe.is_some(), "an empty pipe is not a closed one");
+        write!(w, "a\nb\npart").unwrap();
+        assert_eq!(lines.try_next_line(), Some((Stream::Stdout, "a".into())));
+        assert_eq!(lines.try_next_line(), Some((Stream::Stdout, "b".into())));
+        assert_eq!(lines.try_next_line(), None);
+        drop(w);
+        assert_eq!(lines.try_next_line(), None);
+        assert!(lines.pipe.is_none());
+        assert_eq!(lines.take_partial(), Some((Stream::Stdout, "part".into())));
+        assert_eq!(lines.take_partial(), None);
+        assert!(matches!(lines.read_now(), ReadOutcome::Closed));
+        assert!(matches!(lines.read_some(), ReadOutcome::Closed));
+        // What a read may answer.
+        let chunk = *b"xy";
+        assert!(matches!(lines.absorb(Ok(2), &chunk), ReadOutcome::Data));
+        assert_eq!(lines.buf, b"xy");
+        assert!(matches!(lines.absorb(Ok(0), &chunk), ReadOutcome::Closed));
+        let e = |k: std::io::ErrorKind| Err(std::io::Error::from(k));
+        assert!(matches!(
+            lines.absorb(e(std::io::ErrorKind::WouldBlock), &chunk),
+            ReadOutcome::WouldBlock
+        ));
+        assert!(matches!(
+            lines.absorb(e(std::io::ErrorKind::Interrupted), &chunk),
+            ReadOutcome::Data
+        ));
+        assert!(matches!(
+            lines.absorb(e(std::io::ErrorKind::BrokenPipe), &chunk),
+            ReadOutcome::Closed
+        ));
+        assert_eq!(lines.buf, b"xy", "an error adds nothing");
+        // No pipe at all.
+        assert_eq!(LineReader::new(Stream::Stdout, None).try_next_line(), None);
+    }
+
+    fn meta_for(argv: &[&str]) -> Meta {
+        let service = ServiceSpec::parse(argv.iter().map(|a| a.to_string()).collect(), None).unwrap();
+        Meta {
+            id: "i".into(),
+            key: service.key(),
+            service,
+            created_at_ms: 0,
+            environment: None,
+            oom_score_adj: None,
+            output: None,
+            run_as: None,
+        }
+    }
+
+    fn shown(cmd: &tokio::process::Command) -> (String, Vec<String>) {
+        let c = cmd.as_std();
+        (
+            c.get_program().to_string_lossy().into_owned(),
+            c.get_args().map(|a| a.to_string_lossy().into_owned()).collect(),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_command_runs_the_program_a_probe_from_this_binary_and_a_user_through_run_as() {
+        let m = meta_for(&["/bin/echo", "a b", "c"]);
+        assert_eq!(
+            shown(&command_for(&m)),
+            ("/bin/echo".into(), vec!["a b".into(), "c".into()])
+        );
+        let m = meta_for(&["/opt/hp/cmappserver/cmapp_disk_mon", "-O", "/tmp/x", "/dev/sdb"]);
+        assert_eq!(
+            shown(&command_for(&m)),
+            (
+                common::exe::SELF.into(),
+                vec!["disk-mon".into(), "-O".into(), "/tmp/x".into(), "/dev/sdb".into()]
+            )
+        );
+        let mut m = meta_for(&["/bin/id", "-u"]);
+        m.run_as = Some(crate::runas::RunAs {
+            user: Some("nobody".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            shown(&command_for(&m)),
+            (
+                common::exe::SELF.into(),
+                vec![
+                    "run-as".into(),
+                    "--user".into(),
+                    "nobody".into(),
+                    "--".into(),
+                    "/bin/id".into(),
+                    "-u".into()
+                ]
+            )
+        );
+    }
+
+    /// The environment `meta`'s program gets, as `env` prints it.
+    async fn environment_of(mut meta: Meta, run_as_group: bool) -> Vec<String> {
+        meta.service = ServiceSpec::parse(vec!["/usr/bin/env".into()], None).unwrap();
+        if run_as_group {
+            // Run as a group only (no user): the daemon's environment rules
+            // hold; the run-as helper is not run here, only its arguments built.
+            meta.run_as = Some(crate::runas::RunAs {
+                group: Some("root".into()),
+                ..Default::default()
+            });
+        }
+        let mut cmd = command_for(&meta);
+        if run_as_group {
+            // Run env itself, with the environment the command was given.
+            let envs: Vec<(String, String)> = cmd
+                .as_std()
+                .get_envs()
+                .filter_map(|(k, v)| Some((k.to_string_lossy().into(), v?.to_string_lossy().into())))
+                .collect();
+            return envs.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+        }
+        let out = cmd.output().await.unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_clean_environment_is_a_standard_path_and_the_variables_set_and_nothing_of_the_daemons() {
+        let mut m = meta_for(&["/usr/bin/env"]);
+        m.environment = Some(state::Environment {
+            clean: true,
+            set: vec![("A".into(), "1".into()), ("B".into(), "x y".into())],
+        });
+        let mut env = environment_of(m.clone(), false).await;
+        env.sort();
+        assert_eq!(env, ["A=1".to_string(), "B=x y".into(), format!("PATH={CLEAN_PATH}")]);
+        // Not clean: the daemon's, with the variables set on top.
+        m.environment.as_mut().unwrap().clean = false;
+        let env = environment_of(m.clone(), false).await;
+        assert!(env.contains(&"A=1".to_string()) && env.len() > 2, "{env:?}");
+        assert!(env.iter().any(|v| v.starts_with("PATH=")), "{env:?}");
+        // Clean, as another group only: still clean.
+        m.environment.as_mut().unwrap().clean = true;
+        let env = environment_of(m, true).await;
+        assert!(env.contains(&format!("PATH={CLEAN_PATH}")), "{env:?}");
+    }
+
+    #[test]
+    fn the_oom_score_adjustment_is_set_and_the_old_one_returned() {
+        let path = "/proc/self/oom_score_adj";
+        let before: i32 = std::fs::read_to_string(path).unwrap().trim().parse().unwrap();
+        let want = if before == 500 { 501 } else { 500 };
+        assert_eq!(set_oom_score_adj(want), Some(before));
+        assert_eq!(std::fs::read_to_string(path).unwrap().trim(), want.to_string());
+        assert_eq!(set_oom_score_adj(want), Some(want), "unchanged");
+        // Back (lowering it needs root; as another user the test stops here).
+        if state::own_uid() == 0 {
+            assert_eq!(set_oom_score_adj(before), Some(want));
+            assert_eq!(std::fs::read_to_string(path).unwrap().trim(), before.to_string());
+        }
+    }
+
+    #[test]
+    fn a_program_that_cannot_start_exits_127_when_missing_126_otherwise() {
+        let e = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let s = spawn_failure(&e, "/no/such");
+        assert_eq!(
+            s,
+            ExitStatus::SpawnFailed {
+                code: 127,
+                error: format!("/no/such: {e}")
+            }
+        );
+        let e = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(matches!(
+            spawn_failure(&e, "/etc"),
+            ExitStatus::SpawnFailed { code: 126, .. }
+        ));
+    }
+
+    #[test]
+    fn a_second_stop_never_puts_the_kill_off() {
+        let now = tokio::time::Instant::now();
+        let first = kill_deadline(None, now, 5000);
+        assert_eq!(first, now + Duration::from_secs(5));
+        assert_eq!(
+            kill_deadline(Some(first), now, 9000),
+            first,
+            "a longer grace: the first deadline"
+        );
+        assert_eq!(
+            kill_deadline(Some(first), now, 1000),
+            now + Duration::from_secs(1),
+            "a shorter one: sooner"
+        );
+    }
+
+    fn record_dir() -> (tempfile::TempDir, Dir) {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let dir = Dir::open(tmp.path()).unwrap();
+        (tmp, dir)
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_ours_alone_and_only_our_user_is_a_peer() {
+        let (tmp, dir) = record_dir();
+        std::fs::write(tmp.path().join(state::SOCK), "stale").unwrap();
+        let listener = bind(&dir).unwrap();
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let meta = std::fs::symlink_metadata(tmp.path().join(state::SOCK)).unwrap();
+        assert!(meta.file_type().is_socket(), "the stale file replaced");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let client = UnixStream::connect(tmp.path().join(state::SOCK)).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let peer = check_peer(&dir, &server).expect("our own user");
+        assert_eq!(peer.pid, std::process::id());
+        assert!(peer.alive());
+        drop(client);
+        assert!(!Peer {
+            pid: 0,
+            ticks: peer.ticks
+        }
+        .alive());
+        assert!(
+            !Peer {
+                pid: peer.pid,
+                ticks: peer.ticks.map(|t| t + 1)
+            }
+            .alive(),
+            "a later process"
+        );
+        let dead = super::super::procfs::tests::dead_pid();
+        assert!(!Peer { pid: dead, ticks: None }.alive());
+        // Binding where no socket can be: an error saying what it did.
+        let (_t2, gone) = record_dir();
+        std::fs::remove_dir(gone.path()).unwrap();
+        let e = bind(&gone).unwrap_err();
+        assert!(
+            e.to_string().starts_with("cannot remove a stale socket: ") || e.to_string().starts_with("cannot bind "),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_process_starts_only_after_a_server_accepts_the_hello_and_says_start() {
+        let (tmp, dir) = record_dir();
+        let listener = bind(&dir).unwrap();
+        let sock = tmp.path().join(state::SOCK);
+        let server = tokio::spawn(async move {
+            // One server reads the hello and goes; the next says Start.
+            let (mut rd, wr) = connection::split(UnixStream::connect(&sock).await.unwrap());
+            let hello = rd.read::<ShimEvent>().await.unwrap().unwrap();
+            drop((rd, wr));
+            let (mut rd, mut wr) = connection::split(UnixStream::connect(&sock).await.unwrap());
+            let again = rd.read::<ShimEvent>().await.unwrap().unwrap();
+            wr.write(&ShimRequest::Start).await.unwrap();
+            (hello, again, rd, wr)
+        });
+        let ((_rd, _wr), peer) = wait_for_start(&dir, &listener).await.expect("started");
+        assert_eq!(peer.pid, std::process::id());
+        let (hello, again, _srd, _swr) = server.await.unwrap();
+        let want = ShimEvent::Hello {
+            protocol: SHIM_PROTOCOL,
+            pid: 0,
+            started_at_ms: 0,
+            waiting: true,
+        };
+        assert_eq!((hello, again), (want.clone(), want));
+        let logged = String::from_utf8(dir.read(state::SHIM_LOG).unwrap().unwrap()).unwrap();
+        assert!(
+            logged.ends_with(&format!(
+                " shim[{}]: a server closed the connection without accepting our hello; waiting for another\n",
+                std::process::id()
+            )),
+            "{logged}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_server_within_30_s_nothing_starts() {
+        let (_tmp, dir) = record_dir();
+        let listener = bind(&dir).unwrap();
+        let t0 = tokio::time::Instant::now();
+        assert!(wait_for_start(&dir, &listener).await.is_none());
+        assert_eq!(t0.elapsed(), FIRST_CONNECT);
+    }
+
+    #[tokio::test]
+    async fn the_exit_is_recorded_before_it_is_told_and_the_record_tidied() {
+        let (tmp, dir) = record_dir();
+        dir.write(state::RESERVE, &[0; RESERVED]).unwrap();
+        let _listener = bind(&dir).unwrap();
+        let (l, mut rx, _req) = link(8);
+        let tail = vec![TailLine {
+            stream: Stream::Stdout,
+            line: "bye".into(),
+        }];
+        record_exit(&dir, Some(l), ExitStatus::Code(2), 42, tail.clone())
+            .await
+            .unwrap();
+        let exit: ExitRecord = dir.read_json(state::EXIT).unwrap().unwrap();
+        assert_eq!((exit.status, exit.exited_at_ms), (ExitStatus::Code(2), 42));
+        assert_eq!(dir.read_json::<Vec<TailLine>>(state::TAIL).unwrap(), Some(tail.clone()));
+        assert!(!tmp.path().join(state::RESERVE).exists() && !tmp.path().join(state::SOCK).exists());
+        assert_eq!(
+            rx.recv().await,
+            Some(ShimEvent::Exited {
+                status: ExitStatus::Code(2),
+                exited_at_ms: 42,
+                tail
+            })
+        );
+        // No tail, no server: the record alone, and no tail file.
+        let (tmp, dir) = record_dir();
+        record_exit(&dir, None, ExitStatus::Signal(9), 1, Vec::new())
+            .await
+            .unwrap();
+        assert!(tmp.path().join(state::EXIT).exists() && !tmp.path().join(state::TAIL).exists());
+        // A record that cannot be written is an error, and still told.
+        let (tmp, dir) = record_dir();
+        std::fs::create_dir(tmp.path().join(".exit.json.tmp")).unwrap();
+        let (l, mut rx, _req) = link(8);
+        let e = record_exit(&dir, Some(l), ExitStatus::Code(0), 1, Vec::new())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().starts_with("cannot record exit status "), "{e}");
+        assert!(matches!(rx.recv().await, Some(ShimEvent::Exited { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_links_events_reach_the_server_and_its_requests_the_shim() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let hello = ShimEvent::Hello {
+            protocol: OLDEST_ADOPTED,
+            pid: 5,
+            started_at_ms: 6,
+            waiting: false,
+        };
+        let mut l = Some(Link::start(
+            connection::split(ours),
+            Peer { pid: 0, ticks: None },
+            Some(hello.clone()),
+        ));
+        let (mut rd, mut wr) = connection::split(theirs);
+        assert_eq!(rd.read::<ShimEvent>().await.unwrap(), Some(hello), "the hello first");
+        wr.write(&ShimRequest::Stop { grace_ms: 3 }).await.unwrap();
+        assert_eq!(recv_request(&mut l).await, Some(ShimRequest::Stop { grace_ms: 3 }));
+        l.take().unwrap().finish(output("last")).await;
+        assert_eq!(
+            rd.read::<ShimEvent>().await.unwrap(),
+            Some(output("last")),
+            "sent before finish returns"
+        );
+        // No link: no request, ever; no deadline: no wake-up.
+        let none = tokio::time::timeout(Duration::from_millis(20), recv_request(&mut l)).await;
+        assert!(none.is_err());
+        assert!(tokio::time::timeout(Duration::from_millis(20), sleep_until(None))
+            .await
+            .is_err());
+        let soon = tokio::time::Instant::now() + Duration::from_millis(1);
+        tokio::time::timeout(Duration::from_secs(20), sleep_until(Some(soon)))
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn no_fault_is_injected_unless_asked_for() {
+        if std::env::var_os("CMAPP_TEST_FAULT").is_none() {
+            assert!(!test_fault("notify-before-record"));
+        }
+        assert_eq!(
+            announced_protocol(),
+            std::env::var("CMAPPSERVER_TEST_SHIM_PROTOCOL")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(SHIM_PROTOCOL)
+        );
     }
 }
