@@ -575,6 +575,18 @@ mod tests {
         tokio::task::JoinHandle<SessionEnd>,
         watch::Sender<Option<bool>>,
     ) {
+        session_with(tmp, crate::policy::Policy::default()).await
+    }
+
+    /// As [`session`], under the command policy `policy`.
+    async fn session_with(
+        tmp: &tempfile::TempDir,
+        policy: crate::policy::Policy,
+    ) -> (
+        Manager,
+        tokio::task::JoinHandle<SessionEnd>,
+        watch::Sender<Option<bool>>,
+    ) {
         let state = StateDir::open(&tmp.path().join("state")).unwrap();
         let limits = Limits {
             max_processes: 3,
@@ -602,7 +614,7 @@ mod tests {
             idle_timeout: Duration::from_secs(30),
             hello_timeout: Duration::from_secs(30),
             shutdown,
-            policy: crate::policy::Current::default(),
+            policy: crate::policy::Current::new(policy),
             audit: crate::reload::Swap::new(None),
         };
         let peer = super::Peer {
@@ -832,6 +844,41 @@ mod tests {
         }
         assert_eq!(got, ["second", "third"]);
         drop(rx);
+    }
+
+    #[tokio::test]
+    async fn a_logs_request_is_judged_by_the_policy_like_an_attach() {
+        let path = std::path::Path::new("/etc/test.conf");
+        let conf = common::config::ServerConfig::parse(path, "allow.sh.program=/bin/sh\n").unwrap();
+        let policy = crate::policy::Policy::from_config(path, &conf).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let ((mut rd, mut wr), _task, _sd) = session_with(&tmp, policy).await;
+        wr.write(&hello(PROTOCOL_VERSION)).await.unwrap();
+        let _: Welcome = rd.read().await.unwrap().unwrap();
+        let logs = |run: &str| {
+            Request::Logs(Logs {
+                run: vec![run.into()],
+                name: None,
+                tail: 10,
+                follow: false,
+            })
+        };
+        wr.write(&logs("/bin/other")).await.unwrap();
+        let Some(Event::Error(e)) = rd.read::<Event>().await.unwrap() else {
+            panic!("an error reply expected")
+        };
+        assert_eq!(e.kind, ErrorKind::Forbidden, "{}", e.message);
+        // Allowed: then it is the log's turn (this server keeps none in the guest).
+        wr.write(&logs("/bin/sh")).await.unwrap();
+        let Some(Event::Error(e)) = rd.read::<Event>().await.unwrap() else {
+            panic!("an error reply expected")
+        };
+        assert_eq!(e.kind, ErrorKind::NotFound, "{}", e.message);
+        assert!(
+            e.message.ends_with("not to a file cmappserver can read back"),
+            "{}",
+            e.message
+        );
     }
 
     #[tokio::test]
