@@ -133,16 +133,25 @@ pub struct Server {
     pub state_dir: PathBuf,
     pub log: Lines,
     tokens: Vec<sys::Token>,
+    /// Killed on purpose ([`Server::crash`]): its shims and applications
+    /// are left running for the next server.
+    crashed: bool,
 }
 
 impl Server {
     /// Writes a configuration in `dir` (plus `extra` lines) and starts a
     /// server with it; returns once it listens and is ready.
     pub fn start(env: &Env, dir: &Path, extra: &str) -> Result<Server, String> {
+        Server::start_at(env, dir, extra, "127.0.0.1:0")
+    }
+
+    /// [`Server::start`] listening on `listen` (the address of a server
+    /// that ran on the same directory before, for its managers to find).
+    pub fn start_at(env: &Env, dir: &Path, extra: &str, listen: &str) -> Result<Server, String> {
         let state_dir = dir.join("state");
         let conf = dir.join("cmappserver.conf");
         let text = format!(
-            "keyStore={}\ntrustStore={}\nstateDir={}\nlisten=127.0.0.1:0\n{extra}",
+            "keyStore={}\ntrustStore={}\nstateDir={}\nlisten={listen}\n{extra}",
             env.keys.server_private.display(),
             env.keys.server_trust.display(),
             state_dir.display()
@@ -170,6 +179,7 @@ impl Server {
             state_dir,
             log,
             tokens,
+            crashed: false,
         };
         let listening = s
             .log
@@ -194,6 +204,22 @@ impl Server {
     /// Every process with a pid record in the state directory.
     pub fn recorded(&self) -> Vec<sys::Recorded> {
         sys::recorded(&self.state_dir)
+    }
+
+    /// SIGKILL, as a crash: waits for the exit and leaves the shims and
+    /// applications running (a server started on the same directory
+    /// adopts them).
+    pub fn crash(mut self) -> Result<(), String> {
+        let mut child = self.child.take().ok_or("server already stopped")?;
+        let _ = child.kill();
+        let waited = child.wait();
+        self.crashed = true;
+        for t in self.tokens.drain(..) {
+            sys::forget(t);
+        }
+        waited
+            .map(|_| ())
+            .map_err(|e| format!("waitpid on the killed cmappserver: {e}"))
     }
 
     /// SIGTERM and wait for the exit (SIGKILL after `limit`); then kill the
@@ -227,7 +253,9 @@ impl Drop for Server {
             let _ = c.kill();
             let _ = c.wait();
         }
-        sys::kill_recorded(&self.state_dir);
+        if !self.crashed {
+            sys::kill_recorded(&self.state_dir);
+        }
         for t in self.tokens.drain(..) {
             sys::forget(t);
         }

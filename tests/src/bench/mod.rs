@@ -9,6 +9,7 @@
 //! | `roundtrip` | remote `/bin/echo ok` round trip, against NRPE                     |
 //! | `handshake` | mutual-TLS connections per second                                  |
 //! | `scale`     | N processes and N managers on one server                           |
+//! | `storm`     | N managers re-attaching after cmappserver is killed and restarted  |
 //! | `report`    | the table, the targets, the machine                                |
 
 pub mod fixture;
@@ -18,4 +19,5 @@ pub mod latency;
 pub mod report;
 pub mod roundtrip;
 pub mod scale;
+pub mod storm;
 pub mod sys;

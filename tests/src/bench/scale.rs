@@ -41,19 +41,23 @@ pub struct Scale {
     pub teardown: Duration,
 }
 
-enum Note {
+/// What a manager's stderr reader reports.
+pub(super) enum Note {
+    /// The "started …" line: its application runs.
     Started(usize, Instant),
+    /// A "re-attached to …" line: back after a lost connection.
+    Reattached(usize, Instant),
     /// The manager's stderr closed; its last lines.
     Closed(usize, Vec<String>),
 }
 
 /// Managers killed and reaped on drop, whatever happens.
-struct Managers {
-    children: Vec<(Child, Option<sys::Token>)>,
+pub(super) struct Managers {
+    pub children: Vec<(Child, Option<sys::Token>)>,
 }
 
 impl Managers {
-    fn kill_all(&mut self) {
+    pub fn kill_all(&mut self) {
         for (c, _) in &self.children {
             let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
         }
@@ -65,6 +69,13 @@ impl Managers {
         }
         self.children.clear();
     }
+
+    /// The manager that has exited, if any (none may, while they watch).
+    pub fn any_exited(&mut self) -> Option<String> {
+        self.children
+            .iter_mut()
+            .find_map(|(c, _)| Some(format!("cmappmgr {} exited ({})", c.id(), c.try_wait().ok()??)))
+    }
 }
 
 impl Drop for Managers {
@@ -73,27 +84,26 @@ impl Drop for Managers {
     }
 }
 
-pub fn run(env: &Env, n: usize, window: Duration, settle: Duration) -> Result<Scale, String> {
-    let dir = env.dir("scale")?;
-    let server = Server::start(
-        env,
-        &dir,
-        &format!(
-            "maxProcesses={}\nmaxConnections={}\nexitHistory={}\n",
-            n + 16,
-            2 * n + 64,
-            n + 16
-        ),
-    )?;
-    let node = server.node();
+/// The server configuration for `n` processes and managers.
+pub(super) fn server_conf(n: usize) -> String {
+    format!(
+        "maxProcesses={}\nmaxConnections={}\nexitHistory={}\n",
+        n + 16,
+        2 * n + 64,
+        n + 16
+    )
+}
+
+/// Starts `n` managers, each watching `/bin/sleep <unique>`, with a thread
+/// per manager reading its stderr into `Note`s.
+pub(super) fn spawn_managers(env: &Env, node: &str, n: usize) -> Result<(Managers, mpsc::Receiver<Note>), String> {
     let (tx, rx) = mpsc::channel::<Note>();
     let mut mgrs = Managers {
         children: Vec::with_capacity(n),
     };
-    let t0 = Instant::now();
     for i in 0..n {
         let run = vec!["/bin/sleep".to_string(), (100_000 + i).to_string()];
-        let mut child = mgr_command(env, &node, MGR_TIMEOUT_S, &run)
+        let mut child = mgr_command(env, node, MGR_TIMEOUT_S, &run)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -108,7 +118,9 @@ pub fn run(env: &Env, n: usize, window: Duration, settle: Duration) -> Result<Sc
                 let mut last = Vec::new();
                 for line in BufReader::new(err).lines() {
                     let Ok(line) = line else { break };
-                    if line.contains("started ") {
+                    if line.contains("re-attached to ") {
+                        let _ = tx.send(Note::Reattached(i, Instant::now()));
+                    } else if line.contains("started ") {
                         let _ = tx.send(Note::Started(i, Instant::now()));
                     }
                     if last.len() == 10 {
@@ -120,36 +132,70 @@ pub fn run(env: &Env, n: usize, window: Duration, settle: Duration) -> Result<Sc
             })
             .map_err(|e| format!("cannot start a reader thread: {e}"))?;
     }
-    drop(tx);
-    let mut started = vec![false; n];
+    Ok((mgrs, rx))
+}
+
+/// Waits until each of the `n` managers has sent the note `wanted` picks
+/// (`what` names it in errors); returns the instant of each, by manager.
+/// A manager that ends first is an error, with its last lines.
+pub(super) fn wait_each(
+    rx: &mpsc::Receiver<Note>,
+    n: usize,
+    limit: Duration,
+    what: &str,
+    server: &Server,
+    wanted: impl Fn(&Note) -> Option<(usize, Instant)>,
+) -> Result<Vec<Instant>, String> {
+    let t0 = Instant::now();
+    let mut at: Vec<Option<Instant>> = vec![None; n];
     let mut count = 0;
-    let mut last_started = t0;
-    let limit = Duration::from_secs(120);
     while count < n {
         let left = limit.saturating_sub(t0.elapsed());
         match rx.recv_timeout(left) {
-            Ok(Note::Started(i, at)) => {
-                if !started[i] {
-                    started[i] = true;
-                    count += 1;
-                    last_started = last_started.max(at);
+            Ok(note) => {
+                if let Some((i, when)) = wanted(&note) {
+                    if at[i].is_none() {
+                        at[i] = Some(when);
+                        count += 1;
+                    }
+                } else if let Note::Closed(i, last) = note {
+                    if at[i].is_none() {
+                        return Err(format!(
+                            "cmappmgr #{i} ended before {what}; its log:\n{}",
+                            last.join("\n")
+                        ));
+                    }
                 }
             }
-            Ok(Note::Closed(i, last)) if !started[i] => {
-                return Err(format!(
-                    "cmappmgr #{i} ended before its application started; its log:\n{}",
-                    last.join("\n")
-                ))
-            }
-            Ok(Note::Closed(..)) => {}
             Err(_) => {
                 return Err(format!(
-                    "only {count} of {n} applications started within {limit:?}; cmappserver's log ends:\n{}",
+                    "only {count} of {n} managers {what} within {limit:?}; cmappserver's log ends:\n{}",
                     super::fixture::tail(&server.log, 10)
                 ))
             }
         }
     }
+    Ok(at.into_iter().flatten().collect())
+}
+
+pub fn run(env: &Env, n: usize, window: Duration, settle: Duration) -> Result<Scale, String> {
+    let dir = env.dir("scale")?;
+    let server = Server::start(env, &dir, &server_conf(n))?;
+    let node = server.node();
+    let t0 = Instant::now();
+    let (mut mgrs, rx) = spawn_managers(env, &node, n)?;
+    let started = wait_each(
+        &rx,
+        n,
+        Duration::from_secs(120),
+        "had their application started",
+        &server,
+        |note| match note {
+            Note::Started(i, at) => Some((*i, *at)),
+            _ => None,
+        },
+    )?;
+    let last_started = started.iter().copied().max().unwrap_or(t0);
     let up = last_started - t0;
     let recorded = server.recorded();
     if recorded.len() != n {
@@ -171,10 +217,8 @@ pub fn run(env: &Env, n: usize, window: Duration, settle: Duration) -> Result<Sc
     let pct = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e9 / wall * 100.0;
 
     // Every manager must still be watching: none may have given up.
-    for (c, _) in &mut mgrs.children {
-        if let Ok(Some(s)) = c.try_wait() {
-            return Err(format!("cmappmgr {} exited ({s}) during the steady state", c.id()));
-        }
+    if let Some(gone) = mgrs.any_exited() {
+        return Err(format!("{gone} during the steady state"));
     }
     let median = |mut v: Vec<u64>| {
         v.sort_unstable();

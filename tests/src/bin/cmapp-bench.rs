@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use bench::fixture::{Bins, Env, Server, ShmDir};
 use bench::report::{mib, ms, Report};
-use bench::{footprint, handshake, latency, report, roundtrip, scale, sys};
+use bench::{footprint, handshake, latency, report, roundtrip, scale, storm, sys};
 
-const SECTIONS: &[&str] = &["footprint", "latency", "roundtrip", "handshake", "scale"];
+const SECTIONS: &[&str] = &["footprint", "latency", "roundtrip", "handshake", "scale", "storm"];
 
 /// How much of everything to do.
 #[derive(Debug, Clone)]
@@ -40,6 +40,7 @@ struct Plan {
     scale_n: usize,
     scale_window: Duration,
     scale_settle: Duration,
+    storm_n: usize,
 }
 
 impl Plan {
@@ -56,6 +57,7 @@ impl Plan {
                 scale_n: 100,
                 scale_window: Duration::from_secs(10),
                 scale_settle: Duration::from_secs(2),
+                storm_n: 100,
             }
         } else {
             Plan {
@@ -69,6 +71,7 @@ impl Plan {
                 scale_n: 1000,
                 scale_window: Duration::from_secs(60),
                 scale_settle: Duration::from_secs(5),
+                storm_n: 1000,
             }
         }
     }
@@ -80,11 +83,12 @@ impl Plan {
 
 const USAGE: &str = "usage: cmapp-bench [--quick] [--strict] [--only SECTION[,SECTION...]]
                    [--events N] [--processes N] [--window SECONDS]
-  --quick      the CI size: 50 detection events, 20 round trips each, 100 processes, 10 s windows
+  --quick      the CI size: 50 detection events, 20 round trips each, 100 processes, 10 s windows,
+               a storm of 100
   --strict     exit 2 when a target is missed (default: print MISSED and exit 0)
-  --only       run only these sections: footprint, latency, roundtrip, handshake, scale
+  --only       run only these sections: footprint, latency, roundtrip, handshake, scale, storm
   --events     detection-latency events (default 1000, 50 with --quick)
-  --processes  processes and managers of the scale run (default 1000, 100 with --quick)
+  --processes  processes and managers of the scale and storm runs (default 1000, 100 with --quick)
   --window     seconds of steady state measured in the scale run (default 60, 10 with --quick)
 Build first: cargo build --release --workspace (the bench runs the binaries next to it).";
 
@@ -175,6 +179,7 @@ fn parse(args: &[String]) -> Result<Plan, String> {
     }
     if let Some(n) = processes {
         plan.scale_n = n;
+        plan.storm_n = n;
     }
     if let Some(w) = window {
         plan.scale_window = w;
@@ -198,6 +203,7 @@ struct Results {
     roundtrip: Option<roundtrip::RoundTrip>,
     handshake: Option<handshake::Handshakes>,
     scale: Option<scale::Scale>,
+    storm: Option<storm::Storm>,
 }
 
 fn progress(msg: &str) {
@@ -271,6 +277,13 @@ fn run(plan: &Plan, r: &mut Results) -> Result<(), String> {
             n = plan.scale_n
         ));
         r.scale = Some(scale::run(&env, plan.scale_n, plan.scale_window, plan.scale_settle)?);
+    }
+    if plan.wants("storm") {
+        progress(&format!(
+            "reconnect storm: {n} managers of {n} processes, cmappserver killed (SIGKILL) and restarted",
+            n = plan.storm_n
+        ));
+        r.storm = Some(storm::run(&env, plan.storm_n)?);
     }
     Ok(())
 }
@@ -377,6 +390,27 @@ fn build_report(r: &Results) -> Report {
         rep.info(
             "teardown (SIGKILL managers, SIGTERM server, kill shims and apps)",
             format!("{:.2} s", s.teardown.as_secs_f64()),
+        );
+    }
+    if let Some(s) = &r.storm {
+        rep.section(&format!(
+            "Reconnect storm: {n} managers attached to {n} processes, cmappserver SIGKILLed and restarted",
+            n = s.n
+        ));
+        let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+        rep.info("restart → server ready (adopted every shim, listening)", secs(s.ready));
+        rep.info("restart → first manager re-attached", secs(s.percentile(0.0)));
+        rep.info("restart → half of them re-attached", secs(s.percentile(50.0)));
+        let target_n = if s.n != 1000 { " (target is for 1000)" } else { "" };
+        rep.check(
+            format!("restart → all {} re-attached", s.n),
+            secs(s.last()),
+            format!("< 2 s{target_n}"),
+            s.last() < Duration::from_secs(2),
+        );
+        rep.info(
+            "handshaking connections shed by the new server (maxPendingConnections)",
+            s.shed.to_string(),
         );
     }
     if let Some(f) = &r.footprint {
