@@ -344,15 +344,15 @@ async fn tcp_connect(addr: std::net::SocketAddr, again: Duration) -> std::io::Re
     }
 }
 
-/// Runs `attempt` (given how long it may take) with backoff, 50 ms doubling
-/// up to 1 s, until it succeeds, fails for good, or `deadline` passes (then
-/// its last error); the last attempt is made at the deadline.
+/// Runs `attempt` (given how long it may take) with backoff until it
+/// succeeds, fails for good, or `deadline` passes (then its last error); the
+/// last attempt is made at the deadline. See [`Backoff`] for the waits.
 async fn retry_until<T, F, Fut>(deadline: Instant, mut attempt: F) -> Result<T, ClientError>
 where
     F: FnMut(Duration) -> Fut,
     Fut: std::future::Future<Output = Result<T, ClientError>>,
 {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::default();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let attempt_limit = left.clamp(Duration::from_millis(100), Duration::from_secs(10));
@@ -367,10 +367,42 @@ where
                 }
                 // Never past the deadline, and one last attempt at it: a
                 // server back since the previous attempt is found in time.
-                tokio::time::sleep(backoff.min(deadline - now)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                tokio::time::sleep(backoff.next(e.is_refused()).min(deadline - now)).await;
             }
         }
+    }
+}
+
+/// The waits between connection attempts: 50 ms doubling, up to 1 s, or up
+/// to [`Backoff::REFUSED_CAP`] while the guest answers that nothing listens
+/// (cmappserver is restarting: it is back in a moment, and a refused attempt
+/// costs a SYN and a RST). Each wait is drawn between half and all of the
+/// step ("equal jitter"), so that the managers a restart disconnected at the
+/// same instant do not come back in lockstep.
+#[derive(Debug)]
+struct Backoff {
+    step: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            step: Duration::from_millis(50),
+        }
+    }
+}
+
+impl Backoff {
+    const CAP: Duration = Duration::from_secs(1);
+    const REFUSED_CAP: Duration = Duration::from_millis(250);
+
+    /// The wait after a failed attempt (`refused`: the connection was refused).
+    fn next(&mut self, refused: bool) -> Duration {
+        let cap = if refused { Self::REFUSED_CAP } else { Self::CAP };
+        let step = self.step.min(cap);
+        self.step = (step * 2).min(Self::CAP);
+        let half = step / 2;
+        half + half.mul_f64(fastrand::f64())
     }
 }
 
@@ -552,6 +584,12 @@ impl Client {
         }))
     }
 
+    /// Acknowledges the exit status of `id` without waiting for the reply
+    /// (the monitoring form, which exits next: see `watch.rs`).
+    pub async fn send_ack(&mut self, id: &InstanceId) -> Result<(), ClientError> {
+        self.send(&Request::Ack(Ack { id: id.clone() })).await
+    }
+
     /// Acknowledges the exit status of `id` and waits (bounded by `limit`) for
     /// the server's reply. Anything else that arrives meanwhile — output, a
     /// pong to a ping that crossed the exit on the wire — is not the reply.
@@ -689,7 +727,7 @@ pub async fn check(conf: &ManagerConfig, node: &str, timeout: Duration) -> Resul
 
 #[cfg(test)]
 mod tests {
-    use super::{retry_until, ClientError};
+    use super::{retry_until, Backoff, ClientError};
     use crate::error::Cause;
     use std::time::Duration;
     use tokio::time::Instant;
@@ -725,5 +763,21 @@ mod tests {
         .await;
         assert!(r.is_ok(), "gave up after {attempts} attempts at {:?}", t0.elapsed());
         assert!(t0.elapsed() >= Duration::from_millis(1800));
+    }
+
+    /// A refused connection (cmappserver restarting) is retried at least
+    /// every 250 ms however long it lasts; anything else backs off to 1 s.
+    /// Every wait is jittered within the upper half of its step.
+    #[test]
+    fn a_refused_connection_is_retried_promptly_with_jitter() {
+        let mut b = Backoff::default();
+        let waits: Vec<Duration> = (0..20).map(|_| b.next(true)).collect();
+        assert!(waits.iter().all(|w| *w <= Backoff::REFUSED_CAP), "{waits:?}");
+        assert!(waits[10..].iter().all(|w| *w >= Backoff::REFUSED_CAP / 2), "{waits:?}");
+        assert!(waits[10..].windows(2).any(|p| p[0] != p[1]), "no jitter: {waits:?}");
+        let mut b = Backoff::default();
+        let waits: Vec<Duration> = (0..20).map(|_| b.next(false)).collect();
+        assert!(waits.iter().all(|w| *w <= Backoff::CAP), "{waits:?}");
+        assert!(waits[10..].iter().all(|w| *w >= Backoff::CAP / 2), "{waits:?}");
     }
 }

@@ -168,6 +168,18 @@ impl ClientError {
         matches!(self, ClientError::Unreachable { .. })
     }
 
+    /// The guest answered that nothing listens on the port (cmappserver is
+    /// not running: restarting, or stopped).
+    pub fn is_refused(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unreachable {
+                cause: Cause::Io { source, .. },
+                ..
+            } if source.kind() == io::ErrorKind::ConnectionRefused
+        )
+    }
+
     /// `doing` failed: the guest cannot be reached (retryable).
     pub fn unreachable(doing: impl Into<String>, cause: impl Into<Cause>) -> ClientError {
         ClientError::Unreachable {
