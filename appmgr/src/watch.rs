@@ -381,9 +381,12 @@ impl Watcher<'_> {
     }
 
     async fn exited(&mut self, client: &mut Client, id: &InstanceId, status: ExitStatus) -> WatchEnd {
-        // Acknowledge, so the server forgets the status only once we have it.
-        if let Err(e) = client.ack(id, Duration::from_secs(5)).await {
-            tracing::warn!("exit status not acknowledged by cmappserver: {e}");
+        // Acknowledge, so the server forgets the status only once we have
+        // it; its reply is not awaited: we have the status, and an
+        // acknowledgement that never arrives (the connection breaks now)
+        // only keeps the record in the guest for `idleTimeout` longer.
+        if let Err(e) = client.send_ack(id).await {
+            tracing::warn!("exit status not acknowledged to cmappserver: {e}");
         }
         if let Err(e) = status.check() {
             tracing::error!("cmappserver on {} broke the protocol: {e}", self.args.node);

@@ -354,11 +354,17 @@ impl GuestLog {
         }
     }
 
-    /// The last lines, for the exit status, and the writer to wait for
-    /// (after the exit is recorded and sent); closes the writer's queue.
-    pub fn finish(mut self) -> (Vec<TailLine>, Flush) {
+    /// The last lines, for the exit status (taken: the next call has none).
+    pub fn take_tail(&mut self) -> Vec<TailLine> {
+        self.tail_bytes = 0;
+        std::mem::take(&mut self.tail).into()
+    }
+
+    /// Closes the writer's queue and returns the writer to wait for (after
+    /// the exit is recorded and sent: see [`GuestLog::take_tail`]).
+    pub fn finish(mut self) -> Flush {
         self.tx = None;
-        (std::mem::take(&mut self.tail).into(), Flush(self.done.take()))
+        Flush(self.done.take())
     }
 }
 
@@ -816,7 +822,7 @@ mod tests {
         for i in 0..10 {
             g.line(Stream::Stdout, &format!("l{i}"));
         }
-        let t: Vec<String> = g.finish().0.into_iter().map(|l| l.line).collect();
+        let t: Vec<String> = g.take_tail().into_iter().map(|l| l.line).collect();
         assert_eq!(t, ["l7", "l8", "l9"]);
     }
 

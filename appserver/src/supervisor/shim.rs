@@ -489,10 +489,12 @@ async fn run(dir: &Dir) -> Result<(), ShimError> {
     // The count that goes with the exit is complete unless the disk is stuck.
     out.guest.drain().await;
     out.report_log_drops(&link, true);
-    let (tail, flush) = out.guest.finish();
+    let tail = out.guest.take_tail();
     let recorded = record_exit(dir, link, status, exited_at_ms, tail).await;
-    // The exit is out; now let the guest log catch up before we go.
-    flush.wait(Duration::from_secs(5));
+    // The exit is out; only now is the writer told to finish (waking it
+    // earlier would put its exit on this CPU ahead of the record), and the
+    // guest log may catch up before we go.
+    out.guest.finish().wait(Duration::from_secs(5));
     recorded
 }
 

@@ -269,13 +269,24 @@ impl Dir {
     /// exclusively, never through a link), then a rename over `name`.
     pub fn write(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
         let tmp = format!(".{name}.tmp");
-        self.remove(&tmp)?;
-        let fd = nix::fcntl::openat(
-            &self.fd,
-            tmp.as_str(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::S_IRUSR | Mode::S_IWUSR,
-        )?;
+        let create = || {
+            nix::fcntl::openat(
+                &self.fd,
+                tmp.as_str(),
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::S_IRUSR | Mode::S_IWUSR,
+            )
+        };
+        // A leftover of a crash (or anything planted there) is removed
+        // first; usually there is none, and the exit record's path saves
+        // the removal's system call.
+        let fd = match create() {
+            Err(Errno::EEXIST) => {
+                self.remove(&tmp)?;
+                create()?
+            }
+            other => other?,
+        };
         let mut f = fs::File::from(fd);
         f.set_permissions(fs::Permissions::from_mode(0o600))?;
         f.write_all(bytes)?;

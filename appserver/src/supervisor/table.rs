@@ -369,9 +369,8 @@ impl Supervisor {
             inner.owed = owed;
             inner.subscribers.clone()
         };
-        tracing::info!(service = %proc.display, pid = proc.pid, "{}", ex.status);
+        // In the history before any manager can acknowledge it.
         self.table().exited.push_back(proc.clone());
-        self.enforce_history();
         proc.flush_summary();
         for sub in subs {
             let ev = Event::Exited(ex.clone());
@@ -383,6 +382,11 @@ impl Supervisor {
                 });
             }
         }
+        // The sessions just woken write the exit to their managers first
+        // (the detection latency); the log line and the history bound wait.
+        tokio::task::yield_now().await;
+        tracing::info!(service = %proc.display, pid = proc.pid, "{}", ex.status);
+        self.enforce_history();
     }
 
     /// Drops the oldest uncollected exit statuses beyond `exitHistory`.
