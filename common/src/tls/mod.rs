@@ -211,6 +211,11 @@ pub fn server_config(key: KeyMaterial, trust: TrustStore) -> Result<Arc<rustls::
         .with_single_cert(key.certs, key.key)
         .map_err(config_error("server certificate"))?;
     config.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
+    // No session tickets: no manager resumes (each connection attempt
+    // re-reads its key material into a new configuration, so that rotated
+    // keys take effect), and each ticket costs the server work in every
+    // handshake, a reconnect storm's thousand of them included.
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
