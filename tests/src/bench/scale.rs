@@ -178,23 +178,29 @@ pub(super) fn wait_each(
     Ok(at.into_iter().flatten().collect())
 }
 
+/// Waits for every manager's "started" line (2 minutes at most); returns
+/// the instant of each.
+pub(super) fn wait_started(rx: &mpsc::Receiver<Note>, n: usize, server: &Server) -> Result<Vec<Instant>, String> {
+    wait_each(
+        rx,
+        n,
+        Duration::from_secs(120),
+        "had their application started",
+        server,
+        |note| match note {
+            Note::Started(i, at) => Some((*i, *at)),
+            _ => None,
+        },
+    )
+}
+
 pub fn run(env: &Env, n: usize, window: Duration, settle: Duration) -> Result<Scale, String> {
     let dir = env.dir("scale")?;
     let server = Server::start(env, &dir, &server_conf(n))?;
     let node = server.node();
     let t0 = Instant::now();
     let (mut mgrs, rx) = spawn_managers(env, &node, n)?;
-    let started = wait_each(
-        &rx,
-        n,
-        Duration::from_secs(120),
-        "had their application started",
-        &server,
-        |note| match note {
-            Note::Started(i, at) => Some((*i, *at)),
-            _ => None,
-        },
-    )?;
+    let started = wait_started(&rx, n, &server)?;
     let last_started = started.iter().copied().max().unwrap_or(t0);
     let up = last_started - t0;
     let recorded = server.recorded();

@@ -45,17 +45,7 @@ pub fn run(env: &Env, n: usize) -> Result<Storm, String> {
     let server = Server::start(env, &dir, &conf)?;
     let node = server.node();
     let (mut mgrs, rx) = scale::spawn_managers(env, &node, n)?;
-    scale::wait_each(
-        &rx,
-        n,
-        Duration::from_secs(120),
-        "had their application started",
-        &server,
-        |note| match note {
-            Note::Started(i, at) => Some((*i, *at)),
-            _ => None,
-        },
-    )?;
+    scale::wait_started(&rx, n, &server)?;
     // Settled: every manager has connected and launched; none is mid-call.
     std::thread::sleep(Duration::from_millis(500));
 
