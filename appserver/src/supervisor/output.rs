@@ -1052,8 +1052,8 @@ mod tests {
         for _ in 0..10 {
             g.line(Stream::Stderr, &big);
         }
-        let (tail, flush) = g.finish();
-        flush.wait(Duration::from_secs(30));
+        let tail = g.take_tail();
+        g.finish().wait(Duration::from_secs(30));
         assert_eq!(tail.len(), 6);
         assert!(tail.iter().all(|l| l.stream == Stream::Stderr && l.line == big));
         let text = fs::read_to_string(m.file.as_ref().unwrap()).unwrap();
@@ -1075,7 +1075,7 @@ mod tests {
         let mut g = GuestLog::start(Some(&m), |_| {});
         assert!(g.tx.is_none(), "no writer thread");
         g.line(Stream::Stdout, "x");
-        assert_eq!(g.finish().0.len(), 1);
+        assert_eq!(g.take_tail().len(), 1);
         assert!(fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing written");
     }
 
@@ -1096,8 +1096,7 @@ mod tests {
                 std::thread::yield_now();
             }
         }
-        let (_, flush) = g.finish();
-        flush.wait(Duration::from_secs(30));
+        g.finish().wait(Duration::from_secs(30));
         let said = said.lock().unwrap().clone();
         let errors: Vec<&String> = said
             .iter()
