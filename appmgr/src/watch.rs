@@ -238,8 +238,7 @@ impl Watcher<'_> {
         }
 
         let dead_after = (self.ping_every * 3).max(Duration::from_secs(1));
-        let mut ticker = tokio::time::interval(self.ping_every);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = PingClock::new(self.ping_every);
         let mut seq = 0u64;
         // The last sign of life on this connection: the launch's answer, then
         // every message. The first launch's answer restarts the
@@ -407,6 +406,107 @@ impl Watcher<'_> {
             _ => tracing::warn!("application {status}; PROGRAM EXIT CODE {code}"),
         }
         WatchEnd::Exit(code)
+    }
+}
+
+/// The clock of the pings: the first tick at once, then one every
+/// interval. A timerfd, so that an idle manager wakes up once per tick:
+/// tokio's timer wheel wakes a parked runtime at each wheel level's slot
+/// boundary on the way to a far deadline (at 5 s: after about 4 s, then at
+/// the deadline), and re-registering its timer wakes the driver once more.
+/// With it an idle manager slept three times per ping (the two timer
+/// wake-ups and the pong); now twice, the tick and the pong. Should the
+/// kernel refuse a timerfd (out of descriptors), tokio's interval does the
+/// same job with its extra wake-up.
+enum PingClock {
+    Fd(tokio::io::unix::AsyncFd<TimerFd>, Duration),
+    Tokio(tokio::time::Interval),
+}
+
+/// A timerfd, as tokio's `AsyncFd` takes it.
+struct TimerFd(nix::sys::timerfd::TimerFd);
+
+impl std::os::fd::AsRawFd for TimerFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl PingClock {
+    fn new(every: Duration) -> PingClock {
+        match Self::timerfd(every) {
+            Ok(fd) => PingClock::Fd(fd, every),
+            Err(e) => {
+                tracing::debug!("no timerfd for the pings ({e}); using the runtime's timer");
+                Self::tokio(every)
+            }
+        }
+    }
+
+    fn tokio(every: Duration) -> PingClock {
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        PingClock::Tokio(t)
+    }
+
+    fn timerfd(every: Duration) -> std::io::Result<tokio::io::unix::AsyncFd<TimerFd>> {
+        use nix::sys::time::TimeSpec;
+        use nix::sys::timerfd::{ClockId, Expiration, TimerFlags, TimerSetTimeFlags};
+        let fd = nix::sys::timerfd::TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        // The first tick at once (a zero first expiration would disarm it).
+        let every = TimeSpec::from_duration(every.max(Duration::from_millis(1)));
+        fd.set(
+            Expiration::IntervalDelayed(TimeSpec::new(0, 1), every),
+            TimerSetTimeFlags::empty(),
+        )?;
+        // Deprecated because an `AsRawFd` value need not own its descriptor
+        // (it could be closed and reused while registered); this one owns it
+        // (an `OwnedFd` inside, never handed out), and `AsyncFd` deregisters
+        // it before dropping it. The sound replacement is an `unsafe fn`,
+        // which this workspace forbids.
+        #[allow(deprecated)]
+        tokio::io::unix::AsyncFd::with_interest(TimerFd(fd), tokio::io::Interest::READABLE)
+    }
+
+    /// The next tick. Ticks missed while the manager was not running come
+    /// as one (the kernel counts them; the count is not needed).
+    async fn tick(&mut self) {
+        loop {
+            let failed = match self {
+                PingClock::Tokio(t) => {
+                    t.tick().await;
+                    return;
+                }
+                PingClock::Fd(fd, _) => match fd.readable().await {
+                    Err(e) => e,
+                    Ok(mut ready) => {
+                        let mut count = [0u8; 8];
+                        match ready.try_io(|t| {
+                            use std::os::fd::AsFd;
+                            nix::unistd::read(t.get_ref().0.as_fd(), &mut count).map_err(std::io::Error::from)
+                        }) {
+                            Ok(Ok(_)) => {
+                                // One read takes every expiration so far: the
+                                // descriptor is not readable until the next.
+                                ready.clear_ready();
+                                return;
+                            }
+                            Ok(Err(e)) => e,
+                            // Not expired yet: readiness cleared, wait again.
+                            Err(_) => continue,
+                        }
+                    }
+                },
+            };
+            // Never seen; the pings must go on whatever happens to the descriptor.
+            let PingClock::Fd(_, every) = self else { continue };
+            tracing::debug!("the ping timerfd failed ({failed}); using the runtime's timer");
+            *self = PingClock::tokio(*every);
+        }
     }
 }
 

@@ -412,3 +412,52 @@ fn a_pong_between_the_exit_and_the_ack_reply_is_not_a_missing_ack() {
     assert!(m.err.contains("PROGRAM EXIT CODE 7"), "{}", m.err.text());
     assert!(!m.err.contains("not acknowledged"), "{}", m.err.text());
 }
+
+// -------------------------------------------------------------- idle cost
+
+/// Times the threads of `pid` went to sleep (`voluntary_ctxt_switches`):
+/// each is one wake-up later.
+fn sleeps(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+                .filter_map(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// An idle manager wakes up twice per ping interval: its ping clock (it
+/// sends the ping) and the pong. With tokio's timer wheel for the clock it
+/// woke three times: the wheel wakes a parked runtime at a slot boundary on
+/// the way to each deadline (issue 14: the host cost of 1000 idle managers).
+/// Voluntary context switches count the sleeps only, not preemptions by a
+/// loaded machine.
+#[test]
+fn an_idle_manager_wakes_up_twice_per_ping() {
+    let f = Fixture::new("");
+    let conf = f.mgr_conf("ping.conf", "pingInterval=0.2\n");
+    let mut m = Mgr::spawn(&conf, &f.server.node(), 10.0, &[], &["/bin/sleep", "1000"]);
+    m.err
+        .wait_for("started", WAIT)
+        .unwrap_or_else(|| panic!("{}", m.err.text()));
+    // The steady state: the launch and the first pings are behind.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (s0, t0) = (sleeps(m.pid()), std::time::Instant::now());
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let (s1, window) = (sleeps(m.pid()), t0.elapsed());
+    let pings = window.as_secs_f64() / 0.2;
+    let per_ping = (s1 - s0) as f64 / pings;
+    assert!(m.running(), "{}", m.err.text());
+    assert!(
+        per_ping <= 2.3,
+        "{} sleeps in {window:?} ({pings:.0} pings): {per_ping:.2} per ping, at most 2 expected",
+        s1 - s0
+    );
+}
