@@ -31,6 +31,10 @@ pub struct Connector {
     /// attempt (a rotated key or trust store is used by the next reconnect);
     /// files that no longer load leave the last good material in force.
     tls: Arc<std::sync::Mutex<TlsConnector>>,
+    /// The material in `tls` was just loaded by [`Connector::new`]: the
+    /// first attempt uses it as it is (reading and checking the files again
+    /// a millisecond later cost a one-shot run half a millisecond or more).
+    fresh: Arc<std::sync::atomic::AtomicBool>,
     /// Where the material comes from.
     files: KeyFiles,
     pub node: Node,
@@ -182,6 +186,7 @@ impl Connector {
             tls: Arc::new(std::sync::Mutex::new(TlsConnector::from(
                 Arc::<rustls::ClientConfig>::clone(&tls),
             ))),
+            fresh: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             files,
             node,
             server_name,
@@ -190,9 +195,13 @@ impl Connector {
     }
 
     /// The material to connect with: the files as they are now, or the
-    /// last good material when they do not load (said once per attempt).
+    /// last good material when they do not load (said once per attempt);
+    /// for the first attempt, the material `new` has just loaded.
     fn refresh(&self) -> TlsConnector {
         let mut current = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+        if self.fresh.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return current.clone();
+        }
         let fresh = self.files.load().and_then(|(key, trust)| {
             common::tls::client_config(key, trust)
                 .map_err(|source| ConfigError::KeyMaterial { which: "TLS", source }.into())

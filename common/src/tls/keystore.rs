@@ -168,11 +168,20 @@ fn assemble(
     if is_dsa(&key) {
         return Err(StoreError::DsaKey);
     }
-    let key = with_ec_public_key(key);
-    let signing_key = provider()
-        .key_provider
-        .load_private_key(key.clone_key())
-        .map_err(|source| StoreError::UnusableKey { source })?;
+    // Re-encoding costs an elliptic-curve multiplication in pure Rust (about
+    // half a millisecond, at every connection of a cmappmgr): only for keys
+    // ring does not take as they are.
+    let (key, signing_key) = match provider().key_provider.load_private_key(key.clone_key()) {
+        Ok(signing_key) => (key, signing_key),
+        Err(_) => {
+            let key = with_ec_public_key(key);
+            let signing_key = provider()
+                .key_provider
+                .load_private_key(key.clone_key())
+                .map_err(|source| StoreError::UnusableKey { source })?;
+            (key, signing_key)
+        }
+    };
     let matches = |cert: &CertificateDer<'static>| match CertifiedKey::new(vec![cert.clone()], signing_key.clone())
         .keys_match()
     {
