@@ -20,6 +20,7 @@ APT_PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86  # VM lifecycle hooks
   busybox-static   # test guests' initramfs
   nagios-nrpe-server nagios-nrpe-plugin   # the peer the benchmark measures against
+  openssh-server openssh-client   # the benchmark's other peer: ssh host cmd through its own sshd
   openjdk-17-jre-headless   # keytool: the original guide's key stores (tests/tests/keytool.rs)
   sslscan          # a TLS scanner as a peer: TLS 1.3 only, strong ciphers, client certificate required
   pacemaker corosync pacemaker-cli-utils crmsh resource-agents libxml2-utils  # a real cluster for ocf:cmapp:guestapp; ocf-tester, xmllint

@@ -6,7 +6,8 @@
 //! | `fixture`   | the binaries, key material, real cmappserver and cmappmgr processes |
 //! | `footprint` | idle resident memory and binary sizes                              |
 //! | `latency`   | exit-to-manager-exit detection latency                             |
-//! | `roundtrip` | remote `/bin/echo ok` round trip, against NRPE                     |
+//! | `roundtrip` | remote `/bin/echo ok` round trip, against NRPE and ssh             |
+//! | `ssh`       | a private sshd on loopback and the `ssh host cmd` it answers        |
 //! | `handshake` | mutual-TLS connections per second                                  |
 //! | `scale`     | N processes and N managers on one server                           |
 //! | `storm`     | N managers re-attaching after cmappserver is killed and restarted  |
@@ -19,5 +20,6 @@ pub mod latency;
 pub mod report;
 pub mod roundtrip;
 pub mod scale;
+pub mod ssh;
 pub mod storm;
 pub mod sys;

@@ -1,14 +1,15 @@
-//! Remote run round trip, side by side with NRPE in the same run: the
-//! whole-process time of
+//! Remote run round trip, side by side with NRPE and ssh in the same run:
+//! the whole-process time of
 //!
 //! ```text
 //! cmappmgr -node 127.0.0.1:PORT --conf C -cmappserver_timeout 10 -service /bin/echo ok
 //! /usr/lib/nagios/plugins/check_nrpe -H 127.0.0.1 -p PORT -c check_ok
+//! ssh -F /dev/null -i KEY -o ControlMaster=no -o ControlPath=none ... -p PORT USER@127.0.0.1 /bin/echo ok
 //! ```
 //!
-//! against a running cmappserver and a running nrpe (`command[check_ok]=/bin/echo ok`),
-//! alternated (the order swapped every round), each checked for exit code 0
-//! and the line `ok`. In the same rounds, the vsock transport: the same
+//! against a running cmappserver, a running nrpe (`command[check_ok]=/bin/echo ok`)
+//! and a running sshd ([`super::ssh`]), alternated (each goes first, second
+//! and third in turn), each checked for exit code 0 and the line `ok`. In the same rounds, the vsock transport: the same
 //! cmappmgr with `-node vsock-unix:SOCKET:5315` through a hybrid-vsock relay
 //! (`crate::vsock::HybridRelay`, the CONNECT/OK convention of a user-space
 //! vsock device) to the same server. This machine has no AF_VSOCK transport
@@ -24,6 +25,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::fixture::{Env, Server};
+use super::ssh::Sshd;
 use super::sys;
 use cmapp_tests::vsock::HybridRelay;
 
@@ -38,6 +40,16 @@ pub struct RoundTrip {
     /// The same over `-node vsock-unix:...` (a hybrid-vsock relay), sorted.
     pub vsock: Vec<f64>,
     pub nrpe: Result<NrpeRuns, String>,
+    /// `ssh USER@127.0.0.1 /bin/echo ok` through the bench's own sshd.
+    pub ssh: SshRuns,
+}
+
+#[derive(Debug)]
+pub struct SshRuns {
+    /// Seconds per run, sorted.
+    pub secs: Vec<f64>,
+    /// The client's `ssh -V`.
+    pub version: String,
 }
 
 #[derive(Debug)]
@@ -70,6 +82,9 @@ pub fn run(env: &Env, server: &Server, runs: usize) -> Result<RoundTrip, String>
             .env_remove("RUST_LOG");
         c
     };
+    // sshd is part of the test set-up (CI installs it): no sshd is an error,
+    // never a silently missing column.
+    let mut sshd = Sshd::start(env).map_err(|e| format!("the ssh column needs a private sshd: {e}"))?;
     let nrpe = match nrpe_available() {
         Err(why) => Err(why),
         Ok(()) => Nrpe::start(env)
@@ -89,30 +104,42 @@ pub fn run(env: &Env, server: &Server, runs: usize) -> Result<RoundTrip, String>
     let mut ours = Vec::with_capacity(runs);
     let mut vsock = Vec::with_capacity(runs);
     let mut theirs = Vec::with_capacity(runs);
+    let mut ssh = Vec::with_capacity(runs);
     for i in 0..WARM_UP + runs {
-        let ours_first = i % 2 == 0;
-        for turn in 0..2 {
-            if (turn == 0) == ours_first {
-                let t = timed(mgr_cmd(server.node()), "cmappmgr")?;
-                let v = timed(mgr_cmd(relay.node()), "cmappmgr over vsock-unix")?;
-                if i >= WARM_UP {
-                    ours.push(t);
-                    vsock.push(v);
+        let keep = i >= WARM_UP;
+        // Each of the three goes first, second and third in turn.
+        for turn in 0..3 {
+            match (i + turn) % 3 {
+                0 => {
+                    let t = timed(mgr_cmd(server.node()), "cmappmgr")?;
+                    let v = timed(mgr_cmd(relay.node()), "cmappmgr over vsock-unix")?;
+                    if keep {
+                        ours.push(t);
+                        vsock.push(v);
+                    }
                 }
-            } else if nrpe_err.is_none() {
-                if let Some(n) = &nrpe {
-                    match timed(check_cmd(n.port), "check_nrpe") {
-                        Ok(t) if i >= WARM_UP => theirs.push(t),
-                        Ok(_) => {}
-                        Err(e) => nrpe_err = Some(e),
+                1 => {
+                    let t = timed(sshd.command(), "ssh")?;
+                    if keep {
+                        ssh.push(t);
+                    }
+                }
+                _ => {
+                    if let (Some(n), None) = (&nrpe, &nrpe_err) {
+                        match timed(check_cmd(n.port), "check_nrpe") {
+                            Ok(t) if keep => theirs.push(t),
+                            Ok(_) => {}
+                            Err(e) => nrpe_err = Some(e),
+                        }
                     }
                 }
             }
         }
     }
-    ours.sort_by(f64::total_cmp);
-    vsock.sort_by(f64::total_cmp);
-    theirs.sort_by(f64::total_cmp);
+    sshd.stop();
+    for v in [&mut ours, &mut vsock, &mut theirs, &mut ssh] {
+        v.sort_by(f64::total_cmp);
+    }
     let nrpe = match (nrpe, nrpe_err) {
         (_, Some(e)) => Err(e),
         (Some(mut n), None) => {
@@ -125,7 +152,15 @@ pub fn run(env: &Env, server: &Server, runs: usize) -> Result<RoundTrip, String>
         }
         (None, None) => Err("nrpe did not start".into()),
     };
-    Ok(RoundTrip { ours, vsock, nrpe })
+    Ok(RoundTrip {
+        ours,
+        vsock,
+        nrpe,
+        ssh: SshRuns {
+            secs: ssh,
+            version: sshd.version.clone(),
+        },
+    })
 }
 
 /// Runs a command to its end; its time, once it exited 0 and printed `ok`.
@@ -304,7 +339,7 @@ fn set_mode(p: &Path, mode: u32) -> Result<(), String> {
 }
 
 /// A loopback port nobody listens on right now.
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot find a free port: {e}"))?;
     l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }

@@ -5,7 +5,10 @@
 //! - steady state: CPU (utime + stime over wall time) of cmappserver alone,
 //!   and separately the sum over all shims and over all managers;
 //! - memory: VmRSS of cmappserver, of the median shim and manager, and the
-//!   PSS totals over all shims and managers (shared pages counted once);
+//!   PSS totals over all shims and managers (shared pages counted once); the
+//!   median manager's Private_Dirty (what each one costs on its own);
+//! - wake-ups: how often a manager is put on a CPU per minute (schedstat),
+//!   the mean over all of them, and the most threads any manager has;
 //! - teardown: managers SIGKILLed, server SIGTERMed, shims and applications
 //!   killed by the pids in `procs/*/pid.json`.
 
@@ -38,6 +41,12 @@ pub struct Scale {
     pub shims_pss_kb: u64,
     pub mgr_rss_kb: u64,
     pub mgrs_pss_kb: u64,
+    /// Median over the managers of their Private_Dirty, KiB.
+    pub mgr_private_kb: u64,
+    /// Wake-ups per minute of one manager, the mean over all of them.
+    pub mgr_wakeups_per_min: f64,
+    /// The most threads any manager has.
+    pub mgr_threads: u64,
     pub teardown: Duration,
 }
 
@@ -215,10 +224,13 @@ pub fn run(env: &Env, n: usize, window: Duration, settle: Duration) -> Result<Sc
 
     std::thread::sleep(settle);
     let cpu = |pids: &[u32]| pids.iter().filter_map(|p| sys::cpu_ns(*p)).sum::<u64>();
+    let wakeups = |pids: &[u32]| pids.iter().filter_map(|p| sys::wakeups(*p)).sum::<u64>();
     let (s0, sh0, m0) = (sys::cpu_ns(server.pid).unwrap_or(0), cpu(&shims), cpu(&mgr_pids));
+    let mw0 = wakeups(&mgr_pids);
     let w0 = Instant::now();
     std::thread::sleep(window);
     let (s1, sh1, m1) = (sys::cpu_ns(server.pid).unwrap_or(0), cpu(&shims), cpu(&mgr_pids));
+    let mw1 = wakeups(&mgr_pids);
     let wall = w0.elapsed().as_secs_f64();
     let pct = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e9 / wall * 100.0;
 
@@ -242,6 +254,9 @@ pub fn run(env: &Env, n: usize, window: Duration, settle: Duration) -> Result<Sc
         shims_pss_kb: shims.iter().filter_map(|p| sys::pss_kb(*p)).sum(),
         mgr_rss_kb: median(mgr_pids.iter().filter_map(|p| sys::rss_kb(*p)).collect()),
         mgrs_pss_kb: mgr_pids.iter().filter_map(|p| sys::pss_kb(*p)).sum(),
+        mgr_private_kb: median(mgr_pids.iter().filter_map(|p| sys::private_dirty_kb(*p)).collect()),
+        mgr_wakeups_per_min: mw1.saturating_sub(mw0) as f64 / n as f64 / wall * 60.0,
+        mgr_threads: mgr_pids.iter().filter_map(|p| sys::threads(*p)).max().unwrap_or(0),
         teardown: Duration::ZERO,
     };
 

@@ -74,6 +74,36 @@ pub fn pss_kb(pid: u32) -> Option<u64> {
     status_kb(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
 }
 
+/// Private dirty memory in KiB (`Private_Dirty` in smaps_rollup): the
+/// pages this process alone has written (heap, stacks, relocated data),
+/// which no other process shares.
+pub fn private_dirty_kb(pid: u32) -> Option<u64> {
+    status_kb(&format!("/proc/{pid}/smaps_rollup"), "Private_Dirty:")
+}
+
+/// How many times a process's threads have been put on a CPU (the third
+/// field of `/proc/PID/task/*/schedstat`, summed): one per wake-up of an
+/// idle daemon.
+pub fn wakeups(pid: u32) -> Option<u64> {
+    let mut total = 0u64;
+    let mut any = false;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) else {
+            continue;
+        };
+        if let Some(n) = s.split_whitespace().nth(2).and_then(|v| v.parse::<u64>().ok()) {
+            total += n;
+            any = true;
+        }
+    }
+    any.then_some(total)
+}
+
+/// How many threads a process has.
+pub fn threads(pid: u32) -> Option<u64> {
+    status_kb(&format!("/proc/{pid}/status"), "Threads:")
+}
+
 /// A process's argv, if it exists.
 pub fn cmdline(pid: u32) -> Option<Vec<String>> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;

@@ -238,7 +238,7 @@ fn run(plan: &Plan, r: &mut Results) -> Result<(), String> {
         }
         if plan.wants("roundtrip") {
             progress(&format!(
-                "remote run round trip: {} runs each, cmappmgr and check_nrpe",
+                "remote run round trip: {} runs each, cmappmgr, check_nrpe and ssh",
                 plan.runs
             ));
             let rt = roundtrip::run(&env, &server, plan.runs)?;
@@ -356,6 +356,22 @@ fn build_report(r: &Results) -> Report {
                 rep.notes.push(format!("NRPE column skipped: {why}."));
             }
         }
+        let ssh = roundtrip::median(&rt.ssh.secs);
+        rep.info(
+            format!(
+                "ssh USER@127.0.0.1 /bin/echo ok (key authentication, no connection reuse), median of {}",
+                rt.ssh.secs.len()
+            ),
+            format!("{:.2} ms", ssh * 1e3),
+        );
+        rep.info("ratio cmappmgr / ssh", format!("{:.3}", ours / ssh));
+        rep.notes.push(format!(
+            "ssh: {}, the bench's own sshd on 127.0.0.1 (Ed25519 host and user keys generated for the run, \
+             the host key checked against a generated known_hosts, UsePAM no, -o ControlMaster=no \
+             -o ControlPath=none, -F /dev/null); the command runs through the user's login shell, \
+             with HOME set to the bench's directory (the machine's own ~/.bashrc is not measured).",
+            rt.ssh.version
+        ));
     }
     if let Some(s) = &r.scale {
         rep.section(&format!(
@@ -387,6 +403,14 @@ fn build_report(r: &Results) -> Report {
         rep.info(format!("all {} shims, PSS total", s.n), mib(s.shims_pss_kb));
         rep.info("one cmappmgr resident (median VmRSS)", mib(s.mgr_rss_kb));
         rep.info(format!("all {} cmappmgr, PSS total", s.n), mib(s.mgrs_pss_kb));
+        rep.info(
+            "one cmappmgr: PSS (the total / N), Private_Dirty (median)",
+            format!("{:.0} KiB, {} KiB", s.mgrs_pss_kb as f64 / s.n as f64, s.mgr_private_kb),
+        );
+        rep.info(
+            "one cmappmgr: wake-ups per minute (mean), threads (most)",
+            format!("{:.1}, {}", s.mgr_wakeups_per_min, s.mgr_threads),
+        );
         rep.info(
             "teardown (SIGKILL managers, SIGTERM server, kill shims and apps)",
             format!("{:.2} s", s.teardown.as_secs_f64()),
