@@ -117,6 +117,19 @@ fn command() -> clap::Command {
 }
 
 fn main() -> ExitCode {
+    // Internal, and once per monitored process: a shim started by the
+    // supervisor (`shim DIR`) skips clap, whose parser would cost every shim
+    // heap pages it keeps for life, and the daemon's code below, whose stack
+    // frame would be probed (touched) whole before the shim ran.
+    if let Some(dir) = shim_dir() {
+        return code(supervisor::shim::main(dir));
+    }
+    not_a_shim()
+}
+
+/// Everything but the shim: kept out of `main`'s own stack frame.
+#[inline(never)]
+fn not_a_shim() -> ExitCode {
     // Multi-call: installed under a probe's name, run that probe.
     let mut args = std::env::args();
     let argv0 = args.next().unwrap_or_default();
@@ -149,6 +162,20 @@ fn main() -> ExitCode {
             }
         },
         None => serve(cli),
+    }
+}
+
+/// `DIR` when the command line is exactly `cmappserver shim DIR`, as the
+/// supervisor starts a shim (`launch.rs`).
+fn shim_dir() -> Option<PathBuf> {
+    let mut args = std::env::args_os().skip(1);
+    match (args.next(), args.next(), args.next()) {
+        (Some(cmd), Some(dir), None)
+            if cmd == "shim" && !dir.is_empty() && !dir.as_encoded_bytes().starts_with(b"-") =>
+        {
+            Some(PathBuf::from(dir))
+        }
+        _ => None,
     }
 }
 

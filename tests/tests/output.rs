@@ -450,3 +450,47 @@ fn an_output_file_that_is_a_link_is_not_followed() {
     );
     assert!(std::fs::symlink_metadata(&path).unwrap().is_symlink());
 }
+
+/// Issue 14: an idle shim's memory is multiplied by the number of processes,
+/// so the guest log's writer thread starts only with the first line. Its
+/// shim runs one thread while the application is silent, two once it has
+/// written, and the line reaches the file.
+#[test]
+fn a_silent_application_costs_its_shim_no_writer_thread_until_its_first_line() {
+    let f = Fixture::new("");
+    let go = f.dir.join("go");
+    nix::unistd::mkfifo(&go, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let wrote = f.dir.join("wrote");
+    let run = format!(
+        "read x < {}; echo first words; touch {}; exec sleep 1000",
+        go.display(),
+        wrote.display()
+    );
+    let mut m = f.mgr_with(&["-stop_on_halt"], &["/bin/sh", "-c", &run]);
+    let app = cmapp_tests::mgr::pid_in(&m.expect_line("started", WAIT));
+    let shim = f
+        .server
+        .recorded()
+        .into_iter()
+        .find(|r| r.pid == app)
+        .expect("a pid record for the application")
+        .shim_pid;
+    assert_eq!(cmapp_tests::usage(shim).threads, 1, "a silent application's shim");
+    // The application writes its first line.
+    std::fs::write(&go, "go\n").unwrap();
+    assert!(wait_until(WAIT, || wrote.exists()), "the application did not go on");
+    let dir = output_dir(&f);
+    let in_file = wait_until(WAIT, || {
+        files(&dir)
+            .first()
+            .is_some_and(|(name, _)| std::fs::read_to_string(dir.join(name)).is_ok_and(|t| t == "first words\n"))
+    });
+    assert!(in_file, "the line is not in the guest's log: {:?}", files(&dir));
+    assert_eq!(
+        cmapp_tests::usage(shim).threads,
+        2,
+        "the writer runs once there is output"
+    );
+    m.signal(Signal::SIGTERM);
+    assert!(m.status_within(WAIT).is_some(), "cmappmgr did not stop");
+}

@@ -10,11 +10,12 @@
 //! log shippers follow them), the newest lines are always in `NAME.log`, and
 //! the space used is at most `outputLogSize` × `outputLogFiles`.
 //!
-//! The shim never waits for the disk: lines go to a writer thread through a
-//! bounded queue, which the writer empties a batch at a time. While the disk
-//! keeps up nothing is lost: when the queue is full the shim stops reading
-//! the pipes until the writer makes room (the application waits, as on a
-//! file of its own). A disk that is slow (one batch takes longer than
+//! The shim never waits for the disk: lines go to a writer thread (started
+//! with the first line, so that a silent application costs no thread)
+//! through a queue bounded by a count, which the writer empties a batch at a
+//! time. While the disk keeps up nothing is lost: when the queue is full the
+//! shim stops reading the pipes until the writer makes room (the application
+//! waits, as on a file of its own). A disk that is slow (one batch takes longer than
 //! [`STALL`]) or full (a write fails) costs lines instead, never time: they
 //! are dropped and counted. The count is written into the file once the
 //! writer can write again, into `shim.log`, and reported to cmappserver
@@ -26,7 +27,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -176,6 +177,9 @@ pub const STALL: Duration = Duration::from_secs(1);
 const BATCH: usize = 1024;
 /// Bytes the writer gathers before it writes them out.
 const BATCH_BYTES: usize = 256 << 10;
+/// The batch buffer the writer keeps between batches; a larger one (after
+/// a burst) is freed.
+const IDLE_BUF: usize = 16 << 10;
 
 /// What the shim and the writer thread share.
 #[derive(Debug)]
@@ -215,43 +219,79 @@ impl Shared {
 }
 
 /// The shim's side: the guest log and the tail.
-#[derive(Debug)]
+///
+/// What an idle shim holds is multiplied by the number of processes, so
+/// nothing here is paid before it is needed: the writer thread starts with
+/// the first line (an application that writes nothing costs no thread), and
+/// its queue is a list that grows with what is queued and is bounded by our
+/// own count ([`WRITE_QUEUE`]), not an array of every slot (a bounded
+/// channel of 4096 lines is 172 KiB, written in full when it is made).
 pub struct GuestLog {
-    tx: Option<SyncSender<TailLine>>,
+    tx: Option<Sender<TailLine>>,
     /// Closed by the writer thread when it has written everything.
     done: Option<Receiver<()>>,
+    /// The writer and where its errors go, until the first line starts it.
+    idle: Option<(Writer, ShimLog)>,
     shared: Arc<Shared>,
     tail: VecDeque<TailLine>,
     tail_bytes: usize,
     tail_lines: usize,
 }
 
+/// Where the writer thread's errors go (the shim's `shim.log`).
+type ShimLog = Box<dyn Fn(&str) + Send>;
+
+impl std::fmt::Debug for GuestLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestLog")
+            .field("started", &self.tx.is_some())
+            .field("waiting", &self.idle.is_some())
+            .field("shared", &self.shared)
+            .field("tail_lines", &self.tail.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl GuestLog {
-    /// Starts the writer thread when the output goes anywhere in the guest;
-    /// `shim_log` receives the writer's errors.
+    /// Prepares the writer when the output goes anywhere in the guest (its
+    /// thread starts with the first line); `shim_log` receives its errors.
     pub fn start(meta: Option<&OutputMeta>, shim_log: impl Fn(&str) + Send + 'static) -> GuestLog {
         let shared = Arc::new(Shared::new());
-        let started = meta.filter(|m| m.file.is_some() || m.syslog).and_then(|m| {
-            let (tx, rx) = sync_channel(WRITE_QUEUE);
-            let (done_tx, done) = sync_channel::<()>(0);
-            let writer = Writer::new(m.clone(), shared.clone());
-            std::thread::Builder::new()
-                .name("output".into())
-                .spawn(move || {
-                    writer.run(rx, shim_log);
-                    drop(done_tx);
-                })
-                .ok()
-                .map(|_| (tx, done))
-        });
-        let (tx, done) = started.unzip();
+        let idle = meta
+            .filter(|m| m.file.is_some() || m.syslog)
+            .map(|m| (Writer::new(m.clone(), shared.clone()), Box::new(shim_log) as ShimLog));
         GuestLog {
-            tx,
-            done,
+            tx: None,
+            done: None,
+            idle,
             shared,
             tail: VecDeque::new(),
             tail_bytes: 0,
             tail_lines: meta.map_or(0, |m| m.tail_lines),
+        }
+    }
+
+    /// Starts the writer thread (once, at the first line). Its stack keeps
+    /// Rust's default size: only the pages it touches are resident, and an
+    /// overflow would take the shim, and the exit it owes, with it.
+    fn start_writer(&mut self) {
+        let Some((writer, shim_log)) = self.idle.take() else {
+            return;
+        };
+        let (tx, rx) = channel();
+        let (done_tx, done) = sync_channel::<()>(0);
+        let spawned = std::thread::Builder::new().name("output".into()).spawn(move || {
+            writer.run(rx, shim_log);
+            drop(done_tx);
+        });
+        match spawned {
+            Ok(_) => {
+                self.tx = Some(tx);
+                self.done = Some(done);
+            }
+            // No thread (out of memory or processes): nothing reaches the
+            // guest's log, and every line is counted as dropped.
+            Err(_) => self.done = Some(done),
         }
     }
 
@@ -290,17 +330,30 @@ impl GuestLog {
     /// Takes one line: to the writer (never waiting: a full queue drops
     /// it, see [`GuestLog::accepting`]) and into the tail.
     pub fn line(&mut self, stream: Stream, line: &str) {
-        if let Some(tx) = &self.tx {
-            let l = TailLine {
-                stream,
-                line: line.to_string(),
-            };
-            // Counted before it is sent: the writer takes it off at once.
-            self.shared.queued.fetch_add(1, Ordering::AcqRel);
-            if tx.try_send(l).is_err() {
-                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        self.start_writer();
+        match &self.tx {
+            // The bound: only this thread adds to the count, so it cannot
+            // grow past it between the check and the send.
+            Some(tx) if self.shared.queued.load(Ordering::Acquire) < WRITE_QUEUE => {
+                let l = TailLine {
+                    stream,
+                    line: line.to_string(),
+                };
+                // Counted before it is sent: the writer takes it off at once.
+                self.shared.queued.fetch_add(1, Ordering::AcqRel);
+                if tx.send(l).is_err() {
+                    self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Some(_) => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
+            // The writer could not be started.
+            None if self.done.is_some() => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {}
         }
         if self.tail_lines == 0 {
             return;
@@ -364,6 +417,7 @@ impl GuestLog {
     /// the exit is recorded and sent: see [`GuestLog::take_tail`]).
     pub fn finish(mut self) -> Flush {
         self.tx = None;
+        self.idle = None;
         Flush(self.done.take())
     }
 }
@@ -416,7 +470,7 @@ impl Writer {
         }
     }
 
-    fn run(mut self, rx: Receiver<TailLine>, shim_log: impl Fn(&str)) {
+    fn run(mut self, rx: Receiver<TailLine>, shim_log: ShimLog) {
         let mut syslog: Option<Syslog> = None;
         if self.meta.syslog {
             let formatter = syslog::Formatter3164 {
@@ -452,6 +506,11 @@ impl Writer {
                 }
             }
             self.flush(&shim_log);
+            if self.buf.capacity() > IDLE_BUF && self.shared.queued.load(Ordering::Acquire) == 0 {
+                // A burst is over: its batch buffer goes back to the allocator
+                // rather than staying with an idle shim for good.
+                self.buf = Vec::new();
+            }
             self.shared.busy_since.store(0, Ordering::Release);
             self.shared.room.notify_one();
         }

@@ -97,14 +97,23 @@ pub fn main(dir: PathBuf) -> i32 {
             return 1;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // A shim watches a handful of descriptors (its socket, one server link,
+    // two pipes, the child's pidfd): a few events per wake-up, not 1024.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_io_events_per_tick(64)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             log(&dir, &format!("cannot start runtime: {e}"));
             return 1;
         }
     };
-    match rt.block_on(run(&dir)) {
+    // The shim's whole life is this one future: boxed, it lives on the heap
+    // at its size, not copied down the stack through `block_on`'s frames
+    // (stack pages, once touched, stay with the process for good).
+    match rt.block_on(Box::pin(run(&dir))) {
         Ok(()) => 0,
         Err(e) => {
             log(&dir, &e.to_string());

@@ -8,6 +8,7 @@
 //! | `latency`   | exit-to-manager-exit detection latency                             |
 //! | `roundtrip` | remote `/bin/echo ok` round trip, against NRPE and ssh             |
 //! | `ssh`       | a private sshd on loopback and the `ssh host cmd` it answers        |
+//! | `oneshot`   | a one-shot `-service /bin/true` run against `cmappmgr check`       |
 //! | `handshake` | mutual-TLS connections per second                                  |
 //! | `scale`     | N processes and N managers on one server                           |
 //! | `storm`     | N managers re-attaching after cmappserver is killed and restarted  |
@@ -17,6 +18,7 @@ pub mod fixture;
 pub mod footprint;
 pub mod handshake;
 pub mod latency;
+pub mod oneshot;
 pub mod report;
 pub mod roundtrip;
 pub mod scale;

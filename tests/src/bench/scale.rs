@@ -6,7 +6,8 @@
 //!   and separately the sum over all shims and over all managers;
 //! - memory: VmRSS of cmappserver, of the median shim and manager, and the
 //!   PSS totals over all shims and managers (shared pages counted once); the
-//!   median manager's Private_Dirty (what each one costs on its own);
+//!   median manager's and the median shim's Private_Dirty (what each one
+//!   costs on its own, which no sharing divides);
 //! - wake-ups: how often a manager is put on a CPU per minute (schedstat),
 //!   the mean over all of them, and the most threads any manager has;
 //! - teardown: managers SIGKILLed, server SIGTERMed, shims and applications
@@ -39,6 +40,8 @@ pub struct Scale {
     pub server_rss_kb: u64,
     pub shim_rss_kb: u64,
     pub shims_pss_kb: u64,
+    /// The median shim's private dirty memory.
+    pub shim_private_kb: u64,
     pub mgr_rss_kb: u64,
     pub mgrs_pss_kb: u64,
     /// Median over the managers of their Private_Dirty, KiB.
@@ -252,6 +255,7 @@ pub fn run(env: &Env, n: usize, window: Duration, settle: Duration) -> Result<Sc
         server_rss_kb: sys::rss_kb(server.pid).unwrap_or(0),
         shim_rss_kb: median(shims.iter().filter_map(|p| sys::rss_kb(*p)).collect()),
         shims_pss_kb: shims.iter().filter_map(|p| sys::pss_kb(*p)).sum(),
+        shim_private_kb: median(shims.iter().filter_map(|p| sys::private_dirty_kb(*p)).collect()),
         mgr_rss_kb: median(mgr_pids.iter().filter_map(|p| sys::rss_kb(*p)).collect()),
         mgrs_pss_kb: mgr_pids.iter().filter_map(|p| sys::pss_kb(*p)).sum(),
         mgr_private_kb: median(mgr_pids.iter().filter_map(|p| sys::private_dirty_kb(*p)).collect()),

@@ -23,9 +23,17 @@ use std::time::{Duration, Instant};
 
 use bench::fixture::{Bins, Env, Server, ShmDir};
 use bench::report::{mib, ms, Report};
-use bench::{footprint, handshake, latency, report, roundtrip, scale, storm, sys};
+use bench::{footprint, handshake, latency, oneshot, report, roundtrip, scale, storm, sys};
 
-const SECTIONS: &[&str] = &["footprint", "latency", "roundtrip", "handshake", "scale", "storm"];
+const SECTIONS: &[&str] = &[
+    "footprint",
+    "latency",
+    "roundtrip",
+    "oneshot",
+    "handshake",
+    "scale",
+    "storm",
+];
 
 /// How much of everything to do.
 #[derive(Debug, Clone)]
@@ -83,10 +91,10 @@ impl Plan {
 
 const USAGE: &str = "usage: cmapp-bench [--quick] [--strict] [--only SECTION[,SECTION...]]
                    [--events N] [--processes N] [--window SECONDS]
-  --quick      the CI size: 50 detection events, 20 round trips each, 100 processes, 10 s windows,
-               a storm of 100
+  --quick      the CI size: 50 detection events, 20 round trips and one-shot runs each, 100 processes,
+               10 s windows, a storm of 100
   --strict     exit 2 when a target is missed (default: print MISSED and exit 0)
-  --only       run only these sections: footprint, latency, roundtrip, handshake, scale, storm
+  --only       run only these sections: footprint, latency, roundtrip, oneshot, handshake, scale, storm
   --events     detection-latency events (default 1000, 50 with --quick)
   --processes  processes and managers of the scale and storm runs (default 1000, 100 with --quick)
   --window     seconds of steady state measured in the scale run (default 60, 10 with --quick)
@@ -201,6 +209,7 @@ struct Results {
     latency_tmpfs: Option<latency::Latency>,
     server_after_latency_kb: Option<u64>,
     roundtrip: Option<roundtrip::RoundTrip>,
+    oneshot: Option<oneshot::OneShot>,
     handshake: Option<handshake::Handshakes>,
     scale: Option<scale::Scale>,
     storm: Option<storm::Storm>,
@@ -212,7 +221,10 @@ fn progress(msg: &str) {
 
 fn run(plan: &Plan, r: &mut Results) -> Result<(), String> {
     let env = Env::new(Bins::locate()?)?;
-    if plan.wants("footprint") || plan.wants("latency") || plan.wants("roundtrip") || plan.wants("handshake") {
+    if ["footprint", "latency", "roundtrip", "oneshot", "handshake"]
+        .iter()
+        .any(|s| plan.wants(s))
+    {
         let dir = env.dir("server")?;
         let server = Server::start(&env, &dir, "maxProcesses=200\n")?;
         if plan.wants("footprint") {
@@ -246,6 +258,13 @@ fn run(plan: &Plan, r: &mut Results) -> Result<(), String> {
                 eprintln!("cmapp-bench: NRPE column skipped: {why}");
             }
             r.roundtrip = Some(rt);
+        }
+        if plan.wants("oneshot") {
+            progress(&format!(
+                "one-shot run against check: {} runs each, alternated",
+                plan.runs
+            ));
+            r.oneshot = Some(oneshot::run(&env, &server, plan.runs)?);
         }
         if plan.wants("handshake") {
             progress(&format!(
@@ -373,6 +392,26 @@ fn build_report(r: &Results) -> Report {
             rt.ssh.version
         ));
     }
+    if let Some(o) = &r.oneshot {
+        rep.section("One-shot run against a handshake (whole process, alternated, same server)");
+        rep.info(
+            format!("cmappmgr -node … -service /bin/true, median of {}", o.run.len()),
+            format!("{:.2} ms", roundtrip::median(&o.run) * 1e3),
+        );
+        rep.info(
+            format!(
+                "cmappmgr check (connect, mutual TLS, ping), median of {}",
+                o.check.len()
+            ),
+            format!("{:.2} ms", roundtrip::median(&o.check) * 1e3),
+        );
+        rep.check(
+            "ratio one-shot run / check",
+            format!("{:.2}", o.ratio()),
+            "≤ 1.5",
+            o.ratio() <= 1.5,
+        );
+    }
     if let Some(s) = &r.scale {
         rep.section(&format!(
             "Scale: {n} monitored processes, {n} connected managers (pinging every 5 s)",
@@ -401,6 +440,14 @@ fn build_report(r: &Results) -> Report {
         );
         rep.info("one shim resident (median VmRSS)", mib(s.shim_rss_kb));
         rep.info(format!("all {} shims, PSS total", s.n), mib(s.shims_pss_kb));
+        let per_shim = s.shims_pss_kb / s.n.max(1) as u64;
+        rep.check(
+            "one shim: PSS (the total / N)",
+            format!("{per_shim} KiB"),
+            format!("≤ 200 KiB{target_n}"),
+            per_shim <= 200,
+        );
+        rep.info("one shim: Private_Dirty (median)", format!("{} KiB", s.shim_private_kb));
         rep.info("one cmappmgr resident (median VmRSS)", mib(s.mgr_rss_kb));
         rep.info(format!("all {} cmappmgr, PSS total", s.n), mib(s.mgrs_pss_kb));
         rep.info(
