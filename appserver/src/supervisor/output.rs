@@ -1269,7 +1269,10 @@ mod tests {
 
     /// A guest log whose writer the test plays: `queued` lines, the writer
     /// alive while the returned sender is.
-    fn played(busy_for: Option<Duration>, queued: usize) -> (GuestLog, SyncSender<()>, Receiver<TailLine>) {
+    fn played(
+        busy_for: Option<Duration>,
+        queued: usize,
+    ) -> (GuestLog, std::sync::mpsc::SyncSender<()>, Receiver<TailLine>) {
         let mut shared = Shared::new();
         shared.epoch = Instant::now() - Duration::from_secs(10);
         if let Some(d) = busy_for {
@@ -1278,11 +1281,12 @@ mod tests {
                 .store(shared.now() - d.as_nanos() as u64, Ordering::Release);
         }
         shared.queued.store(queued, Ordering::Release);
-        let (tx, rx) = sync_channel(1);
+        let (tx, rx) = channel();
         let (alive, done) = sync_channel(0);
         let g = GuestLog {
             tx: Some(tx),
             done: Some(done),
+            idle: None,
             shared: Arc::new(shared),
             tail: VecDeque::new(),
             tail_bytes: 0,
@@ -1308,17 +1312,42 @@ mod tests {
 
     #[test]
     fn a_line_that_finds_the_queue_full_is_dropped_and_counted() {
-        let (mut g, _alive, rx) = played(None, 0);
+        // Room for one more line: the queue is bounded by the count.
+        let (mut g, _alive, rx) = played(None, WRITE_QUEUE - 1);
         g.line(Stream::Stdout, "one");
         g.line(Stream::Stdout, "two");
         g.line(Stream::Stdout, "three");
         assert_eq!(g.dropped(), 2);
         assert_eq!(
             g.shared.queued.load(Ordering::Acquire),
-            1,
+            WRITE_QUEUE,
             "only what is queued is counted as queued"
         );
         assert_eq!(rx.try_recv().unwrap().line, "one");
+        assert!(rx.try_recv().is_err(), "the dropped lines were not sent");
+    }
+
+    #[test]
+    fn the_writer_thread_starts_with_the_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = OutputMeta {
+            file: Some(dir.path().join("out").join("app.log")),
+            syslog: false,
+            max_bytes: 1 << 20,
+            files: 2,
+            tail_lines: 5,
+            tag: "app".into(),
+        };
+        let mut g = GuestLog::start(Some(&meta), |_| {});
+        assert!(g.tx.is_none() && g.done.is_none(), "no thread before any output");
+        g.line(Stream::Stdout, "hello");
+        assert!(g.tx.is_some(), "the first line started the writer");
+        g.line(Stream::Stderr, "again");
+        assert_eq!(g.take_tail().len(), 2);
+        let flush = g.finish();
+        flush.wait(Duration::from_secs(20));
+        let text = std::fs::read_to_string(meta.file.as_ref().unwrap()).unwrap();
+        assert_eq!(text, "hello\nagain\n");
     }
 
     async fn wait<F: std::future::Future>(f: F) -> F::Output {
