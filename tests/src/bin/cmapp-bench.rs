@@ -328,8 +328,8 @@ fn build_report(r: &Results) -> Report {
         rep.check(
             format!("p99, {on}"),
             ms(l.percentile(99.0)),
-            "< 5 ms",
-            l.percentile(99.0) < 5_000_000,
+            "< 1 ms",
+            l.percentile(99.0) < 1_000_000,
         );
         rep.info(format!("max, {on}"), ms(l.ns.last().copied().unwrap_or(0)));
         if let Some(t) = &r.latency_tmpfs {
