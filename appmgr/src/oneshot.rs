@@ -493,8 +493,7 @@ impl Watch<'_> {
         let id = &started.id;
         let dead_after = (one.ping_every * 3).max(Duration::from_secs(1));
         let mut last_heard = Instant::now();
-        let mut ticker = tokio::time::interval(one.ping_every);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = crate::watch::PingClock::new(one.ping_every);
         let mut seq = 0u64;
         loop {
             tokio::select! {
@@ -565,18 +564,41 @@ async fn settle(c: &mut Client, id: &InstanceId) -> Result<Option<ExitStatus>, C
 
 /// A process the watcher lives no longer than (the cluster's resource
 /// executor), told from a later process with the same pid by its start time.
+/// Its end comes from a pidfd (readable once the process has exited), so an
+/// idle watcher has no timer of its own; where the kernel has no pidfd
+/// (before Linux 5.3), `/proc` is read every half second.
 struct Lifeline {
     pid: u32,
     start: u64,
+    /// The process, once a pidfd refers to it (its start time checked after opening).
+    fd: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
 }
 
 impl Lifeline {
     fn new(pid: u32) -> Option<Lifeline> {
-        start_ticks(pid).map(|start| Lifeline { pid, start })
+        let start = start_ticks(pid)?;
+        let fd = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+            // The pid may have been reused between the two reads: the pidfd
+            // is trusted only if the process still has the start time.
+            .filter(|_| start_ticks(pid) == Some(start))
+            // `OwnedFd` owns its descriptor: the reason `with_interest` is
+            // deprecated (a borrowed descriptor closed while registered)
+            // does not apply; the replacement is an `unsafe fn`.
+            .and_then(|fd| {
+                #[allow(deprecated)]
+                tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE).ok()
+            });
+        Some(Lifeline { pid, start, fd })
     }
 
     /// Resolves (with the pid) once the process is gone.
     async fn gone(&self) -> u32 {
+        if let Some(fd) = &self.fd {
+            if fd.readable().await.is_ok() {
+                return self.pid;
+            }
+        }
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;

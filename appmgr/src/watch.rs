@@ -418,13 +418,13 @@ impl Watcher<'_> {
 /// wake-ups and the pong); now twice, the tick and the pong. Should the
 /// kernel refuse a timerfd (out of descriptors), tokio's interval does the
 /// same job with its extra wake-up.
-enum PingClock {
+pub(crate) enum PingClock {
     Fd(tokio::io::unix::AsyncFd<TimerFd>, Duration),
     Tokio(tokio::time::Interval),
 }
 
 /// A timerfd, as tokio's `AsyncFd` takes it.
-struct TimerFd(nix::sys::timerfd::TimerFd);
+pub(crate) struct TimerFd(nix::sys::timerfd::TimerFd);
 
 impl std::os::fd::AsRawFd for TimerFd {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
@@ -434,7 +434,7 @@ impl std::os::fd::AsRawFd for TimerFd {
 }
 
 impl PingClock {
-    fn new(every: Duration) -> PingClock {
+    pub(crate) fn new(every: Duration) -> PingClock {
         match Self::timerfd(every) {
             Ok(fd) => PingClock::Fd(fd, every),
             Err(e) => {
@@ -474,7 +474,7 @@ impl PingClock {
 
     /// The next tick. Ticks missed while the manager was not running come
     /// as one (the kernel counts them; the count is not needed).
-    async fn tick(&mut self) {
+    pub(crate) async fn tick(&mut self) {
         loop {
             let failed = match self {
                 PingClock::Tokio(t) => {

@@ -286,6 +286,72 @@ fn the_watcher_does_not_outlive_the_process_it_is_tied_to() {
     assert!(!reported.exists());
 }
 
+/// Times the threads of `pid` went to sleep (`voluntary_ctxt_switches`).
+fn sleeps(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+                .filter_map(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The watcher the OCF agent starts (`-while_pid` its executor) has no timer
+/// but its pings: it learns of the executor's end from a pidfd, and its ping
+/// clock wakes it once per ping (then the pong). It read `/proc` every half
+/// second and its pings went through tokio's timer wheel (issue 14: the
+/// host's cost of idle managers).
+#[test]
+fn an_idle_watcher_tied_to_a_process_wakes_up_only_for_its_pings() {
+    let g = guest();
+    let conf = keys::manager_conf(
+        &g.dir,
+        "ping.conf",
+        &g._keys.client_private,
+        &g._keys.client_trust,
+        "pingInterval=0.2\n",
+    );
+    let reported = g.dir.join("reported");
+    let pid = g.start(APP);
+    let mut executor = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+    let tie = executor.id().to_string();
+    let on_exit = reporter(&g.dir, &reported);
+    let args = verb_args(
+        "watch",
+        &conf,
+        &g.server.node(),
+        5.0,
+        &["-on_exit", &on_exit, "-while_pid", &tie],
+        APP,
+    );
+    let mut w = Mgr::spawn_args(&args);
+    w.expect_line("watching", WAIT);
+    std::thread::sleep(Duration::from_millis(500));
+    let (s0, t0) = (sleeps(w.pid()), Instant::now());
+    std::thread::sleep(Duration::from_secs(4));
+    let (s1, window) = (sleeps(w.pid()), t0.elapsed());
+    let pings = window.as_secs_f64() / 0.2;
+    let per_ping = (s1 - s0) as f64 / pings;
+    // Its end still comes at once when the executor goes.
+    executor.kill().unwrap();
+    executor.wait().unwrap();
+    assert_eq!(w.code(), 0, "{}", w.err.text());
+    assert!(w.err.contains("is gone"), "{}", w.err.text());
+    assert!(alive(pid));
+    assert!(
+        per_ping <= 2.3,
+        "{} sleeps in {window:?} ({pings:.0} pings): {per_ping:.2} per ping, at most 2 expected",
+        s1 - s0
+    );
+}
+
 #[test]
 fn the_watcher_rides_out_a_server_restart_and_still_reports() {
     let mut g = guest();
