@@ -504,3 +504,81 @@ fn private_keys_never_show_in_debug_output() {
     );
     assert!(!shown.contains("PRIVATE KEY"), "{shown}");
 }
+
+#[test]
+fn keygen_renew_replaces_both_files_for_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = dir.path().join("guest");
+    let d = |p: &Path| p.to_str().unwrap().to_string();
+    run(
+        &parse(&["--dir", &d(&guest), "--name", "guest1"]).unwrap(),
+        Side::Server,
+    )
+    .unwrap();
+    let (private, public) = (guest.join("server.private"), guest.join("server.public"));
+    let old = fs::read_to_string(&private).unwrap();
+
+    let out = run(&parse(&["renew", "--dir", &d(&guest)]).unwrap(), Side::Server).unwrap();
+    assert!(
+        out.starts_with(&format!(
+            "Renewed the certificate of the key in {} (self-signed); wrote {} and {}.",
+            private.display(),
+            private.display(),
+            public.display()
+        )) && out.contains("give the new .public to the peers"),
+        "{out}"
+    );
+    let new = fs::read_to_string(&private).unwrap();
+    assert_eq!(key_block(&new), key_block(&old));
+    assert_ne!(new, old);
+    assert_eq!((mode(&private), mode(&public)), (0o600, 0o644));
+    assert_eq!(names_of(&fs::read_to_string(&public).unwrap()), ["guest1"]);
+
+    // Signed by a CA, with new names.
+    let ca_dir = dir.path().join("ca");
+    run(
+        &parse(&["ca", "--dir", &d(&ca_dir), "--name", "test CA"]).unwrap(),
+        Side::Manager,
+    )
+    .unwrap();
+    let out = run(
+        &parse(&[
+            "renew",
+            "--dir",
+            &d(&guest),
+            "--ca-dir",
+            &d(&ca_dir),
+            "--name",
+            "guest2",
+        ])
+        .unwrap(),
+        Side::Server,
+    )
+    .unwrap();
+    assert!(
+        out.contains("(signed by the CA)") && out.contains("systemctl reload cmappserver"),
+        "{out}"
+    );
+    assert_eq!(names_of(&fs::read_to_string(&public).unwrap()), ["guest2"]);
+    assert_eq!(key_block(&fs::read_to_string(&private).unwrap()), key_block(&old));
+
+    // A key others may read is not renewed.
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o644)).unwrap();
+    let e = run(&parse(&["renew", "--dir", &d(&guest)]).unwrap(), Side::Server).unwrap_err();
+    assert!(e.to_string().contains("mode 0644"), "{e}");
+}
+
+#[test]
+fn a_certificate_names_the_program_it_is_for() {
+    let subject = |pem: &str| {
+        use rustls_pki_types::pem::PemObject;
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let (_, x509) = x509_parser::parse_x509_certificate(&der).unwrap();
+        x509.subject().to_string()
+    };
+    let server = self_signed(Role::Server, &names(&["guest1"])).unwrap();
+    assert_eq!(subject(&server.public_pem), "CN=guest1, O=cmapp, OU=cmappserver");
+    let client = self_signed(Role::Client, &names(&["host1"])).unwrap();
+    assert_eq!(subject(&client.public_pem), "CN=host1, O=cmapp, OU=cmappmgr");
+    assert_eq!(subject(&new_ca("test CA").unwrap().cert_pem), "CN=test CA, O=cmapp");
+}
