@@ -1361,3 +1361,18 @@ fn a_jks_private_key_protected_otherwise_or_damaged_is_refused() {
         "{e:?}"
     );
 }
+
+#[test]
+fn a_bad_certificate_is_named_by_its_place_in_the_file() {
+    let party = pinned("guest1");
+    let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    let trust = format!("{}{garbage}", party.cert_pem);
+    let e = parse_trust_store(trust.as_bytes(), "").unwrap_err();
+    assert!(matches!(e, StoreError::Certificate { number: 2, .. }), "{e:?}");
+    let key = format!("{}{garbage}", party.key_store_pem());
+    let e = parse_key_store(key.as_bytes(), "").unwrap_err();
+    assert!(matches!(e, StoreError::Certificate { number: 2, .. }), "{e:?}");
+    // A PEM file without a key says which sections it looked for.
+    let e = parse_key_store(party.cert_pem.as_bytes(), "").unwrap_err();
+    assert!(matches!(e, StoreError::NoKeyInPem), "{e:?}");
+}
