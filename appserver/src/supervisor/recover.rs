@@ -79,8 +79,12 @@ impl Supervisor {
         self.record_exit(proc, ex).await;
     }
 
-    /// Adopts the processes recorded in the state directory.
+    /// Adopts the processes recorded in the state directory: every shim is
+    /// reached at once (a thousand adoptions take the time of a few, and a
+    /// shim that does not answer holds up no other), then each record is
+    /// filed in turn.
     pub(super) async fn recover(self: &Arc<Self>) {
+        let mut reaching = tokio::task::JoinSet::new();
         for (name, record) in self.state.records() {
             let dir = record.path().to_path_buf();
             let meta: Meta = match record.read_json::<Meta>(state::META) {
@@ -120,7 +124,16 @@ impl Supervisor {
                 output: meta.output.clone(),
                 inner: Mutex::new(inner),
             });
-            let connected = match link::connect(&record, link::Expect::Adopt).await {
+            reaching.spawn(async move {
+                let reached = link::connect(&record, link::Expect::Adopt).await;
+                (proc, before, reached)
+            });
+        }
+        while let Some(joined) = reaching.join_next().await {
+            // A panic in an adoption is a bug: it is not hidden by forgetting the record.
+            let (proc, before, reached) = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            let dir = proc.dir.clone();
+            let connected = match reached {
                 Ok(stream) => {
                     self.start_link(&proc, stream);
                     true
