@@ -114,6 +114,25 @@ pub fn alive(pid: u32) -> bool {
     common::proc::running(pid)
 }
 
+/// Times the threads of `pid` went to sleep (`voluntary_ctxt_switches`,
+/// summed over its threads): each is one wake-up later. Preemptions by a
+/// loaded machine are not counted, so idle-cost tests can rely on it.
+pub fn sleeps(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+                .filter_map(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Counts of one process's resources, from /proc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {

@@ -6,7 +6,7 @@
 
 use cmapp_tests::fixture::Fixture;
 use cmapp_tests::mgr::{monitor_args, pid_in, Mgr};
-use cmapp_tests::{alive, wait_until, WAIT};
+use cmapp_tests::{alive, sleeps, wait_until, WAIT};
 use nix::sys::signal::Signal;
 
 // ---------------------------------------------------------------- halting
@@ -414,24 +414,6 @@ fn a_pong_between_the_exit_and_the_ack_reply_is_not_a_missing_ack() {
 }
 
 // -------------------------------------------------------------- idle cost
-
-/// Times the threads of `pid` went to sleep (`voluntary_ctxt_switches`):
-/// each is one wake-up later.
-fn sleeps(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| {
-            tasks
-                .flatten()
-                .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-                .filter_map(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
 
 /// An idle manager wakes up twice per ping interval: its ping clock (it
 /// sends the ping) and the pong. With tokio's timer wheel for the clock it

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cmapp_tests::keys::{self, Keys};
 use cmapp_tests::mgr::{pid_in, Mgr};
 use cmapp_tests::server::Server;
-use cmapp_tests::{alive, wait_until, WAIT};
+use cmapp_tests::{alive, sleeps, wait_until, WAIT};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
@@ -284,23 +284,6 @@ fn the_watcher_does_not_outlive_the_process_it_is_tied_to() {
     assert!(w.err.contains("is gone"), "{}", w.err.text());
     assert!(alive(pid));
     assert!(!reported.exists());
-}
-
-/// Times the threads of `pid` went to sleep (`voluntary_ctxt_switches`).
-fn sleeps(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| {
-            tasks
-                .flatten()
-                .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-                .filter_map(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// The watcher the OCF agent starts (`-while_pid` its executor) has no timer
