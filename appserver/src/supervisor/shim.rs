@@ -1447,11 +1447,8 @@ mod tests {
         wr.write(&ShimRequest::Stop { grace_ms: 3 }).await.unwrap();
         assert_eq!(recv_request(&mut l).await, Some(ShimRequest::Stop { grace_ms: 3 }));
         l.take().unwrap().finish(output("last")).await;
-        assert_eq!(
-            rd.read::<ShimEvent>().await.unwrap(),
-            Some(output("last")),
-            "sent before finish returns"
-        );
+        let last = tokio::time::timeout(Duration::from_secs(20), rd.read::<ShimEvent>()).await;
+        assert_eq!(last.expect("sent before finish returns").unwrap(), Some(output("last")));
         // No link: no request, ever; no deadline: no wake-up.
         let none = tokio::time::timeout(Duration::from_millis(20), recv_request(&mut l)).await;
         assert!(none.is_err());

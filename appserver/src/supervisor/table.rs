@@ -1257,7 +1257,41 @@ pub(super) mod tests {
         tokio::time::timeout(Duration::from_secs(20), sup.shutdown(true))
             .await
             .unwrap();
+        assert!(!p.is_running(), "the shutdown returns once the process has ended");
         assert!(matches!(exited.await.unwrap(), Some(ShimRequest::Stop { .. })));
-        assert!(!p.is_running());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_waits_at_most_the_grace_period_and_2_s_for_the_processes_to_end() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let p = filed(&sup, tmp.path(), "app", Some(meta(tmp.path())));
+        let (tx, _rx) = mpsc::channel(4);
+        p.lock().link = Some(tx);
+        let t0 = tokio::time::Instant::now();
+        sup.shutdown(true).await;
+        let waited = t0.elapsed();
+        // The test supervisor's grace is 100 ms (the wait looks every 20 ms).
+        assert_eq!(waited, Duration::from_millis(2100));
+        assert!(
+            p.is_running(),
+            "a process that does not end is waited for, not forgotten"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_record_is_deleted_from_the_state_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let p = filed(&sup, tmp.path(), "app", Some(meta(tmp.path())));
+        sup.record_exit(&p, exit(&p, 0)).await;
+        assert!(p.dir.exists());
+        sup.ack(&p.id, "anyone").unwrap();
+        // Deleted off the reply path, by the janitor thread.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while p.dir.exists() && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert!(!p.dir.exists());
     }
 }
