@@ -426,12 +426,6 @@ mod tests {
             let owed: Vec<String> = kept.lock().owed.iter().map(|m| m.to_string()).collect();
             assert_eq!(owed, ["mgr-a", "mgr-b"]);
         }
-        // The same start time: the one read last is current.
-        let tmp = tempfile::tempdir().unwrap();
-        record(tmp.path(), "r-a", "app", pid(10), Some(ExitStatus::Code(1)));
-        record(tmp.path(), "r-b", "app", pid(10), Some(ExitStatus::Code(2)));
-        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
-        assert_eq!(sup.table().by_key.values().next().unwrap().id, "r-b");
     }
 
     #[tokio::test]
