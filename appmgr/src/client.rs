@@ -593,12 +593,6 @@ impl Client {
         }))
     }
 
-    /// Acknowledges the exit status of `id` without waiting for the reply
-    /// (the monitoring form, which exits next: see `watch.rs`).
-    pub async fn send_ack(&mut self, id: &InstanceId) -> Result<(), ClientError> {
-        self.send(&Request::Ack(Ack { id: id.clone() })).await
-    }
-
     /// Acknowledges the exit status of `id` and waits (bounded by `limit`) for
     /// the server's reply. Anything else that arrives meanwhile — output, a
     /// pong to a ping that crossed the exit on the wire — is not the reply.

@@ -381,11 +381,13 @@ impl Watcher<'_> {
 
     async fn exited(&mut self, client: &mut Client, id: &InstanceId, status: ExitStatus) -> WatchEnd {
         // Acknowledge, so the server forgets the status only once we have
-        // it; its reply is not awaited: we have the status, and an
-        // acknowledgement that never arrives (the connection breaks now)
-        // only keeps the record in the guest for `idleTimeout` longer.
-        if let Err(e) = client.send_ack(id).await {
-            tracing::warn!("exit status not acknowledged to cmappserver: {e}");
+        // it, and wait for its reply: the cluster starts the service again
+        // the moment we exit, and a start that reached the server before
+        // our acknowledgement (held up by a lost segment or a short
+        // partition) would attach to this record and report this exit a
+        // second time, starting nothing.
+        if let Err(e) = client.ack(id, Duration::from_secs(5)).await {
+            tracing::warn!("exit status not acknowledged by cmappserver: {e}");
         }
         if let Err(e) = status.check() {
             tracing::error!("cmappserver on {} broke the protocol: {e}", self.args.node);

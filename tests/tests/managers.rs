@@ -132,7 +132,7 @@ fn two_managers_with_one_run_string_both_get_the_output_and_the_exit() {
     assert_eq!(first.code(), 5, "{}", first.err.text());
     assert!(first.out.contains("shared-line"), "{}", first.out.text());
     assert!(first.err.contains("PROGRAM EXIT CODE 5"), "{}", first.err.text());
-    // The first has acknowledged (it exits without waiting for the reply); the record stays
+    // The first has acknowledged (and had the reply); the record stays
     // for the second, which was attached at the exit.
     let listed = status(&f);
     assert_eq!(listed.len(), 1, "{listed:?}");
@@ -377,8 +377,8 @@ fn scripted_server(
             loop {
                 match next(rd.read().await)? {
                     Request::Ack(a) if a.id == id => {
-                        // The manager exits without waiting for this reply:
-                        // it may be gone already.
+                        // The manager waits for this reply; it is not an
+                        // error here if it has gone already.
                         let _ = wr.write(&Event::Acked(Ack { id })).await;
                         break;
                     }
@@ -411,6 +411,96 @@ fn a_pong_between_the_exit_and_the_ack_reply_is_not_a_missing_ack() {
     server.join().unwrap().unwrap();
     assert!(m.err.contains("PROGRAM EXIT CODE 7"), "{}", m.err.text());
     assert!(!m.err.contains("not acknowledged"), "{}", m.err.text());
+}
+
+// ---------------------------------------------------------- a delayed ack
+
+/// A TCP relay to `to`. Server to manager passes at once; manager to server
+/// passes at once too, until `hold` is set: then the next bytes (and what
+/// queues behind them) wait `delay` before going on, as behind a lost
+/// segment's retransmission or a short one-way partition.
+struct HeldRelay {
+    addr: std::net::SocketAddr,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn held_relay(to: std::net::SocketAddr, delay: std::time::Duration) -> HeldRelay {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = Arc::new(AtomicBool::new(false));
+    let held = hold.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let (Ok(client), Ok(server)) = (client, TcpStream::connect(to)) else {
+                return;
+            };
+            let (mut back_from, mut back_to) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut back_from, &mut back_to);
+                let _ = back_to.shutdown(Shutdown::Write);
+            });
+            let held = held.clone();
+            std::thread::spawn(move || {
+                let (mut from, mut to) = (client, server);
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    let n = match from.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if held.swap(false, Ordering::SeqCst) {
+                        std::thread::sleep(delay);
+                    }
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    HeldRelay { addr, hold }
+}
+
+/// A manager reports the exit once the server has its acknowledgement, so
+/// that the cluster's next start of the service starts it again. Had the
+/// manager left before the acknowledgement arrived (it was held up 2.5 s on
+/// the way), the next manager would attach to the old record and report the
+/// same exit a second time, starting nothing (found in review of d203bb7).
+#[test]
+fn an_acknowledgement_held_up_on_the_way_does_not_hand_the_old_exit_to_the_next_start() {
+    let f = Fixture::new("");
+    let (flag, runs) = (f.dir.join("go"), f.dir.join("runs"));
+    // The first run waits for the flag and exits 3; any later run exits 0.
+    let script = format!(
+        "if [ -e {r} ]; then exit 0; fi; : > {r}; while [ ! -e {g} ]; do sleep 0.02; done; exit 3",
+        r = runs.display(),
+        g = flag.display()
+    );
+    let run = ["/bin/sh", "-c", script.as_str()];
+    let relay = held_relay(f.server.addr, std::time::Duration::from_millis(2500));
+    let mut first = Mgr::spawn(&f.conf, &relay.addr.to_string(), 10.0, &[], &run);
+    first
+        .err
+        .wait_for("started", WAIT)
+        .unwrap_or_else(|| panic!("{}", first.err.text()));
+    relay.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(first.code(), 3, "{}", first.err.text());
+
+    // The cluster starts the service again at once.
+    let mut again = f.mgr(&run);
+    let code = again.code();
+    assert!(
+        !again.err.contains("attached to running"),
+        "the next start attached to the old record:\n{}",
+        again.err.text()
+    );
+    assert_eq!(code, 0, "{}", again.err.text());
 }
 
 // -------------------------------------------------------------- idle cost
