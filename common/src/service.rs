@@ -346,14 +346,4 @@ mod tests {
         assert_eq!(Probe::from_program("cmapp_net_mon"), Some(Probe::Net));
         assert_eq!(ServiceSpec::parse(s(&["/bin/true"]), None).unwrap().probe, None);
     }
-
-    #[test]
-    fn probes_are_recognised_by_program_name_anywhere() {
-        assert_eq!(
-            Probe::from_program("/opt/hp/cmappserver/cmapp_net_mon.pl"),
-            Some(Probe::Net)
-        );
-        assert_eq!(Probe::from_program("cmapp_disk_mon"), Some(Probe::Disk));
-        assert_eq!(Probe::from_program("/usr/bin/cmapp_disk_monitor"), None);
-    }
 }
