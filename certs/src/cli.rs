@@ -231,13 +231,8 @@ fn run_pinned(args: &KeygenArgs, side: Side) -> Result<String, CertError> {
 fn run_renew(dir: Option<&Path>, ca_dir: Option<&Path>, names: &[String], side: Side) -> Result<String, CertError> {
     let dir = dir.unwrap_or(side.default_dir());
     let (private, public) = side.files(dir);
-    common::tls::check_key_file_mode(&private).map_err(|e| CertError::BadKey {
+    let text = common::tls::read_key_file(&private).map_err(|e| CertError::BadKey {
         message: format!("{}: {e}", private.display()),
-    })?;
-    let text = fs::read_to_string(&private).map_err(|source| CertError::Io {
-        path: private.clone(),
-        action: "read",
-        source,
     })?;
     let ca = match ca_dir {
         Some(d) => Some(crate::load_ca(&d.join("ca.public"), &d.join("ca.private"))?),

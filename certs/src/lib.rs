@@ -317,11 +317,10 @@ pub fn load_ca(cert_path: &Path, key_path: &Path) -> Result<Ca, CertError> {
         source,
     })?;
 
-    common::tls::check_key_file_mode(key_path).map_err(|e| match e {
+    let key_pem = common::tls::read_key_file(key_path).map_err(|e| match e {
         common::tls::TlsError::File { message, .. } => bad(key_path, message),
         other => bad(key_path, other.to_string()),
     })?;
-    let key_pem = read(key_path)?;
     let key = KeyPair::from_pem(&key_pem).map_err(|e| {
         let message = if key_pem.contains("ENCRYPTED") {
             "the CA key is encrypted; decrypt it with `openssl pkcs8 -in ca.private -out ca.key` first".to_string()

@@ -16,10 +16,13 @@ pub(super) fn file_error(path: &Path, message: impl Into<String>) -> TlsError {
     }
 }
 
-/// Refuses a private key file that group or others may read or write, as ssh does.
-pub fn check_key_file_mode(path: &Path) -> Result<(), TlsError> {
-    let meta = std::fs::metadata(path).map_err(|e| file_error(path, read_error("key store", &e)))?;
-    key_store_mode(path, meta.permissions().mode(), false)
+/// Reads a plain (PEM) private key file, from one open file and at most
+/// `MAX_STORE_SIZE` bytes, refusing it if group or others may read or
+/// write it, as ssh does.
+pub fn read_key_file(path: &Path) -> Result<String, TlsError> {
+    let file = read_file(path, "key store")?;
+    key_store_mode(path, file.mode, false)?;
+    String::from_utf8(file.bytes).map_err(|_| file_error(path, "the key store is not PEM text"))
 }
 
 /// The mode policy for a key store file.

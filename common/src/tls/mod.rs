@@ -79,7 +79,7 @@ mod verify;
 pub use diagnose::{describe_handshake_error, is_auth_failure};
 pub use error::StoreError;
 pub use expiry::{expiry_warnings, WARN_BEFORE};
-pub use files::check_key_file_mode;
+pub use files::read_key_file;
 pub use keystore::load_key_store;
 pub use truststore::load_trust_store;
 

@@ -1222,7 +1222,7 @@ fn store_files_must_be_regular_files_of_at_most_4_mib() {
 
     let e = message(load_key_store(&dir.path().join("none.private"), "").unwrap_err());
     assert!(e.ends_with("key store file does not exist"), "{e}");
-    let e = message(check_key_file_mode(&dir.path().join("none.private")).unwrap_err());
+    let e = message(read_key_file(&dir.path().join("none.private")).unwrap_err());
     assert!(e.ends_with("key store file does not exist"), "{e}");
     let denied = io::Error::from(io::ErrorKind::PermissionDenied);
     assert_eq!(
