@@ -15,6 +15,12 @@ use super::{link, Supervisor, DEPARTED_KEPT};
 /// How long a shim whose connection closed is given to finish exiting.
 const SHIM_EXIT_WAIT: Duration = Duration::from_secs(2);
 
+/// Shims being connected to at once during recovery: a bound on the
+/// descriptors a restart takes beyond the links it keeps, whatever the
+/// number of records the state directory holds (a descriptor limit reached
+/// would make a live shim look gone).
+const REACH_AT_ONCE: usize = 64;
+
 impl Supervisor {
     /// Reads `exit.json` for a process whose shim is gone; without one, the
     /// status is lost, and an application still running is killed: nobody
@@ -79,12 +85,14 @@ impl Supervisor {
         self.record_exit(proc, ex).await;
     }
 
-    /// Adopts the processes recorded in the state directory: every shim is
-    /// reached at once (a thousand adoptions take the time of a few, and a
-    /// shim that does not answer holds up no other), then each record is
-    /// filed in turn.
+    /// Adopts the processes recorded in the state directory: the shims are
+    /// reached together, at most [`REACH_AT_ONCE`] connecting at a time (a
+    /// thousand adoptions take the time of a few, and a shim that does not
+    /// answer holds up no other), then each record is filed as its shim
+    /// answers.
     pub(super) async fn recover(self: &Arc<Self>) {
         let mut reaching = tokio::task::JoinSet::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(REACH_AT_ONCE));
         for (name, record) in self.state.records() {
             let dir = record.path().to_path_buf();
             let meta: Meta = match record.read_json::<Meta>(state::META) {
@@ -124,8 +132,12 @@ impl Supervisor {
                 output: meta.output.clone(),
                 inner: Mutex::new(inner),
             });
+            let permits = permits.clone();
             reaching.spawn(async move {
+                // Never closed: acquiring cannot fail.
+                let permit = permits.acquire_owned().await;
                 let reached = link::connect(&record, link::Expect::Adopt).await;
+                drop(permit);
                 (proc, before, reached)
             });
         }
