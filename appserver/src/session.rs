@@ -830,7 +830,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("s.log");
         // Followed before it exists: an empty tail, then its lines once it does.
-        let mut rx = logs_of(&path, 1, 10, true).await;
+        let (tx, mut rx) = mpsc::channel(64);
+        let req = Logs {
+            run: vec!["app".into()],
+            name: None,
+            tail: 10,
+            follow: true,
+        };
+        let following = tokio::spawn(send_logs(path.clone(), 1, req, tx));
         assert_eq!(lines_of(next(&mut rx).await), (vec![], true));
         std::fs::write(&path, "first\n").unwrap();
         assert_eq!(lines_of(next(&mut rx).await), (vec!["first".to_string()], true));
@@ -843,7 +850,14 @@ mod tests {
             got.extend(lines);
         }
         assert_eq!(got, ["second", "third"]);
+        // The session goes: the next line finds nobody to send to, and the
+        // follower ends.
         drop(rx);
+        std::io::Write::write_all(&mut f, b"fourth\n").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), following)
+            .await
+            .expect("the follower ended after its session went")
+            .unwrap();
     }
 
     #[tokio::test]

@@ -528,8 +528,10 @@ fn an_idle_manager_wakes_up_twice_per_ping() {
     let per_ping = (s1 - s0) as f64 / pings;
     assert!(m.running(), "{}", m.err.text());
     assert!(
-        per_ping <= 2.3,
-        "{} sleeps in {window:?} ({pings:.0} pings): {per_ping:.2} per ping, at most 2 expected",
+        // At least the ping clock's own wake-up: fewer means no pings at
+        // all (or a process whose /proc could not be read).
+        (1.0..=2.3).contains(&per_ping),
+        "{} sleeps in {window:?} ({pings:.0} pings): {per_ping:.2} per ping, 1 to 2 expected",
         s1 - s0
     );
 }

@@ -329,8 +329,10 @@ fn an_idle_watcher_tied_to_a_process_wakes_up_only_for_its_pings() {
     assert!(w.err.contains("is gone"), "{}", w.err.text());
     assert!(alive(pid));
     assert!(
-        per_ping <= 2.3,
-        "{} sleeps in {window:?} ({pings:.0} pings): {per_ping:.2} per ping, at most 2 expected",
+        // At least the ping clock's own wake-up: fewer means no pings at
+        // all (or a process whose /proc could not be read).
+        (1.0..=2.3).contains(&per_ping),
+        "{} sleeps in {window:?} ({pings:.0} pings): {per_ping:.2} per ping, 1 to 2 expected",
         s1 - s0
     );
 }
