@@ -371,6 +371,7 @@ impl Supervisor {
         };
         // In the history before any manager can acknowledge it.
         self.table().exited.push_back(proc.clone());
+        self.enforce_history();
         proc.flush_summary();
         for sub in subs {
             let ev = Event::Exited(ex.clone());
@@ -383,10 +384,10 @@ impl Supervisor {
             }
         }
         // The sessions just woken write the exit to their managers first
-        // (the detection latency); the log line and the history bound wait.
+        // (the detection latency); the log line waits. The history bound
+        // does not: it must hold even if this future goes no further.
         tokio::task::yield_now().await;
         tracing::info!(service = %proc.display, pid = proc.pid, "{}", ex.status);
-        self.enforce_history();
     }
 
     /// Drops the oldest uncollected exit statuses beyond `exitHistory`.
