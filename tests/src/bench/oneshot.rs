@@ -93,11 +93,7 @@ fn timed(mut c: Command, what: &str, expect: Option<&str>) -> Result<f64, String
     let t0 = Instant::now();
     let out = c.output().map_err(|e| format!("cannot run {what}: {e}"))?;
     let t = t0.elapsed().as_secs_f64();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = cmapp_tests::stdout_and_stderr(&out);
     if !out.status.success() || expect.is_some_and(|e| !text.contains(e)) {
         return Err(format!("{what} failed: {} with output {:?}", out.status, text.trim()));
     }
