@@ -154,16 +154,23 @@ fn killing_one_of_two_managers_mid_run_leaves_the_other_its_exit() {
     let flag = f.dir.join("go");
     let script = gated(&flag);
     let run = ["/bin/sh", "-c", script.as_str()];
-    let (mut first, mut second, _) = two_watching(&f, &f.conf, &run);
-    // The newer one goes; the older one keeps watching.
+    let (first, _) = second_killed_first_collects(&f, &run, &flag);
+    assert!(first.out.contains("shared-line"), "{}", first.out.text());
+}
+
+/// Two managers watch the [`gated`] process `run`; the newer one is killed,
+/// the process ends (`flag`), the older one reports and acknowledges its
+/// exit. Returns the older manager (exited) and the process's pid.
+fn second_killed_first_collects(f: &Fixture, run: &[&str], flag: &std::path::Path) -> (Mgr, u32) {
+    let (mut first, mut second, app) = two_watching(f, &f.conf, run);
     second.kill9();
     f.server
         .log
         .wait_for("1 manager now watches", WAIT)
         .unwrap_or_else(|| panic!("{}", f.server.log.text()));
-    std::fs::write(&flag, "").unwrap();
+    std::fs::write(flag, "").unwrap();
     assert_eq!(first.code(), 5, "{}", first.err.text());
-    assert!(first.out.contains("shared-line"), "{}", first.out.text());
+    (first, app)
 }
 
 #[test]
@@ -249,6 +256,41 @@ fn an_exit_kept_for_an_absent_manager_survives_a_restart_beside_a_new_run_of_the
         .unwrap_or_else(|| panic!("{}", again.err.text()));
     assert_eq!(pid_in(&line), new_pid);
     assert!(again.running(), "{}", again.err.text());
+}
+
+/// Found by the fault campaign's checker: of two managers watching a
+/// process, one was killed (the exit stays owed to it) and the other
+/// acknowledged the exit; cmappserver then restarted before the record
+/// went, filed it as the service's current process, and the cluster's next
+/// start attached to it and reported the old exit again, starting nothing.
+#[test]
+fn an_exit_collected_before_a_restart_is_not_handed_to_the_next_start() {
+    let mut f = Fixture::new("");
+    let flag = f.dir.join("go");
+    let script = gated(&flag);
+    let run = ["/bin/sh", "-c", script.as_str()];
+    let (_, app) = second_killed_first_collects(&f, &run, &flag);
+    assert_eq!(f.records(), 1, "the exit is kept for the killed manager");
+
+    f.server.kill9();
+    f.server.restart(None);
+    std::fs::remove_file(&flag).unwrap();
+    let mut again = Mgr::spawn(&f.conf, &f.server.node(), 10.0, &[], &run);
+    assert!(
+        wait_until(WAIT, || again.err.contains("started ")
+            || again.err.contains("attached to running")),
+        "{}",
+        again.err.text()
+    );
+    assert!(
+        !again.err.contains("attached to running"),
+        "the next start was handed the collected exit:\n{}",
+        again.err.text()
+    );
+    let line = again.err.wait_for("started ", WAIT).unwrap();
+    assert_ne!(pid_in(&line), app);
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(again.code(), 5, "{}", again.err.text());
 }
 
 // ------------------------------------------------------------- log lines

@@ -112,6 +112,7 @@ impl Supervisor {
                 }
             };
             let pid: Option<PidRecord> = record.read_json(state::PID).ok().flatten();
+            let acked = matches!(record.read(state::ACKED), Ok(Some(_)));
             // The managers that watched it count as gone at the restart: an
             // exit that happens, or happened, is owed to them for `ack_wait`
             // from now (see `sweep`). An older server's record names none.
@@ -138,12 +139,12 @@ impl Supervisor {
                 let permit = permits.acquire_owned().await;
                 let reached = link::connect(&record, link::Expect::Adopt).await;
                 drop(permit);
-                (proc, before, reached)
+                (proc, before, acked, reached)
             });
         }
         while let Some(joined) = reaching.join_next().await {
             // A panic in an adoption is a bug: it is not hidden by forgetting the record.
-            let (proc, before, reached) = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            let (proc, before, acked, reached) = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
             let dir = proc.dir.clone();
             let connected = match reached {
                 Ok(stream) => {
@@ -162,6 +163,14 @@ impl Supervisor {
                 }
             };
             let mut table = self.table();
+            if acked && !connected {
+                // Collected before the restart (a manager acknowledged it):
+                // kept by id for the managers still owed it, and the next
+                // launch of the service starts afresh.
+                proc.lock().acked = true;
+                table.lingering.insert(proc.id.clone(), proc.clone());
+                continue;
+            }
             let (newer, older) = match table.by_key.remove(&proc.key) {
                 Some(other) if other.started_at_ms > proc.started_at_ms => (other, Some(proc.clone())),
                 other => (proc.clone(), other),
@@ -438,6 +447,39 @@ mod tests {
             let owed: Vec<String> = kept.lock().owed.iter().map(|m| m.to_string()).collect();
             assert_eq!(owed, ["mgr-a", "mgr-b"]);
         }
+    }
+
+    /// Found by the fault campaign: one manager acknowledged the exit, a
+    /// second (killed) was still owed it, and the server restarted: the
+    /// record, the service's only one, was filed as its current process,
+    /// and the cluster's next start attached to it and reported the old
+    /// exit again, starting nothing.
+    #[tokio::test]
+    async fn an_acknowledged_exit_is_kept_by_id_only_never_as_the_current_process() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = record(tmp.path(), "r-acked", "app", pid(10), Some(ExitStatus::Code(4)));
+        managers(&dir, &["mgr-a", "mgr-b"]);
+        std::fs::write(dir.join(state::ACKED), "").unwrap();
+        record(tmp.path(), "r-other", "other", pid(10), Some(ExitStatus::Code(5)));
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let table = sup.table();
+        let current: Vec<&str> = table.by_key.values().map(|p| p.id.as_str()).collect();
+        assert_eq!(current, ["r-other"], "an unacknowledged exit is current");
+        let kept = table
+            .lingering
+            .get("r-acked")
+            .expect("kept by id for the managers owed it");
+        assert!(kept.lock().acked);
+        assert_eq!(
+            kept.lock().exit.as_ref().map(|e| e.status.clone()),
+            Some(ExitStatus::Code(4))
+        );
+        let owed: Vec<String> = kept.lock().owed.iter().map(|m| m.to_string()).collect();
+        assert_eq!(owed, ["mgr-a", "mgr-b"]);
+        assert!(
+            !table.exited.iter().any(|p| p.id == "r-acked"),
+            "collected: not held to the history"
+        );
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@
 //!     shim.log      the shim's own errors, if any
 //!     managers.json the managers that watch it (written by the server when one joins)
 //!     tail.json     the last lines of output, written after exit.json
+//!     acked         empty: a manager acknowledged the exit (written by the server before its reply)
 //!     space.reserve zeros: room for pid.json and exit.json on a full disk (the shim's)
 //! ```
 //!
@@ -68,6 +69,11 @@ pub struct Managers {
 
 /// The last lines of output, written by the shim after `exit.json`.
 pub const TAIL: &str = "tail.json";
+
+/// Empty: some manager acknowledged the exit. Written by the server before
+/// it replies `Acked`, so that a restarted server keeps such a record only
+/// for the managers still owed it, never as the service's current process.
+pub const ACKED: &str = "acked";
 
 /// The largest record file read: a meta.json holds at most one frame's worth
 /// of run string.

@@ -413,16 +413,26 @@ impl Supervisor {
     /// manager that owes an acknowledgement has given it; until then a new
     /// launch of the service starts afresh and the record stays by id.
     pub fn ack(&self, id: &str, manager: &str) -> Result<(), ErrorReply> {
-        let mut table = self.table();
-        let current = table.by_key.values().find(|p| p.id == id);
-        let Some(proc) = current.or_else(|| table.lingering.get(id)).cloned() else {
+        let found = {
+            let table = self.table();
+            let current = table.by_key.values().find(|p| p.id == id);
+            current.or_else(|| table.lingering.get(id)).cloned()
+        };
+        let Some(proc) = found else {
             return Ok(()); // already forgotten: acknowledging twice is harmless
         };
+        if proc.lock().exit.is_none() {
+            return Err(err(ErrorKind::BadRequest, format!("{} is still running", proc.display)));
+        }
+        // On disk before the reply: the manager exits on it and the cluster
+        // starts the service again, and a cmappserver restarted before the
+        // record is gone (it may linger for other managers, or wait for the
+        // janitor) must not file this exit as the service's current process
+        // (the next start would attach to it and report it again).
+        mark_acked(&proc);
+        let mut table = self.table();
         let done = {
             let mut inner = proc.lock();
-            if inner.exit.is_none() {
-                return Err(err(ErrorKind::BadRequest, format!("{} is still running", proc.display)));
-            }
             inner.acked = true;
             inner.owed.retain(|m| &**m != manager);
             inner.owed.is_empty()
@@ -503,6 +513,22 @@ fn watching(n: usize) -> String {
         "1 manager now watches it".into()
     } else {
         format!("{n} managers now watch it")
+    }
+}
+
+/// Writes `proc`'s [`state::ACKED`] marker. A record already deleted (a
+/// second acknowledgement racing the janitor) needs none; another failure
+/// (a full disk with no inode left) is said, and the acknowledgement holds
+/// for this run of cmappserver.
+fn mark_acked(proc: &Proc) {
+    let written = state::Dir::open(&proc.dir).and_then(|d| d.write(state::ACKED, b""));
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
+            service = %proc.display,
+            "cannot record that the exit of {} was acknowledged ({e}): a restart of cmappserver before its record is gone would hand it out again",
+            proc.display
+        ),
+        _ => {}
     }
 }
 
@@ -1002,6 +1028,10 @@ pub(super) mod tests {
         assert!(sup.table().lingering.contains_key(&p.id));
         assert!(sup.list().iter().any(|i| i.id == p.id && i.acked));
         assert!(p.dir.exists());
+        assert!(
+            p.dir.join(state::ACKED).exists(),
+            "on disk before the reply, for a restarted cmappserver"
+        );
         sup.ack(&p.id, "mgr-a").unwrap();
         assert!(
             sup.table().lingering.contains_key(&p.id),
