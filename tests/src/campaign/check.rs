@@ -16,6 +16,11 @@ pub type Ms = u64;
 /// tells which it is.
 pub const APP_CODES: std::ops::RangeInclusive<i32> = 2..=63;
 
+/// What cmappmgr prints when cmappserver did not confirm its
+/// acknowledgement of the exit it reports (`watch.rs`, `exited`): the record
+/// may then still be there for the next manager of the service.
+pub const NOT_ACKNOWLEDGED: &str = "exit status not acknowledged by cmappserver";
+
 /// A process of a service, as it recorded itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppRun {
@@ -52,6 +57,9 @@ pub struct MgrRun {
     pub printed: Option<i32>,
     /// Whether it said cmappserver could not start the application.
     pub refused: bool,
+    /// Whether it said cmappserver did not acknowledge the exit it reported
+    /// ([`NOT_ACKNOWLEDGED`]): the exit may then be reported again.
+    pub unacked: bool,
     /// Its last lines, for the report.
     pub tail: String,
 }
@@ -185,6 +193,8 @@ pub fn judge(h: &History) -> Verdict {
     let mut pid_zero = Vec::new();
     // Exits reported to some manager, by run.
     let mut reported: HashMap<usize, i32> = HashMap::new();
+    // The manager runs each exit was reported to, by run.
+    let mut reported_to: HashMap<usize, Vec<&MgrRun>> = HashMap::new();
 
     for m in &h.managers {
         let who = format!("manager {} of {} (pid {})", m.mgr_pid, m.service, m.mgr_pid);
@@ -222,6 +232,9 @@ pub fn judge(h: &History) -> Verdict {
             };
             match run.and_then(|r| r.exit) {
                 Some((code, _)) if code == c => {
+                    if let Some(i) = idx {
+                        reported_to.entry(i).or_default().push(m);
+                    }
                     if let Some(other) = idx.and_then(|i| reported.insert(i, c)) {
                         if other != c {
                             v.push(format!(
@@ -246,7 +259,9 @@ pub fn judge(h: &History) -> Verdict {
             0 if m.signalled == Some("TERM") => {}
             70 => match pid {
                 Some(_) if idx.is_some_and(shim_killed) => {
-                    reported.insert(idx.unwrap_or_default(), 70);
+                    let i = idx.unwrap_or_default();
+                    reported.insert(i, 70);
+                    reported_to.entry(i).or_default().push(m);
                 }
                 Some(p) => v.push(format!(
                     "{who} was told the exit status of pid {p} was lost (70), though its shim was never killed{}; {}",
@@ -300,6 +315,31 @@ pub fn judge(h: &History) -> Verdict {
                 m.tail
             )),
         }
+    }
+
+    // An exit reported and acknowledged is forgotten by cmappserver: a
+    // manager started after that (the cluster's next start of the service)
+    // must start a new process, not be handed the old exit again. Only a
+    // manager that said its acknowledgement went unconfirmed leaves the
+    // record for the next one.
+    let mut again: Vec<(usize, &MgrRun, &MgrRun)> = reported_to
+        .iter()
+        .filter_map(|(i, runs)| {
+            runs.iter().find_map(|first| {
+                runs.iter()
+                    .filter(|later| !first.unacked && later.started >= first.ended)
+                    .min_by_key(|later| later.started)
+                    .map(|later| (*i, *first, *later))
+            })
+        })
+        .collect();
+    again.sort_by_key(|(i, _, _)| *i);
+    for (i, first, later) in again {
+        let r = &h.apps[i];
+        v.push(format!(
+            "the exit of {} pid {} was reported again: manager {} reported it (acknowledged) and ended at {}; manager {}, started after that at {}, was handed the same exit instead of a new start; {}",
+            r.service, r.pid, first.mgr_pid, first.ended, later.mgr_pid, later.started, later.tail
+        ));
     }
 
     for (i, r) in h.apps.iter().enumerate() {
@@ -357,6 +397,7 @@ mod tests {
             pids: pids.to_vec(),
             printed: code,
             refused: false,
+            unacked: false,
             tail: String::new(),
         }
     }
@@ -478,6 +519,38 @@ mod tests {
         h.managers[1].code = Some(26);
         h.managers[1].printed = Some(26);
         assert!(!check(&h).is_empty());
+    }
+
+    /// The defect 2702f5a fixed: cmappmgr exited without waiting for
+    /// `Acked`, the acknowledgement was held up, and the cluster's next start
+    /// of the service attached to the old record and reported the same exit
+    /// again, starting nothing. The same code twice is no "two different
+    /// exits"; the checker needs the order of the managers.
+    #[test]
+    fn an_acknowledged_exit_handed_to_the_next_start_is_a_violation() {
+        let mut h = history();
+        h.apps = vec![app("s1", 10, 0, Some((7, 500)))];
+        h.managers = vec![mgr("s1", &[10], 0, 520, Some(7)), mgr("s1", &[10], 900, 1000, Some(7))];
+        let v = check(&h);
+        assert!(
+            v.len() == 1 && v[0].contains("reported again") && v[0].contains("started after that at 900"),
+            "{v:?}"
+        );
+        // The first said its acknowledgement went unconfirmed: the record
+        // may rightly be there for the next one.
+        h.managers[0].unacked = true;
+        assert_eq!(check(&h), Vec::<String>::new());
+        // Two managers watching the process at once both report it.
+        h.managers[0].unacked = false;
+        h.managers[1].started = 400;
+        assert_eq!(check(&h), Vec::<String>::new());
+        // A lost status (its shim killed) handed on counts the same.
+        h.shim_kills.push((10, 450));
+        h.managers[0].code = Some(70);
+        h.managers[1].code = Some(70);
+        h.managers[1].started = 900;
+        let v = check(&h);
+        assert!(v.len() == 1 && v[0].contains("reported again"), "{v:?}");
     }
 
     #[test]

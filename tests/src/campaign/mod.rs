@@ -30,6 +30,7 @@
 //! and memory must be back at their level after the warm-up.
 
 pub mod check;
+pub mod saved;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -427,6 +428,7 @@ impl Campaign<'_> {
                 .find_map(|l| l.split("PROGRAM EXIT CODE ").nth(1))
                 .and_then(|c| c.trim().parse().ok());
             let refused = lines.iter().any(|l| l.contains("could not start the application"));
+            let unacked = lines.iter().any(|l| l.contains(check::NOT_ACKNOWLEDGED));
             let tail = lines[lines.len().saturating_sub(4)..].join(" | ");
             let _ = tx.send(Ended {
                 slot,
@@ -440,6 +442,7 @@ impl Campaign<'_> {
                     pids,
                     printed,
                     refused,
+                    unacked,
                     tail,
                 },
             });
