@@ -401,6 +401,70 @@ fn two_short_outages_close_together_are_invisible() {
 /// Relaunch churn across the process limit, with dropped connections: the
 /// server's file descriptors, zombies, threads and memory must not grow.
 /// `CMAPP_SOAK_SECS` changes its length (default 120 s).
+/// A relay in front of `to` that swallows the first connection (accepts it
+/// and reads whatever it is sent, answering nothing, as when a handshake's
+/// segments are lost) and relays every later one. Returns its address and
+/// how many connections it has accepted.
+fn first_connection_swallowed(
+    to: std::net::SocketAddr,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Read;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client, &mut std::io::sink());
+                });
+                continue;
+            }
+            let Ok(server) = TcpStream::connect(to) else { return };
+            for (mut from, mut into) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        if std::io::Write::write_all(&mut into, &buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = into.shutdown(Shutdown::Write);
+                });
+            }
+        }
+    });
+    (addr, accepted)
+}
+
+/// Found by the fault campaign: a manager's one TLS handshake, begun as the
+/// guest was cut off, went unanswered for 6 s though the guest was
+/// reachable again for 2.6 s of them and served the other managers; the
+/// manager gave up at its timeout. A handshake unanswered for 2 s now gets
+/// a second connection beside it.
+#[test]
+fn a_handshake_left_unanswered_gets_a_second_connection_within_the_timeout() {
+    let f = fixture();
+    let server = Server::start(&f.dir.join("srv"), &f.keys, "");
+    let (relay, accepted) = first_connection_swallowed(server.addr);
+    let flag = f.dir.join("go");
+    let app = waits_for(&flag, 7);
+    let mut m = Mgr::spawn(&f.conf, &relay.to_string(), 6.0, &[], &["/bin/sh", "-c", &app]);
+    m.err
+        .wait_for("started", WAIT)
+        .unwrap_or_else(|| panic!("{}", m.err.text()));
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(m.code(), 7, "{}", m.err.text());
+}
+
 #[test]
 fn soak_churn_leaks_nothing() {
     let secs: u64 = std::env::var("CMAPP_SOAK_SECS")
