@@ -157,6 +157,17 @@ pub async fn run(args: MonitorArgs, conf: ManagerConfig) -> i32 {
     }
 }
 
+/// A deliberate defect for the fault campaign (`tests/src/campaign`) to
+/// detect: `CMAPP_TEST_FAULT=<name>` in cmappmgr's environment. Honoured
+/// only in debug builds: a release build ignores it. `ack-held-up`: an exit
+/// the manager saw happen is reported without its acknowledgement reaching
+/// cmappserver and without waiting for `Acked` (as before 2702f5a, with the
+/// acknowledgement held up for good), so the cluster's next start is handed
+/// the same exit (and acknowledges it).
+fn test_fault(name: &str) -> bool {
+    cfg!(debug_assertions) && std::env::var("CMAPP_TEST_FAULT").is_ok_and(|v| v == name)
+}
+
 /// How often a manager pings: `pingInterval`, or a quarter of the timeout
 /// within 0.2–5 s.
 pub fn ping_interval(conf: &ManagerConfig, timeout: Duration) -> Duration {
@@ -269,7 +280,11 @@ impl Watcher<'_> {
                         Event::Output(o) if o.id == id => self.sink.line(o.stream, &o.line),
                         Event::Exited(x) if x.id == id => {
                             self.print_tail(&started.service, &x.tail);
-                            return self.exited(client, &id, x.status).await;
+                            // The deliberate defect holds up the first report of
+                            // an exit only: the next start, handed it again,
+                            // acknowledges, and the service goes on.
+                            let held_up = test_fault("ack-held-up") && !started.exited;
+                            return self.exited(client, &id, x.status, held_up).await;
                         }
                         Event::ShuttingDown(s) => {
                             if s.processes_keep_running {
@@ -379,14 +394,18 @@ impl Watcher<'_> {
         WatchEnd::Exit(exit::for_refusal(kind))
     }
 
-    async fn exited(&mut self, client: &mut Client, id: &InstanceId, status: ExitStatus) -> WatchEnd {
+    /// `held_up`: the deliberate defect `ack-held-up` ([`test_fault`]).
+    async fn exited(&mut self, client: &mut Client, id: &InstanceId, status: ExitStatus, held_up: bool) -> WatchEnd {
         // Acknowledge, so the server forgets the status only once we have
         // it, and wait for its reply: the cluster starts the service again
         // the moment we exit, and a start that reached the server before
         // our acknowledgement (held up by a lost segment or a short
         // partition) would attach to this record and report this exit a
         // second time, starting nothing.
-        if let Err(e) = client.ack(id, Duration::from_secs(5)).await {
+        if held_up {
+            // The defect this wait mends, back for the fault campaign to
+            // catch: the acknowledgement held up on the way for good.
+        } else if let Err(e) = client.ack(id, Duration::from_secs(5)).await {
             tracing::warn!("exit status not acknowledged by cmappserver: {e}");
         }
         if let Err(e) = status.check() {

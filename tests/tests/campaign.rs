@@ -34,14 +34,19 @@ fn campaign_with_a_random_seed_keeps_every_promise() {
     assert_clean(&Config::from_env(secs()));
 }
 
-/// The shim tells the server of an exit before recording it and dies in
-/// between (`CMAPP_TEST_FAULT=notify-before-record`, debug builds only): an
-/// exit while cmappserver is down is then lost, and the checker must say so.
+/// Two deliberate defects of debug builds at once (`CMAPP_TEST_FAULT`), and
+/// the checker must report both. The shim tells the server of an exit
+/// before recording it and dies in between (`notify-before-record`): an
+/// exit while cmappserver is down is then lost. cmappmgr reports an exit
+/// without its acknowledgement reaching the server and without waiting for
+/// `Acked` (`ack-held-up`, the defect 2702f5a fixed): the cluster's next
+/// start is handed the same exit, starting nothing.
 #[test]
 fn the_checker_catches_an_exit_lost_by_a_broken_build() {
     let mut cfg = Config::new(0x0bad_5eed, 30);
     cfg.server_env
         .push(("CMAPP_TEST_FAULT".into(), "notify-before-record".into()));
+    cfg.mgr_env.push(("CMAPP_TEST_FAULT".into(), "ack-held-up".into()));
     let report = run_campaign(&cfg);
     let lost: Vec<&String> = report
         .violations
@@ -49,6 +54,10 @@ fn the_checker_catches_an_exit_lost_by_a_broken_build() {
         .filter(|v| v.contains("though its shim was never killed") || v.contains("never reported"))
         .collect();
     assert!(!lost.is_empty(), "the checker missed the lost exits:\n{report}");
+    assert!(
+        report.violations.iter().any(|v| v.contains("reported again")),
+        "the checker missed the exits handed to the next start:\n{report}"
+    );
     if let Some(kept) = &report.kept {
         let _ = std::fs::remove_dir_all(kept);
     }

@@ -9,8 +9,9 @@
 //! CAMPAIGN_SEED=0x5eed CAMPAIGN_SECS=120 target/debug/cmapp-campaign   # replay a schedule
 //! ```
 //!
-//! `CMAPP_TEST_FAULT=notify-before-record` is passed on to cmappserver (a
-//! debug build's deliberate defect, to see the checker catch it).
+//! `CMAPP_TEST_FAULT` is passed on to cmappserver and the managers (a debug
+//! build's deliberate defect, to see the checker catch it:
+//! `notify-before-record` in the shim, `ack-held-up` in cmappmgr).
 //!
 //! `cmapp-campaign --check-history DIR` judges a kept history again
 //! (`DIR/history.txt`, as a failed campaign keeps it) with this build's
@@ -35,7 +36,8 @@ fn main() -> ExitCode {
     }
     let mut cfg = Config::from_env(3600);
     if let Ok(f) = std::env::var("CMAPP_TEST_FAULT") {
-        cfg.server_env.push(("CMAPP_TEST_FAULT".into(), f));
+        cfg.server_env.push(("CMAPP_TEST_FAULT".into(), f.clone()));
+        cfg.mgr_env.push(("CMAPP_TEST_FAULT".into(), f));
     }
     // The report goes to stderr as the campaign ends.
     let report = run_campaign(&cfg);

@@ -59,6 +59,8 @@ pub struct Config {
     pub timeout: u64,
     /// Extra environment for cmappserver (and so its shims), e.g. a test-only fault.
     pub server_env: Vec<(String, String)>,
+    /// Extra environment for the managers, e.g. a test-only fault.
+    pub mgr_env: Vec<(String, String)>,
 }
 
 impl Config {
@@ -86,6 +88,7 @@ impl Config {
             services: 10,
             timeout: 6,
             server_env: Vec::new(),
+            mgr_env: Vec::new(),
         }
     }
 }
@@ -403,7 +406,8 @@ impl Campaign<'_> {
         let run = self.run_string(slot);
         let run: Vec<&str> = run.iter().map(String::as_str).collect();
         let args = monitor_args(&self.conf, &self.node, self.cfg.timeout as f64, &[], &run);
-        let mut m = Mgr::spawn_in(Some(&self.net.host_ns), &args);
+        let env: Vec<(&str, &str)> = self.cfg.mgr_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut m = Mgr::spawn_env(Some(&self.net.host_ns), &args, &env);
         let started = now_ms();
         let pid = m.pid();
         self.slots[slot].running = Some((pid, started, None));
