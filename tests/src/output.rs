@@ -5,8 +5,9 @@ use std::io::{BufRead, BufReader, Read};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// The lines so far, and how many streams are still open.
-type Shared = (Mutex<(Vec<String>, usize)>, Condvar);
+/// The lines so far, how many streams are still open, and when each line
+/// was read (wall-clock milliseconds since the epoch).
+type Shared = (Mutex<(Vec<String>, usize, Vec<u64>)>, Condvar);
 
 /// Lines read so far from one or more streams, with a wake-up on each line.
 #[derive(Debug, Clone, Default)]
@@ -25,8 +26,14 @@ impl Lines {
         std::thread::spawn(move || {
             for line in BufReader::new(r).lines() {
                 let Ok(line) = line else { break };
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
                 let (m, cv) = &*me.inner;
-                m.lock().unwrap().0.push(line);
+                let mut g = m.lock().unwrap();
+                g.0.push(line);
+                g.2.push(at);
+                drop(g);
                 cv.notify_all();
             }
             let (m, cv) = &*me.inner;
@@ -37,6 +44,12 @@ impl Lines {
 
     pub fn snapshot(&self) -> Vec<String> {
         self.inner.0.lock().unwrap().0.clone()
+    }
+
+    /// Every line with the wall-clock milliseconds it was read at.
+    pub fn timed(&self) -> Vec<(u64, String)> {
+        let g = self.inner.0.lock().unwrap();
+        g.2.iter().copied().zip(g.0.iter().cloned()).collect()
     }
 
     pub fn text(&self) -> String {

@@ -62,6 +62,9 @@ pub struct MgrRun {
     pub unacked: bool,
     /// Its last lines, for the report.
     pub tail: String,
+    /// Every line it wrote to stderr, with the wall-clock time the runner
+    /// read it at: for a human reading a kept history, not for the checker.
+    pub output: Vec<(Ms, String)>,
 }
 
 /// Everything that happened.
@@ -442,6 +445,7 @@ mod tests {
             refused: false,
             unacked: false,
             tail: String::new(),
+            output: Vec::new(),
         }
     }
 

@@ -293,6 +293,9 @@ struct Campaign<'a> {
     faults: BTreeMap<&'static str, u64>,
     now: Durational,
     extra_violations: Vec<String>,
+    /// The logs of cmappserver's earlier runs, each line after the
+    /// wall-clock time it was read at, for a kept history.
+    server_logs: String,
 }
 
 /// Runs one campaign; the report says what it found.
@@ -363,6 +366,7 @@ pub fn run_campaign(cfg: &Config) -> Report {
         faults: BTreeMap::new(),
         now: Durational::default(),
         extra_violations: Vec::new(),
+        server_logs: String::new(),
     };
     let report = c.run();
     drop(c);
@@ -420,7 +424,8 @@ impl Campaign<'_> {
             let status = m.status_within(crate::WAIT);
             let ended = now_ms();
             m.out.wait_closed(Duration::from_secs(5));
-            let lines = m.err.snapshot();
+            let output = m.err.timed();
+            let lines: Vec<String> = output.iter().map(|(_, l)| l.clone()).collect();
             let pids = lines
                 .iter()
                 .filter(|l| l.contains("started ") || l.contains("attached to "))
@@ -448,6 +453,7 @@ impl Campaign<'_> {
                     refused,
                     unacked,
                     tail,
+                    output,
                 },
             });
         });
@@ -752,10 +758,21 @@ impl Campaign<'_> {
                 } else {
                     None
                 };
+                self.keep_server_log();
                 self.server.restart(binary);
                 self.hist.outages.push((since, now_ms(), how));
                 self.now.server_down = None;
             }
+        }
+    }
+
+    /// Adds the current cmappserver run's log to [`Campaign::server_logs`]
+    /// (a restart replaces it).
+    fn keep_server_log(&mut self) {
+        use std::fmt::Write;
+        let _ = writeln!(self.server_logs, "--- cmappserver {} ---", self.server.binary.display());
+        for (at, line) in self.server.log.timed() {
+            let _ = writeln!(self.server_logs, "{at} {line}");
         }
     }
 
@@ -910,7 +927,8 @@ impl Campaign<'_> {
             let _ = std::fs::create_dir_all(&keep);
             let _ = std::fs::write(keep.join("apps.log"), &log);
             let _ = std::fs::write(keep.join("history.txt"), format!("{:#?}", self.hist));
-            let _ = std::fs::write(keep.join("cmappserver.log"), self.server.log.text());
+            self.keep_server_log();
+            let _ = std::fs::write(keep.join("cmappserver.log"), &self.server_logs);
             eprintln!("campaign: the history is kept in {}", keep.display());
         }
         Report {

@@ -354,6 +354,14 @@ fn to_history(v: &Value) -> Result<History, String> {
                 .bool("unacked")?
                 .unwrap_or_else(|| tail.contains(super::check::NOT_ACKNOWLEDGED)),
             tail,
+            output: m
+                .list("output")?
+                .iter()
+                .map(|o| {
+                    let t = tuple(o, 2)?;
+                    Ok((ms(&t[0])?, str_of(&t[1])?.to_string()))
+                })
+                .collect::<Result<_, String>>()?,
         });
     }
     for o in h.list("outages")? {
@@ -415,6 +423,7 @@ mod tests {
                 refused: true,
                 unacked: true,
                 tail: " INFO \"quoted\" \\ | tab\tünï".into(),
+                output: vec![(3, " INFO started x (pid 10)".into()), (4, "".into())],
             }],
             outages: vec![(1, 2, "partition-link"), (3, 4, "some-new-kind")],
             disk_full: vec![(5, 6)],
