@@ -228,12 +228,21 @@ impl Connector {
     /// took most of it went on with TLS and the hello for as long again,
     /// giving up at up to three times its `cmappserver_timeout`). A TCP
     /// connect sends a fresh SYN every second meanwhile ([`tcp_connect`]);
-    /// a handshake still unanswered after [`HANDSHAKE_AGAIN`] gets a second
+    /// over a connection the guest answered only after a silence, a
+    /// handshake still unanswered after [`HANDSHAKE_AGAIN`] gets a second
     /// connection beside it ([`Connector::handshake_or_again`]).
     pub async fn connect_once(&self, limit: Duration) -> Result<Client, ClientError> {
         let end = Instant::now() + limit;
-        let (stream, at) = self.open(end).await?;
-        self.handshake_or_again(self.handshake(stream, at, end), end).await
+        let (stream, at, silent) = self.open(end).await?;
+        let first = self.handshake(stream, at, end);
+        if silent {
+            self.handshake_or_again(first, end).await
+        } else {
+            // Answered at once: a slow handshake is a busy server (every
+            // manager reconnecting after its restart), not a lossy
+            // network, and a second one would only add to its work.
+            first.await
+        }
     }
 
     /// TLS and the hello over a connected stream, by `end`.
@@ -259,13 +268,15 @@ impl Connector {
     /// Waits for `first` (a handshake over a connected stream); if it has
     /// not ended after [`HANDSHAKE_AGAIN`], a second connection and
     /// handshake run beside it, and the first to succeed wins (the other
-    /// connection is closed). Found by the fault campaign: a manager's one
-    /// handshake, begun as the guest was cut off, went unanswered for 6 s
-    /// though the guest was reachable again for 2.6 s of them and served the
-    /// other managers (its segments waiting in TCP's retransmission backoff,
-    /// or dropped with a connection the far end no longer had); the manager
-    /// gave up. Nothing is abandoned: a slow server still completes the
-    /// first handshake, and at most two are ever in progress.
+    /// connection is closed). For a connection the guest answered after a
+    /// silence: found by the fault campaign, a manager's one handshake,
+    /// begun as the guest came back from a partition, went unanswered for
+    /// 6 s though the guest was reachable again for 2.6 s of them and
+    /// served the other managers (its segments waiting in TCP's
+    /// retransmission backoff, or dropped with a connection the far end no
+    /// longer had); the manager gave up. Nothing is abandoned: a slow server
+    /// still completes the first handshake, and at most two are ever in
+    /// progress.
     async fn handshake_or_again(
         &self,
         first: impl std::future::Future<Output = Result<Client, ClientError>>,
@@ -285,7 +296,7 @@ impl Connector {
             HANDSHAKE_AGAIN.as_secs_f64()
         );
         let second = async {
-            let (stream, at) = self.open(end).await?;
+            let (stream, at, _) = self.open(end).await?;
             self.handshake(stream, at, end).await
         };
         tokio::pin!(second);
@@ -315,8 +326,10 @@ impl Connector {
         }
     }
 
-    /// The connected stream, by `end`, and how to name its far end in messages.
-    async fn open(&self, end: Instant) -> Result<(Box<dyn Transport>, String), ClientError> {
+    /// The connected stream, by `end`, how to name its far end in messages,
+    /// and whether the guest was silent before it answered (TCP only: the
+    /// first SYN went unanswered, see [`tcp_connect`]).
+    async fn open(&self, end: Instant) -> Result<(Box<dyn Transport>, String, bool), ClientError> {
         match &self.node.target {
             Target::Tcp { host, port } => {
                 let addrs: Vec<_> = tokio::time::timeout_at(end, tokio::net::lookup_host((host.as_str(), *port)))
@@ -329,9 +342,9 @@ impl Connector {
                     match tokio::time::timeout_at(end, tcp_connect(addr, SYN_AGAIN)).await {
                         Err(_) => last = ClientError::unreachable(format!("connection to {addr}"), Cause::TimedOut),
                         Ok(Err(e)) => last = ClientError::unreachable(format!("connection to {addr} failed"), e),
-                        Ok(Ok(tcp)) => {
+                        Ok(Ok((tcp, silent))) => {
                             let _ = tcp.set_nodelay(true);
-                            return Ok((Box::new(tcp), addr.to_string()));
+                            return Ok((Box::new(tcp), addr.to_string(), silent));
                         }
                     }
                 }
@@ -352,7 +365,7 @@ impl Connector {
                             Cause::Io { source, hint },
                         ))
                     }
-                    Ok(Ok(s)) => Ok((Box::new(s), at)),
+                    Ok(Ok(s)) => Ok((Box::new(s), at, false)),
                 }
             }
             Target::VsockUnix { path, port } => {
@@ -360,7 +373,7 @@ impl Connector {
                 match tokio::time::timeout_at(end, hybrid_vsock_connect(path, *port)).await {
                     Err(_) => Err(ClientError::unreachable(format!("connection to {at}"), Cause::TimedOut)),
                     Ok(Err(e)) => Err(ClientError::unreachable(format!("connection to {at} failed"), e)),
-                    Ok(Ok(s)) => Ok((Box::new(s), at)),
+                    Ok(Ok(s)) => Ok((Box::new(s), at, false)),
                 }
             }
         }
@@ -375,12 +388,12 @@ impl Connector {
 
 /// How long a TLS handshake and hello may go unanswered on one connection
 /// before a second connection is tried beside it
-/// ([`Connector::handshake_or_again`]): well above a loaded guest's time
-/// for them (the fault campaign measured 0.5 s median, 1.6 s at the 90th
+/// ([`Connector::handshake_or_again`]), when the guest answered the
+/// connection only after a silence: above a loaded guest's time for them
+/// (the fault campaign measured 0.5 s median, 1.6 s at the 90th
 /// percentile, for a whole launch by every manager at once after a
-/// restart, debug build, load 10 to 20), so that a slow server is not
-/// handed a second handshake for each manager, and below the 6 s of a
-/// short `cmappserver_timeout`.
+/// restart, debug build, load 10 to 20), and well below the 6 s of a short
+/// `cmappserver_timeout`.
 const HANDSHAKE_AGAIN: Duration = Duration::from_secs(2);
 
 /// How often [`tcp_connect`] puts a fresh SYN on the wire while the guest
@@ -409,7 +422,9 @@ const SYN_AGAIN: Duration = Duration::from_secs(1);
 /// server nothing), at worst as a connection that ends before its TLS
 /// handshake. An error of the fresh attempt is the answer; one of the
 /// first, once fresh attempts run, is not.
-async fn tcp_connect(addr: std::net::SocketAddr, again: Duration) -> std::io::Result<TcpStream> {
+/// Returns the connection and whether the guest left the first SYN
+/// unanswered for `again` × 1.5 (the network was dropping packets).
+async fn tcp_connect(addr: std::net::SocketAddr, again: Duration) -> std::io::Result<(TcpStream, bool)> {
     let mut first = Box::pin(TcpStream::connect(addr));
     let mut first_failed = false;
     let mut fresh = None;
@@ -418,16 +433,16 @@ async fn tcp_connect(addr: std::net::SocketAddr, again: Duration) -> std::io::Re
     loop {
         tokio::select! {
             r = &mut first, if !first_failed => match r {
-                Ok(tcp) => return Ok(tcp),
+                Ok(tcp) => return Ok((tcp, fresh.is_some())),
                 Err(e) if fresh.is_none() => return Err(e),
                 Err(_) => first_failed = true,
             },
             r = async {
                 match fresh.as_mut() {
                     Some(f) => f.await,
-                    None => std::future::pending().await,
+                    None => std::future::pending::<std::io::Result<TcpStream>>().await,
                 }
-            } => return r,
+            } => return r.map(|tcp| (tcp, true)),
             _ = tick.tick() => fresh = Some(Box::pin(TcpStream::connect(addr))),
         }
     }
