@@ -566,26 +566,35 @@ mod tests {
         connection::MessageWriter<tokio::io::WriteHalf<tokio::io::DuplexStream>>,
     );
 
-    /// A session on one end of an in-memory stream, with a supervisor on a
-    /// fresh state directory; the manager's end is returned.
-    async fn session(
-        tmp: &tempfile::TempDir,
-    ) -> (
+    /// The manager's end of a session, the session's task, and its
+    /// shutdown signal.
+    type Session = (
         Manager,
         tokio::task::JoinHandle<SessionEnd>,
         watch::Sender<Option<bool>>,
-    ) {
+    );
+
+    /// A session on one end of an in-memory stream, with a supervisor on a
+    /// fresh state directory; the manager's end is returned.
+    async fn session(tmp: &tempfile::TempDir) -> Session {
         session_with(tmp, crate::policy::Policy::default()).await
     }
 
     /// As [`session`], under the command policy `policy`.
-    async fn session_with(
+    async fn session_with(tmp: &tempfile::TempDir, policy: crate::policy::Policy) -> Session {
+        let (manager, task, shutdown, _) = session_on(tmp, policy).await;
+        (manager, task, shutdown)
+    }
+
+    /// As [`session_with`], with the session's supervisor.
+    async fn session_on(
         tmp: &tempfile::TempDir,
         policy: crate::policy::Policy,
     ) -> (
         Manager,
         tokio::task::JoinHandle<SessionEnd>,
         watch::Sender<Option<bool>>,
+        Arc<Supervisor>,
     ) {
         let state = StateDir::open(&tmp.path().join("state")).unwrap();
         let limits = Limits {
@@ -610,7 +619,7 @@ mod tests {
         let (shutdown_tx, shutdown) = watch::channel(None);
         let (ours, theirs) = tokio::io::duplex(1 << 16);
         let ctx = SessionContext {
-            supervisor,
+            supervisor: supervisor.clone(),
             idle_timeout: Duration::from_secs(30),
             hello_timeout: Duration::from_secs(30),
             shutdown,
@@ -622,7 +631,7 @@ mod tests {
             client: Arc::new(crate::policy::Client::default()),
         };
         let task = tokio::spawn(run(ours, ctx, peer));
-        (connection::split(theirs), task, shutdown_tx)
+        (connection::split(theirs), task, shutdown_tx, supervisor)
     }
 
     fn hello(protocol: u32) -> Hello {
@@ -893,6 +902,34 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[tokio::test]
+    async fn a_stop_or_an_ack_of_a_process_the_policy_refuses_is_forbidden() {
+        let path = std::path::Path::new("/etc/test.conf");
+        let conf = common::config::ServerConfig::parse(path, "allow.sh.program=/bin/sh\n").unwrap();
+        let policy = crate::policy::Policy::from_config(path, &conf).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let ((mut rd, mut wr), _task, _sd, sup) = session_on(&tmp, policy).await;
+        wr.write(&hello(PROTOCOL_VERSION)).await.unwrap();
+        let _: Welcome = rd.read().await.unwrap().unwrap();
+        let refused = sup.file_for_test(tmp.path(), "other");
+        let allowed = sup.file_for_test(tmp.path(), "sh");
+        for id in [&refused, &allowed] {
+            let requests = [
+                Request::Stop(Stop {
+                    id: id.clone(),
+                    grace_ms: None,
+                }),
+                Request::Ack(Ack { id: id.clone() }),
+            ];
+            for req in requests {
+                wr.write(&req).await.unwrap();
+                let reply = rd.read::<Event>().await.unwrap();
+                let forbidden = matches!(&reply, Some(Event::Error(e)) if e.kind == ErrorKind::Forbidden);
+                assert_eq!(forbidden, id == &refused, "{req:?}: {reply:?}");
+            }
+        }
     }
 
     #[tokio::test]

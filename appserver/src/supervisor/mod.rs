@@ -304,3 +304,12 @@ fn janitor() -> std::sync::mpsc::Sender<PathBuf> {
     }
     tx
 }
+
+#[cfg(test)]
+impl Supervisor {
+    /// Files a running process of the service `/bin/<name>` in the table
+    /// (no shim behind it), for the session's tests; returns its id.
+    pub(crate) fn file_for_test(&self, tmp: &std::path::Path, name: &str) -> String {
+        table::tests::filed(self, tmp, name, None).id.clone()
+    }
+}

@@ -813,7 +813,7 @@ impl Follower {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -1293,6 +1293,21 @@ mod tests {
             tail_lines: 0,
         };
         (g, alive, rx)
+    }
+
+    /// A guest log whose queue is full and whose writer (played by the
+    /// test) works: it makes room when the returned closure is called, and
+    /// the lines queued afterwards arrive on the receiver.
+    #[allow(clippy::type_complexity)]
+    pub(in crate::supervisor) fn full_guest_log(
+    ) -> (GuestLog, impl Fn(), std::sync::mpsc::SyncSender<()>, Receiver<TailLine>) {
+        let (g, alive, rx) = played(None, WRITE_QUEUE);
+        let shared = g.shared.clone();
+        let make_room = move || {
+            shared.queued.store(0, Ordering::Release);
+            shared.room.notify_waiters();
+        };
+        (g, make_room, alive, rx)
     }
 
     #[test]

@@ -482,18 +482,7 @@ async fn run(dir: &Dir) -> Result<(), ShimError> {
         // A requested stop ends the whole group, stragglers included.
         let _ = killpg(pgid, Signal::SIGKILL);
     }
-    // Everything the process wrote before it exited is in the pipes now.
-    for r in [&mut stdout, &mut stderr] {
-        loop {
-            if !out.guest.accepting() {
-                out.guest.room().await;
-            }
-            let Some(line) = r.try_next_line().or_else(|| r.take_partial()) else {
-                break;
-            };
-            out.take(&link, Some(line));
-        }
-    }
+    drain_pipes(&mut out, &link, [&mut stdout, &mut stderr]).await;
     notify_dropped(&link, &mut out.dropped);
     // The count that goes with the exit is complete unless the disk is stuck.
     out.guest.drain().await;
@@ -505,6 +494,24 @@ async fn run(dir: &Dir) -> Result<(), ShimError> {
     // guest log may catch up before we go.
     out.guest.finish().wait(Duration::from_secs(5));
     recorded
+}
+
+/// Takes what is left in the pipes once the process has exited (everything
+/// it wrote is there now, a partial last line included). As while it ran,
+/// a full guest log queue is waited for while its disk keeps up: nothing the
+/// process wrote before its exit is dropped for want of a moment's wait.
+async fn drain_pipes(out: &mut Out, link: &Option<Link>, pipes: [&mut LineReader; 2]) {
+    for r in pipes {
+        loop {
+            if !out.guest.accepting() {
+                out.guest.room().await;
+            }
+            let Some(line) = r.try_next_line().or_else(|| r.take_partial()) else {
+                break;
+            };
+            out.take(link, Some(line));
+        }
+    }
 }
 
 /// When a stop asked for at `now` with `grace_ms` sends KILL: after the
@@ -1459,6 +1466,148 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(20), sleep_until(Some(soon)))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn what_is_left_in_the_pipes_at_the_exit_waits_for_room_in_a_full_guest_log() {
+        let (guest, make_room, _alive, written) = crate::supervisor::output::tests::full_guest_log();
+        let mut out = Out {
+            guest,
+            dropped: Dropped::default(),
+            reported: 0,
+            reported_at: tokio::time::Instant::now(),
+        };
+        let (r, mut w) = pipe();
+        write!(w, "one\ntwo\nthree").unwrap();
+        drop(w);
+        let (e, mut ew) = pipe();
+        writeln!(ew, "err").unwrap();
+        drop(ew);
+        let (mut stdout, mut stderr) = (
+            LineReader::new(Stream::Stdout, Some(r)),
+            LineReader::new(Stream::Stderr, Some(e)),
+        );
+        let (l, mut rx, _req) = link(8);
+        let link = Some(l);
+        let drained = std::cell::Cell::new(false);
+        tokio::join!(
+            async {
+                drain_pipes(&mut out, &link, [&mut stdout, &mut stderr]).await;
+                drained.set(true);
+            },
+            async {
+                // The guest log's writer makes room a moment later.
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+                assert!(!drained.get(), "the drain waits while the queue is full");
+                make_room();
+            }
+        );
+        assert_eq!(out.guest.dropped(), 0, "nothing dropped");
+        let lines: Vec<String> = written.try_iter().map(|t| t.line).collect();
+        assert_eq!(
+            lines,
+            ["one", "two", "three", "err"],
+            "every line, the partial last one too, reached the guest log"
+        );
+        assert_eq!(
+            events(&mut rx),
+            [
+                output("one"),
+                output("two"),
+                output("three"),
+                ShimEvent::Output {
+                    stream: Stream::Stderr,
+                    line: "err".into()
+                }
+            ]
+        );
+    }
+
+    /// Set in the copy of this test binary that the test below starts: the
+    /// descriptor it inherited.
+    const INHERITED_FD: &str = "CMAPP_TEST_INHERITED_FD";
+
+    /// The descriptors among the first 256 that are open in this process
+    /// (looked up one by one: listing /proc/self/fd would open one more).
+    fn open_descriptors() -> Vec<i32> {
+        (0..256)
+            .filter(|fd| std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_ok())
+            .collect()
+    }
+
+    #[test]
+    fn a_shim_keeps_its_standard_streams_and_closes_every_descriptor_it_inherited() {
+        if let Ok(fd) = std::env::var(INHERITED_FD) {
+            // The child: what a shim started with an extra descriptor does.
+            let before = open_descriptors();
+            close_inherited_descriptors();
+            let after = open_descriptors();
+            println!(
+                "descriptors {}",
+                serde_json::json!({ "inherited": fd, "before": before, "after": after })
+            );
+            std::process::exit(0);
+        }
+        // A descriptor that is not close-on-exec, as a shell or an init
+        // system may leave one, inherited by a copy of this test binary that
+        // runs this test again and does what a shim does first.
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&r);
+        let name =
+            "supervisor::shim::tests::a_shim_keeps_its_standard_streams_and_closes_every_descriptor_it_inherited";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(INHERITED_FD, fd.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report: serde_json::Value = stdout
+            .lines()
+            .find_map(|l| Some(l.split_once("descriptors ")?.1))
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_else(|| panic!("the child did not report: {out:?}"));
+        let fds = |k: &str| -> Vec<i32> { serde_json::from_value(report[k].clone()).unwrap() };
+        let before = fds("before");
+        assert!(
+            [0, 1, 2, fd].iter().all(|f| before.contains(f)),
+            "the child inherited {fd} and its standard streams: {report}"
+        );
+        assert_eq!(fds("after"), [0, 1, 2], "{report}");
+    }
+
+    #[tokio::test]
+    async fn a_full_link_queue_lets_its_writer_run_before_the_next_line() {
+        let (l, mut rx, _req) = link(2);
+        let link = Some(l);
+        // The link's writer: counts the events it takes, as soon as it runs.
+        let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = taken.clone();
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let tx = &link.as_ref().unwrap().tx;
+        tx.try_send(output("a")).unwrap();
+        yield_if_full(&link).await;
+        assert_eq!(
+            taken.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "room left: the reading goes on at once"
+        );
+        tx.try_send(output("b")).unwrap();
+        yield_if_full(&link).await;
+        assert_eq!(
+            taken.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "the queue was full: its writer ran"
+        );
+        assert_eq!(tx.capacity(), 2, "and made room");
     }
 
     #[test]

@@ -657,6 +657,64 @@ pub(super) mod tests {
         out
     }
 
+    /// The log lines `f` emits, as the daemon's log shows them (without
+    /// the time and level).
+    pub(in crate::supervisor) fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_level(false)
+            .with_target(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = buf.0.lock().unwrap().clone();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_manager_attaching_to_a_watched_process_or_leaving_one_still_watched_is_logged_with_how_many_watch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let p = filed(&sup, tmp.path(), "app", Some(meta(tmp.path())));
+        let mut keep = Vec::new();
+        let mut attach = |session: u64| {
+            let (sub, rx) = subscriber(session, &format!("m{session}"), 8);
+            keep.push(rx);
+            logged(|| {
+                p.attach(sub, false, None);
+            })
+        };
+        // The first manager's attach is its session's log line.
+        assert_eq!(attach(1), "");
+        assert_eq!(
+            attach(2).trim(),
+            "m2 attached to app; 2 managers now watch it service=app"
+        );
+        assert_eq!(
+            attach(3).trim(),
+            "m3 attached to app; 3 managers now watch it service=app"
+        );
+        let detach = |session: u64| logged(|| sup.detach(session));
+        assert_eq!(detach(3).trim(), "m3 left app; 2 managers now watch it service=app");
+        assert_eq!(detach(2).trim(), "m2 left app; 1 manager now watches it service=app");
+        // The last one's leaving is its session's log line.
+        assert_eq!(detach(1), "");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_rate_limit_admits_a_second_of_lines_then_refills_at_its_rate() {
         let mut r = RateLimit::new(Forward {
