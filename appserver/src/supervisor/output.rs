@@ -1151,7 +1151,8 @@ pub(super) mod tests {
             // One at a time, so that each is its own failed write.
             g.shared.queued.load(Ordering::Acquire);
             let deadline = Instant::now() + Duration::from_secs(30);
-            while !g.idle() && Instant::now() < deadline {
+            // (A writer that died, as on a panic, never becomes idle.)
+            while !g.idle() && !g.writer_gone() && Instant::now() < deadline {
                 std::thread::yield_now();
             }
         }
