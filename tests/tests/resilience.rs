@@ -631,6 +631,44 @@ fn a_killed_supervisor_reports_the_status_lost_and_leaves_no_unmonitored_copy() 
         .unwrap();
 }
 
+/// cmappserver dies while launching, after the new record is written and
+/// before its application is started (`CMAPP_TEST_FAULT=exit-before-shim`,
+/// debug builds): after the restart the manager's launch starts the
+/// application, and the manager ends with its real exit code, not with a
+/// "lost" status (70) for an application that never ran.
+#[test]
+fn a_launch_cut_short_by_a_server_crash_is_started_after_the_restart_not_reported_lost() {
+    let f = fixture();
+    let fault = vec![("CMAPP_TEST_FAULT".to_string(), "exit-before-shim".to_string())];
+    let mut server = Server::start_with(
+        &f.dir.join("srv"),
+        &f.keys,
+        "",
+        cmapp_tests::bin("cmappserver"),
+        None,
+        fault,
+    );
+    let ran = f.dir.join("ran");
+    let app = format!("echo x >> {}; exit 33", ran.display());
+    let mut m = Mgr::spawn(&f.conf, &server.node(), 30.0, &[], &["/bin/sh", "-c", &app]);
+    m.err
+        .wait_for("reconnecting", WAIT)
+        .unwrap_or_else(|| panic!("{}\n{}", m.err.text(), server.log.text()));
+    let procs = server.state_dir.join("procs");
+    let records = std::fs::read_dir(&procs).unwrap().count();
+    assert_eq!(records, 1, "the launch left its record behind");
+    server.kill9();
+    server.env.clear();
+    server.restart(None);
+    assert_eq!(m.code(), 33, "{}\n{}", m.err.text(), server.log.text());
+    assert!(m.err.contains("PROGRAM EXIT CODE 33"), "{}", m.err.text());
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "x\n", "started once");
+    server
+        .log
+        .wait_for("discarding a launch that never started its application", WAIT)
+        .unwrap_or_else(|| panic!("{}", server.log.text()));
+}
+
 /// A package upgrade or removal deletes the binary a running cmappserver was
 /// started from: it still starts shims (and the probes, and the disk probe's
 /// readers) from its own image, /proc/self/exe.

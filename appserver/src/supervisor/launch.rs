@@ -118,9 +118,16 @@ impl Supervisor {
             let _ = std::fs::remove_dir_all(&dir);
             e
         };
+        // `unstarted` first: every record with a `meta.json` this server
+        // writes says whether its application may have been started.
         record
-            .write_json(state::META, &meta)
+            .write(state::UNSTARTED, b"")
+            .and_then(|()| record.write_json(state::META, &meta))
             .map_err(|e| cleanup(internal("cannot write process record", &e)))?;
+        if super::shim::test_fault("exit-before-shim") {
+            // A crash between the record and its shim (tests only).
+            std::process::exit(99);
+        }
         // This very binary, even if a package upgrade has replaced or
         // removed its file since: a shim always speaks our protocol.
         let mut shim = tokio::process::Command::new(common::exe::SELF)

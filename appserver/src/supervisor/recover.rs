@@ -139,17 +139,25 @@ impl Supervisor {
                 let permit = permits.acquire_owned().await;
                 let reached = link::connect(&record, link::Expect::Adopt).await;
                 drop(permit);
-                (proc, before, acked, reached)
+                (proc, before, acked, record, reached)
             });
         }
         while let Some(joined) = reaching.join_next().await {
             // A panic in an adoption is a bug: it is not hidden by forgetting the record.
-            let (proc, before, acked, reached) = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            let (proc, before, acked, record, reached) = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
             let dir = proc.dir.clone();
             let connected = match reached {
                 Ok(stream) => {
                     self.start_link(&proc, stream);
                     true
+                }
+                Err(e) if never_started(&record) => {
+                    // Its launch died with the server that made it: nothing
+                    // ran, nothing ended, and nothing will start now. The
+                    // manager that asked will launch it again.
+                    tracing::info!(service = %proc.display, "discarding a launch that never started its application (cmappserver stopped while making it; its process supervisor: {e})");
+                    let _ = std::fs::remove_dir_all(&dir);
+                    continue;
                 }
                 Err(e) => {
                     tracing::debug!(dir = %dir.display(), "cannot reach the process supervisor: {e}");
@@ -198,6 +206,21 @@ impl Supervisor {
             }
         }
         self.enforce_history();
+    }
+}
+
+/// True if the application of a record whose shim cannot be reached was
+/// never started, and now never will be: this takes the record's
+/// `unstarted` before its shim can (see [`state::UNSTARTED`]). A record
+/// without it (its shim took it, or an older server wrote the record) may
+/// have a started application: false.
+fn never_started(dir: &state::Dir) -> bool {
+    match dir.take(state::UNSTARTED) {
+        Ok(taken) => taken,
+        Err(e) => {
+            tracing::warn!(dir = %dir.path().display(), "cannot remove {}: {e}", state::UNSTARTED);
+            false
+        }
     }
 }
 
@@ -429,6 +452,51 @@ mod tests {
             error.starts_with("its supervisor is gone and recorded no exit status; its exit record is unreadable: "),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_launch_that_never_started_its_application_is_discarded_not_lost() {
+        let tmp = tempfile::tempdir().unwrap();
+        // The server died between the record and its shim (or the shim gave up).
+        let never = record(tmp.path(), "r-never", "a", None, None);
+        std::fs::write(never.join(state::UNSTARTED), "").unwrap();
+        // Its shim took `unstarted` (or an older server wrote the record).
+        let maybe = record(tmp.path(), "r-maybe", "b", None, None);
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let ids: Vec<String> = sup.list().into_iter().map(|i| i.id).collect();
+        assert_eq!(ids, ["r-maybe"]);
+        assert!(!never.exists(), "discarded");
+        assert!(maybe.exists());
+        // A waiting shim that can be reached is told to start instead.
+        let tmp = tempfile::tempdir().unwrap();
+        let waiting = record(tmp.path(), "r-wait", "c", None, None);
+        std::fs::write(waiting.join(state::UNSTARTED), "").unwrap();
+        let listener = UnixListener::bind(waiting.join(state::SOCK)).unwrap();
+        let shim = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut rd, mut wr) = connection::split(stream);
+            let hello = ShimEvent::Hello {
+                protocol: super::super::proto::SHIM_PROTOCOL,
+                pid: 0,
+                started_at_ms: 0,
+                waiting: true,
+            };
+            wr.write(&hello).await.unwrap();
+            let start = rd.read::<ShimRequest>().await.unwrap();
+            wr.write(&ShimEvent::Started {
+                pid: 66,
+                started_at_ms: 9,
+            })
+            .await
+            .unwrap();
+            (start, rd, wr)
+        });
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let (start, _rd, _wr) = shim.await.unwrap();
+        assert_eq!(start, Some(ShimRequest::Start));
+        let p = sup.find("r-wait").expect("adopted");
+        assert!(p.is_running());
+        assert!(waiting.join(state::UNSTARTED).exists(), "the shim's to take");
     }
 
     #[tokio::test]

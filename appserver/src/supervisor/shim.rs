@@ -78,6 +78,9 @@ pub enum ShimError {
     },
     #[error("no server accepted this supervisor; nothing started")]
     NotAccepted,
+    /// `unstarted` was gone when `Start` came: a recovering server took it.
+    #[error("the launch was withdrawn (its record has no {}); nothing started", state::UNSTARTED)]
+    Withdrawn,
     /// Writing to the record directory (`what`: the pid, the exit status, ...).
     #[error("cannot {what}: {source}")]
     Record {
@@ -358,6 +361,20 @@ async fn run(dir: &Dir) -> Result<(), ShimError> {
         return Err(ShimError::NotAccepted);
     };
 
+    // The last moment the application can still be withheld: a recovering
+    // server that could not reach us may have taken `unstarted` (and
+    // discarded the record); then nothing is started. A record without one
+    // (it was taken, or someone removed it) is not ours to start.
+    match dir.take(state::UNSTARTED) {
+        Ok(true) => {}
+        Ok(false) => return Err(ShimError::Withdrawn),
+        Err(source) => {
+            return Err(ShimError::Record {
+                what: format!("remove {} before starting the application", state::UNSTARTED),
+                source,
+            })
+        }
+    }
     let started_at_ms = now_ms();
     let old_oom = set_oom_score_adj(meta.oom_score_adj.unwrap_or(0));
     let spawned = command_for(&meta).spawn();
@@ -599,9 +616,13 @@ fn write_record<T: serde::Serialize>(dir: &Dir, name: &str, value: &T) -> std::i
 }
 
 /// A deliberate defect for the fault campaign (`tests/src/campaign`) to
-/// detect: `CMAPP_TEST_FAULT=<name>` in cmappserver's environment (which its
-/// shims inherit). Honoured only in debug builds: a release build ignores it.
-fn test_fault(name: &str) -> bool {
+/// detect, or a crash at a chosen instant for a test:
+/// `CMAPP_TEST_FAULT=<name>` in cmappserver's environment (which its shims
+/// inherit). `notify-before-record`: a shim tells its exit before recording
+/// it; `exit-before-shim`: the server exits between writing a new record
+/// and starting its shim. Honoured only in debug builds: a release build
+/// ignores it.
+pub(super) fn test_fault(name: &str) -> bool {
     cfg!(debug_assertions) && std::env::var("CMAPP_TEST_FAULT").is_ok_and(|v| v == name)
 }
 
@@ -1382,6 +1403,74 @@ mod tests {
             )),
             "{logged}"
         );
+    }
+
+    /// A launch withdrawn by a recovering server (it took `unstarted`):
+    /// a later `Start` starts nothing; with `unstarted` there, it starts.
+    #[tokio::test]
+    async fn the_application_starts_only_if_its_record_is_still_unstarted() {
+        for unstarted in [false, true] {
+            let (tmp, dir) = record_dir();
+            let flag = tmp.path().join("ran");
+            let service = common::service::ServiceSpec::parse(
+                vec!["/bin/touch".into(), flag.display().to_string()],
+                Some("app".into()),
+            )
+            .unwrap();
+            let meta = Meta {
+                id: "r1".into(),
+                key: service.key(),
+                service,
+                created_at_ms: 1,
+                environment: None,
+                oom_score_adj: None,
+                output: None,
+                run_as: None,
+            };
+            if unstarted {
+                dir.write(state::UNSTARTED, b"").unwrap();
+            }
+            dir.write_json(state::META, &meta).unwrap();
+            let sock = tmp.path().join(state::SOCK);
+            let server = async {
+                let stream = loop {
+                    // Bound before it says so on stdout, which a test cannot read.
+                    if let Ok(s) = UnixStream::connect(&sock).await {
+                        break s;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                };
+                let (mut rd, mut wr) = connection::split(stream);
+                let hello = rd.read::<ShimEvent>().await;
+                assert!(
+                    matches!(hello, Ok(Some(ShimEvent::Hello { waiting: true, .. }))),
+                    "{hello:?}"
+                );
+                wr.write(&ShimRequest::Start).await.unwrap();
+                let next = rd.read::<ShimEvent>().await;
+                // Read on until its exit (a started shim's reader task
+                // keeps the connection open while the test runs).
+                if matches!(next, Ok(Some(_))) {
+                    while let Ok(Some(ev)) = rd.read::<ShimEvent>().await {
+                        if matches!(ev, ShimEvent::Exited { .. }) {
+                            break;
+                        }
+                    }
+                }
+                next
+            };
+            let (ran, next) = tokio::join!(run(&dir), server);
+            if unstarted {
+                assert!(matches!(next, Ok(Some(ShimEvent::Started { .. }))), "{next:?}");
+                ran.unwrap();
+                assert!(flag.exists() && !tmp.path().join(state::UNSTARTED).exists());
+            } else {
+                assert!(!matches!(next, Ok(Some(_))), "{next:?}");
+                let e = ran.unwrap_err();
+                assert!(matches!(e, ShimError::Withdrawn), "{e}");
+                assert!(!flag.exists() && !tmp.path().join(state::PID).exists());
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

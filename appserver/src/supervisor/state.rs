@@ -58,6 +58,13 @@ pub const MANAGERS: &str = "managers.json";
 /// Space the shim reserves for the pid and exit records (zeros), released
 /// to write them on a full disk, removed once the exit is recorded.
 pub const RESERVE: &str = "space.reserve";
+/// Written by the server before `meta.json`, removed by the shim right
+/// before it starts the application: while it exists, the application has
+/// not been started. Whoever unlinks it first decides: the shim (it starts
+/// the application) or a recovering server that cannot reach the shim (the
+/// application is then never started, and the record is discarded). A
+/// record of an older server has none and is treated as possibly started.
+pub const UNSTARTED: &str = "unstarted";
 
 /// The managers watching a process, so that a restarted cmappserver knows
 /// whom an exit is owed to. Optional: a record without it (an older
@@ -317,6 +324,17 @@ impl Dir {
         let mut f = fs::File::from(fd);
         check_trusted(&self.path.join(name), &f)?;
         f.write_all(line.as_bytes())
+    }
+
+    /// Unlinks `name` (never what a link points to): `Ok(true)` if this
+    /// call removed it, `Ok(false)` if it did not exist. An unlink is
+    /// atomic: of two processes taking the same entry, one gets `true`.
+    pub fn take(&self, name: &str) -> io::Result<bool> {
+        match nix::unistd::unlinkat(&self.fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            Ok(()) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Removes the entry `name` (a file, socket or link, never what a link
