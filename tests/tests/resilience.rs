@@ -669,6 +669,62 @@ fn a_launch_cut_short_by_a_server_crash_is_started_after_the_restart_not_reporte
         .unwrap_or_else(|| panic!("{}", server.log.text()));
 }
 
+/// The same crash, in a launch made while the service's previous exit was
+/// still owed to a manager that had gone (a second manager, killed): after
+/// the restart the next launch starts the application afresh (the cut-short
+/// launch discarded, the old exit kept by id for its `acked`); it neither
+/// attaches to that old exit and reports it a second time, nor reports the
+/// launch lost. The cut-short launch is left as the crash leaves it: its
+/// `unstarted` marker, then its `meta.json`, and no shim.
+#[test]
+fn a_launch_cut_short_after_an_exit_still_owed_starts_afresh_not_the_old_exit_again() {
+    let f = fixture();
+    let mut server = Server::start(&f.dir.join("srv"), &f.keys, "idleTimeout=60\n");
+    let (ran, flag) = (f.dir.join("ran"), f.dir.join("flag"));
+    // 31 the first time, 32 the second.
+    let app = format!(
+        "echo x >> {r}; while [ ! -e {f} ]; do sleep 0.05; done; exit $((30 + $(wc -l < {r})))",
+        r = ran.display(),
+        f = flag.display()
+    );
+    let run = ["/bin/sh", "-c", app.as_str()];
+    let mut a = Mgr::spawn(&f.conf, &server.node(), 30.0, &[], &run);
+    a.err
+        .wait_for("started", WAIT)
+        .unwrap_or_else(|| panic!("{}", a.err.text()));
+    let mut b = Mgr::spawn(&f.conf, &server.node(), 30.0, &[], &run);
+    b.err
+        .wait_for("attached to running", WAIT)
+        .unwrap_or_else(|| panic!("{}", b.err.text()));
+    b.kill9();
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(a.code(), 31, "{}", a.err.text());
+    // The exit is still owed to b; the service's next launch, cut short.
+    let procs = server.state_dir.join("procs");
+    let old = std::fs::read_dir(&procs).unwrap().next().unwrap().unwrap().path();
+    let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(old.join("meta.json")).unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let id = format!("{now:x}-{:x}-ff", server.pid());
+    meta["id"] = id.clone().into();
+    meta["created_at_ms"] = now.into();
+    let cut = procs.join(&id);
+    std::fs::create_dir(&cut).unwrap();
+    std::fs::write(cut.join("unstarted"), "").unwrap();
+    std::fs::write(cut.join("meta.json"), meta.to_string()).unwrap();
+    server.kill9();
+    server.restart(None);
+    let mut c = Mgr::spawn(&f.conf, &server.node(), 30.0, &[], &run);
+    assert_eq!(c.code(), 32, "{}\n{}", c.err.text(), server.log.text());
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "x\nx\n", "started again");
+    server
+        .log
+        .wait_for("discarding a launch that never started its application", WAIT)
+        .unwrap_or_else(|| panic!("{}", server.log.text()));
+}
+
 /// A package upgrade or removal deletes the binary a running cmappserver was
 /// started from: it still starts shims (and the probes, and the disk probe's
 /// readers) from its own image, /proc/self/exe.

@@ -144,7 +144,8 @@ impl Supervisor {
         }
         while let Some(joined) = reaching.join_next().await {
             // A panic in an adoption is a bug: it is not hidden by forgetting the record.
-            let (proc, before, acked, record, reached) = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            let (proc, before, acked, record, reached) =
+                joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
             let dir = proc.dir.clone();
             let connected = match reached {
                 Ok(stream) => {
@@ -218,7 +219,9 @@ fn never_started(dir: &state::Dir) -> bool {
     match dir.take(state::UNSTARTED) {
         Ok(taken) => taken,
         Err(e) => {
-            tracing::warn!(dir = %dir.path().display(), "cannot remove {}: {e}", state::UNSTARTED);
+            // Not a file (a directory put there): the shim cannot take it
+            // either, but nothing here proves what it did. As before the marker.
+            tracing::warn!(dir = %dir.path().display(), "cannot remove {} (the marker of a launch whose application was never started): {e}; treating the application as possibly started", state::UNSTARTED);
             false
         }
     }
@@ -497,6 +500,34 @@ mod tests {
         let p = sup.find("r-wait").expect("adopted");
         assert!(p.is_running());
         assert!(waiting.join(state::UNSTARTED).exists(), "the shim's to take");
+    }
+
+    /// Only our user can write a record, but whatever `unstarted` is, the
+    /// server follows no link and removes no directory through it.
+    #[tokio::test]
+    async fn an_unstarted_marker_that_is_a_link_or_a_directory_is_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("target");
+        std::fs::write(&target, "kept").unwrap();
+        // A link is the marker itself: taken (never its target), discarded.
+        let link = record(tmp.path(), "r-link", "a", None, None);
+        std::os::unix::fs::symlink(&target, link.join(state::UNSTARTED)).unwrap();
+        // A directory cannot be taken, by the shim either: lost, as before the marker.
+        let dir = record(tmp.path(), "r-dir", "b", None, None);
+        std::fs::create_dir(dir.join(state::UNSTARTED)).unwrap();
+        std::fs::write(dir.join(state::UNSTARTED).join("inside"), "").unwrap();
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        assert!(!link.exists());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "kept");
+        let list = sup.list();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].id, "r-dir");
+        assert!(
+            matches!(list[0].exit, Some(ExitStatus::Lost { .. })),
+            "{:?}",
+            list[0].exit
+        );
+        assert!(dir.join(state::UNSTARTED).join("inside").exists());
     }
 
     #[tokio::test]

@@ -1406,10 +1406,12 @@ mod tests {
     }
 
     /// A launch withdrawn by a recovering server (it took `unstarted`):
-    /// a later `Start` starts nothing; with `unstarted` there, it starts.
+    /// a later `Start` starts nothing; with `unstarted` there, it starts;
+    /// with a directory there (not ours to remove), nothing starts either.
     #[tokio::test]
     async fn the_application_starts_only_if_its_record_is_still_unstarted() {
-        for unstarted in [false, true] {
+        for marker in ["none", "file", "directory"] {
+            let unstarted = marker == "file";
             let (tmp, dir) = record_dir();
             let flag = tmp.path().join("ran");
             let service = common::service::ServiceSpec::parse(
@@ -1427,19 +1429,24 @@ mod tests {
                 output: None,
                 run_as: None,
             };
-            if unstarted {
-                dir.write(state::UNSTARTED, b"").unwrap();
+            match marker {
+                "file" => dir.write(state::UNSTARTED, b"").unwrap(),
+                "directory" => std::fs::create_dir(tmp.path().join(state::UNSTARTED)).unwrap(),
+                _ => {}
             }
             dir.write_json(state::META, &meta).unwrap();
             let sock = tmp.path().join(state::SOCK);
             let server = async {
-                let stream = loop {
-                    // Bound before it says so on stdout, which a test cannot read.
-                    if let Ok(s) = UnixStream::connect(&sock).await {
-                        break s;
+                // Bound before it says so on stdout, which a test cannot read.
+                let connected = tokio::time::timeout(Duration::from_secs(20), async {
+                    loop {
+                        if let Ok(s) = UnixStream::connect(&sock).await {
+                            break s;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                };
+                });
+                let stream = connected.await.expect("the shim binds its socket");
                 let (mut rd, mut wr) = connection::split(stream);
                 let hello = rd.read::<ShimEvent>().await;
                 assert!(
@@ -1467,7 +1474,12 @@ mod tests {
             } else {
                 assert!(!matches!(next, Ok(Some(_))), "{next:?}");
                 let e = ran.unwrap_err();
-                assert!(matches!(e, ShimError::Withdrawn), "{e}");
+                if marker == "none" {
+                    assert!(matches!(e, ShimError::Withdrawn), "{e}");
+                } else {
+                    assert!(matches!(e, ShimError::Record { .. }), "{e}");
+                    assert!(tmp.path().join(state::UNSTARTED).is_dir());
+                }
                 assert!(!flag.exists() && !tmp.path().join(state::PID).exists());
             }
         }

@@ -5,6 +5,8 @@
 //!   lock            flock held by the running cmappserver (one per directory)
 //!   boot_id         the kernel boot id the records belong to
 //!   procs/<id>/
+//!     unstarted     empty: the application has not been started (written
+//!                   before meta.json; see [`UNSTARTED`])
 //!     meta.json     what was launched (written before the shim starts)
 //!     pid.json      pid and start time (written by the shim once the process runs)
 //!     exit.json     how it ended (written by the shim the instant it ends)
