@@ -117,9 +117,6 @@ pub enum SubCommand {
     Vm(crate::vm::VmArgs),
     /// Loopback demo: throwaway keys, a real cmappserver, an application's exit code.
     Demo,
-    /// Write the man page and the shell completions into DIR (packaging/generate.sh).
-    #[command(hide = true)]
-    Generate { dir: PathBuf },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -245,8 +242,6 @@ pub enum Invocation {
     Vm(crate::vm::VmArgs),
     /// `cmappmgr demo`: the loopback demo.
     Demo,
-    /// `cmappmgr generate DIR` (hidden): write the man page and completions.
-    Generate(PathBuf),
 }
 
 use common::duration::positive as parse_seconds;
@@ -401,7 +396,7 @@ pub fn parse(args: Vec<String>) -> Result<Invocation, clap::Error> {
             let verb = Verb::from_word(w).unwrap_or(Verb::Monitor);
             return parse_one_shot(verb, args[1..].to_vec());
         }
-        Some(w @ ("check" | "status" | "keygen" | "logs" | "vm" | "demo" | "generate")) => {
+        Some(w @ ("check" | "status" | "keygen" | "logs" | "vm" | "demo")) => {
             // `vm` is GNU-style only (its short options are letters: `-x`, `-n`, `-o`).
             let (gnu_only, logs) = (w == "vm", w == "logs");
             // The run string of `logs` is kept as written (it is the service's identity).
@@ -425,7 +420,6 @@ pub fn parse(args: Vec<String>) -> Result<Invocation, clap::Error> {
                     SubCommand::Keygen(k) => Invocation::Keygen(k),
                     SubCommand::Vm(v) => Invocation::Vm(v),
                     SubCommand::Demo => Invocation::Demo,
-                    SubCommand::Generate { dir } => Invocation::Generate(dir),
                 },
             );
         }
@@ -532,7 +526,8 @@ mod tests {
         assert!(matches!(p(&["status", "--node", "g", "--json"]).unwrap(), Invocation::Status(s) if s.json));
         assert!(matches!(p(&["vm", "start", "x"]).unwrap(), Invocation::Vm(_)));
         assert!(matches!(p(&["demo"]).unwrap(), Invocation::Demo));
-        assert!(matches!(p(&["generate", "d"]).unwrap(), Invocation::Generate(d) if d.as_os_str() == "d"));
+        // The man page and completions are cmapp-docgen's, not the binary's.
+        assert!(p(&["generate", "d"]).is_err());
         assert!(p(&["demo", "extra"]).is_err());
     }
 

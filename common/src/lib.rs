@@ -19,7 +19,7 @@
 //! | [`perms`]      | who may write a file we trust (sshd's `StrictModes` checks)          |
 //! | [`shutdown`]   | one future that resolves on SIGTERM or SIGINT                        |
 //! | [`text`]       | peer-supplied strings made safe to log and print (escaped, clipped)  |
-//! | [`docs`]       | man pages and shell completions generated from the clap definitions  |
+//! | [`docs`]       | the man pages' sections beyond the command line (`cmapp-docgen` renders the pages) |
 //!
 //! The layers never mix: `codec` knows bytes, `connection` knows I/O, and
 //! `message` knows meaning. Neither binary frames or parses anything itself.

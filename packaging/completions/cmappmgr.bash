@@ -22,9 +22,6 @@ _cmappmgr() {
             cmappmgr,demo)
                 cmd="cmappmgr__subcmd__demo"
                 ;;
-            cmappmgr,generate)
-                cmd="cmappmgr__subcmd__generate"
-                ;;
             cmappmgr,help)
                 cmd="cmappmgr__subcmd__help"
                 ;;
@@ -45,9 +42,6 @@ _cmappmgr() {
                 ;;
             cmappmgr__subcmd__help,demo)
                 cmd="cmappmgr__subcmd__help__subcmd__demo"
-                ;;
-            cmappmgr__subcmd__help,generate)
-                cmd="cmappmgr__subcmd__help__subcmd__generate"
                 ;;
             cmappmgr__subcmd__help,help)
                 cmd="cmappmgr__subcmd__help__subcmd__help"
@@ -164,7 +158,7 @@ _cmappmgr() {
 
     case "${cmd}" in
         cmappmgr)
-            opts="-v -h -V --node --cmappserver_timeout --name --detach --stop_on_halt --forward_output --no_forward_output --conf --verbose --no_syslog --service --help --version check status logs keygen vm demo generate help"
+            opts="-v -h -V --node --cmappserver_timeout --name --detach --stop_on_halt --forward_output --no_forward_output --conf --verbose --no_syslog --service --help --version check status logs keygen vm demo help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -237,22 +231,8 @@ _cmappmgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        cmappmgr__subcmd__generate)
-            opts="-h --help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
         cmappmgr__subcmd__help)
-            opts="check status logs keygen vm demo generate help"
+            opts="check status logs keygen vm demo help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -280,20 +260,6 @@ _cmappmgr() {
             return 0
             ;;
         cmappmgr__subcmd__help__subcmd__demo)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        cmappmgr__subcmd__help__subcmd__generate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

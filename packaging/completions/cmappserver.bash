@@ -19,9 +19,6 @@ _cmappserver() {
             cmappserver,disk-mon)
                 cmd="cmappserver__subcmd__disk__subcmd__mon"
                 ;;
-            cmappserver,generate)
-                cmd="cmappserver__subcmd__generate"
-                ;;
             cmappserver,help)
                 cmd="cmappserver__subcmd__help"
                 ;;
@@ -36,9 +33,6 @@ _cmappserver() {
                 ;;
             cmappserver__subcmd__help,disk-mon)
                 cmd="cmappserver__subcmd__help__subcmd__disk__subcmd__mon"
-                ;;
-            cmappserver__subcmd__help,generate)
-                cmd="cmappserver__subcmd__help__subcmd__generate"
                 ;;
             cmappserver__subcmd__help,help)
                 cmd="cmappserver__subcmd__help__subcmd__help"
@@ -92,7 +86,7 @@ _cmappserver() {
 
     case "${cmd}" in
         cmappserver)
-            opts="-c -v -h -V --conf --listen --check-config --verbose --pid-file --help --version keygen net-mon disk-mon shim generate help"
+            opts="-c -v -h -V --conf --listen --check-config --verbose --pid-file --help --version keygen net-mon disk-mon shim help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -143,30 +137,8 @@ _cmappserver() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        cmappserver__subcmd__generate)
-            opts="-c -h --conf --help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                --conf)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                -c)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
         cmappserver__subcmd__help)
-            opts="keygen net-mon disk-mon shim generate help"
+            opts="keygen net-mon disk-mon shim help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -180,20 +152,6 @@ _cmappserver() {
             return 0
             ;;
         cmappserver__subcmd__help__subcmd__disk__subcmd__mon)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        cmappserver__subcmd__help__subcmd__generate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -35,7 +35,6 @@ complete -c cmappserver -n "__fish_cmappserver_needs_command" -f -a "keygen" -d 
 complete -c cmappserver -n "__fish_cmappserver_needs_command" -f -a "net-mon" -d 'Run the LAN probe (also installed as cmapp_net_mon)'
 complete -c cmappserver -n "__fish_cmappserver_needs_command" -f -a "disk-mon" -d 'Run the disk probe (also installed as cmapp_disk_mon)'
 complete -c cmappserver -n "__fish_cmappserver_needs_command" -f -a "shim" -d 'Internal: supervise one process (started by cmappserver itself)'
-complete -c cmappserver -n "__fish_cmappserver_needs_command" -f -a "generate" -d 'Internal: write the man page and shell completions under DIR'
 complete -c cmappserver -n "__fish_cmappserver_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -l dir -d 'Directory to write into [default: /etc for cmappmgr, /opt/hp/cmappserver for cmappserver]' -r -F
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand keygen; and not __fish_seen_subcommand_from ca issue renew help" -l name -d 'A name (host name or IP address) of this machine; repeat for more. The first is the certificate\'s common name [default: the host name]' -r
@@ -70,14 +69,11 @@ complete -c cmappserver -n "__fish_cmappserver_using_subcommand net-mon" -s c -l
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand disk-mon" -s c -l conf -d 'Configuration file' -r -F
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand shim" -s c -l conf -d 'Configuration file' -r -F
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand shim" -s h -l help -d 'Print help'
-complete -c cmappserver -n "__fish_cmappserver_using_subcommand generate" -s c -l conf -d 'Configuration file' -r -F
-complete -c cmappserver -n "__fish_cmappserver_using_subcommand generate" -s h -l help -d 'Print help'
-complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and not __fish_seen_subcommand_from keygen net-mon disk-mon shim generate help" -f -a "keygen" -d 'Generate this guest\'s key and certificate (pinned or CA-signed)'
-complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and not __fish_seen_subcommand_from keygen net-mon disk-mon shim generate help" -f -a "net-mon" -d 'Run the LAN probe (also installed as cmapp_net_mon)'
-complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and not __fish_seen_subcommand_from keygen net-mon disk-mon shim generate help" -f -a "disk-mon" -d 'Run the disk probe (also installed as cmapp_disk_mon)'
-complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and not __fish_seen_subcommand_from keygen net-mon disk-mon shim generate help" -f -a "shim" -d 'Internal: supervise one process (started by cmappserver itself)'
-complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and not __fish_seen_subcommand_from keygen net-mon disk-mon shim generate help" -f -a "generate" -d 'Internal: write the man page and shell completions under DIR'
-complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and not __fish_seen_subcommand_from keygen net-mon disk-mon shim generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and not __fish_seen_subcommand_from keygen net-mon disk-mon shim help" -f -a "keygen" -d 'Generate this guest\'s key and certificate (pinned or CA-signed)'
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and not __fish_seen_subcommand_from keygen net-mon disk-mon shim help" -f -a "net-mon" -d 'Run the LAN probe (also installed as cmapp_net_mon)'
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and not __fish_seen_subcommand_from keygen net-mon disk-mon shim help" -f -a "disk-mon" -d 'Run the disk probe (also installed as cmapp_disk_mon)'
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and not __fish_seen_subcommand_from keygen net-mon disk-mon shim help" -f -a "shim" -d 'Internal: supervise one process (started by cmappserver itself)'
+complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and not __fish_seen_subcommand_from keygen net-mon disk-mon shim help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and __fish_seen_subcommand_from keygen" -f -a "ca" -d 'Create a certificate authority: ca.public (its certificate, the trust store of CA mode) and ca.private (its key)'
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and __fish_seen_subcommand_from keygen" -f -a "issue" -d 'Sign a certificate for this machine with a CA made by `keygen ca`'
 complete -c cmappserver -n "__fish_cmappserver_using_subcommand help; and __fish_seen_subcommand_from keygen" -f -a "renew" -d 'A new certificate for the existing key in DIR\'s .private file (made by keygen), replacing the .private and .public files: self-signed, or signed by the CA in --ca-dir. Peers that pin the old certificate must be given the new .public (README, Rotating keys)'

@@ -1,6 +1,6 @@
 //! The man pages and shell completions in `packaging/` are what the code
-//! produces (`cmappmgr generate`, `cmappserver generate`): a new option or
-//! subcommand without `packaging/generate.sh` fails here. The pages and
+//! produces (`cmapp-docgen`, from the binaries' clap definitions): a new
+//! option or subcommand without `packaging/generate.sh` fails here. The pages and
 //! completions themselves work: man renders them without warnings, bash and
 //! fish complete subcommands, zsh parses its functions.
 
@@ -13,11 +13,11 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn generate(binary: &str, dir: &Path) -> Vec<PathBuf> {
-    let out = Command::new(bin(binary)).arg("generate").arg(dir).output().unwrap();
+fn generate(dir: &Path) -> Vec<PathBuf> {
+    let out = Command::new(bin("cmapp-docgen")).arg(dir).output().unwrap();
     assert!(
         out.status.success(),
-        "{binary} generate: {}",
+        "cmapp-docgen: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout)
@@ -31,19 +31,25 @@ fn generate(binary: &str, dir: &Path) -> Vec<PathBuf> {
 fn committed_pages_and_completions_are_what_the_code_produces() {
     let tmp = tempfile::tempdir().unwrap();
     let mut stale = Vec::new();
+    let files = generate(tmp.path());
     for binary in ["cmappmgr", "cmappserver"] {
-        let files = generate(binary, tmp.path());
-        assert_eq!(
-            files.len(),
-            4,
-            "a man page and three completions for {binary}: {files:?}"
-        );
-        for rel in files {
-            let fresh = std::fs::read(tmp.path().join(&rel)).unwrap();
-            let committed = std::fs::read(repo().join("packaging").join(&rel)).unwrap_or_default();
-            if fresh != committed {
-                stale.push(format!("packaging/{}", rel.display()));
-            }
+        let own: Vec<_> = files
+            .iter()
+            .filter(|f| {
+                f.file_stem()
+                    .and_then(|s| s.to_str())
+                    .map(|s| s.trim_start_matches('_'))
+                    == Some(binary)
+            })
+            .collect();
+        assert_eq!(own.len(), 4, "a man page and three completions for {binary}: {files:?}");
+    }
+    assert_eq!(files.len(), 8, "{files:?}");
+    for rel in files {
+        let fresh = std::fs::read(tmp.path().join(&rel)).unwrap();
+        let committed = std::fs::read(repo().join("packaging").join(&rel)).unwrap_or_default();
+        if fresh != committed {
+            stale.push(format!("packaging/{}", rel.display()));
         }
     }
     assert!(

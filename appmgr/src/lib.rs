@@ -9,7 +9,12 @@
 //! | `exit`   | every exit code, in one place                                       |
 //! | `vm`     | host-side VM lifecycle hooks (`cmappmgr vm ...`)                    |
 //! | `demo`   | the loopback demo (`cmappmgr demo`)                                 |
-//! | `manual` | the man page's sections beyond the command line (`cmappmgr generate`) |
+//! | `manual` | the man page's sections beyond the command line |
+//!
+//! The binary (`src/bin/cmappmgr.rs`) is [`main`]; [`docs`] is the command
+//! line and the manual for `cmapp-docgen` (the `docgen` crate), which writes
+//! the man page and completions for the packages. The generator is not in
+//! the binary: its code would be mapped by every manager.
 #![deny(rust_2018_idioms)]
 
 mod cli;
@@ -28,7 +33,13 @@ use std::time::Duration;
 use common::config::ManagerConfig;
 use common::logging::{self, Verbosity};
 
-fn main() -> ExitCode {
+/// cmappmgr's command line and manual sections, for the man page and completions.
+pub fn docs() -> (clap::Command, Vec<common::docs::Section>) {
+    (cli::command(), manual::sections())
+}
+
+/// The whole `cmappmgr` program.
+pub fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = if cli::is_one_shot(&args) {
         exit::ocf::ERR_ARGS
@@ -45,9 +56,6 @@ fn main() -> ExitCode {
     code(match inv {
         cli::Invocation::Vm(args) => vm::main(args),
         cli::Invocation::Demo => demo::main(),
-        cli::Invocation::Generate(dir) => {
-            i32::from(common::docs::generate_main(&cli::command(), &manual::sections(), &dir))
-        }
         cli::Invocation::Keygen(k) => match certs::run(&k, certs::Side::Manager) {
             Ok(report) => {
                 println!("{report}");

@@ -13,6 +13,10 @@
 //! | `notify`       | systemd readiness, status and watchdog                        |
 //! | `manual`       | the man page's sections beyond the command line               |
 //!
+//! The binary (`src/bin/cmappserver.rs`) is [`main`]; [`docs`] is the command
+//! line and the manual for `cmapp-docgen` (the `docgen` crate), which writes
+//! the man page and completions for the packages.
+//!
 //! The same binary is also the shim (`cmappserver shim <dir>`, internal), the
 //! probes (`cmappserver net-mon`, `cmappserver disk-mon`, or installed as
 //! `cmapp_net_mon` / `cmapp_disk_mon`), and the key generator
@@ -86,9 +90,6 @@ enum Command {
     /// Internal: supervise one process (started by cmappserver itself).
     #[command(hide = true)]
     Shim { dir: PathBuf },
-    /// Internal: write the man page and shell completions under DIR.
-    #[command(hide = true)]
-    Generate { dir: PathBuf },
 }
 
 /// Exit codes of cmappserver itself (besides 0, and 1 for `--check-config` problems).
@@ -116,7 +117,13 @@ fn command() -> clap::Command {
     )
 }
 
-fn main() -> ExitCode {
+/// cmappserver's command line and manual sections, for the man page and completions.
+pub fn docs() -> (clap::Command, Vec<common::docs::Section>) {
+    (command(), manual::sections())
+}
+
+/// The whole `cmappserver` program (also the shim, the probes and run-as).
+pub fn main() -> ExitCode {
     // Internal, and once per monitored process: a shim started by the
     // supervisor (`shim DIR`) skips clap, whose parser would cost every shim
     // heap pages it keeps for life, and the daemon's code below, whose stack
@@ -148,9 +155,6 @@ fn not_a_shim() -> ExitCode {
         Some(Command::NetMon { args }) => code(probes::net::main(args)),
         Some(Command::DiskMon { args }) => code(probes::disk::main(args)),
         Some(Command::Shim { dir }) => code(supervisor::shim::main(dir)),
-        Some(Command::Generate { dir }) => {
-            ExitCode::from(common::docs::generate_main(&command(), &manual::sections(), &dir))
-        }
         Some(Command::Keygen(ref k)) => match certs::run(k, certs::Side::Server) {
             Ok(report) => {
                 println!("{report}");
