@@ -455,6 +455,7 @@ async fn run(loaded: Loaded, pid_file: Option<PathBuf>, reload: Reload) -> ExitC
         // connection is kept: the server's one notion of "gone".
         ack_wait: config.idle_timeout,
         output: supervisor::output::Settings::from_config(&config),
+        keep_spare: true,
     };
     let environment = match config.process_environment {
         common::config::ProcessEnvironment::Inherit if config.environment.is_empty() => None,

@@ -610,6 +610,7 @@ mod tests {
                 files: 1,
                 tail_lines: 0,
             },
+            keep_spare: false,
         };
         let settings = AppSettings {
             environment: None,

@@ -754,3 +754,334 @@ fn a_server_whose_binary_file_was_removed_still_launches_applications_and_probes
     let log = std::fs::read_to_string(&host_log).unwrap();
     assert!(log.contains("/nonexistent/disk0"), "{log}");
 }
+
+/// The shims started ahead of a launch (spares) of the server whose state
+/// directory is `state`, still waiting in `spare/` and connected to their
+/// server: (pid, directory name).
+fn spares(state: &Path) -> Vec<(u32, String)> {
+    let spare_dir = state.join("spare");
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.len() < 3 || args[1] != "shim" || !alive(pid) {
+            continue;
+        }
+        let dir = Path::new(&args[2]);
+        // A launched shim still shows the directory it was started in, now
+        // renamed into procs/: only one still in spare/ is a spare.
+        if dir.parent() == Some(spare_dir.as_path()) && dir.exists() && connected(pid) {
+            found.push((pid, dir.file_name().unwrap().to_string_lossy().into_owned()));
+        }
+    }
+    found
+}
+
+/// True when the shim `pid` has accepted a connection on its socket (a
+/// connected Unix socket named `.../sock`, in /proc/net/unix, among its descriptors).
+fn connected(pid: u32) -> bool {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| {
+            let link = std::fs::read_link(fd.path()).ok()?;
+            let link = link.to_string_lossy();
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/unix")).unwrap_or_default();
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // Num RefCount Protocol Flags Type St Inode Path; St 03: connected.
+        f.len() >= 8 && f[5] == "03" && inodes.iter().any(|i| i == f[6]) && f[7].ends_with("/sock")
+    })
+}
+
+/// Waits until exactly one spare of `server` waits, other than any of `not`.
+fn one_spare(server: &Server, not: &[u32]) -> (u32, String) {
+    let mut last = Vec::new();
+    let found = wait_until(WAIT, || {
+        last = spares(&server.state_dir);
+        last.len() == 1 && !not.contains(&last[0].0)
+    });
+    assert!(
+        found,
+        "not exactly one new spare: {last:?} (not {not:?}); log:\n{}",
+        server.log.text()
+    );
+    last.remove(0)
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_launch_takes_the_shim_started_ahead_of_it_and_another_is_started_for_the_next() {
+    let f = fixture();
+    let server = Server::start(&f.dir.join("srv"), &f.keys, "");
+    let state = server.state_dir.clone();
+    let (spare, name) = one_spare(&server, &[]);
+    let mut m = Mgr::spawn(
+        &f.conf,
+        &server.node(),
+        10.0,
+        &["-stop_on_halt"],
+        &["/bin/sleep", "1000"],
+    );
+    let pid = pid_in(
+        &m.err
+            .wait_for("started", WAIT)
+            .unwrap_or_else(|| panic!("{}", m.err.text())),
+    );
+    let rec = server.recorded().into_iter().find(|r| r.pid == pid).expect("recorded");
+    assert_eq!(rec.shim_pid, spare, "the launch used the shim started before it");
+    assert!(!state.join("spare").join(&name).exists(), "its directory moved");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("procs").join(&rec.id).join("meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["id"], rec.id.as_str(), "filed under the id its meta.json names");
+    assert!(
+        state.join("procs").join(&rec.id).join("sock").exists(),
+        "its socket moved with it"
+    );
+    let (next, _) = one_spare(&server, &[spare]);
+    // A stop still reaches it through its socket's new place.
+    m.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(m.code(), 0, "{}", m.err.text());
+    assert!(wait_until(WAIT, || !alive(pid)), "stopped");
+    assert!(alive(next), "the next spare waits");
+    assert!(server.recorded().iter().all(|r| r.shim_pid != next));
+}
+
+#[test]
+fn a_server_killed_with_a_spare_waiting_restarts_clean_and_launches() {
+    let f = fixture();
+    let mut server = Server::start(&f.dir.join("srv"), &f.keys, "");
+    let state = server.state_dir.clone();
+    let flag = f.dir.join("flag");
+    let mut m = Mgr::spawn(
+        &f.conf,
+        &server.node(),
+        30.0,
+        &[],
+        &["/bin/sh", "-c", &waits_for(&flag, 9)],
+    );
+    let pid = pid_in(
+        &m.err
+            .wait_for("started", WAIT)
+            .unwrap_or_else(|| panic!("{}", m.err.text())),
+    );
+    let (old, old_name) = one_spare(&server, &[]);
+    server.kill9();
+    // Its connection closed: the spare goes, with its directory, starting nothing.
+    assert!(wait_until(WAIT, || !alive(old)), "the spare outlived its server");
+    assert!(wait_until(WAIT, || !state.join("spare").join(&old_name).exists()));
+    // What a hostile or crashed past may leave there: a spare's directory
+    // with a meta.json (a crash between it and the rename), a file, and a
+    // link to somewhere else. All of it goes, and nothing it names is touched.
+    let left = state.join("spare/left");
+    std::fs::create_dir(&left).unwrap();
+    std::fs::write(left.join("meta.json"), "{}").unwrap();
+    std::fs::write(state.join("spare/file"), "x").unwrap();
+    let victim = f.dir.join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("precious"), "x").unwrap();
+    std::os::unix::fs::symlink(&victim, state.join("spare/link")).unwrap();
+
+    server.restart(None);
+    m.err
+        .wait_for("re-attached", WAIT)
+        .unwrap_or_else(|| panic!("{}", m.err.text()));
+    let (_, new_name) = one_spare(&server, &[old]);
+    assert_eq!(entries(&state.join("spare")), [new_name], "only the new server's spare");
+    assert!(victim.join("precious").exists(), "a link was followed");
+    // Launches work, and the application that ran through it all reports its code.
+    let (code, run) = Mgr::run_in(
+        None,
+        &monitor_args(&f.conf, &server.node(), 10.0, &[], &["/bin/sh", "-c", "exit 3"]),
+        WAIT,
+    );
+    assert_eq!(code, 3, "{}", run.err.text());
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(m.code(), 9, "{}", m.err.text());
+    assert!(!alive(pid));
+}
+
+#[test]
+fn a_spare_killed_by_someone_is_replaced_and_launches_still_work() {
+    let f = fixture();
+    let server = Server::start(&f.dir.join("srv"), &f.keys, "");
+    let state = server.state_dir.clone();
+    let kill = |pid: u32| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap()
+    };
+    let (first, first_name) = one_spare(&server, &[]);
+    kill(first);
+    let (second, _) = one_spare(&server, &[first]);
+    assert!(
+        wait_until(WAIT, || !state.join("spare").join(&first_name).exists()),
+        "the dead spare's directory is left: {:?}",
+        entries(&state.join("spare"))
+    );
+    let run = |code: i32| {
+        let (got, m) = Mgr::run_in(
+            None,
+            &monitor_args(
+                &f.conf,
+                &server.node(),
+                10.0,
+                &[],
+                &["/bin/sh", "-c", &format!("exit {code}")],
+            ),
+            WAIT,
+        );
+        assert_eq!(got, code, "{}", m.err.text());
+    };
+    run(4);
+    // Killed just before a launch: the launch finds it gone and starts a shim itself.
+    let (third, _) = one_spare(&server, &[first, second]);
+    kill(third);
+    run(5);
+    one_spare(&server, &[first, second, third]);
+}
+
+/// A framed shim-protocol message (a big-endian length, then JSON).
+fn read_frame(s: &mut std::os::unix::net::UnixStream) -> serde_json::Value {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// A shim started by hand in `<state>/spare/NAME`, as a server starts a
+/// spare, connected to as its server: its process and the connection.
+fn hand_spare(state: &Path, name: &str) -> (std::process::Child, std::os::unix::net::UnixStream) {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = state.join("spare").join(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut shim = std::process::Command::new(cmapp_tests::bin("cmappserver"))
+        .arg("shim")
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(shim.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "listening\n");
+    let mut conn = std::os::unix::net::UnixStream::connect(dir.join("sock")).unwrap();
+    let hello = read_frame(&mut conn);
+    assert_eq!(hello["waiting"], true, "{hello}");
+    (shim, conn)
+}
+
+/// The meta.json of a launch of `run` filed as `id`, as a server writes it
+/// (after its `unstarted` marker).
+fn meta_json(id: &str, run: &[&str]) -> String {
+    let spec = common::service::ServiceSpec::parse(run.iter().map(|s| s.to_string()).collect(), None).unwrap();
+    let mut meta = serde_json::to_value(&spec).unwrap();
+    meta["id"] = id.into();
+    meta["key"] = spec.key().into();
+    meta["created_at_ms"] = 1u64.into();
+    meta.to_string()
+}
+
+#[test]
+fn a_spare_whose_server_dies_before_the_rename_starts_nothing_and_goes() {
+    let f = fixture();
+    let mut server = Server::start(&f.dir.join("srv"), &f.keys, "");
+    server.term();
+    let state = server.state_dir.clone();
+    let ran = f.dir.join("ran");
+    let app = format!("touch {}; exec sleep 1000", ran.display());
+    // Without a meta.json, and with one (the server died between it and the rename).
+    for (name, meta) in [("a", false), ("b", true)] {
+        let (mut shim, conn) = hand_spare(&state, name);
+        if meta {
+            let dir = state.join("spare").join(name);
+            std::fs::write(dir.join("unstarted"), "").unwrap();
+            std::fs::write(dir.join("meta.json"), meta_json("r-b", &["/bin/sh", "-c", &app])).unwrap();
+        }
+        drop(conn);
+        let status = cmapp_tests::server::wait_child(&mut shim).expect("the spare ends");
+        assert!(status.success(), "{status:?}");
+        assert!(!state.join("spare").join(name).exists(), "its directory is left");
+        assert!(!ran.exists(), "a spare started its application");
+    }
+}
+
+#[test]
+fn a_spare_renamed_into_procs_whose_server_dies_before_start_is_adopted_and_started_by_the_next() {
+    let f = fixture();
+    let mut server = Server::start(&f.dir.join("srv"), &f.keys, "");
+    server.term();
+    let state = server.state_dir.clone();
+    let ran = f.dir.join("ran");
+    let flag = f.dir.join("flag");
+    let app = format!("touch {}; {}", ran.display(), waits_for(&flag, 6));
+    let run = ["/bin/sh", "-c", app.as_str()];
+    let (mut shim, conn) = hand_spare(&state, "s");
+    std::fs::write(state.join("spare/s/unstarted"), "").unwrap();
+    std::fs::write(state.join("spare/s/meta.json"), meta_json("r-1", &run)).unwrap();
+    std::fs::rename(state.join("spare/s"), state.join("procs/r-1")).unwrap();
+    drop(conn);
+    let log = state.join("procs/r-1/shim.log");
+    assert!(
+        wait_until(WAIT, || std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("went before it said start"))),
+        "the shim did not notice its server went"
+    );
+    assert!(
+        shim.try_wait().unwrap().is_none(),
+        "a filed shim waits for the next server"
+    );
+    assert!(!ran.exists(), "started without Start");
+
+    server.restart(None);
+    server
+        .log
+        .wait_for("re-attached to running process", WAIT)
+        .unwrap_or_else(|| panic!("{}", server.log.text()));
+    assert!(
+        wait_until(WAIT, || ran.exists()),
+        "the adopting server did not start it"
+    );
+    let rec = server
+        .recorded()
+        .into_iter()
+        .find(|r| r.id == "r-1")
+        .expect("pid recorded");
+    assert_eq!(rec.shim_pid, shim.id());
+    // The service's manager finds it running, with its pid, and gets its exit.
+    let mut m = Mgr::spawn(&f.conf, &server.node(), 10.0, &[], &run);
+    let line = m
+        .err
+        .wait_for("attached", WAIT)
+        .unwrap_or_else(|| panic!("{}", m.err.text()));
+    assert_eq!(pid_in(&line), rec.pid, "{line}");
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(m.code(), 6, "{}", m.err.text());
+    let _ = shim.wait();
+}

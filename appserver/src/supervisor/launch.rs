@@ -1,10 +1,29 @@
 //! Launching: the limit check, one launch at a time per service, the new
 //! record directory, and the shim that starts the process.
+//!
+//! A shim's exec and start-up (loading the binary, its runtime, reserving
+//! its space, binding its socket) are most of what a launch costs, so they
+//! are done ahead: at start, and after a launch when no other is under way,
+//! the server starts a *spare* shim in a directory of `<stateDir>/spare/`
+//! (no `meta.json`), connects to it and reads its hello, and keeps it
+//! waiting. A launch takes
+//! the spare (or makes one there and then, when none is ready), writes
+//! `meta.json` into its directory, renames the directory to `procs/<id>`
+//! and says `Start`. What makes this crash-safe is the order, the same as
+//! a shim started for its launch: `meta.json` is on disk before the record
+//! is in `procs/`, and the record (with the shim's socket in it) is there
+//! before `Start`; nothing is started before `Start`. A server that dies
+//! before the rename leaves a spare, which ends when its connection closes
+//! (and the next server clears `spare/`); one that dies after it leaves an
+//! ordinary shim waiting for `Start` in `procs/`, which the next server
+//! adopts and starts. A spare is not a process: it counts for no limit.
 
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use common::message::{now_ms, ErrorKind, ErrorReply, Forward, InstanceId, Launch, Started};
 use common::service::ServiceSpec;
@@ -69,10 +88,19 @@ impl Supervisor {
         };
         let counted = Spawning(self);
         // The subscriber is attached before the shim's first line can arrive.
-        let (proc, started) = self.spawn(&spec, key, sub, req.forward, run_as).await?;
-        let exited = !proc.is_running();
-        self.table().by_key.insert(proc.key.clone(), proc.clone());
+        let spawned = self.spawn(&spec, key, sub, req.forward, run_as).await;
+        if let Ok((proc, _)) = &spawned {
+            self.table().by_key.insert(proc.key.clone(), proc.clone());
+        }
         drop(counted);
+        // The next spare is made once no launch is under way: launches that
+        // come together each start their own shim at once (as many as come),
+        // and a spare made beside them would only compete with them for CPU.
+        if self.table().spawning == 0 {
+            self.refill(None);
+        }
+        let (proc, started) = spawned?;
+        let exited = !proc.is_running();
         if exited {
             self.table().exited.push_back(proc.clone());
             self.enforce_history();
@@ -90,7 +118,8 @@ impl Supervisor {
         )
     }
 
-    /// Starts a shim for `spec`, waits until its process runs, and attaches `sub`.
+    /// Starts `spec` under the spare shim (made now if none is ready),
+    /// waits until its process runs, and attaches `sub`.
     async fn spawn(
         self: &Arc<Self>,
         spec: &ServiceSpec,
@@ -99,13 +128,12 @@ impl Supervisor {
         forward: Option<Forward>,
         run_as: Option<RunAs>,
     ) -> Result<(Arc<Proc>, Started), ErrorReply> {
-        let internal = |what: &str, e: &dyn std::fmt::Display| err(ErrorKind::Internal, format!("{what}: {e}"));
-        let (id, record) = self
-            .create_record()
-            .map_err(|e| internal("cannot create process record", &e))?;
-        let dir = record.path().to_path_buf();
-        let meta = Meta {
-            id: id.clone(),
+        let mut spare = match self.take_spare() {
+            Some(spare) => spare,
+            None => self.make_spare().await?,
+        };
+        let mut meta = Meta {
+            id: String::new(),
             key: key.clone(),
             service: spec.clone(),
             created_at_ms: now_ms(),
@@ -114,72 +142,52 @@ impl Supervisor {
             output: Some(OutputMeta::for_service(&self.limits.output, &key)),
             run_as,
         };
-        let cleanup = |e: ErrorReply| {
-            let _ = std::fs::remove_dir_all(&dir);
+        // meta.json, then the rename into procs/, then Start: see the module
+        // documentation for why this order is the crash-safety argument.
+        let filed = self.file(&mut spare, &mut meta);
+        let Spare {
+            dir,
+            shim,
+            process,
+            pid,
+            ..
+        } = spare;
+        let fail = |process: ShimProcess, e: ErrorReply| {
+            // Our own unreaped child: its pid cannot have been reused. It
+            // started nothing, or could not tell us: it must not linger.
+            process.kill();
+            let _ = std::fs::remove_dir_all(dir.path());
             e
         };
-        // `unstarted` first: every record with a `meta.json` this server
-        // writes says whether its application may have been started.
-        record
-            .write(state::UNSTARTED, b"")
-            .and_then(|()| record.write_json(state::META, &meta))
-            .map_err(|e| cleanup(internal("cannot write process record", &e)))?;
+        if let Err(e) = filed {
+            return Err(fail(process, internal("cannot write process record", &e)));
+        }
         if super::shim::test_fault("exit-before-shim") {
-            // A crash between the record and its shim (tests only).
+            // A crash of the server, and of the shim with it, between filing
+            // the record and Start (tests only; the shim alone surviving is
+            // the adoption case). Our unreaped child: the pid is its own.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             std::process::exit(99);
         }
-        // This very binary, even if a package upgrade has replaced or
-        // removed its file since: a shim always speaks our protocol.
-        let mut shim = tokio::process::Command::new(common::exe::SELF)
-            .arg0(&self.exe)
-            .arg("shim")
-            .arg(&dir)
-            .env_remove(crate::notify::ENV[0])
-            .env_remove(crate::notify::ENV[1])
-            .env_remove(crate::notify::ENV[2])
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|e| cleanup(internal("cannot start process supervisor", &e)))?;
-        let mut line = String::new();
-        let mut out = tokio::io::BufReader::new(shim.stdout.take().expect("piped stdout"));
-        let read = tokio::time::timeout(Duration::from_secs(30), out.read_line(&mut line)).await;
-        drop(out);
-        let connected = if matches!(read, Ok(Ok(n)) if n > 0) {
-            // The shim starts the process once we have accepted its hello.
-            link::connect(&record, link::Expect::New)
-                .await
-                .map_err(|e| internal("process supervisor failed", &e))
-        } else {
-            let why = record
-                .read(state::SHIM_LOG)
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| b"no log".to_vec());
-            Err(internal(
-                "process supervisor failed to start",
-                &String::from_utf8_lossy(&why).trim(),
-            ))
+        let stream = match shim.start().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                let why = match dir.read(state::SHIM_LOG) {
+                    Ok(Some(log)) => format!("{e} ({})", String::from_utf8_lossy(&log).trim()),
+                    _ => e.to_string(),
+                };
+                return Err(fail(process, internal("process supervisor failed", &why)));
+            }
         };
-        if connected.is_err() {
-            // Our own unreaped child: its pid cannot have been reused. Had
-            // its hello been refused, it started nothing; it must not linger.
-            let _ = shim.start_kill();
-        }
-        // Reap the shim whenever it ends; it is never waited on otherwise.
-        tokio::spawn(async move {
-            let _ = shim.wait().await;
-        });
-        let stream = connected.map_err(cleanup)?;
         let proc = Arc::new(Proc {
-            id,
+            id: meta.id,
             key,
             display: spec.display(),
             service: meta.service,
-            dir: dir.clone(),
+            dir: dir.path().to_path_buf(),
             pid: stream.pid,
             started_at_ms: stream.started_at_ms,
             output: meta.output.clone(),
@@ -191,22 +199,276 @@ impl Supervisor {
         Ok((proc, started))
     }
 
+    /// Writes `unstarted`, then `meta` (under a fresh id), into the spare's
+    /// directory and renames it to that id in `procs/`, never over anything
+    /// there: every record with a `meta.json` this server files says
+    /// whether its application may have been started.
+    fn file(&self, spare: &mut Spare, meta: &mut Meta) -> std::io::Result<()> {
+        spare.dir.write(state::UNSTARTED, b"")?;
+        for _ in 0..64 {
+            meta.id = self.new_id();
+            spare.dir.write_json(state::META, &*meta)?;
+            if self.state.promote(&mut spare.dir, &spare.name, &meta.id)? {
+                return Ok(());
+            }
+        }
+        Err(std::io::Error::other("every fresh record id is taken"))
+    }
+
+    /// The spare shim, if one is ready and still there.
+    fn take_spare(&self) -> Option<Spare> {
+        let mut spare = self.spares().ready.take()?;
+        if spare.shim.is_gone() {
+            tracing::debug!(
+                pid = spare.pid,
+                "the spare process supervisor is gone; starting one now"
+            );
+            self.discard(spare);
+            return None;
+        }
+        Some(spare)
+    }
+
+    /// Starts a shim in a new directory of `spare/` and waits until it is
+    /// connected and waits for `Start`.
+    async fn make_spare(self: &Arc<Self>) -> Result<Spare, ErrorReply> {
+        let (name, dir) = self
+            .create_spare()
+            .map_err(|e| internal("cannot create process record", &e))?;
+        // This very binary, even if a package upgrade has replaced or
+        // removed its file since: a shim always speaks our protocol.
+        let spawned = tokio::process::Command::new(common::exe::SELF)
+            .arg0(&self.exe)
+            .arg("shim")
+            .arg(dir.path())
+            .env_remove(crate::notify::ENV[0])
+            .env_remove(crate::notify::ENV[1])
+            .env_remove(crate::notify::ENV[2])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(false)
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(dir.path());
+                return Err(internal("cannot start process supervisor", &e));
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        let stdout = child.stdout.take().expect("piped stdout");
+        let process = self.reap(child, Some(name.clone()));
+        let mut line = String::new();
+        let mut out = tokio::io::BufReader::new(stdout);
+        let read = tokio::time::timeout(Duration::from_secs(30), out.read_line(&mut line)).await;
+        drop(out);
+        let waiting = if matches!(read, Ok(Ok(n)) if n > 0) {
+            match link::hello(&dir, link::Expect::New).await {
+                Ok(link::Hello::Waiting(shim)) => Ok(shim),
+                Ok(link::Hello::Running(_)) => Err(internal(
+                    "process supervisor failed",
+                    &"it said its process runs before it was told to start one",
+                )),
+                Err(e) => Err(internal("process supervisor failed", &e)),
+            }
+        } else {
+            let why = dir
+                .read(state::SHIM_LOG)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| b"no log".to_vec());
+            Err(internal(
+                "process supervisor failed to start",
+                &String::from_utf8_lossy(&why).trim(),
+            ))
+        };
+        match waiting {
+            Ok(shim) => Ok(Spare {
+                name,
+                dir,
+                shim,
+                process,
+                pid,
+                made: tokio::time::Instant::now(),
+            }),
+            Err(e) => {
+                process.kill();
+                let _ = std::fs::remove_dir_all(dir.path());
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes a spare in the background (not before `at`), unless one is
+    /// ready or being made, the server is shutting down, or spares are off.
+    /// One that cannot be made is tried again later (after 1 s, doubling up
+    /// to a minute); meanwhile each launch starts its shim itself.
+    pub(super) fn refill(self: &Arc<Self>, at: Option<tokio::time::Instant>) {
+        if !self.limits.keep_spare || self.table().shutting_down {
+            return;
+        }
+        {
+            let mut slot = self.spares();
+            if slot.ready.is_some() || slot.making {
+                return;
+            }
+            slot.making = true;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if let Some(at) = at {
+                tokio::time::sleep_until(at).await;
+            }
+            let Some(sup) = weak.upgrade() else { return };
+            let made = sup.make_spare().await;
+            let shutting_down = sup.table().shutting_down;
+            let mut slot = sup.spares();
+            slot.making = false;
+            match made {
+                Ok(spare) if slot.ready.is_none() && !shutting_down => {
+                    slot.ready = Some(spare);
+                    slot.backoff = Duration::ZERO;
+                }
+                Ok(spare) => {
+                    drop(slot);
+                    sup.discard(spare);
+                }
+                Err(e) => {
+                    slot.backoff = (slot.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                    let again = tokio::time::Instant::now() + slot.backoff;
+                    drop(slot);
+                    tracing::warn!(
+                        "cannot start a process supervisor ahead of the next launch: {}",
+                        e.message
+                    );
+                    sup.refill(Some(again));
+                }
+            }
+        });
+    }
+
+    /// Ends a spare no launch took: it starts nothing once its connection closes.
+    pub(super) fn discard(&self, spare: Spare) {
+        let Spare { dir, process, .. } = spare;
+        process.kill();
+        self.remove_later(dir.path().to_path_buf());
+    }
+
+    /// A spare shim ended (`reap`): if no launch took it, it is replaced,
+    /// not sooner than a second after it was made (no busy loop on a
+    /// shim that cannot stay up).
+    fn spare_gone(self: &Arc<Self>, name: &str) {
+        let gone = {
+            let mut slot = self.spares();
+            match &slot.ready {
+                Some(s) if s.name == name => slot.ready.take(),
+                _ => None,
+            }
+        };
+        if let Some(spare) = gone {
+            tracing::warn!(
+                pid = spare.pid,
+                "the spare process supervisor ended before a launch took it; starting another"
+            );
+            let at = spare.made + Duration::from_secs(1);
+            self.discard(spare);
+            self.refill(Some(at));
+        }
+    }
+
+    /// Reaps a shim we started whenever it ends (it is never waited on
+    /// otherwise); the handle kills it while it is still unreaped.
+    fn reap(self: &Arc<Self>, mut child: tokio::process::Child, spare: Option<String>) -> ShimProcess {
+        let (kill, killed) = oneshot::channel::<()>();
+        let sup = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = child.wait() => {}
+                Ok(()) = killed => {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                }
+            }
+            if let (Some(name), Some(sup)) = (spare, sup.upgrade()) {
+                sup.spare_gone(&name);
+            }
+        });
+        ShimProcess { kill }
+    }
+
+    fn spares(&self) -> std::sync::MutexGuard<'_, SpareSlot> {
+        self.spare.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(super) fn start_link(self: &Arc<Self>, proc: &Arc<Proc>, stream: link::ShimStream) {
         let (tx, rx) = mpsc::channel(8);
         proc.lock().link = Some(tx);
         tokio::spawn(link::run(self.clone(), proc.clone(), stream, rx));
     }
 
-    /// Creates a record directory under a fresh id (exclusively: an id
-    /// that exists in any form is skipped, never reused).
-    fn create_record(&self) -> std::io::Result<(InstanceId, state::Dir)> {
+    /// Creates a spare's directory under a fresh name (exclusively).
+    fn create_spare(&self) -> std::io::Result<(String, state::Dir)> {
         for _ in 0..64 {
-            let id = self.new_id();
-            if let Some(dir) = self.state.create_record(&id)? {
-                return Ok((id, dir));
+            let name = self.new_id();
+            if let Some(dir) = self.state.create_spare(&name)? {
+                return Ok((name, dir));
             }
         }
-        Err(std::io::Error::other("every fresh record id is taken"))
+        Err(std::io::Error::other("every fresh spare name is taken"))
+    }
+}
+
+fn internal(what: &str, e: &dyn std::fmt::Display) -> ErrorReply {
+    err(ErrorKind::Internal, format!("{what}: {e}"))
+}
+
+/// A shim started ahead of the next launch: its directory is in
+/// `<stateDir>/spare/` with no `meta.json`, and it waits, connected and past
+/// its hello, for `Start` (see the module documentation).
+pub(super) struct Spare {
+    name: String,
+    dir: state::Dir,
+    shim: link::WaitingShim,
+    process: ShimProcess,
+    pid: u32,
+    made: tokio::time::Instant,
+}
+
+/// The spare ready for the next launch, and whether one is being made.
+#[derive(Default)]
+pub(super) struct SpareSlot {
+    ready: Option<Spare>,
+    making: bool,
+    /// The wait before the next try after a spare could not be made.
+    backoff: Duration,
+}
+
+impl SpareSlot {
+    pub(super) fn take_ready(&mut self) -> Option<Spare> {
+        self.ready.take()
+    }
+}
+
+impl std::fmt::Debug for SpareSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpareSlot")
+            .field("ready", &self.ready.as_ref().map(|s| (&s.name, s.pid)))
+            .field("making", &self.making)
+            .finish()
+    }
+}
+
+/// A shim process we started, reaped by its own task (see `reap`).
+struct ShimProcess {
+    kill: oneshot::Sender<()>,
+}
+
+impl ShimProcess {
+    /// Kills it, if it has not ended (and been reaped) already.
+    fn kill(self) {
+        let _ = self.kill.send(());
     }
 }
 
@@ -396,7 +658,7 @@ mod tests {
         sup.table().spawning = 0;
         // One place left: the launch gets past the limit (and fails here,
         // where the record cannot be made), and gives the place back.
-        std::fs::remove_dir_all(tmp.path().join("state/procs")).unwrap();
+        std::fs::remove_dir_all(tmp.path().join("state/spare")).unwrap();
         let e = sup.launch(launch("new"), a.clone(), &open).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Internal);
         assert!(e.message.starts_with("cannot create process record: "), "{}", e.message);
@@ -437,7 +699,7 @@ mod tests {
             u64::from_str_radix(parts[0], 16).unwrap() > 1_600_000_000_000,
             "ms since the epoch"
         );
-        let (id, dir) = sup.create_record().unwrap();
-        assert_eq!(dir.path(), Path::new(&tmp.path().join("state/procs").join(&id)));
+        let (name, dir) = sup.create_spare().unwrap();
+        assert_eq!(dir.path(), Path::new(&tmp.path().join("state/spare").join(&name)));
     }
 }

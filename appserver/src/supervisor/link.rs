@@ -63,10 +63,34 @@ pub(super) enum Expect {
     Adopt,
 }
 
+/// A connected shim that said hello and waits for `Start` (a new shim, or
+/// a spare started ahead of its launch).
+pub(super) struct WaitingShim {
+    rd: Reader,
+    wr: Writer,
+}
+
+/// What a shim's hello said.
+pub(super) enum Hello {
+    /// Its process runs (or ran): adopted as it is.
+    Running(ShimStream),
+    /// It waits for `Start`.
+    Waiting(WaitingShim),
+}
+
 /// Connects to the shim in `dir`, checks who it is and reads its hello; a
 /// shim still waiting to start its process is told to start it once (and
 /// only once) its hello is accepted.
 pub(super) async fn connect(dir: &Dir, expect: Expect) -> Result<ShimStream, LinkError> {
+    match hello(dir, expect).await? {
+        Hello::Running(stream) => Ok(stream),
+        Hello::Waiting(shim) => shim.start().await,
+    }
+}
+
+/// Connects to the shim in `dir`, checks who it is, and reads and checks
+/// its hello (closing the connection is the refusal: the shim starts nothing).
+pub(super) async fn hello(dir: &Dir, expect: Expect) -> Result<Hello, LinkError> {
     let stream = UnixStream::connect(dir.fd_path(state::SOCK))
         .await
         .map_err(LinkError::Connect)?;
@@ -78,7 +102,7 @@ pub(super) async fn connect(dir: &Dir, expect: Expect) -> Result<ShimStream, Lin
             ours: state::own_uid(),
         });
     }
-    let (mut rd, mut wr) = connection::split(stream);
+    let (mut rd, wr) = connection::split(stream);
     let (protocol, pid, started_at_ms, waiting) = match read(&mut rd).await? {
         ShimEvent::Hello {
             protocol,
@@ -98,38 +122,53 @@ pub(super) async fn connect(dir: &Dir, expect: Expect) -> Result<ShimStream, Lin
         Expect::Adopt => (OLDEST_ADOPTED..=SHIM_PROTOCOL).contains(&protocol),
     };
     if !accepted {
-        // Closing the connection is the refusal: the shim starts nothing.
         return Err(LinkError::Version(protocol));
     }
-    if !waiting {
-        return Ok(ShimStream {
-            rd,
-            wr,
-            pid,
-            started_at_ms,
-            pending: None,
-        });
+    if waiting {
+        return Ok(Hello::Waiting(WaitingShim { rd, wr }));
     }
-    wr.write(&ShimRequest::Start).await?;
-    match read(&mut rd).await? {
-        ShimEvent::Started { pid, started_at_ms } => Ok(ShimStream {
-            rd,
-            wr,
-            pid,
-            started_at_ms,
-            pending: None,
-        }),
-        ev @ ShimEvent::Exited { exited_at_ms, .. } => Ok(ShimStream {
-            rd,
-            wr,
-            pid: 0,
-            started_at_ms: exited_at_ms,
-            pending: Some(ev),
-        }),
-        other => Err(LinkError::Unexpected {
-            event: format!("{other:?}"),
-            when: "instead of starting its process",
-        }),
+    Ok(Hello::Running(ShimStream {
+        rd,
+        wr,
+        pid,
+        started_at_ms,
+        pending: None,
+    }))
+}
+
+impl WaitingShim {
+    /// True when the shim has closed the connection (it died) or said
+    /// anything at all: a waiting shim says nothing until `Start`. Never waits.
+    pub(super) fn is_gone(&mut self) -> bool {
+        use futures::FutureExt;
+        self.rd.read::<ShimEvent>().now_or_never().is_some()
+    }
+
+    /// Says `Start` and reads the answer: the process runs, or could not be
+    /// started (its `Exited` is then the stream's first event).
+    pub(super) async fn start(self) -> Result<ShimStream, LinkError> {
+        let WaitingShim { mut rd, mut wr } = self;
+        wr.write(&ShimRequest::Start).await?;
+        match read(&mut rd).await? {
+            ShimEvent::Started { pid, started_at_ms } => Ok(ShimStream {
+                rd,
+                wr,
+                pid,
+                started_at_ms,
+                pending: None,
+            }),
+            ev @ ShimEvent::Exited { exited_at_ms, .. } => Ok(ShimStream {
+                rd,
+                wr,
+                pid: 0,
+                started_at_ms: exited_at_ms,
+                pending: Some(ev),
+            }),
+            other => Err(LinkError::Unexpected {
+                event: format!("{other:?}"),
+                when: "instead of starting its process",
+            }),
+        }
     }
 }
 

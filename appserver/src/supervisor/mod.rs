@@ -68,6 +68,9 @@ pub struct Limits {
     pub ack_wait: Duration,
     /// Where the applications' output goes in the guest.
     pub output: output::Settings,
+    /// Keep a shim started ahead of the next launch (see [`launch`]). Off
+    /// where no shim can be started (unit tests: /proc/self/exe is theirs).
+    pub keep_spare: bool,
 }
 
 /// Managers remembered per process after their connection closed.
@@ -105,6 +108,8 @@ pub struct Supervisor {
     /// the same service at once start it once, while different services
     /// start in parallel.
     launching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The shim started ahead of the next launch.
+    spare: Mutex<launch::SpareSlot>,
     seq: AtomicU64,
     /// Record directories to delete, handed to one long-lived thread.
     janitor: Mutex<std::sync::mpsc::Sender<PathBuf>>,
@@ -127,10 +132,12 @@ impl Supervisor {
             exe,
             table: Mutex::new(Table::default()),
             launching: Mutex::new(HashMap::new()),
+            spare: Mutex::new(launch::SpareSlot::default()),
             seq: AtomicU64::new(0),
             janitor: Mutex::new(janitor()),
         });
         sup.recover().await;
+        sup.refill(None);
         // The sweeper holds no strong reference: it ends with the supervisor.
         let weak = Arc::downgrade(&sup);
         let every = (sup.limits.ack_wait / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -278,6 +285,9 @@ impl Supervisor {
             table.shutting_down = true;
             table.by_key.values().cloned().collect()
         };
+        if let Some(spare) = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take_ready() {
+            self.discard(spare);
+        }
         if !stop_processes {
             return;
         }

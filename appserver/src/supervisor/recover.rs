@@ -111,21 +111,8 @@ impl Supervisor {
                     continue;
                 }
             };
-            let withdrawn = matches!(record.entry(state::WITHDRAWN), Ok(Some(_)));
-            if withdrawn && matches!(record.entry(state::PID), Ok(None)) {
-                // A server before us withdrew this launch and stopped before
-                // removing it: its application never started, and its shim
-                // (if it still waits) is not told to start now. (A pid.json
-                // beside it contradicts it: whatever put it there, the
-                // record is read as before.)
-                tracing::info!(service = %meta.service.display(), "discarding a launch that never started its application (withdrawn by cmappserver before its restart)");
-                let _ = std::fs::remove_dir_all(&dir);
-                continue;
-            }
             let pid: Option<PidRecord> = record.read_json(state::PID).ok().flatten();
-            // Its presence is the marker (nothing is read: an `acked` that
-            // cannot be read as a file must not hand the exit out again).
-            let acked = matches!(record.entry(state::ACKED), Ok(Some(_)));
+            let acked = matches!(record.read(state::ACKED), Ok(Some(_)));
             // The managers that watched it count as gone at the restart: an
             // exit that happens, or happened, is owed to them for `ack_wait`
             // from now (see `sweep`). An older server's record names none.
@@ -160,10 +147,18 @@ impl Supervisor {
             let (proc, before, acked, record, reached) =
                 joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
             let dir = proc.dir.clone();
-            let connected = match reached {
+            let (connected, proc) = match reached {
                 Ok(stream) => {
+                    // A shim that was still waiting for Start (its server
+                    // died between filing the record and starting it) has
+                    // just started its process: its pid is the answer's.
+                    let proc = if proc.pid == 0 && stream.pid != 0 {
+                        Arc::new(proc.started(stream.pid, stream.started_at_ms))
+                    } else {
+                        proc
+                    };
                     self.start_link(&proc, stream);
-                    true
+                    (true, proc)
                 }
                 Err(e) if never_started(&record) => {
                     // Its launch died with the server that made it: nothing
@@ -181,7 +176,7 @@ impl Supervisor {
                     inner.owed = before;
                     drop(inner);
                     tracing::info!(service = %proc.display, pid = proc.pid, "ended while cmappserver was away: {}", ex.status);
-                    false
+                    (false, proc)
                 }
             };
             let mut table = self.table();
@@ -225,21 +220,16 @@ impl Supervisor {
 
 /// True if the application of a record whose shim cannot be reached was
 /// never started, and now never will be: this takes the record's
-/// `unstarted` before its shim can, renaming it [`state::WITHDRAWN`] (one
-/// step: a crash before the record is removed leaves it withdrawn, see
-/// [`state::UNSTARTED`]). A record without it (its shim took it, or an
-/// older server wrote the record) may have a started application: false.
+/// `unstarted` before its shim can (see [`state::UNSTARTED`]). A record
+/// without it (its shim took it, or an older server wrote the record) may
+/// have a started application: false.
 fn never_started(dir: &state::Dir) -> bool {
-    let taken = match dir.entry(state::UNSTARTED) {
-        // Not a file (a directory put there): the shim cannot take it
-        // either, but nothing here proves what it did. As before the marker.
-        Ok(Some(state::Entry::Directory)) => Err(std::io::Error::from(std::io::ErrorKind::IsADirectory)),
-        _ => dir.take_as(state::UNSTARTED, state::WITHDRAWN),
-    };
-    match taken {
+    match dir.take(state::UNSTARTED) {
         Ok(taken) => taken,
         Err(e) => {
-            tracing::warn!(dir = %dir.path().display(), "cannot rename {} to {} (the marker of a launch whose application was never started): {e}; treating the application as possibly started", state::UNSTARTED, state::WITHDRAWN);
+            // Not a file (a directory put there): the shim cannot take it
+            // either, but nothing here proves what it did. As before the marker.
+            tracing::warn!(dir = %dir.path().display(), "cannot remove {} (the marker of a launch whose application was never started): {e}; treating the application as possibly started", state::UNSTARTED);
             false
         }
     }
@@ -520,35 +510,6 @@ mod tests {
         assert!(waiting.join(state::UNSTARTED).exists(), "the shim's to take");
     }
 
-    /// A recovering server that took `unstarted` and crashed before the
-    /// record was gone: the next one must not report the launch lost (70)
-    /// and file it as the service's current process, which the manager's
-    /// relaunch would attach to, starting nothing.
-    #[tokio::test]
-    async fn a_launch_withdrawn_by_a_server_that_crashed_before_removing_it_is_discarded_not_lost() {
-        let tmp = tempfile::tempdir().unwrap();
-        let never = record(tmp.path(), "r-never", "a", None, None);
-        std::fs::write(never.join(state::UNSTARTED), "").unwrap();
-        // The withdrawing server's one step, then its crash.
-        let dir = state::Dir::open(&never).unwrap();
-        assert!(never_started(&dir));
-        assert!(!never.join(state::UNSTARTED).exists() && never.join(state::WITHDRAWN).exists());
-        assert!(!never_started(&dir), "taken once");
-        // Taken by the shim (it started the application): nothing to withdraw.
-        let started = record(tmp.path(), "r-started", "b", None, None);
-        assert!(!never_started(&state::Dir::open(&started).unwrap()));
-        assert!(!started.join(state::WITHDRAWN).exists());
-        // A pid.json contradicts a withdrawal: read as before.
-        let running = record(tmp.path(), "r-running", "c", pid(10), None);
-        std::fs::write(running.join(state::WITHDRAWN), "").unwrap();
-        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
-        let list = sup.list();
-        let mut ids: Vec<&str> = list.iter().map(|i| i.id.as_str()).collect();
-        ids.sort();
-        assert_eq!(ids, ["r-running", "r-started"], "{list:?}");
-        assert!(!never.exists(), "discarded");
-    }
-
     /// Only our user can write a record, but whatever `unstarted` is, the
     /// server follows no link and removes no directory through it.
     #[tokio::test]
@@ -626,32 +587,6 @@ mod tests {
             !table.exited.iter().any(|p| p.id == "r-acked"),
             "collected: not held to the history"
         );
-    }
-
-    /// `acked` means what its presence says: whatever it is (the server
-    /// writes an empty file), the exit is never handed to the next start.
-    #[tokio::test]
-    async fn an_acked_marker_that_is_a_link_a_directory_or_a_huge_file_still_marks_the_exit_collected() {
-        let tmp = tempfile::tempdir().unwrap();
-        let target = tmp.path().join("target");
-        std::fs::write(&target, "kept").unwrap();
-        let link = record(tmp.path(), "r-link", "a", pid(10), Some(ExitStatus::Code(4)));
-        std::os::unix::fs::symlink(&target, link.join(state::ACKED)).unwrap();
-        let dir = record(tmp.path(), "r-dir", "b", pid(10), Some(ExitStatus::Code(4)));
-        std::fs::create_dir(dir.join(state::ACKED)).unwrap();
-        let huge = record(tmp.path(), "r-huge", "c", pid(10), Some(ExitStatus::Code(4)));
-        std::fs::File::create(huge.join(state::ACKED))
-            .unwrap()
-            .set_len(8 << 20)
-            .unwrap();
-        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
-        let table = sup.table();
-        let current: Vec<&str> = table.by_key.values().map(|p| p.id.as_str()).collect();
-        assert!(current.is_empty(), "handed to the next start: {current:?}");
-        let mut kept: Vec<&str> = table.lingering.keys().map(String::as_str).collect();
-        kept.sort();
-        assert_eq!(kept, ["r-dir", "r-huge", "r-link"]);
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "kept");
     }
 
     #[tokio::test]

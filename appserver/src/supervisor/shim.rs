@@ -18,6 +18,21 @@
 //!    process group, stdin from /dev/null, stdout and stderr piped, the
 //!    configured environment and OOM score), records `pid.json`, and sends
 //!    `Started` with the pid;
+//!
+//!    A shim is started ahead of its launch (a *spare*, see
+//!    [`super::launch`]): its directory is `<stateDir>/spare/<name>`, with no
+//!    `meta.json`, and it waits, connected and past its hello, for as long as
+//!    its server keeps the connection. The launch writes `meta.json`, renames
+//!    the directory to `procs/<id>` (the descriptor, the socket in it and
+//!    the connection all follow the directory; only the path the shim was
+//!    given is stale, and the shim takes its new one from there) and says
+//!    `Start`. The shim reads `meta.json` only then, and starts nothing
+//!    unless its directory is in `procs/` under the id `meta.json` names, so
+//!    that a restarted server finds the record and the socket. If the
+//!    connection closes first, a spare that is still a spare (its server
+//!    died or dropped it before the rename) removes its directory and ends;
+//!    one already renamed into `procs/` is an ordinary shim waiting for
+//!    `Start`, which a restarted server adopts;
 //! 2. reads the process's output, writes it to the guest log (see
 //!    [`super::output`]: while the disk keeps up, a full write queue makes
 //!    the pipes wait, so nothing is lost; a slow or full disk costs lines,
@@ -32,7 +47,7 @@
 //!    last lines to the connected server, and exits. A grandchild that keeps
 //!    the pipes open does not delay any of it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -69,6 +84,19 @@ pub enum ShimError {
     MissingMeta,
     #[error("{} names no program to run", state::META)]
     NoProgram,
+    /// A spare told to start whose directory is not a record in `procs/`.
+    #[error(
+        "told to start, but this supervisor's directory is not filed as the record {} names",
+        state::META
+    )]
+    NotFiled,
+    /// A spare (no `meta.json`) that cannot open the records' directory.
+    #[error("cannot open the process records' directory {}: {source}", path.display())]
+    NoRecords {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// Its socket: removing a stale one, or binding it.
     #[error("cannot {doing}: {source}")]
     Socket {
@@ -93,7 +121,7 @@ pub enum ShimError {
 /// Entry point of `cmappserver shim <dir>`; returns the shim's exit code.
 pub fn main(dir: PathBuf) -> i32 {
     close_inherited_descriptors();
-    let dir = match Dir::open(&dir) {
+    let mut dir = match Dir::open(&dir) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("cmappserver shim: {}: {e}", dir.display());
@@ -116,7 +144,7 @@ pub fn main(dir: PathBuf) -> i32 {
     // The shim's whole life is this one future: boxed, it lives on the heap
     // at its size, not copied down the stack through `block_on`'s frames
     // (stack pages, once touched, stay with the process for good).
-    match rt.block_on(Box::pin(run(&dir))) {
+    match rt.block_on(Box::pin(run(&mut dir))) {
         Ok(()) => 0,
         Err(e) => {
             log(&dir, &e.to_string());
@@ -305,12 +333,41 @@ impl Peer {
     }
 }
 
-/// Waits for a server that accepts our hello and says `Start`; `None` when
-/// none did in time.
-async fn wait_for_start(dir: &Dir, listener: &UnixListener) -> Option<(Halves, Peer)> {
-    let deadline = tokio::time::Instant::now() + FIRST_CONNECT;
+/// How the wait for `Start` ended.
+enum Waited {
+    /// A server accepted our hello and said `Start`.
+    Started(Box<Halves>, Peer),
+    /// A spare whose server closed the connection before any launch took it
+    /// (or that no server reached in time): nothing to start, ever.
+    Discarded,
+    /// No server accepted this shim in time.
+    NotAccepted,
+}
+
+/// Waits for a server that accepts our hello and says `Start`. A spare
+/// (`procs`: where a launch files it) waits for as long as its server keeps
+/// the connection; once that closes, it is discarded, unless a launch had
+/// already renamed it into `procs/`: then it waits like any new shim (at
+/// most [`FIRST_CONNECT`]) for the next server, which adopts it.
+///
+/// Until its first connection, a spare also watches the server that started
+/// it (`parent`, our parent process) and its own directory: once the server
+/// is gone (or, had it died before we could see who it was, once the next
+/// server has cleared `spare/`), nobody will ever connect, and the spare is
+/// discarded at once rather than at the deadline.
+async fn wait_for_start(
+    dir: &mut Dir,
+    listener: &UnixListener,
+    procs: Option<&Dir>,
+    mut parent: Option<Pid>,
+) -> Waited {
+    let mut deadline = tokio::time::Instant::now() + FIRST_CONNECT;
+    let mut spare = procs.is_some();
+    let gave_up = |spare: bool| if spare { Waited::Discarded } else { Waited::NotAccepted };
     loop {
-        let (stream, _) = tokio::time::timeout_at(deadline, listener.accept()).await.ok()?.ok()?;
+        let Some(stream) = accept(listener, deadline, parent.take(), dir).await else {
+            return gave_up(spare);
+        };
         let Some(peer) = check_peer(dir, &stream) else { continue };
         let (mut rd, mut wr) = connection::split(stream);
         let hello = ShimEvent::Hello {
@@ -322,25 +379,104 @@ async fn wait_for_start(dir: &Dir, listener: &UnixListener) -> Option<(Halves, P
         if wr.write(&hello).await.is_err() {
             continue;
         }
-        match tokio::time::timeout_at(deadline, rd.read::<ShimRequest>()).await {
-            Ok(Ok(Some(ShimRequest::Start))) => return Some(((rd, wr), peer)),
+        let request = if spare {
+            Ok(rd.read::<ShimRequest>().await)
+        } else {
+            tokio::time::timeout_at(deadline, rd.read::<ShimRequest>()).await
+        };
+        match request {
+            Ok(Ok(Some(ShimRequest::Start))) => return Waited::Started(Box::new((rd, wr)), peer),
+            Err(_) => return gave_up(spare),
+            Ok(_) if spare => match procs.and_then(|p| filed(dir, p)) {
+                Some((path, _)) => {
+                    dir.moved_to(path);
+                    spare = false;
+                    deadline = tokio::time::Instant::now() + FIRST_CONNECT;
+                    log(
+                        dir,
+                        "the server launching this supervisor went before it said start; waiting for another",
+                    );
+                }
+                None => return Waited::Discarded,
+            },
             Ok(_) => log(
                 dir,
                 "a server closed the connection without accepting our hello; waiting for another",
             ),
-            Err(_) => return None,
         }
     }
 }
 
-async fn run(dir: &Dir) -> Result<(), ShimError> {
-    let meta: Meta = dir
-        .read_json(state::META)
-        .map_err(|source| ShimError::ReadMeta { source })?
-        .ok_or(ShimError::MissingMeta)?;
+/// The next connection, if one comes before `deadline` (and, given a
+/// `parent`, while that process is still our parent and `dir` is still
+/// there: a restarted server clears the spares of the one before).
+async fn accept(
+    listener: &UnixListener,
+    deadline: tokio::time::Instant,
+    parent: Option<Pid>,
+    dir: &Dir,
+) -> Option<UnixStream> {
+    let mut check = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            accepted = tokio::time::timeout_at(deadline, listener.accept()) => {
+                return accepted.ok()?.ok().map(|(stream, _)| stream);
+            }
+            _ = check.tick(), if parent.is_some() => {
+                if Some(nix::unistd::getppid()) != parent || dir.removed() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Where a spare's directory is filed, with its `meta.json`, when a launch
+/// has renamed it to `procs/<id>` (the id `meta.json` names); `None` while
+/// it is not there, whatever `meta.json` says.
+fn filed(dir: &Dir, procs: &Dir) -> Option<(PathBuf, Meta)> {
+    let meta: Meta = dir.read_json(state::META).ok()??;
+    let plain = !meta.id.is_empty() && meta.id != ".." && meta.id != "." && !meta.id.contains('/');
+    (plain && procs.holds(&meta.id, dir)).then(|| (procs.path().join(&meta.id), meta))
+}
+
+/// The records' directory a spare in `<stateDir>/spare/<name>` is filed
+/// into: `<stateDir>/procs`.
+fn records_of_spare(dir: &Dir) -> Result<Dir, ShimError> {
+    let root = dir.path().parent().and_then(Path::parent).unwrap_or(Path::new("/"));
+    let path = root.join("procs");
+    Dir::open(&path).map_err(|source| ShimError::NoRecords { path, source })
+}
+
+/// Removes our own directory, if its path still names it.
+fn remove_own(dir: &Dir) {
+    if Dir::open(dir.path()).is_ok_and(|here| here.is(dir)) {
+        let _ = std::fs::remove_dir_all(dir.path());
+    }
+}
+
+fn check_program(meta: &Meta) -> Result<(), ShimError> {
     if meta.service.argv.first().is_none_or(String::is_empty) {
         return Err(ShimError::NoProgram);
     }
+    Ok(())
+}
+
+async fn run(dir: &mut Dir) -> Result<(), ShimError> {
+    // A shim started for a launch finds its meta.json; a spare, started
+    // ahead of the next launch, finds none until that launch.
+    let early: Option<Meta> = dir
+        .read_json(state::META)
+        .map_err(|source| ShimError::ReadMeta { source })?;
+    let procs = match &early {
+        Some(meta) => {
+            check_program(meta)?;
+            None
+        }
+        None => Some(records_of_spare(dir)?),
+    };
+    // A spare's server is its parent (see `wait_for_start`).
+    let parent = procs.is_some().then(nix::unistd::getppid);
     // Room for the pid and exit records, whatever fills the disk meanwhile:
     // an application whose exit could not be recorded is never started.
     dir.write(state::RESERVE, &[0; RESERVED])
@@ -356,9 +492,28 @@ async fn run(dir: &Dir) -> Result<(), ShimError> {
     // can be missed, and a server of another version never leaves it
     // unmonitored. A server that died in between never says Start: then
     // nothing is started at all.
-    let Some((first, first_peer)) = wait_for_start(dir, &listener).await else {
-        let _ = std::fs::remove_dir_all(dir.path());
-        return Err(ShimError::NotAccepted);
+    let (first, first_peer) = match wait_for_start(dir, &listener, procs.as_ref(), parent).await {
+        Waited::Started(halves, peer) => (*halves, peer),
+        Waited::Discarded => {
+            remove_own(dir);
+            return Ok(());
+        }
+        Waited::NotAccepted => {
+            remove_own(dir);
+            return Err(ShimError::NotAccepted);
+        }
+    };
+    let meta = match (early, &procs) {
+        (Some(meta), _) => meta,
+        // A spare: only now is there a meta.json, and only a record filed
+        // where a restarted server finds it (its socket with it) is started.
+        (None, Some(procs)) => {
+            let (path, meta) = filed(dir, procs).ok_or(ShimError::NotFiled)?;
+            dir.moved_to(path);
+            check_program(&meta)?;
+            meta
+        }
+        (None, None) => return Err(ShimError::MissingMeta),
     };
 
     // The last moment the application can still be withheld: a recovering
@@ -619,9 +774,9 @@ fn write_record<T: serde::Serialize>(dir: &Dir, name: &str, value: &T) -> std::i
 /// detect, or a crash at a chosen instant for a test:
 /// `CMAPP_TEST_FAULT=<name>` in cmappserver's environment (which its shims
 /// inherit). `notify-before-record`: a shim tells its exit before recording
-/// it; `exit-before-shim`: the server exits between writing a new record
-/// and starting its shim. Honoured only in debug builds: a release build
-/// ignores it.
+/// it; `exit-before-shim`: the server kills the spare shim it launches
+/// and exits, between filing the new record and telling the shim to start.
+/// Honoured only in debug builds: a release build ignores it.
 pub(super) fn test_fault(name: &str) -> bool {
     cfg!(debug_assertions) && std::env::var("CMAPP_TEST_FAULT").is_ok_and(|v| v == name)
 }
@@ -1372,7 +1527,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_process_starts_only_after_a_server_accepts_the_hello_and_says_start() {
-        let (tmp, dir) = record_dir();
+        let (tmp, mut dir) = record_dir();
         let listener = bind(&dir).unwrap();
         let sock = tmp.path().join(state::SOCK);
         let server = tokio::spawn(async move {
@@ -1385,7 +1540,9 @@ mod tests {
             wr.write(&ShimRequest::Start).await.unwrap();
             (hello, again, rd, wr)
         });
-        let ((_rd, _wr), peer) = wait_for_start(&dir, &listener).await.expect("started");
+        let Waited::Started(_halves, peer) = wait_for_start(&mut dir, &listener, None, None).await else {
+            panic!("started")
+        };
         assert_eq!(peer.pid, std::process::id());
         let (hello, again, _srd, _swr) = server.await.unwrap();
         let want = ShimEvent::Hello {
@@ -1412,7 +1569,7 @@ mod tests {
     async fn the_application_starts_only_if_its_record_is_still_unstarted() {
         for marker in ["none", "file", "directory"] {
             let unstarted = marker == "file";
-            let (tmp, dir) = record_dir();
+            let (tmp, mut dir) = record_dir();
             let flag = tmp.path().join("ran");
             let service = common::service::ServiceSpec::parse(
                 vec!["/bin/touch".into(), flag.display().to_string()],
@@ -1466,7 +1623,7 @@ mod tests {
                 }
                 next
             };
-            let (ran, next) = tokio::join!(run(&dir), server);
+            let (ran, next) = tokio::join!(run(&mut dir), server);
             if unstarted {
                 assert!(matches!(next, Ok(Some(ShimEvent::Started { .. }))), "{next:?}");
                 ran.unwrap();
@@ -1487,11 +1644,159 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn without_a_server_within_30_s_nothing_starts() {
-        let (_tmp, dir) = record_dir();
+        let (_tmp, mut dir) = record_dir();
         let listener = bind(&dir).unwrap();
         let t0 = tokio::time::Instant::now();
-        assert!(wait_for_start(&dir, &listener).await.is_none());
+        assert!(matches!(
+            wait_for_start(&mut dir, &listener, None, None).await,
+            Waited::NotAccepted
+        ));
         assert_eq!(t0.elapsed(), FIRST_CONNECT);
+    }
+
+    /// A state directory's `procs/` and a spare's directory in `spare/`.
+    fn spare_dir() -> (tempfile::TempDir, Dir, Dir) {
+        let tmp = tempfile::tempdir().unwrap();
+        for d in ["", "procs", "spare", "spare/s1"] {
+            let p = tmp.path().join(d);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        }
+        let spare = Dir::open(&tmp.path().join("spare/s1")).unwrap();
+        let procs = records_of_spare(&spare).unwrap();
+        assert_eq!(procs.path(), tmp.path().join("procs"));
+        (tmp, spare, procs)
+    }
+
+    /// Connects to the shim at `sock` as its server and reads its hello.
+    async fn server_of(sock: &Path) -> Halves {
+        let (mut rd, wr) = connection::split(UnixStream::connect(sock).await.unwrap());
+        let hello = rd.read::<ShimEvent>().await.unwrap().unwrap();
+        assert!(matches!(hello, ShimEvent::Hello { waiting: true, .. }), "{hello:?}");
+        (rd, wr)
+    }
+
+    #[tokio::test]
+    async fn a_spare_waits_for_its_launch_and_is_discarded_when_its_server_goes_before_the_rename() {
+        // Closed with no meta.json, or with one but still in spare/ (the
+        // server died between the two): discarded, nothing started.
+        for with_meta in [false, true] {
+            let (tmp, mut dir, procs) = spare_dir();
+            let listener = bind(&dir).unwrap();
+            let sock = tmp.path().join("spare/s1").join(state::SOCK);
+            let server = tokio::spawn(async move {
+                let halves = server_of(&sock).await;
+                // Waiting past any hello timeout: a spare has no deadline once connected.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                halves
+            });
+            let waited = tokio::spawn(async move {
+                let w = wait_for_start(&mut dir, &listener, Some(&procs), None).await;
+                (w, dir)
+            });
+            let halves = server.await.unwrap();
+            if with_meta {
+                let mut m = meta_for(&["/bin/true"]);
+                m.id = "r1".into();
+                state::write_json(&tmp.path().join("spare/s1"), state::META, &m).unwrap();
+            }
+            drop(halves);
+            let (w, dir) = waited.await.unwrap();
+            assert!(matches!(w, Waited::Discarded), "meta.json: {with_meta}");
+            assert_eq!(dir.path(), tmp.path().join("spare/s1"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_spare_whose_server_is_gone_before_it_connects_is_discarded_at_once() {
+        let (_tmp, mut dir, procs) = spare_dir();
+        let listener = bind(&dir).unwrap();
+        // Not our parent: as if the server that started it had died.
+        let other = Pid::from_raw(std::process::id() as i32);
+        let t0 = std::time::Instant::now();
+        let w = wait_for_start(&mut dir, &listener, Some(&procs), Some(other)).await;
+        assert!(matches!(w, Waited::Discarded));
+        assert!(t0.elapsed() < FIRST_CONNECT / 2, "{:?}", t0.elapsed());
+        // Its parent still there, its directory cleared by the next server.
+        let (tmp, mut dir, procs) = spare_dir();
+        let listener = bind(&dir).unwrap();
+        std::fs::remove_dir_all(tmp.path().join("spare/s1")).unwrap();
+        let t0 = std::time::Instant::now();
+        let w = wait_for_start(&mut dir, &listener, Some(&procs), Some(nix::unistd::getppid())).await;
+        assert!(matches!(w, Waited::Discarded));
+        assert!(t0.elapsed() < FIRST_CONNECT / 2, "{:?}", t0.elapsed());
+        // Its parent there and its directory too: it waits for its server.
+        let (tmp, mut dir, procs) = spare_dir();
+        let listener = bind(&dir).unwrap();
+        let sock = tmp.path().join("spare/s1").join(state::SOCK);
+        let server = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (rd, mut wr) = server_of(&sock).await;
+            wr.write(&ShimRequest::Start).await.unwrap();
+            (rd, wr)
+        });
+        let w = wait_for_start(&mut dir, &listener, Some(&procs), Some(nix::unistd::getppid())).await;
+        assert!(matches!(w, Waited::Started(..)));
+        let _halves = server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_spare_renamed_into_procs_whose_server_went_waits_for_the_next_server_there() {
+        let (tmp, mut dir, procs) = spare_dir();
+        let listener = bind(&dir).unwrap();
+        let root = tmp.path().to_path_buf();
+        let server = tokio::spawn(async move {
+            let halves = server_of(&root.join("spare/s1").join(state::SOCK)).await;
+            // The launch: meta.json, the rename; then the server dies before Start.
+            let mut m = meta_for(&["/bin/true"]);
+            m.id = "r1".into();
+            state::write_json(&root.join("spare/s1"), state::META, &m).unwrap();
+            std::fs::rename(root.join("spare/s1"), root.join("procs/r1")).unwrap();
+            drop(halves);
+            // The next server finds the socket in the record, and says Start.
+            let (rd, mut wr) = server_of(&root.join("procs/r1").join(state::SOCK)).await;
+            wr.write(&ShimRequest::Start).await.unwrap();
+            (rd, wr)
+        });
+        let w = wait_for_start(&mut dir, &listener, Some(&procs), None).await;
+        assert!(matches!(w, Waited::Started(..)));
+        let _halves = server.await.unwrap();
+        assert_eq!(dir.path(), tmp.path().join("procs/r1"), "its new path");
+        let (path, meta) = filed(&dir, &procs).expect("filed");
+        assert_eq!((path, meta.id.as_str()), (tmp.path().join("procs/r1"), "r1"));
+        let logged = String::from_utf8(dir.read(state::SHIM_LOG).unwrap().unwrap()).unwrap();
+        assert!(
+            logged.contains("the server launching this supervisor went before it said start"),
+            "{logged}"
+        );
+    }
+
+    #[test]
+    fn a_spare_is_filed_only_in_procs_under_the_id_its_meta_names() {
+        let (tmp, dir, procs) = spare_dir();
+        assert!(filed(&dir, &procs).is_none(), "no meta.json");
+        let write = |id: &str| {
+            let mut m = meta_for(&["/bin/true"]);
+            m.id = id.into();
+            dir.write_json(state::META, &m).unwrap();
+        };
+        write("r1");
+        assert!(filed(&dir, &procs).is_none(), "still in spare/");
+        // An id that leads back to where it is does not count as filed.
+        write("../spare/s1");
+        assert!(filed(&dir, &procs).is_none());
+        std::fs::rename(tmp.path().join("spare/s1"), tmp.path().join("procs/r2")).unwrap();
+        write("r1");
+        assert!(
+            filed(&dir, &procs).is_none(),
+            "filed under another id than its meta.json's"
+        );
+        write("r2");
+        assert_eq!(filed(&dir, &procs).unwrap().0, tmp.path().join("procs/r2"));
+        // Another directory under that name is not this one.
+        std::fs::rename(tmp.path().join("procs/r2"), tmp.path().join("procs/r3")).unwrap();
+        std::fs::create_dir(tmp.path().join("procs/r2")).unwrap();
+        assert!(filed(&dir, &procs).is_none());
     }
 
     #[tokio::test]

@@ -7,8 +7,6 @@
 //!   procs/<id>/
 //!     unstarted     empty: the application has not been started (written
 //!                   before meta.json; see [`UNSTARTED`])
-//!     withdrawn     empty: `unstarted` renamed by a recovering server; the
-//!                   application never started and never will (see [`WITHDRAWN`])
 //!     meta.json     what was launched (written before the shim starts)
 //!     pid.json      pid and start time (written by the shim once the process runs)
 //!     exit.json     how it ended (written by the shim the instant it ends)
@@ -18,6 +16,8 @@
 //!     tail.json     the last lines of output, written after exit.json
 //!     acked         empty: a manager acknowledged the exit (written by the server before its reply)
 //!     space.reserve zeros: room for pid.json and exit.json on a full disk (the shim's)
+//!   spare/<name>/   a shim started ahead of the next launch (no meta.json);
+//!                   a launch writes meta.json and renames it to procs/<id>
 //! ```
 //!
 //! Nobody but the server's user may change anything in it, whatever the
@@ -69,13 +69,10 @@ pub const RESERVE: &str = "space.reserve";
 /// application is then never started, and the record is discarded). A
 /// record of an older server has none and is treated as possibly started.
 pub const UNSTARTED: &str = "unstarted";
-/// [`UNSTARTED`] renamed by a recovering server that could not reach the
-/// shim: the one rename both decides the race (the shim then finds no
-/// `unstarted` and starts nothing) and records the decision, so that a
-/// server that crashes before the record is removed leaves a record the
-/// next one discards, never one it would report lost (70) to the
-/// relaunch.
-pub const WITHDRAWN: &str = "withdrawn";
+/// Where the shim started ahead of the next launch waits (see
+/// [`super::launch`]): outside `procs/`, so that no server ever files it as
+/// a process; cleared whenever a server opens the state directory.
+pub const SPARES: &str = "spare";
 
 /// The managers watching a process, so that a restarted cmappserver knows
 /// whom an exit is owed to. Optional: a record without it (an older
@@ -225,6 +222,40 @@ impl Dir {
         &self.path
     }
 
+    /// Says that this directory is now at `path` (it was renamed; the
+    /// descriptor follows the directory, a path does not).
+    pub fn moved_to(&mut self, path: PathBuf) {
+        self.path = path;
+    }
+
+    /// True once this directory has been removed (it has no links left).
+    pub fn removed(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.fd.metadata().is_ok_and(|m| m.nlink() == 0)
+    }
+
+    /// True when `other` is this very directory (by device and inode).
+    pub fn is(&self, other: &Dir) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.fd.metadata(), other.fd.metadata()) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        }
+    }
+
+    /// True when the entry `name` of this directory is `other` itself (the
+    /// same directory, by device and inode; never through a link).
+    pub fn holds(&self, name: &str, other: &Dir) -> bool {
+        let entry = nix::sys::stat::fstatat(&self.fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
+        match (entry, other.fd.metadata()) {
+            (Ok(e), Ok(o)) => {
+                use std::os::unix::fs::MetadataExt;
+                e.st_dev == o.dev() && e.st_ino == o.ino()
+            }
+            _ => false,
+        }
+    }
+
     /// A path to `name` in this directory that no symbolic link above it can
     /// redirect (through /proc/self/fd), and short enough for a socket
     /// address however deep the directory is.
@@ -348,30 +379,6 @@ impl Dir {
         }
     }
 
-    /// Renames the entry `from` to `to` (never what a link points to):
-    /// `Ok(true)` if this call moved it, `Ok(false)` if `from` did not
-    /// exist. A rename is atomic: of it and an unlink of `from` ([`Dir::take`]),
-    /// one finds the entry.
-    pub fn take_as(&self, from: &str, to: &str) -> io::Result<bool> {
-        match nix::fcntl::renameat(&self.fd, from, &self.fd, to) {
-            Ok(()) => Ok(true),
-            Err(Errno::ENOENT) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Whether an entry `name` exists, and if so whether it is a
-    /// directory (a link is not followed, nothing is read): for the empty
-    /// markers, whose presence is their meaning.
-    pub fn entry(&self, name: &str) -> io::Result<Option<Entry>> {
-        match nix::sys::stat::fstatat(&self.fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR => Ok(Some(Entry::Directory)),
-            Ok(_) => Ok(Some(Entry::Other)),
-            Err(Errno::ENOENT) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Removes the entry `name` (a file, socket or link, never what a link
     /// points to); a missing entry is not an error.
     pub fn remove(&self, name: &str) -> io::Result<()> {
@@ -380,14 +387,6 @@ impl Dir {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-/// What [`Dir::entry`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Entry {
-    Directory,
-    /// A file, a link, a socket, ...
-    Other,
 }
 
 /// Reads `dir/name` as JSON, checked as [`Dir::read_json`] does; `Ok(None)`
@@ -428,6 +427,7 @@ pub enum StateDirError {
 #[derive(Debug)]
 pub struct StateDir {
     procs: Dir,
+    spares: Dir,
     _lock: nix::fcntl::Flock<fs::File>,
 }
 
@@ -515,12 +515,55 @@ impl StateDir {
                 .write("boot_id", boot.as_bytes())
                 .map_err(ctx("cannot record the boot id"))?;
         }
-        Ok(StateDir { procs, _lock: lock })
+        // The spares of an earlier server started nothing (each ends once its
+        // server's connection closes): whatever is there goes, whatever it is.
+        // remove_dir_all removes a link itself, never what it points to.
+        let _ = fs::remove_dir_all(resolved.join(SPARES));
+        let _ = root_dir.remove(SPARES);
+        let spares = root_dir
+            .create_dir(SPARES)
+            .map_err(ctx("cannot create its spare directory"))?;
+        Ok(StateDir {
+            procs,
+            spares,
+            _lock: lock,
+        })
+    }
+
+    /// Creates the directory of a spare shim (0700) under the fresh name
+    /// `name`; `None` when the name is taken.
+    pub fn create_spare(&self, name: &str) -> io::Result<Option<Dir>> {
+        match self.spares.create_dir(name) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Renames the spare directory `name` (open as `dir`) to the record
+    /// `procs/<id>`, never over anything that has that name; `false` when
+    /// `id` is taken. `dir` then names its new place.
+    pub fn promote(&self, dir: &mut Dir, name: &str, id: &str) -> io::Result<bool> {
+        match nix::fcntl::renameat2(
+            &self.spares.fd,
+            name,
+            &self.procs.fd,
+            id,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => {
+                dir.moved_to(self.procs.path.join(id));
+                Ok(true)
+            }
+            Err(Errno::EEXIST) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Creates the record directory of a new process (0700), exclusively:
     /// an id that exists already, as a directory or anything else, is never
     /// reused. Returns `None` when `id` is taken.
+    #[cfg(test)]
     pub fn create_record(&self, id: &str) -> io::Result<Option<Dir>> {
         match self.procs.create_dir(id) {
             Ok(d) => Ok(Some(d)),

@@ -122,6 +122,22 @@ impl RateLimit {
 }
 
 impl Proc {
+    /// The same record, its process started now as `pid` (an adopted shim
+    /// that was still waiting for `Start`); what was attached moves over.
+    pub(super) fn started(&self, pid: u32, started_at_ms: u64) -> Proc {
+        Proc {
+            id: self.id.clone(),
+            key: self.key.clone(),
+            display: self.display.clone(),
+            service: self.service.clone(),
+            dir: self.dir.clone(),
+            pid,
+            started_at_ms,
+            output: self.output.clone(),
+            inner: Mutex::new(std::mem::take(&mut *self.lock())),
+        }
+    }
+
     pub(super) fn is_running(&self) -> bool {
         self.lock().exit.is_none()
     }
@@ -573,6 +589,7 @@ pub(super) mod tests {
                 files: 3,
                 tail_lines: 10,
             },
+            keep_spare: false,
         };
         let state = state::StateDir::open(&tmp.join("state")).unwrap();
         Supervisor::open(state, limits, AppSettings::default(), "/nonexistent".into()).await

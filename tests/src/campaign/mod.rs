@@ -890,12 +890,25 @@ impl Campaign<'_> {
             ));
         }
         let spid = self.server.pid();
+        // The server keeps one shim started ahead of the next launch (its
+        // spare), waiting in spare/: that one is not left over. A spare of an
+        // earlier server (whose directory the next one cleared), or a second
+        // one, is.
+        let spare_root = self.server.state_dir.join("spare");
+        let in_spare = |p: &Path| p.parent() == Some(spare_root.as_path()) && p.exists();
+        let mut spares = Vec::new();
         for (pid, cmd) in Self::processes(Some(spid), |c| self.is_shim_cmd(c) || self.is_app_cmd(c)) {
+            let dir = cmd.split(' ').nth(2).map(PathBuf::from);
+            if self.is_shim_cmd(&cmd) && dir.as_deref().is_some_and(in_spare) && spares.is_empty() {
+                spares.push(dir);
+                continue;
+            }
             leftovers.push(format!("process {pid} left running: {cmd}"));
         }
         let sockets: Vec<_> = walk(&self.server.state_dir)
             .into_iter()
             .filter(|p| p.file_name().is_some_and(|n| n == "sock"))
+            .filter(|p| !spares.iter().any(|d| d.as_deref() == p.parent()))
             .collect();
         if !sockets.is_empty() {
             leftovers.push(format!("shim sockets left: {sockets:?}"));
