@@ -111,6 +111,17 @@ impl Supervisor {
                     continue;
                 }
             };
+            let withdrawn = matches!(record.entry(state::WITHDRAWN), Ok(Some(_)));
+            if withdrawn && matches!(record.entry(state::PID), Ok(None)) {
+                // A server before us withdrew this launch and stopped before
+                // removing it: its application never started, and its shim
+                // (if it still waits) is not told to start now. (A pid.json
+                // beside it contradicts it: whatever put it there, the
+                // record is read as before.)
+                tracing::info!(service = %meta.service.display(), "discarding a launch that never started its application (withdrawn by cmappserver before its restart)");
+                let _ = std::fs::remove_dir_all(&dir);
+                continue;
+            }
             let pid: Option<PidRecord> = record.read_json(state::PID).ok().flatten();
             let acked = matches!(record.read(state::ACKED), Ok(Some(_)));
             // The managers that watched it count as gone at the restart: an
@@ -220,16 +231,21 @@ impl Supervisor {
 
 /// True if the application of a record whose shim cannot be reached was
 /// never started, and now never will be: this takes the record's
-/// `unstarted` before its shim can (see [`state::UNSTARTED`]). A record
-/// without it (its shim took it, or an older server wrote the record) may
-/// have a started application: false.
+/// `unstarted` before its shim can, renaming it [`state::WITHDRAWN`] (one
+/// step: a crash before the record is removed leaves it withdrawn, see
+/// [`state::UNSTARTED`]). A record without it (its shim took it, or an
+/// older server wrote the record) may have a started application: false.
 fn never_started(dir: &state::Dir) -> bool {
-    match dir.take(state::UNSTARTED) {
+    let taken = match dir.entry(state::UNSTARTED) {
+        // Not a file (a directory put there): the shim cannot take it
+        // either, but nothing here proves what it did. As before the marker.
+        Ok(Some(state::Entry::Directory)) => Err(std::io::Error::from(std::io::ErrorKind::IsADirectory)),
+        _ => dir.take_as(state::UNSTARTED, state::WITHDRAWN),
+    };
+    match taken {
         Ok(taken) => taken,
         Err(e) => {
-            // Not a file (a directory put there): the shim cannot take it
-            // either, but nothing here proves what it did. As before the marker.
-            tracing::warn!(dir = %dir.path().display(), "cannot remove {} (the marker of a launch whose application was never started): {e}; treating the application as possibly started", state::UNSTARTED);
+            tracing::warn!(dir = %dir.path().display(), "cannot rename {} to {} (the marker of a launch whose application was never started): {e}; treating the application as possibly started", state::UNSTARTED, state::WITHDRAWN);
             false
         }
     }
@@ -508,6 +524,35 @@ mod tests {
         let p = sup.find("r-wait").expect("adopted");
         assert!(p.is_running());
         assert!(waiting.join(state::UNSTARTED).exists(), "the shim's to take");
+    }
+
+    /// A recovering server that took `unstarted` and crashed before the
+    /// record was gone: the next one must not report the launch lost (70)
+    /// and file it as the service's current process, which the manager's
+    /// relaunch would attach to, starting nothing.
+    #[tokio::test]
+    async fn a_launch_withdrawn_by_a_server_that_crashed_before_removing_it_is_discarded_not_lost() {
+        let tmp = tempfile::tempdir().unwrap();
+        let never = record(tmp.path(), "r-never", "a", None, None);
+        std::fs::write(never.join(state::UNSTARTED), "").unwrap();
+        // The withdrawing server's one step, then its crash.
+        let dir = state::Dir::open(&never).unwrap();
+        assert!(never_started(&dir));
+        assert!(!never.join(state::UNSTARTED).exists() && never.join(state::WITHDRAWN).exists());
+        assert!(!never_started(&dir), "taken once");
+        // Taken by the shim (it started the application): nothing to withdraw.
+        let started = record(tmp.path(), "r-started", "b", None, None);
+        assert!(!never_started(&state::Dir::open(&started).unwrap()));
+        assert!(!started.join(state::WITHDRAWN).exists());
+        // A pid.json contradicts a withdrawal: read as before.
+        let running = record(tmp.path(), "r-running", "c", pid(10), None);
+        std::fs::write(running.join(state::WITHDRAWN), "").unwrap();
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let list = sup.list();
+        let mut ids: Vec<&str> = list.iter().map(|i| i.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, ["r-running", "r-started"], "{list:?}");
+        assert!(!never.exists(), "discarded");
     }
 
     /// Only our user can write a record, but whatever `unstarted` is, the

@@ -7,6 +7,8 @@
 //!   procs/<id>/
 //!     unstarted     empty: the application has not been started (written
 //!                   before meta.json; see [`UNSTARTED`])
+//!     withdrawn     empty: `unstarted` renamed by a recovering server; the
+//!                   application never started and never will (see [`WITHDRAWN`])
 //!     meta.json     what was launched (written before the shim starts)
 //!     pid.json      pid and start time (written by the shim once the process runs)
 //!     exit.json     how it ended (written by the shim the instant it ends)
@@ -73,6 +75,13 @@ pub const UNSTARTED: &str = "unstarted";
 /// [`super::launch`]): outside `procs/`, so that no server ever files it as
 /// a process; cleared whenever a server opens the state directory.
 pub const SPARES: &str = "spare";
+/// [`UNSTARTED`] renamed by a recovering server that could not reach the
+/// shim: the one rename both decides the race (the shim then finds no
+/// `unstarted` and starts nothing) and records the decision, so that a
+/// server that crashes before the record is removed leaves a record the
+/// next one discards, never one it would report lost (70) to the
+/// relaunch.
+pub const WITHDRAWN: &str = "withdrawn";
 
 /// The managers watching a process, so that a restarted cmappserver knows
 /// whom an exit is owed to. Optional: a record without it (an older
@@ -379,6 +388,30 @@ impl Dir {
         }
     }
 
+    /// Renames the entry `from` to `to` (never what a link points to):
+    /// `Ok(true)` if this call moved it, `Ok(false)` if `from` did not
+    /// exist. A rename is atomic: of it and an unlink of `from` ([`Dir::take`]),
+    /// one finds the entry.
+    pub fn take_as(&self, from: &str, to: &str) -> io::Result<bool> {
+        match nix::fcntl::renameat(&self.fd, from, &self.fd, to) {
+            Ok(()) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether an entry `name` exists, and if so whether it is a
+    /// directory (a link is not followed, nothing is read): for the empty
+    /// markers, whose presence is their meaning.
+    pub fn entry(&self, name: &str) -> io::Result<Option<Entry>> {
+        match nix::sys::stat::fstatat(&self.fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR => Ok(Some(Entry::Directory)),
+            Ok(_) => Ok(Some(Entry::Other)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Removes the entry `name` (a file, socket or link, never what a link
     /// points to); a missing entry is not an error.
     pub fn remove(&self, name: &str) -> io::Result<()> {
@@ -387,6 +420,14 @@ impl Dir {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// What [`Dir::entry`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    Directory,
+    /// A file, a link, a socket, ...
+    Other,
 }
 
 /// Reads `dir/name` as JSON, checked as [`Dir::read_json`] does; `Ok(None)`
