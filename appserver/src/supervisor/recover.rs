@@ -123,7 +123,9 @@ impl Supervisor {
                 continue;
             }
             let pid: Option<PidRecord> = record.read_json(state::PID).ok().flatten();
-            let acked = matches!(record.read(state::ACKED), Ok(Some(_)));
+            // Its presence is the marker (nothing is read: an `acked` that
+            // cannot be read as a file must not hand the exit out again).
+            let acked = matches!(record.entry(state::ACKED), Ok(Some(_)));
             // The managers that watched it count as gone at the restart: an
             // exit that happens, or happened, is owed to them for `ack_wait`
             // from now (see `sweep`). An older server's record names none.
@@ -632,6 +634,32 @@ mod tests {
             !table.exited.iter().any(|p| p.id == "r-acked"),
             "collected: not held to the history"
         );
+    }
+
+    /// `acked` means what its presence says: whatever it is (the server
+    /// writes an empty file), the exit is never handed to the next start.
+    #[tokio::test]
+    async fn an_acked_marker_that_is_a_link_a_directory_or_a_huge_file_still_marks_the_exit_collected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("target");
+        std::fs::write(&target, "kept").unwrap();
+        let link = record(tmp.path(), "r-link", "a", pid(10), Some(ExitStatus::Code(4)));
+        std::os::unix::fs::symlink(&target, link.join(state::ACKED)).unwrap();
+        let dir = record(tmp.path(), "r-dir", "b", pid(10), Some(ExitStatus::Code(4)));
+        std::fs::create_dir(dir.join(state::ACKED)).unwrap();
+        let huge = record(tmp.path(), "r-huge", "c", pid(10), Some(ExitStatus::Code(4)));
+        std::fs::File::create(huge.join(state::ACKED))
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let table = sup.table();
+        let current: Vec<&str> = table.by_key.values().map(|p| p.id.as_str()).collect();
+        assert!(current.is_empty(), "handed to the next start: {current:?}");
+        let mut kept: Vec<&str> = table.lingering.keys().map(String::as_str).collect();
+        kept.sort();
+        assert_eq!(kept, ["r-dir", "r-huge", "r-link"]);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "kept");
     }
 
     #[tokio::test]
