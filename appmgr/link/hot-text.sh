@@ -74,8 +74,9 @@ awk '
     echo "  .text.hot : {"
     # Without the hashes that change with the build's configuration (cargo's
     # -C metadata: features, versions, the compiler): "17h<16 hex>E" in
-    # legacy symbols, a crate's disambiguator "Cs<base 62>_" in v0 ones.
-    sed -E 's/17h[0-9a-f]{16}E$/17h*E/; s/Cs[0-9A-Za-z]+_/Cs*_/g' "$work/hot" | LC_ALL=C sort -u |
+    # legacy symbols, a crate's disambiguator "Cs<base 62>_" in v0 ones, and
+    # the number LLVM appends to a local symbol (".2589").
+    sed -E 's/17h[0-9a-f]{16}E$/17h*E/; s/Cs[0-9A-Za-z]+_/Cs*_/g; s/\.[0-9]+$/.*/' "$work/hot" | LC_ALL=C sort -u |
         sed 's/.*/    *(.text.& .text.unlikely.&)/' 
     echo "  }"
     echo "}"
