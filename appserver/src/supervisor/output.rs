@@ -1085,6 +1085,28 @@ pub(super) mod tests {
         assert_eq!(g.poll(1 << 20), ["one", "two"]);
     }
 
+    #[test]
+    fn a_followed_line_of_the_longest_length_shown_waits_for_its_end_and_one_byte_more_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.log");
+        fs::write(&path, "").unwrap();
+        let mut f = Follower::at_end(&path);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        write!(file, "{}", "a".repeat(MAX_LINE_LEN)).unwrap();
+        assert!(
+            f.poll(1 << 20).is_empty(),
+            "not longer than is shown: it waits for its end"
+        );
+        writeln!(file).unwrap();
+        assert_eq!(f.poll(1 << 20), ["a".repeat(MAX_LINE_LEN)]);
+        write!(file, "{}", "b".repeat(MAX_LINE_LEN + 1)).unwrap();
+        assert_eq!(
+            f.poll(1 << 20),
+            ["b".repeat(MAX_LINE_LEN)],
+            "one byte longer: cut at once"
+        );
+    }
+
     /// What the writer told shim.log.
     fn shim_log() -> (
         Arc<std::sync::Mutex<Vec<String>>>,

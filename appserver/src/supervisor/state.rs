@@ -699,6 +699,11 @@ mod tests {
         assert_eq!(fs::metadata(rec.join("exit.json")).unwrap().mode() & 0o777, 0o600);
         let err = dir.read(PID).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
+        // Nor is a line appended through one (to a file of ours, 0600).
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&victim, rec.join(SHIM_LOG)).unwrap();
+        assert!(dir.append(SHIM_LOG, "planted\n").is_err());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
     }
 
     #[test]
@@ -885,6 +890,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         fs::write(tmp.path().join("file"), "").unwrap();
         let err = StateDir::open(&tmp.path().join("file/state")).unwrap_err();
+        assert!(err.to_string().contains(": cannot create it: "), "{err}");
+        // Its parent is there, but it cannot be made (a name over 255 bytes).
+        let err = StateDir::open(&tmp.path().join("s".repeat(256))).unwrap_err();
         assert!(err.to_string().contains(": cannot create it: "), "{err}");
     }
 
