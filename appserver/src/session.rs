@@ -934,6 +934,72 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_launch_the_policy_refuses_is_logged_as_refused_and_a_malformed_request_as_a_refused_request() {
+        let (log, _guard) = crate::supervisor::capture_logs();
+        // The lines logged since the last call.
+        let mut seen = 0;
+        let mut new_lines = || {
+            let all = String::from_utf8(log.lock().unwrap().clone()).unwrap();
+            let new = all[seen..].to_string();
+            seen = all.len();
+            new
+        };
+        let path = std::path::Path::new("/etc/test.conf");
+        let conf = common::config::ServerConfig::parse(path, "allow.sh.program=/bin/sh\n").unwrap();
+        let policy = crate::policy::Policy::from_config(path, &conf).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let ((mut rd, mut wr), _task, _sd, sup) = session_on(&tmp, policy).await;
+        wr.write(&hello(PROTOCOL_VERSION)).await.unwrap();
+        let _: Welcome = rd.read().await.unwrap().unwrap();
+        let running = sup.file_for_test(tmp.path(), "sh");
+        let launch = |run: &str| {
+            Request::Launch(common::message::Launch {
+                run: vec![run.into()],
+                name: None,
+                attach_only: None,
+                forward: None,
+            })
+        };
+        let requests = [
+            (launch("/bin/other"), ErrorKind::Forbidden),
+            // Allowed, but this server cannot start a shim (no such binary).
+            (launch("/bin/sh"), ErrorKind::Internal),
+            (Request::Ack(Ack { id: running }), ErrorKind::BadRequest),
+            (
+                Request::Stop(Stop {
+                    id: "gone".into(),
+                    grace_ms: None,
+                }),
+                ErrorKind::NotFound,
+            ),
+        ];
+        let mut logged = Vec::new();
+        for (req, kind) in requests {
+            new_lines();
+            wr.write(&req).await.unwrap();
+            let reply = rd.read::<Event>().await.unwrap();
+            assert!(
+                matches!(&reply, Some(Event::Error(e)) if e.kind == kind),
+                "{req:?}: {reply:?}"
+            );
+            logged.push(new_lines());
+        }
+        let [forbidden, failed, bad, not_found] = &logged[..] else {
+            unreachable!()
+        };
+        assert!(
+            forbidden.contains(" refused: ") && !forbidden.contains("refused a request"),
+            "{forbidden}"
+        );
+        assert!(
+            failed.contains("launch /bin/sh by ") && !failed.contains("refused"),
+            "{failed}"
+        );
+        assert!(bad.contains("refused a request: sh is still running"), "{bad}");
+        assert!(!not_found.contains("refused"), "{not_found}");
+    }
+
+    #[tokio::test]
     async fn a_connection_over_the_limit_is_refused_after_its_hello() {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
         let task = tokio::spawn(refuse(ours, "too many".into(), Duration::from_secs(30)));

@@ -323,3 +323,6 @@ impl Supervisor {
         table::tests::filed(self, tmp, name, None).id.clone()
     }
 }
+
+#[cfg(test)]
+pub(crate) use table::tests::capture_logs;

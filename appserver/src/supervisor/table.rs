@@ -674,9 +674,10 @@ pub(super) mod tests {
         out
     }
 
-    /// The log lines `f` emits, as the daemon's log shows them (without
-    /// the time and level).
-    pub(in crate::supervisor) fn logged(f: impl FnOnce()) -> String {
+    /// Log lines as the daemon's log shows them (without the time and
+    /// level), captured while the guard lives: this thread's, and so those
+    /// of the tasks of a current-thread runtime.
+    pub(crate) fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
         #[derive(Clone, Default)]
         struct Buf(Arc<Mutex<Vec<u8>>>);
         impl std::io::Write for Buf {
@@ -697,8 +698,15 @@ pub(super) mod tests {
             .with_level(false)
             .with_target(false)
             .finish();
-        tracing::subscriber::with_default(subscriber, f);
-        let text = buf.0.lock().unwrap().clone();
+        (buf.0, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The log lines `f` emits (see [`capture_logs`]).
+    pub(in crate::supervisor) fn logged(f: impl FnOnce()) -> String {
+        let (buf, guard) = capture_logs();
+        f();
+        drop(guard);
+        let text = buf.lock().unwrap().clone();
         String::from_utf8(text).unwrap()
     }
 
