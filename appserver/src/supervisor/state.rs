@@ -584,19 +584,26 @@ impl StateDir {
     /// Renames the spare directory `name` (open as `dir`) to the record
     /// `procs/<id>`, never over anything that has that name; `false` when
     /// `id` is taken. `dir` then names its new place.
+    ///
+    /// `renameat2(RENAME_NOREPLACE)` is made as a system call (rustix), not
+    /// through glibc, whose wrapper appeared in 2.28: the packaged binaries
+    /// need glibc 2.17 at most. A kernel or filesystem without the flag
+    /// (EINVAL) gets a plain rename, which cannot replace anything a record
+    /// holds either: a directory is only ever replaced when empty, and a
+    /// file not at all (ENOTDIR).
     pub fn promote(&self, dir: &mut Dir, name: &str, id: &str) -> io::Result<bool> {
-        match nix::fcntl::renameat2(
-            &self.spares.fd,
-            name,
-            &self.procs.fd,
-            id,
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-        ) {
+        use rustix::fs::{renameat, renameat_with, RenameFlags};
+        use rustix::io::Errno as E;
+        let moved = match renameat_with(&self.spares.fd, name, &self.procs.fd, id, RenameFlags::NOREPLACE) {
+            Err(E::INVAL | E::NOSYS) => renameat(&self.spares.fd, name, &self.procs.fd, id),
+            other => other,
+        };
+        match moved {
             Ok(()) => {
                 dir.moved_to(self.procs.path.join(id));
                 Ok(true)
             }
-            Err(Errno::EEXIST) => Ok(false),
+            Err(E::EXIST | E::NOTEMPTY | E::NOTDIR) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -719,6 +726,36 @@ mod tests {
         // The planted link is not a record either.
         let names: Vec<String> = state.records().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["fresh"]);
+    }
+
+    #[test]
+    fn a_spare_is_promoted_into_procs_under_a_free_id_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&tmp.path().join("state")).unwrap();
+        let mut first = state.create_spare("s1").unwrap().unwrap();
+        first.write(META, b"{}").unwrap();
+        assert!(state.promote(&mut first, "s1", "r1").unwrap(), "a free id is taken");
+        assert_eq!(
+            first.path(),
+            state.record_path("r1"),
+            "the directory names its new place"
+        );
+        assert!(state.record_path("r1").join(META).exists());
+        assert!(!tmp.path().join("state/spare/s1").exists());
+        // Never over what holds the id: a record, an empty directory, a file.
+        let mut second = state.create_spare("s2").unwrap().unwrap();
+        second.write(META, b"{\"second\":1}").unwrap();
+        fs::create_dir(state.record_path("empty")).unwrap();
+        fs::write(state.record_path("file"), b"").unwrap();
+        for taken in ["r1", "empty", "file"] {
+            assert!(!state.promote(&mut second, "s2", taken).unwrap(), "{taken} is taken");
+        }
+        assert_eq!(fs::read(state.record_path("r1").join(META)).unwrap(), b"{}");
+        assert!(
+            tmp.path().join("state/spare/s2").join(META).exists(),
+            "the spare stays where it was"
+        );
+        assert!(second.path().starts_with(tmp.path().join("state/spare")));
     }
 
     #[test]
