@@ -587,6 +587,13 @@ mod tests {
     }
 
     /// As [`session_with`], with the session's supervisor.
+    /// A policy with one rule: `/bin/sh` may run.
+    fn only_sh_allowed() -> crate::policy::Policy {
+        let path = std::path::Path::new("/etc/test.conf");
+        let conf = common::config::ServerConfig::parse(path, "allow.sh.program=/bin/sh\n").unwrap();
+        crate::policy::Policy::from_config(path, &conf).unwrap()
+    }
+
     async fn session_on(
         tmp: &tempfile::TempDir,
         policy: crate::policy::Policy,
@@ -872,9 +879,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_logs_request_is_judged_by_the_policy_like_an_attach() {
-        let path = std::path::Path::new("/etc/test.conf");
-        let conf = common::config::ServerConfig::parse(path, "allow.sh.program=/bin/sh\n").unwrap();
-        let policy = crate::policy::Policy::from_config(path, &conf).unwrap();
+        let policy = only_sh_allowed();
         let tmp = tempfile::tempdir().unwrap();
         let ((mut rd, mut wr), _task, _sd) = session_with(&tmp, policy).await;
         wr.write(&hello(PROTOCOL_VERSION)).await.unwrap();
@@ -907,9 +912,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stop_or_an_ack_of_a_process_the_policy_refuses_is_forbidden() {
-        let path = std::path::Path::new("/etc/test.conf");
-        let conf = common::config::ServerConfig::parse(path, "allow.sh.program=/bin/sh\n").unwrap();
-        let policy = crate::policy::Policy::from_config(path, &conf).unwrap();
+        let policy = only_sh_allowed();
         let tmp = tempfile::tempdir().unwrap();
         let ((mut rd, mut wr), _task, _sd, sup) = session_on(&tmp, policy).await;
         wr.write(&hello(PROTOCOL_VERSION)).await.unwrap();
@@ -944,9 +947,7 @@ mod tests {
             seen = all.len();
             new
         };
-        let path = std::path::Path::new("/etc/test.conf");
-        let conf = common::config::ServerConfig::parse(path, "allow.sh.program=/bin/sh\n").unwrap();
-        let policy = crate::policy::Policy::from_config(path, &conf).unwrap();
+        let policy = only_sh_allowed();
         let tmp = tempfile::tempdir().unwrap();
         let ((mut rd, mut wr), _task, _sd, sup) = session_on(&tmp, policy).await;
         wr.write(&hello(PROTOCOL_VERSION)).await.unwrap();
