@@ -962,6 +962,45 @@ fn a_spare_killed_by_someone_is_replaced_and_launches_still_work() {
     one_spare(&server, &[first, second, third]);
 }
 
+/// A spare killed after its hello and before the server filed it as ready
+/// (`CMAPP_TEST_FAULT=first-spare-killed` makes that instant certain): its
+/// end found no spare ready to replace, so the one filing it replaces it.
+/// CI once saw no spare for 20 s after such a kill.
+#[test]
+fn a_spare_killed_before_it_was_filed_as_ready_is_replaced() {
+    let f = fixture();
+    let fault = vec![("CMAPP_TEST_FAULT".to_string(), "first-spare-killed".to_string())];
+    let server = Server::start_with(
+        &f.dir.join("srv"),
+        &f.keys,
+        "",
+        cmapp_tests::bin("cmappserver"),
+        None,
+        fault,
+    );
+    server
+        .log
+        .wait_for("ended before a launch took it; starting another", WAIT)
+        .unwrap_or_else(|| panic!("{}", server.log.text()));
+    let (spare, _) = one_spare(&server, &[]);
+    let mut m = Mgr::spawn(
+        &f.conf,
+        &server.node(),
+        10.0,
+        &["-stop_on_halt"],
+        &["/bin/sleep", "1000"],
+    );
+    let pid = pid_in(
+        &m.err
+            .wait_for("started", WAIT)
+            .unwrap_or_else(|| panic!("{}", m.err.text())),
+    );
+    let rec = server.recorded().into_iter().find(|r| r.pid == pid).expect("recorded");
+    assert_eq!(rec.shim_pid, spare, "the launch took the replacement");
+    m.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(m.code(), 0, "{}", m.err.text());
+}
+
 /// A framed shim-protocol message (a big-endian length, then JSON).
 fn read_frame(s: &mut std::os::unix::net::UnixStream) -> serde_json::Value {
     use std::io::Read;

@@ -322,11 +322,34 @@ impl Supervisor {
                 tokio::time::sleep_until(at).await;
             }
             let Some(sup) = weak.upgrade() else { return };
-            let made = sup.make_spare().await;
+            let mut made = sup.make_spare().await;
+            if let Ok(spare) = &mut made {
+                static FAULTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                if super::shim::test_fault("first-spare-killed") && !FAULTED.swap(true, Ordering::Relaxed) {
+                    // Killed by someone after its hello, and reaped before it is filed.
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(spare.pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    spare.process.kill.closed().await;
+                }
+            }
             let shutting_down = sup.table().shutting_down;
             let mut slot = sup.spares();
             slot.making = false;
             match made {
+                // It ended between its hello and this lock: its reaper
+                // found no spare ready to replace, so it is replaced here.
+                Ok(spare) if spare.process.has_ended() => {
+                    drop(slot);
+                    tracing::warn!(
+                        pid = spare.pid,
+                        "the spare process supervisor ended before a launch took it; starting another"
+                    );
+                    let at = spare.made + Duration::from_secs(1);
+                    sup.discard(spare);
+                    sup.refill(Some(at));
+                }
                 Ok(spare) if slot.ready.is_none() && !shutting_down => {
                     slot.ready = Some(spare);
                     slot.backoff = Duration::ZERO;
@@ -384,13 +407,18 @@ impl Supervisor {
         let (kill, killed) = oneshot::channel::<()>();
         let sup = Arc::downgrade(self);
         tokio::spawn(async move {
+            let mut killed = killed;
             tokio::select! {
                 _ = child.wait() => {}
-                Ok(()) = killed => {
+                Ok(()) = &mut killed => {
                     let _ = child.start_kill();
                     let _ = child.wait().await;
                 }
             }
+            // `has_ended` from now on, before `spare_gone` looks at the
+            // slot: a spare is either filed before this (and found there)
+            // or seen to have ended by the one filing it (`refill`).
+            drop(killed);
             if let (Some(name), Some(sup)) = (spare, sup.upgrade()) {
                 sup.spare_gone(&name);
             }
@@ -469,6 +497,11 @@ impl ShimProcess {
     /// Kills it, if it has not ended (and been reaped) already.
     fn kill(self) {
         let _ = self.kill.send(());
+    }
+
+    /// True once it has ended and been reaped.
+    fn has_ended(&self) -> bool {
+        self.kill.is_closed()
     }
 }
 

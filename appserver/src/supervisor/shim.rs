@@ -775,7 +775,10 @@ fn write_record<T: serde::Serialize>(dir: &Dir, name: &str, value: &T) -> std::i
 /// `CMAPP_TEST_FAULT=<name>` in cmappserver's environment (which its shims
 /// inherit). `notify-before-record`: a shim tells its exit before recording
 /// it; `exit-before-shim`: the server kills the spare shim it launches
-/// and exits, between filing the new record and telling the shim to start.
+/// and exits, between filing the new record and telling the shim to start;
+/// `first-spare-killed`: the server kills the first spare it makes after
+/// its hello, and files it once it has been reaped (a spare killed by
+/// someone in that instant).
 /// Honoured only in debug builds: a release build ignores it.
 pub(super) fn test_fault(name: &str) -> bool {
     cfg!(debug_assertions) && std::env::var("CMAPP_TEST_FAULT").is_ok_and(|v| v == name)
