@@ -342,13 +342,7 @@ impl Supervisor {
                 // found no spare ready to replace, so it is replaced here.
                 Ok(spare) if spare.process.has_ended() => {
                     drop(slot);
-                    tracing::warn!(
-                        pid = spare.pid,
-                        "the spare process supervisor ended before a launch took it; starting another"
-                    );
-                    let at = spare.made + Duration::from_secs(1);
-                    sup.discard(spare);
-                    sup.refill(Some(at));
+                    sup.replace_ended(spare);
                 }
                 Ok(spare) if slot.ready.is_none() && !shutting_down => {
                     slot.ready = Some(spare);
@@ -379,9 +373,7 @@ impl Supervisor {
         self.remove_later(dir.path().to_path_buf());
     }
 
-    /// A spare shim ended (`reap`): if no launch took it, it is replaced,
-    /// not sooner than a second after it was made (no busy loop on a
-    /// shim that cannot stay up).
+    /// A spare shim ended (`reap`): if no launch took it, it is replaced.
     fn spare_gone(self: &Arc<Self>, name: &str) {
         let gone = {
             let mut slot = self.spares();
@@ -391,14 +383,20 @@ impl Supervisor {
             }
         };
         if let Some(spare) = gone {
-            tracing::warn!(
-                pid = spare.pid,
-                "the spare process supervisor ended before a launch took it; starting another"
-            );
-            let at = spare.made + Duration::from_secs(1);
-            self.discard(spare);
-            self.refill(Some(at));
+            self.replace_ended(spare);
         }
+    }
+
+    /// Replaces a spare that ended before a launch took it, not sooner than
+    /// a second after it was made (no busy loop on a shim that cannot stay up).
+    fn replace_ended(self: &Arc<Self>, spare: Spare) {
+        tracing::warn!(
+            pid = spare.pid,
+            "the spare process supervisor ended before a launch took it; starting another"
+        );
+        let at = spare.made + Duration::from_secs(1);
+        self.discard(spare);
+        self.refill(Some(at));
     }
 
     /// Reaps a shim we started whenever it ends (it is never waited on
