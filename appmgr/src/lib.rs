@@ -66,40 +66,28 @@ pub fn main() -> ExitCode {
                 1
             }
         },
-        cli::Invocation::Monitor(m) => {
-            init_logging(m.common.log.verbose, !m.common.log.no_syslog);
-            let Some(conf) = load_conf(&m.common) else {
-                return code(exit::CONFIG);
-            };
-            block_on(watch::run(m, conf))
-        }
-        cli::Invocation::OneShot(verb, a) => {
-            init_logging(a.common.log.verbose, !a.common.log.no_syslog);
-            let Some(conf) = load_conf(&a.common) else {
-                return code(exit::ocf::ERR_CONFIGURED);
-            };
-            block_on(oneshot::run(verb, a, conf))
-        }
+        cli::Invocation::Monitor(m) => monitor(m),
+        cli::Invocation::OneShot(verb, a) => one_shot(verb, a),
         cli::Invocation::Check(c) => {
             init_logging(c.common.log.verbose, !c.common.log.no_syslog);
             let Some(conf) = load_conf(&c.common) else {
                 return code(exit::CONFIG);
             };
-            block_on(check(c, conf))
+            block_on(Box::pin(check(c, conf)))
         }
         cli::Invocation::Status(s) => {
             init_logging(s.common.log.verbose, !s.common.log.no_syslog);
             let Some(conf) = load_conf(&s.common) else {
                 return code(exit::CONFIG);
             };
-            block_on(status(s, conf))
+            block_on(Box::pin(status(s, conf)))
         }
         cli::Invocation::Logs(l) => {
             init_logging(l.common.log.verbose, !l.common.log.no_syslog);
             let Some(conf) = load_conf(&l.common) else {
                 return code(exit::CONFIG);
             };
-            block_on(logs(l, conf))
+            block_on(Box::pin(logs(l, conf)))
         }
     })
 }
@@ -129,13 +117,43 @@ fn load_conf(c: &cli::Common) -> Option<ManagerConfig> {
     }
 }
 
+/// The monitoring form, for as long as its application runs. Not inlined
+/// into [`main`], nor is [`one_shot`]: a long-lived manager's stack pages
+/// stay resident (and private) once touched, and with every command's
+/// future inlined into it, `main`'s frame was 32 KiB, all of it touched by
+/// the stack probe as the process started; an idle manager's stack was
+/// 88 KiB, now 44 KiB (BENCHMARKS.md, "the 1000 idle managers' private
+/// memory").
+#[inline(never)]
+fn monitor(m: cli::MonitorArgs) -> i32 {
+    init_logging(m.common.log.verbose, !m.common.log.no_syslog);
+    let Some(conf) = load_conf(&m.common) else {
+        return exit::CONFIG;
+    };
+    block_on(Box::pin(watch::run(m, conf)))
+}
+
+/// The one-shot verbs (`start`, `monitor`, `stop`, `watch`): the OCF
+/// agent's `watch` is another long-lived manager ([`monitor`] says why
+/// this is a function of its own).
+#[inline(never)]
+fn one_shot(verb: cli::Verb, a: cli::OneShotArgs) -> i32 {
+    init_logging(a.common.log.verbose, !a.common.log.no_syslog);
+    let Some(conf) = load_conf(&a.common) else {
+        return exit::ocf::ERR_CONFIGURED;
+    };
+    block_on(Box::pin(oneshot::run(verb, a, conf)))
+}
+
 /// The one runtime set-up: a small one, since a manager watches one process.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
 
-/// Runs a command's future to its exit code.
-fn block_on(fut: impl std::future::Future<Output = i32>) -> i32 {
+/// Runs a command's future to its exit code. Boxed: the future is not
+/// copied from frame to frame on the way into the runtime, and polled
+/// through one pointer.
+fn block_on(fut: std::pin::Pin<Box<dyn std::future::Future<Output = i32> + '_>>) -> i32 {
     match runtime() {
         Ok(rt) => rt.block_on(fut),
         Err(e) => {
