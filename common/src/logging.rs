@@ -19,11 +19,9 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::filter::Targets;
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::Layer;
 
 type SyslogLogger = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
 
@@ -62,15 +60,32 @@ impl Visit for MessageVisitor {
     }
 }
 
-impl<S: Subscriber> Layer<S> for SyslogLayer {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let level = *event.metadata().level();
+impl MessageVisitor {
+    /// The event's message, then its other fields (`name=value`, the
+    /// values as `Debug` shows them), as tracing-subscriber's `fmt` layer
+    /// writes them.
+    fn of(event: &Event<'_>) -> MessageVisitor {
+        let mut v = MessageVisitor::default();
+        event.record(&mut v);
+        v
+    }
+
+    fn text(&self) -> String {
+        let fields = if self.message.is_empty() {
+            self.fields.trim_start()
+        } else {
+            &self.fields
+        };
+        format!("{}{fields}", self.message)
+    }
+}
+
+impl SyslogLayer {
+    fn on_event(&self, level: Level, v: &MessageVisitor) {
         if level > Level::INFO {
             return;
         }
-        let mut v = MessageVisitor::default();
-        event.record(&mut v);
-        let line = crate::text::escape(&format!("{}{}", v.message, v.fields)).into_owned();
+        let line = crate::text::escape(&v.text()).into_owned();
         let Ok(mut logger) = self.logger.lock() else {
             return;
         };
@@ -81,6 +96,66 @@ impl<S: Subscriber> Layer<S> for SyslogLayer {
             _ => logger.info(line),
         };
     }
+}
+
+/// The process's one subscriber: each event that `filter` lets through as
+/// one line on stderr (the level, then the message and fields, as
+/// tracing-subscriber's `fmt` layer wrote them before), and to syslog.
+///
+/// Not tracing-subscriber's `Registry` with layers: it is made for spans,
+/// which no program here opens, and its span store allocates and writes
+/// 32 KiB of shard pointers (sharded-slab's 4096 threads) as it is made: 32
+/// of the 364 KiB of private memory of each idle cmappmgr (BENCHMARKS.md,
+/// the 1000 idle managers' private memory).
+struct Logger {
+    filter: Targets,
+    syslog: Option<SyslogLayer>,
+}
+
+impl Logger {
+    /// The stderr line of an event (its newline included), before escaping.
+    fn stderr_line(level: Level, v: &MessageVisitor) -> String {
+        let level = match level {
+            Level::TRACE => "TRACE",
+            Level::DEBUG => "DEBUG",
+            Level::INFO => " INFO",
+            Level::WARN => " WARN",
+            Level::ERROR => "ERROR",
+        };
+        format!("{level} {}\n", v.text())
+    }
+}
+
+impl Subscriber for Logger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.filter.would_enable(metadata.target(), metadata.level())
+    }
+
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        // Spans are not recorded: they all share one id.
+        Id::from_u64(1)
+    }
+
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        use std::io::Write as _;
+        let level = *event.metadata().level();
+        let v = MessageVisitor::of(event);
+        if event.metadata().target() != SYSLOG_ONLY {
+            // One write per event: EscapingWriter escapes one whole line.
+            let _ = EscapingWriter(std::io::stderr()).write(Self::stderr_line(level, &v).as_bytes());
+        }
+        if let Some(syslog) = &self.syslog {
+            syslog.on_event(level, &v);
+        }
+    }
+
+    fn enter(&self, _: &Id) {}
+
+    fn exit(&self, _: &Id) {}
 }
 
 /// Writes each formatted event with its control characters escaped (see
@@ -123,12 +198,6 @@ pub fn init(program: &str, verbosity: Verbosity, use_syslog: bool) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| default.parse().expect("a level name parses"));
-    let stderr = tracing_subscriber::fmt::layer()
-        .with_writer(|| EscapingWriter(std::io::stderr()))
-        .with_target(false)
-        .without_time()
-        .with_ansi(false)
-        .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() != SYSLOG_ONLY));
     let syslog = if use_syslog {
         let formatter = syslog::Formatter3164 {
             facility: syslog::Facility::LOG_DAEMON,
@@ -147,11 +216,7 @@ pub fn init(program: &str, verbosity: Verbosity, use_syslog: bool) {
         None
     };
     let have_syslog = syslog.is_some();
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(stderr)
-        .with(syslog)
-        .try_init();
+    let _ = tracing::subscriber::set_global_default(Logger { filter, syslog });
     if use_syslog && !have_syslog {
         tracing::debug!("no syslog socket; logging to stderr only");
     }
@@ -185,7 +250,10 @@ mod tests {
     fn syslog_gets_info_and_above_with_their_priorities_one_escaped_line_each() {
         let dir = tempfile::tempdir().unwrap();
         let (layer, socket) = syslog_pair(dir.path());
-        let subscriber = tracing_subscriber::registry().with(layer);
+        let subscriber = Logger {
+            filter: "trace".parse().unwrap(),
+            syslog: Some(layer),
+        };
         tracing::subscriber::with_default(subscriber, || {
             tracing::debug!("not for syslog");
             tracing::trace!("nor this");
@@ -216,6 +284,82 @@ mod tests {
             "{}",
             got[2]
         );
+    }
+
+    /// Gathers the stderr lines [`Logger`] writes, unescaped.
+    struct Lines(std::sync::Arc<Mutex<Vec<String>>>);
+
+    impl Subscriber for Lines {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let line = Logger::stderr_line(*event.metadata().level(), &MessageVisitor::of(event));
+            self.0.lock().unwrap().push(line);
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    /// The stderr lines are those tracing-subscriber's `fmt` layer wrote
+    /// before (without time, target or colours): the package logs, the
+    /// tests and admins' scripts read them.
+    #[test]
+    fn stderr_lines_are_those_of_the_fmt_layer() {
+        let events = || {
+            tracing::error!("PROGRAM EXIT CODE {}", 3);
+            tracing::warn!(code = 3, "careful");
+            tracing::info!(service = %"/bin/sleep 5", pid = 42, "stopping (grace {:?})", std::time::Duration::from_secs(5));
+            tracing::info!(app = "db", "started");
+            tracing::debug!("a detail: {:?}", Some("x"));
+            tracing::trace!(n = 1.5, ok = true, "traced");
+            tracing::info!(alone = 7);
+        };
+        let ours = std::sync::Arc::new(Mutex::new(Vec::new()));
+        tracing::subscriber::with_default(Lines(ours.clone()), events);
+        let theirs = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = theirs.clone();
+        let fmt = tracing_subscriber::fmt()
+            .with_writer(move || Sink(sink.clone()))
+            .with_target(false)
+            .without_time()
+            .with_ansi(false)
+            .with_max_level(Level::TRACE)
+            .finish();
+        tracing::subscriber::with_default(fmt, events);
+        let theirs = String::from_utf8(theirs.lock().unwrap().clone()).unwrap();
+        assert_eq!(ours.lock().unwrap().concat(), theirs);
+        assert_eq!(theirs.lines().count(), 7, "{theirs}");
+    }
+
+    /// A writer into a shared buffer, for the `fmt` layer.
+    struct Sink(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The filter applies to both sinks: `RUST_LOG`'s targets and levels.
+    #[test]
+    fn the_filter_decides_what_is_logged() {
+        let logger = Logger {
+            filter: "warn,common=debug".parse().unwrap(),
+            syslog: None,
+        };
+        let meta = |target, level| logger.filter.would_enable(target, &level);
+        assert!(meta("appmgr", Level::WARN) && !meta("appmgr", Level::INFO));
+        assert!(meta("common::x", Level::DEBUG) && !meta("common::x", Level::TRACE));
     }
 
     #[test]
