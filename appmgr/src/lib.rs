@@ -145,9 +145,15 @@ fn one_shot(verb: cli::Verb, a: cli::OneShotArgs) -> i32 {
     block_on(Box::pin(oneshot::run(verb, a, conf)))
 }
 
-/// The one runtime set-up: a small one, since a manager watches one process.
+/// The one runtime set-up: a small one, since a manager watches one process
+/// over one connection (two while a second handshake runs), with a signal
+/// pipe, a timerfd and perhaps a pidfd: 16 readiness events per poll are
+/// plenty, where tokio's default of 1024 allocates 12 KiB for them.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_io_events_per_tick(16)
+        .build()
 }
 
 /// Runs a command's future to its exit code. Boxed: the future is not

@@ -46,6 +46,8 @@ pub struct Scale {
     pub mgrs_pss_kb: u64,
     /// Median over the managers of their Private_Dirty, KiB.
     pub mgr_private_kb: u64,
+    /// Where the median manager's private dirty memory is.
+    pub mgr_private_places: sys::PrivateDirty,
     /// Wake-ups per minute of one manager, the mean over all of them.
     pub mgr_wakeups_per_min: f64,
     /// The most threads any manager has.
@@ -245,6 +247,15 @@ pub fn run(env: &Env, n: usize, window: Duration, settle: Duration) -> Result<Sc
         v.sort_unstable();
         v.get(v.len() / 2).copied().unwrap_or(0)
     };
+    let mut by_private: Vec<(u64, u32)> = mgr_pids
+        .iter()
+        .filter_map(|p| Some((sys::private_dirty_kb(*p)?, *p)))
+        .collect();
+    by_private.sort_unstable();
+    let mgr_private_places = by_private
+        .get(by_private.len() / 2)
+        .and_then(|(_, p)| sys::private_dirty_by_place(*p))
+        .unwrap_or_default();
     let result = Scale {
         n,
         up,
@@ -259,6 +270,7 @@ pub fn run(env: &Env, n: usize, window: Duration, settle: Duration) -> Result<Sc
         mgr_rss_kb: median(mgr_pids.iter().filter_map(|p| sys::rss_kb(*p)).collect()),
         mgrs_pss_kb: mgr_pids.iter().filter_map(|p| sys::pss_kb(*p)).sum(),
         mgr_private_kb: median(mgr_pids.iter().filter_map(|p| sys::private_dirty_kb(*p)).collect()),
+        mgr_private_places,
         mgr_wakeups_per_min: mw1.saturating_sub(mw0) as f64 / n as f64 / wall * 60.0,
         mgr_threads: mgr_pids.iter().filter_map(|p| sys::threads(*p)).max().unwrap_or(0),
         teardown: Duration::ZERO,

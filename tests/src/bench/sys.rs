@@ -81,6 +81,45 @@ pub fn private_dirty_kb(pid: u32) -> Option<u64> {
     status_kb(&format!("/proc/{pid}/smaps_rollup"), "Private_Dirty:")
 }
 
+/// A process's private dirty memory by where it is, in KiB.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PrivateDirty {
+    pub heap: u64,
+    pub stack: u64,
+    /// The program's own file mappings: its relocated read-only data
+    /// (`.data.rel.ro` of a PIE), `.data`, `.bss`.
+    pub program: u64,
+    /// Everything else: anonymous mappings (the runtime's, thread-local
+    /// storage) and the shared libraries' data.
+    pub other: u64,
+}
+
+/// [`PrivateDirty`] of `pid`, from `/proc/PID/smaps`.
+pub fn private_dirty_by_place(pid: u32) -> Option<PrivateDirty> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let exe = exe.to_string_lossy().into_owned();
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let mut out = PrivateDirty::default();
+    let mut place: Option<&str> = None;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: range, perms, offset, device, inode, path.
+            place = Some(words.nth(4).unwrap_or(""));
+        } else if let (Some(name), Some(kb)) = (place, line.strip_prefix("Private_Dirty:")) {
+            let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            match name {
+                "[heap]" => out.heap += kb,
+                "[stack]" => out.stack += kb,
+                n if n == exe => out.program += kb,
+                _ => out.other += kb,
+            }
+        }
+    }
+    Some(out)
+}
+
 /// How many times a process's threads have been put on a CPU (the third
 /// field of `/proc/PID/task/*/schedstat`, summed): one per wake-up of an
 /// idle daemon.

@@ -454,6 +454,11 @@ fn build_report(r: &Results) -> Report {
             "one cmappmgr: PSS (the total / N), Private_Dirty (median)",
             format!("{:.0} KiB, {} KiB", s.mgrs_pss_kb as f64 / s.n as f64, s.mgr_private_kb),
         );
+        let at = &s.mgr_private_places;
+        rep.info(
+            "the median cmappmgr's Private_Dirty: heap, stack, the program's data, other",
+            format!("{}, {}, {}, {} KiB", at.heap, at.stack, at.program, at.other),
+        );
         rep.info(
             "one cmappmgr: wake-ups per minute (mean), threads (most)",
             format!("{:.1}, {}", s.mgr_wakeups_per_min, s.mgr_threads),
