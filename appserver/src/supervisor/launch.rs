@@ -130,7 +130,7 @@ impl Supervisor {
     ) -> Result<(Arc<Proc>, Started), ErrorReply> {
         let mut spare = match self.take_spare() {
             Some(spare) => spare,
-            None => self.make_spare().await?,
+            None => self.make_spare(false).await?,
         };
         let mut meta = Meta {
             id: String::new(),
@@ -199,12 +199,13 @@ impl Supervisor {
         Ok((proc, started))
     }
 
-    /// Writes `unstarted`, then `meta` (under a fresh id), into the spare's
-    /// directory and renames it to that id in `procs/`, never over anything
-    /// there: every record with a `meta.json` this server files says
-    /// whether its application may have been started.
+    /// Writes `meta` (under a fresh id) into the spare's directory, which
+    /// has its `unstarted` marker since it was made (checked again here: an
+    /// existing marker costs one lookup), and renames it to that id in
+    /// `procs/`, never over anything there: every record with a `meta.json`
+    /// this server files says whether its application may have been started.
     fn file(&self, spare: &mut Spare, meta: &mut Meta) -> std::io::Result<()> {
-        spare.dir.write(state::UNSTARTED, b"")?;
+        spare.dir.mark(state::UNSTARTED)?;
         for _ in 0..64 {
             meta.id = self.new_id();
             spare.dir.write_json(state::META, &*meta)?;
@@ -230,11 +231,20 @@ impl Supervisor {
     }
 
     /// Starts a shim in a new directory of `spare/` and waits until it is
-    /// connected and waits for `Start`.
-    async fn make_spare(self: &Arc<Self>) -> Result<Spare, ErrorReply> {
+    /// connected and waits for `Start`. One made ahead (`background`) runs
+    /// at the lowest priority until a launch takes it, so that its start-up
+    /// never takes the CPU from the launch just made or the exit it brings
+    /// back (it takes its server's priority before starting the application).
+    async fn make_spare(self: &Arc<Self>, background: bool) -> Result<Spare, ErrorReply> {
         let (name, dir) = self
             .create_spare()
             .map_err(|e| internal("cannot create process record", &e))?;
+        // Made ahead, as the shim is: off the launch's path (a spare's
+        // directory is never filed as a process until a launch renames it).
+        if let Err(e) = dir.mark(state::UNSTARTED) {
+            let _ = std::fs::remove_dir_all(dir.path());
+            return Err(internal("cannot create process record", &e));
+        }
         // This very binary, even if a package upgrade has replaced or
         // removed its file since: a shim always speaks our protocol.
         let spawned = tokio::process::Command::new(common::exe::SELF)
@@ -258,6 +268,13 @@ impl Supervisor {
             }
         };
         let pid = child.id().unwrap_or(0);
+        if background && self.background_spares {
+            // Its one thread (Linux keeps a nice value per thread), right
+            // after the exec (the spawn returns once it is done).
+            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::setpriority_process(Some(p), super::BACKGROUND_NICE);
+            }
+        }
         let stdout = child.stdout.take().expect("piped stdout");
         let process = self.reap(child, Some(name.clone()));
         let mut line = String::new();
@@ -322,7 +339,7 @@ impl Supervisor {
                 tokio::time::sleep_until(at).await;
             }
             let Some(sup) = weak.upgrade() else { return };
-            let mut made = sup.make_spare().await;
+            let mut made = sup.make_spare(true).await;
             if let Ok(spare) = &mut made {
                 static FAULTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
                 if super::shim::test_fault("first-spare-killed") && !FAULTED.swap(true, Ordering::Relaxed) {

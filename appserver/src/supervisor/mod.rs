@@ -113,6 +113,9 @@ pub struct Supervisor {
     seq: AtomicU64,
     /// Record directories to delete, handed to one long-lived thread.
     janitor: Mutex<std::sync::mpsc::Sender<PathBuf>>,
+    /// Whether spares start at the background priority: only where a shim
+    /// can take the server's priority back (see [`can_lower_nice`]).
+    background_spares: bool,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
@@ -135,6 +138,7 @@ impl Supervisor {
             spare: Mutex::new(launch::SpareSlot::default()),
             seq: AtomicU64::new(0),
             janitor: Mutex::new(janitor()),
+            background_spares: can_lower_nice(),
         });
         sup.recover().await;
         sup.refill(None);
@@ -301,10 +305,15 @@ impl Supervisor {
     }
 }
 
-/// Starts the thread that deletes record directories off the request path.
+/// Starts the thread that deletes record directories off the request path,
+/// at the lowest priority (nice 19, its own): woken by an acknowledgement,
+/// it must not take the CPU from the reply that the manager exits on.
 fn janitor() -> std::sync::mpsc::Sender<PathBuf> {
     let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
     let spawned = std::thread::Builder::new().name("janitor".into()).spawn(move || {
+        // This thread's alone (Linux keeps a nice value per thread); raising
+        // it is always allowed.
+        let _ = rustix::process::setpriority_process(None, BACKGROUND_NICE);
         for dir in rx {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -313,6 +322,27 @@ fn janitor() -> std::sync::mpsc::Sender<PathBuf> {
         tracing::warn!("cannot start the janitor thread ({e}); records are deleted inline");
     }
     tx
+}
+
+/// The nice value of work that nobody waits for: the janitor, and a spare
+/// shim until a launch takes it.
+pub(super) const BACKGROUND_NICE: i32 = 19;
+
+/// Whether a thread of ours may lower its nice value again once raised
+/// (root with CAP_SYS_NICE, or a permissive RLIMIT_NICE), tried on a
+/// throwaway thread: what a spare shim, started at [`BACKGROUND_NICE`],
+/// must do before it starts an application.
+fn can_lower_nice() -> bool {
+    use rustix::process::{getpriority_process, setpriority_process};
+    let Ok(own) = getpriority_process(None) else {
+        return false;
+    };
+    std::thread::Builder::new()
+        .name("nice-probe".into())
+        .spawn(move || setpriority_process(None, BACKGROUND_NICE).is_ok() && setpriority_process(None, own).is_ok())
+        .ok()
+        .and_then(|t| t.join().ok())
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

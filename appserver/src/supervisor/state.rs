@@ -359,6 +359,22 @@ impl Dir {
         Ok(())
     }
 
+    /// Creates the empty marker `name` (see [`UNSTARTED`], [`ACKED`]),
+    /// whose presence is its meaning: one exclusive create, never through a
+    /// link, and nothing to tear, so no temporary name and rename. An entry
+    /// already there, whatever it is, already marks it.
+    pub fn mark(&self, name: &str) -> io::Result<()> {
+        match nix::fcntl::openat(
+            &self.fd,
+            name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        ) {
+            Ok(_) | Err(Errno::EEXIST) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Writes `value` as JSON to `name` atomically.
     pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> io::Result<()> {
         self.write(name, &serde_json::to_vec(value).map_err(io::Error::other)?)
@@ -711,6 +727,39 @@ mod tests {
         std::os::unix::fs::symlink(&victim, rec.join(SHIM_LOG)).unwrap();
         assert!(dir.append(SHIM_LOG, "planted\n").is_err());
         assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+    }
+
+    #[test]
+    fn a_marker_is_made_once_and_an_entry_already_there_counts_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rec = tmp.path().join("rec");
+        fs::create_dir(&rec).unwrap();
+        let dir = Dir::open(&rec).unwrap();
+        dir.mark(ACKED).unwrap();
+        let made = fs::symlink_metadata(rec.join(ACKED)).unwrap();
+        assert!(made.is_file() && made.len() == 0);
+        assert_eq!(made.mode() & 0o077, 0, "nobody else's");
+        dir.mark(ACKED).unwrap();
+        assert_eq!(entries(&rec), [ACKED], "no temporary name left, nothing else made");
+        // A link planted under the name already marks it: nothing is
+        // created where it points.
+        let victim = tmp.path().join("victim");
+        std::os::unix::fs::symlink(&victim, rec.join(UNSTARTED)).unwrap();
+        dir.mark(UNSTARTED).unwrap();
+        assert!(!victim.exists());
+        // A record directory removed meanwhile is an error.
+        let gone = Dir::open(&rec).unwrap();
+        fs::remove_dir_all(&rec).unwrap();
+        assert!(gone.mark(ACKED).is_err());
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
     }
 
     #[test]

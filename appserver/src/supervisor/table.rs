@@ -537,7 +537,7 @@ fn watching(n: usize) -> String {
 /// (a full disk with no inode left) is said, and the acknowledgement holds
 /// for this run of cmappserver.
 fn mark_acked(proc: &Proc) {
-    let written = state::Dir::open(&proc.dir).and_then(|d| d.write(state::ACKED, b""));
+    let written = state::Dir::open(&proc.dir).and_then(|d| d.mark(state::ACKED));
     match written {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
             service = %proc.display,
@@ -1407,5 +1407,38 @@ pub(super) mod tests {
             std::thread::yield_now();
         }
         assert!(!p.dir.exists());
+    }
+
+    #[tokio::test]
+    async fn the_janitor_deletes_at_the_lowest_priority() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let doomed = tmp.path().join("doomed");
+        std::fs::create_dir(&doomed).unwrap();
+        sup.remove_later(doomed.clone());
+        while doomed.exists() {
+            std::thread::yield_now();
+        }
+        // Every janitor thread of this test process (one per supervisor;
+        // other tests' may have only just started).
+        let janitors = || -> Vec<String> {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .flatten()
+                .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "janitor"))
+                .filter_map(|t| {
+                    let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+                    Some(stat.rsplit_once(") ")?.1.split_whitespace().nth(16)?.to_string())
+                })
+                .collect()
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        let mut nices = janitors();
+        while nices.iter().any(|n| n != "19") && std::time::Instant::now() < until {
+            std::thread::yield_now();
+            nices = janitors();
+        }
+        assert!(!nices.is_empty(), "no janitor thread");
+        assert!(nices.iter().all(|n| n == "19"), "{nices:?}");
     }
 }
