@@ -114,25 +114,6 @@ pub fn alive(pid: u32) -> bool {
     common::proc::running(pid)
 }
 
-/// The nice value of the thread `tid` (a process's main thread has its pid):
-/// field 19 of `/proc/TID/stat`.
-pub fn nice_of(tid: u32) -> i32 {
-    let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).unwrap_or_default();
-    stat.rsplit_once(") ")
-        .and_then(|(_, rest)| rest.split_whitespace().nth(16)?.parse().ok())
-        .unwrap_or_else(|| panic!("no nice value in /proc/{tid}/stat: {stat:?}"))
-}
-
-/// Whether a thread of this process may lower its nice value again after
-/// raising it (root with CAP_SYS_NICE), tried on a throwaway thread.
-pub fn can_lower_nice() -> bool {
-    use rustix::process::{getpriority_process, setpriority_process};
-    let own = getpriority_process(None).unwrap();
-    std::thread::spawn(move || setpriority_process(None, 19).is_ok() && setpriority_process(None, own).is_ok())
-        .join()
-        .unwrap()
-}
-
 /// Times the threads of `pid` went to sleep (`voluntary_ctxt_switches`,
 /// summed over its threads): each is one wake-up later. Preemptions by a
 /// loaded machine are not counted, so idle-cost tests can rely on it.

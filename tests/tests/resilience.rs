@@ -835,6 +835,10 @@ fn a_launch_takes_the_shim_started_ahead_of_it_and_another_is_started_for_the_ne
     let server = Server::start(&f.dir.join("srv"), &f.keys, "");
     let state = server.state_dir.clone();
     let (spare, name) = one_spare(&server, &[]);
+    assert!(
+        state.join("spare").join(&name).join("unstarted").exists(),
+        "the spare's record is marked unstarted ahead of the launch"
+    );
     let mut m = Mgr::spawn(
         &f.conf,
         &server.node(),
@@ -960,47 +964,6 @@ fn a_spare_killed_by_someone_is_replaced_and_launches_still_work() {
     kill(third);
     run(5);
     one_spare(&server, &[first, second, third]);
-}
-
-/// A spare is made ahead at the lowest priority (nice 19, where a shim can
-/// take its server's priority back: root), so that its start-up never takes
-/// the CPU from a launch or an exit on the way to a manager; its directory
-/// has its `unstarted` marker from the start. The application a launch
-/// starts through it, and the shim then, run at the server's priority.
-#[test]
-fn a_spare_waits_at_the_lowest_priority_and_its_application_runs_at_the_servers() {
-    let f = fixture();
-    let server = Server::start(&f.dir.join("srv"), &f.keys, "");
-    let ours = cmapp_tests::nice_of(server.pid());
-    let (spare, name) = one_spare(&server, &[]);
-    assert!(
-        server.state_dir.join("spare").join(&name).join("unstarted").exists(),
-        "the spare's record is marked unstarted ahead of the launch"
-    );
-    let background = if cmapp_tests::can_lower_nice() { 19 } else { ours };
-    assert_eq!(cmapp_tests::nice_of(spare), background, "the waiting spare");
-    let mut m = Mgr::spawn(
-        &f.conf,
-        &server.node(),
-        10.0,
-        &["-stop_on_halt"],
-        &["/bin/sleep", "1000"],
-    );
-    let pid = pid_in(
-        &m.err
-            .wait_for("started", WAIT)
-            .unwrap_or_else(|| panic!("{}", m.err.text())),
-    );
-    let rec = server.recorded().into_iter().find(|r| r.pid == pid).expect("recorded");
-    assert_eq!(rec.shim_pid, spare, "the launch took the spare");
-    assert_eq!(
-        cmapp_tests::nice_of(pid),
-        ours,
-        "the application runs at the server's priority"
-    );
-    assert_eq!(cmapp_tests::nice_of(spare), ours, "and so does its shim");
-    m.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(m.code(), 0, "{}", m.err.text());
 }
 
 /// A spare killed after its hello and before the server filed it as ready

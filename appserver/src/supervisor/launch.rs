@@ -130,7 +130,7 @@ impl Supervisor {
     ) -> Result<(Arc<Proc>, Started), ErrorReply> {
         let mut spare = match self.take_spare() {
             Some(spare) => spare,
-            None => self.make_spare(false).await?,
+            None => self.make_spare().await?,
         };
         let mut meta = Meta {
             id: String::new(),
@@ -231,11 +231,8 @@ impl Supervisor {
     }
 
     /// Starts a shim in a new directory of `spare/` and waits until it is
-    /// connected and waits for `Start`. One made ahead (`background`) runs
-    /// at the lowest priority until a launch takes it, so that its start-up
-    /// never takes the CPU from the launch just made or the exit it brings
-    /// back (it takes its server's priority before starting the application).
-    async fn make_spare(self: &Arc<Self>, background: bool) -> Result<Spare, ErrorReply> {
+    /// connected and waits for `Start`.
+    async fn make_spare(self: &Arc<Self>) -> Result<Spare, ErrorReply> {
         let (name, dir) = self
             .create_spare()
             .map_err(|e| internal("cannot create process record", &e))?;
@@ -268,13 +265,6 @@ impl Supervisor {
             }
         };
         let pid = child.id().unwrap_or(0);
-        if background && self.background_spares {
-            // Its one thread (Linux keeps a nice value per thread), right
-            // after the exec (the spawn returns once it is done).
-            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::setpriority_process(Some(p), super::BACKGROUND_NICE);
-            }
-        }
         let stdout = child.stdout.take().expect("piped stdout");
         let process = self.reap(child, Some(name.clone()));
         let mut line = String::new();
@@ -339,7 +329,7 @@ impl Supervisor {
                 tokio::time::sleep_until(at).await;
             }
             let Some(sup) = weak.upgrade() else { return };
-            let mut made = sup.make_spare(true).await;
+            let mut made = sup.make_spare().await;
             if let Ok(spare) = &mut made {
                 static FAULTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
                 if super::shim::test_fault("first-spare-killed") && !FAULTED.swap(true, Ordering::Relaxed) {

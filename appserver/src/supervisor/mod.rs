@@ -113,9 +113,6 @@ pub struct Supervisor {
     seq: AtomicU64,
     /// Record directories to delete, handed to one long-lived thread.
     janitor: Mutex<std::sync::mpsc::Sender<PathBuf>>,
-    /// Whether spares start at the background priority: only where a shim
-    /// can take the server's priority back (see [`can_lower_nice`]).
-    background_spares: bool,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
@@ -138,7 +135,6 @@ impl Supervisor {
             spare: Mutex::new(launch::SpareSlot::default()),
             seq: AtomicU64::new(0),
             janitor: Mutex::new(janitor()),
-            background_spares: can_lower_nice(),
         });
         sup.recover().await;
         sup.refill(None);
@@ -324,26 +320,9 @@ fn janitor() -> std::sync::mpsc::Sender<PathBuf> {
     tx
 }
 
-/// The nice value of work that nobody waits for: the janitor, and a spare
-/// shim until a launch takes it.
+/// The nice value of work that nobody waits for: the janitor, and a shim
+/// once its exit is sent.
 pub(super) const BACKGROUND_NICE: i32 = 19;
-
-/// Whether a thread of ours may lower its nice value again once raised
-/// (root with CAP_SYS_NICE, or a permissive RLIMIT_NICE), tried on a
-/// throwaway thread: what a spare shim, started at [`BACKGROUND_NICE`],
-/// must do before it starts an application.
-fn can_lower_nice() -> bool {
-    use rustix::process::{getpriority_process, setpriority_process};
-    let Ok(own) = getpriority_process(None) else {
-        return false;
-    };
-    std::thread::Builder::new()
-        .name("nice-probe".into())
-        .spawn(move || setpriority_process(None, BACKGROUND_NICE).is_ok() && setpriority_process(None, own).is_ok())
-        .ok()
-        .and_then(|t| t.join().ok())
-        .unwrap_or(false)
-}
 
 #[cfg(test)]
 impl Supervisor {

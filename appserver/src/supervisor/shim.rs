@@ -106,16 +106,6 @@ pub enum ShimError {
     },
     #[error("no server accepted this supervisor; nothing started")]
     NotAccepted,
-    /// A spare started at the background priority could not take its
-    /// server's again: the application would have run at nice 19.
-    #[error(
-        "cannot take the server's priority (nice {nice}) before starting the application: {source}; nothing started"
-    )]
-    Priority {
-        nice: i32,
-        #[source]
-        source: std::io::Error,
-    },
     /// `unstarted` was gone when `Start` came: a recovering server took it.
     #[error("the launch was withdrawn (its record has no {}); nothing started", state::UNSTARTED)]
     Withdrawn,
@@ -329,19 +319,6 @@ fn check_peer(dir: &Dir, stream: &UnixStream) -> Option<Peer> {
     })
 }
 
-/// Takes the nice value of `server` (the peer that said `Start`), if ours
-/// differs: the application inherits it.
-fn take_priority_of(server: u32) -> Result<(), ShimError> {
-    use rustix::process::{getpriority_process, setpriority_process, Pid as RPid};
-    let Some(nice) = RPid::from_raw(server as i32).and_then(|p| getpriority_process(Some(p)).ok()) else {
-        return Ok(()); // the server is gone: the next one restarts us anyway
-    };
-    if getpriority_process(None).ok() == Some(nice) {
-        return Ok(());
-    }
-    setpriority_process(None, nice).map_err(|e| ShimError::Priority { nice, source: e.into() })
-}
-
 /// The process at the other end of a link.
 #[derive(Debug, Clone, Copy)]
 struct Peer {
@@ -538,10 +515,6 @@ async fn run(dir: &mut Dir) -> Result<(), ShimError> {
         }
         (None, None) => return Err(ShimError::MissingMeta),
     };
-
-    // A spare waited at the background priority (see `launch`): the
-    // application gets its server's, as if started by the server itself.
-    take_priority_of(first_peer.pid)?;
 
     // The last moment the application can still be withheld: a recovering
     // server that could not reach us may have taken `unstarted` (and
@@ -777,16 +750,12 @@ async fn record_exit(
         .await;
         // What is left (our exit) waits for nobody: at the lowest priority
         // the server, just woken on this CPU, relays the exit first.
-        let _ = rustix::process::setpriority_process(None, BACKGROUND_NICE);
+        let _ = rustix::process::setpriority_process(None, super::BACKGROUND_NICE);
     }
     // Freeing its blocks is disk work, done once the exit is out.
     let _ = dir.remove(state::RESERVE);
     recorded
 }
-
-/// The nice value of a shim whose work nobody waits for (cmappserver's
-/// janitor thread and spares use the same).
-const BACKGROUND_NICE: i32 = super::BACKGROUND_NICE;
 
 /// Bytes reserved in the record at the start (`state::RESERVE`): two
 /// filesystem blocks, one for `pid.json`, one for `exit.json`.
