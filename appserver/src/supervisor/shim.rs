@@ -748,9 +748,11 @@ async fn record_exit(
             tail,
         })
         .await;
-        // What is left (our exit) waits for nobody: at the lowest priority
-        // the server, just woken on this CPU, relays the exit first.
+        // What is left (our exit) waits for nobody: at the lowest priority,
+        // and yielding now, the server just woken on this CPU relays the
+        // exit first (a lowered priority alone does not reschedule).
         let _ = rustix::process::setpriority_process(None, super::BACKGROUND_NICE);
+        std::thread::yield_now();
     }
     // Freeing its blocks is disk work, done once the exit is out.
     let _ = dir.remove(state::RESERVE);

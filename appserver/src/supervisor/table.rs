@@ -1401,12 +1401,29 @@ pub(super) mod tests {
         sup.record_exit(&p, exit(&p, 0)).await;
         assert!(p.dir.exists());
         sup.ack(&p.id, "anyone").unwrap();
-        // Deleted off the reply path, by the janitor thread.
+        // Deleted off the reply path, by the janitor thread, after the
+        // next sweep (here every second).
+        assert!(p.dir.exists(), "deleted on the reply path");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while p.dir.exists() && std::time::Instant::now() < deadline {
-            std::thread::yield_now();
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(!p.dir.exists());
+    }
+
+    #[tokio::test]
+    async fn at_shutdown_what_waits_for_the_janitor_is_deleted_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sup = supervisor(tmp.path(), 4, Duration::from_secs(60)).await;
+        let (before, after) = (tmp.path().join("before"), tmp.path().join("after"));
+        std::fs::create_dir(&before).unwrap();
+        std::fs::create_dir(&after).unwrap();
+        sup.remove_later(before.clone());
+        assert!(before.exists(), "waits for the next sweep");
+        sup.shutdown(false).await;
+        assert!(!before.exists(), "the process may end before the janitor gets to it");
+        sup.remove_later(after.clone());
+        assert!(!after.exists(), "nor after the shutdown began");
     }
 
     #[tokio::test]
@@ -1417,7 +1434,7 @@ pub(super) mod tests {
         std::fs::create_dir(&doomed).unwrap();
         sup.remove_later(doomed.clone());
         while doomed.exists() {
-            std::thread::yield_now();
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Every janitor thread of this test process (one per supervisor;
         // other tests' may have only just started).
