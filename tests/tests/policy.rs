@@ -63,6 +63,11 @@ fn a_refused_launch_exits_79_naming_the_rules_and_the_reason() {
     assert_eq!(m.code(), 3, "allowed by rule sh: {}", m.err.text());
     let mut m = f.mgr(&["/usr/bin/env", "true"]);
     assert_eq!(m.code(), 0, "allowed by rule tools: {}", m.err.text());
+    // Their records go once collected (at the server's next sweep).
+    assert!(
+        wait_until(WAIT, || f.records() == 0),
+        "the collected exits' records stayed"
+    );
 
     let conf = f.server.conf.display().to_string();
     for (argv, why) in [
