@@ -829,17 +829,11 @@ fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
-#[test]
-fn a_launch_takes_the_shim_started_ahead_of_it_and_another_is_started_for_the_next() {
-    let f = fixture();
-    let server = Server::start(&f.dir.join("srv"), &f.keys, "");
-    let state = server.state_dir.clone();
-    let (spare, name) = one_spare(&server, &[]);
-    assert!(
-        state.join("spare").join(&name).join("unstarted").exists(),
-        "the spare's record is marked unstarted ahead of the launch"
-    );
-    let mut m = Mgr::spawn(
+/// Launches `/bin/sleep 1000` (`-stop_on_halt`) and checks that it runs
+/// under the shim `spare` started ahead: the manager, the application's pid
+/// and its record.
+fn sleeper_through(f: &Fixture, server: &Server, spare: u32) -> (Mgr, u32, cmapp_tests::server::Recorded) {
+    let m = Mgr::spawn(
         &f.conf,
         &server.node(),
         10.0,
@@ -853,6 +847,20 @@ fn a_launch_takes_the_shim_started_ahead_of_it_and_another_is_started_for_the_ne
     );
     let rec = server.recorded().into_iter().find(|r| r.pid == pid).expect("recorded");
     assert_eq!(rec.shim_pid, spare, "the launch used the shim started before it");
+    (m, pid, rec)
+}
+
+#[test]
+fn a_launch_takes_the_shim_started_ahead_of_it_and_another_is_started_for_the_next() {
+    let f = fixture();
+    let server = Server::start(&f.dir.join("srv"), &f.keys, "");
+    let state = server.state_dir.clone();
+    let (spare, name) = one_spare(&server, &[]);
+    assert!(
+        state.join("spare").join(&name).join("unstarted").exists(),
+        "the spare's record is marked unstarted ahead of the launch"
+    );
+    let (mut m, pid, rec) = sleeper_through(&f, &server, spare);
     assert!(!state.join("spare").join(&name).exists(), "its directory moved");
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(state.join("procs").join(&rec.id).join("meta.json")).unwrap()).unwrap();
@@ -987,20 +995,7 @@ fn a_spare_killed_before_it_was_filed_as_ready_is_replaced() {
         .wait_for("ended before a launch took it; starting another", WAIT)
         .unwrap_or_else(|| panic!("{}", server.log.text()));
     let (spare, _) = one_spare(&server, &[]);
-    let mut m = Mgr::spawn(
-        &f.conf,
-        &server.node(),
-        10.0,
-        &["-stop_on_halt"],
-        &["/bin/sleep", "1000"],
-    );
-    let pid = pid_in(
-        &m.err
-            .wait_for("started", WAIT)
-            .unwrap_or_else(|| panic!("{}", m.err.text())),
-    );
-    let rec = server.recorded().into_iter().find(|r| r.pid == pid).expect("recorded");
-    assert_eq!(rec.shim_pid, spare, "the launch took the replacement");
+    let (mut m, _, _) = sleeper_through(&f, &server, spare);
     m.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(m.code(), 0, "{}", m.err.text());
 }
