@@ -669,6 +669,42 @@ fn a_launch_cut_short_by_a_server_crash_is_started_after_the_restart_not_reporte
         .unwrap_or_else(|| panic!("{}", server.log.text()));
 }
 
+/// A launch whose shim fails once told to start is removed, and cmappserver
+/// crashes halfway through that removal (`CMAPP_TEST_FAULT=removal-cut-short`:
+/// `unstarted` gone, `meta.json` left, as `remove_dir_all` may leave it).
+/// The marker is renamed `withdrawn` before the removal, so the restarted
+/// server discards the record and the manager's launch starts the
+/// application; before, the record looked possibly started and the
+/// manager was told its application was lost (70).
+#[test]
+fn a_removal_of_a_never_started_record_cut_short_by_a_crash_is_not_reported_lost() {
+    let f = fixture();
+    let fault = vec![("CMAPP_TEST_FAULT".to_string(), "removal-cut-short".to_string())];
+    let mut server = Server::start_with(
+        &f.dir.join("srv"),
+        &f.keys,
+        "",
+        cmapp_tests::bin("cmappserver"),
+        None,
+        fault,
+    );
+    let ran = f.dir.join("ran");
+    let app = format!("echo x >> {}; exit 34", ran.display());
+    let mut m = Mgr::spawn(&f.conf, &server.node(), 30.0, &[], &["/bin/sh", "-c", &app]);
+    m.err
+        .wait_for("reconnecting", WAIT)
+        .unwrap_or_else(|| panic!("{}\n{}", m.err.text(), server.log.text()));
+    let procs = server.state_dir.join("procs");
+    let left: Vec<_> = std::fs::read_dir(&procs).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(left.len(), 1, "the removal left its record behind");
+    assert!(left[0].join("meta.json").exists() && !left[0].join("unstarted").exists());
+    server.kill9();
+    server.env.clear();
+    server.restart(None);
+    assert_eq!(m.code(), 34, "{}\n{}", m.err.text(), server.log.text());
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "x\n", "started once");
+}
+
 /// The same crash, in a launch made while the service's previous exit was
 /// still owed to a manager that had gone (a second manager, killed): after
 /// the restart the next launch starts the application afresh (the cut-short

@@ -156,7 +156,7 @@ impl Supervisor {
             // Our own unreaped child: its pid cannot have been reused. It
             // started nothing, or could not tell us: it must not linger.
             process.kill();
-            let _ = std::fs::remove_dir_all(dir.path());
+            dir.remove_unstarted();
             e
         };
         if let Err(e) = filed {

@@ -448,10 +448,11 @@ fn records_of_spare(dir: &Dir) -> Result<Dir, ShimError> {
     Dir::open(&path).map_err(|source| ShimError::NoRecords { path, source })
 }
 
-/// Removes our own directory, if its path still names it.
+/// Removes our own directory, if its path still names it (we started
+/// nothing: see [`Dir::remove_unstarted`]).
 fn remove_own(dir: &Dir) {
     if Dir::open(dir.path()).is_ok_and(|here| here.is(dir)) {
-        let _ = std::fs::remove_dir_all(dir.path());
+        dir.remove_unstarted();
     }
 }
 
@@ -503,6 +504,11 @@ async fn run(dir: &mut Dir) -> Result<(), ShimError> {
             return Err(ShimError::NotAccepted);
         }
     };
+    if test_fault("removal-cut-short") {
+        // A shim that fails once told to start (tests only): the launch
+        // removes the record it filed, and crashes halfway (`Dir::remove_unstarted`).
+        return Err(ShimError::NotAccepted);
+    }
     let meta = match (early, &procs) {
         (Some(meta), _) => meta,
         // A spare: only now is there a meta.json, and only a record filed
@@ -785,7 +791,9 @@ fn write_record<T: serde::Serialize>(dir: &Dir, name: &str, value: &T) -> std::i
 /// and exits, between filing the new record and telling the shim to start;
 /// `first-spare-killed`: the server kills the first spare it makes after
 /// its hello, and files it once it has been reaped (a spare killed by
-/// someone in that instant).
+/// someone in that instant); `removal-cut-short`: a shim fails once told
+/// to start, and whoever removes a record whose application never started
+/// crashes halfway, `unstarted` gone and the rest left.
 /// Honoured only in debug builds: a release build ignores it.
 pub(super) fn test_fault(name: &str) -> bool {
     cfg!(debug_assertions) && std::env::var("CMAPP_TEST_FAULT").is_ok_and(|v| v == name)
@@ -1684,6 +1692,21 @@ mod tests {
         let hello = rd.read::<ShimEvent>().await.unwrap().unwrap();
         assert!(matches!(hello, ShimEvent::Hello { waiting: true, .. }), "{hello:?}");
         (rd, wr)
+    }
+
+    #[test]
+    fn a_shim_removes_its_own_directory_never_another_in_its_place() {
+        let (tmp, dir, _procs) = spare_dir();
+        dir.mark(state::UNSTARTED).unwrap();
+        remove_own(&dir);
+        assert!(!tmp.path().join("spare/s1").exists());
+        // Another directory now under our path: not ours to remove.
+        let (tmp, dir, _procs) = spare_dir();
+        let path = tmp.path().join("spare/s1");
+        std::fs::rename(&path, tmp.path().join("moved")).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        remove_own(&dir);
+        assert!(path.exists() && tmp.path().join("moved").exists());
     }
 
     #[tokio::test]

@@ -375,6 +375,22 @@ impl Dir {
         }
     }
 
+    /// Removes this record directory, whose application was never started
+    /// (a launch whose shim failed; a shim no server started): `unstarted`
+    /// is first renamed [`WITHDRAWN`], so that a crash halfway through the
+    /// removal (which goes in directory order) leaves a record the next
+    /// server discards, never one without either marker, which it would
+    /// take for possibly started and report lost (70).
+    pub fn remove_unstarted(&self) {
+        let _ = self.take_as(UNSTARTED, WITHDRAWN);
+        if super::shim::test_fault("removal-cut-short") {
+            // The crash: `unstarted` (had it still been there) gone first.
+            let _ = self.remove(UNSTARTED);
+            std::process::exit(99);
+        }
+        let _ = fs::remove_dir_all(&self.path);
+    }
+
     /// Writes `value` as JSON to `name` atomically.
     pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> io::Result<()> {
         self.write(name, &serde_json::to_vec(value).map_err(io::Error::other)?)
@@ -751,6 +767,18 @@ mod tests {
         let gone = Dir::open(&rec).unwrap();
         fs::remove_dir_all(&rec).unwrap();
         assert!(gone.mark(ACKED).is_err());
+    }
+
+    #[test]
+    fn a_never_started_record_is_removed_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rec = tmp.path().join("rec");
+        fs::create_dir(&rec).unwrap();
+        let dir = Dir::open(&rec).unwrap();
+        dir.mark(UNSTARTED).unwrap();
+        dir.write(META, b"{}").unwrap();
+        dir.remove_unstarted();
+        assert!(!rec.exists());
     }
 
     fn entries(dir: &Path) -> Vec<String> {
