@@ -69,6 +69,12 @@ fn encode<T: Serialize>(msg: &T) -> Result<bytes::Bytes, ConnectionError> {
     Ok(body.into())
 }
 
+/// The framing buffers' first size (each grows as a larger message needs):
+/// most messages are a few hundred bytes (a ping, a pong, an output line),
+/// and tokio-util's default of 8 KiB each is kept for a connection's life,
+/// by every idle manager.
+const BUFFER: usize = 1024;
+
 /// The reading half of a split connection.
 #[derive(Debug)]
 pub struct MessageReader<R> {
@@ -78,7 +84,7 @@ pub struct MessageReader<R> {
 impl<R: AsyncRead + Unpin> MessageReader<R> {
     pub fn new(r: R) -> Self {
         Self {
-            inner: FramedRead::new(r, codec()),
+            inner: FramedRead::with_capacity(r, codec(), BUFFER),
         }
     }
 
@@ -98,7 +104,7 @@ pub struct MessageWriter<W> {
 impl<W: AsyncWrite + Unpin> MessageWriter<W> {
     pub fn new(w: W) -> Self {
         Self {
-            inner: FramedWrite::new(w, codec()),
+            inner: FramedWrite::with_capacity(w, codec(), BUFFER),
         }
     }
 
@@ -135,10 +141,10 @@ pub fn split<S: AsyncRead + AsyncWrite>(
     let (r, w) = tokio::io::split(stream);
     (
         MessageReader {
-            inner: FramedRead::new(r, codec()),
+            inner: FramedRead::with_capacity(r, codec(), BUFFER),
         },
         MessageWriter {
-            inner: FramedWrite::new(w, codec()),
+            inner: FramedWrite::with_capacity(w, codec(), BUFFER),
         },
     )
 }
