@@ -631,15 +631,15 @@ fn a_killed_supervisor_reports_the_status_lost_and_leaves_no_unmonitored_copy() 
         .unwrap();
 }
 
-/// cmappserver dies while launching, after the new record is written and
-/// before its application is started (`CMAPP_TEST_FAULT=exit-before-shim`,
-/// debug builds): after the restart the manager's launch starts the
-/// application, and the manager ends with its real exit code, not with a
-/// "lost" status (70) for an application that never ran.
-#[test]
-fn a_launch_cut_short_by_a_server_crash_is_started_after_the_restart_not_reported_lost() {
+/// A launch cut short by a crash of cmappserver (the debug-only
+/// `CMAPP_TEST_FAULT=fault`), and what follows: the manager, reconnecting,
+/// finds the one record the crash left (`left` checks it), cmappserver is
+/// restarted without the fault, and the manager's launch must start the
+/// application (`echo x >> ran; exit code`) once and end with its code.
+/// Returns the restarted server.
+fn launch_cut_short(fault: &str, code: i32, left: impl FnOnce(&Path)) -> Server {
     let f = fixture();
-    let fault = vec![("CMAPP_TEST_FAULT".to_string(), "exit-before-shim".to_string())];
+    let fault = vec![("CMAPP_TEST_FAULT".to_string(), fault.to_string())];
     let mut server = Server::start_with(
         &f.dir.join("srv"),
         &f.keys,
@@ -649,20 +649,35 @@ fn a_launch_cut_short_by_a_server_crash_is_started_after_the_restart_not_reporte
         fault,
     );
     let ran = f.dir.join("ran");
-    let app = format!("echo x >> {}; exit 33", ran.display());
+    let app = format!("echo x >> {}; exit {code}", ran.display());
     let mut m = Mgr::spawn(&f.conf, &server.node(), 30.0, &[], &["/bin/sh", "-c", &app]);
     m.err
         .wait_for("reconnecting", WAIT)
         .unwrap_or_else(|| panic!("{}\n{}", m.err.text(), server.log.text()));
-    let procs = server.state_dir.join("procs");
-    let records = std::fs::read_dir(&procs).unwrap().count();
-    assert_eq!(records, 1, "the launch left its record behind");
+    let records: Vec<PathBuf> = std::fs::read_dir(server.state_dir.join("procs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(records.len(), 1, "the crash left the launch's record behind");
+    left(&records[0]);
     server.kill9();
     server.env.clear();
     server.restart(None);
-    assert_eq!(m.code(), 33, "{}\n{}", m.err.text(), server.log.text());
-    assert!(m.err.contains("PROGRAM EXIT CODE 33"), "{}", m.err.text());
+    assert_eq!(m.code(), code, "{}\n{}", m.err.text(), server.log.text());
+    assert!(m.err.contains(&format!("PROGRAM EXIT CODE {code}")), "{}", m.err.text());
     assert_eq!(std::fs::read_to_string(&ran).unwrap(), "x\n", "started once");
+    server
+}
+
+/// cmappserver dies while launching, after the new record is written and
+/// before its application is started (`CMAPP_TEST_FAULT=exit-before-shim`,
+/// debug builds): after the restart the manager's launch starts the
+/// application, and the manager ends with its real exit code, not with a
+/// "lost" status (70) for an application that never ran.
+#[test]
+fn a_launch_cut_short_by_a_server_crash_is_started_after_the_restart_not_reported_lost() {
+    let server = launch_cut_short("exit-before-shim", 33, |_| {});
     server
         .log
         .wait_for("discarding a launch that never started its application", WAIT)
@@ -678,31 +693,9 @@ fn a_launch_cut_short_by_a_server_crash_is_started_after_the_restart_not_reporte
 /// manager was told its application was lost (70).
 #[test]
 fn a_removal_of_a_never_started_record_cut_short_by_a_crash_is_not_reported_lost() {
-    let f = fixture();
-    let fault = vec![("CMAPP_TEST_FAULT".to_string(), "removal-cut-short".to_string())];
-    let mut server = Server::start_with(
-        &f.dir.join("srv"),
-        &f.keys,
-        "",
-        cmapp_tests::bin("cmappserver"),
-        None,
-        fault,
-    );
-    let ran = f.dir.join("ran");
-    let app = format!("echo x >> {}; exit 34", ran.display());
-    let mut m = Mgr::spawn(&f.conf, &server.node(), 30.0, &[], &["/bin/sh", "-c", &app]);
-    m.err
-        .wait_for("reconnecting", WAIT)
-        .unwrap_or_else(|| panic!("{}\n{}", m.err.text(), server.log.text()));
-    let procs = server.state_dir.join("procs");
-    let left: Vec<_> = std::fs::read_dir(&procs).unwrap().flatten().map(|e| e.path()).collect();
-    assert_eq!(left.len(), 1, "the removal left its record behind");
-    assert!(left[0].join("meta.json").exists() && !left[0].join("unstarted").exists());
-    server.kill9();
-    server.env.clear();
-    server.restart(None);
-    assert_eq!(m.code(), 34, "{}\n{}", m.err.text(), server.log.text());
-    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "x\n", "started once");
+    launch_cut_short("removal-cut-short", 34, |record| {
+        assert!(record.join("meta.json").exists() && !record.join("unstarted").exists());
+    });
 }
 
 /// The same crash, in a launch made while the service's previous exit was
