@@ -378,9 +378,9 @@ fn ocf_tester_passes_against_a_real_cmappserver() {
         .expect("run ocf-tester (apt-get install resource-agents libxml2-utils)");
     let text = cmapp_tests::stdout_and_stderr(&out);
     assert!(out.status.success() && text.contains("passed all tests"), "{text}");
-    // It stopped what it started.
+    // It stopped what it started (the records go at the server's next sweep).
     assert!(
-        server.recorded().is_empty(),
+        wait_until(WAIT, || server.recorded().is_empty()),
         "{:?}\n{}",
         server.recorded(),
         server.log.text()
