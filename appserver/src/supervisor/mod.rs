@@ -44,7 +44,7 @@ mod table;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -113,11 +113,6 @@ pub struct Supervisor {
     seq: AtomicU64,
     /// Record directories to delete, handed to one long-lived thread.
     janitor: Mutex<std::sync::mpsc::Sender<PathBuf>>,
-    /// Directories to delete, handed to the janitor at the next sweep; at
-    /// shutdown (`closing`) they are deleted at once, since the process may
-    /// end before the janitor gets to them.
-    doomed: Mutex<Vec<PathBuf>>,
-    closing: AtomicBool,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
@@ -140,8 +135,6 @@ impl Supervisor {
             spare: Mutex::new(launch::SpareSlot::default()),
             seq: AtomicU64::new(0),
             janitor: Mutex::new(janitor()),
-            doomed: Mutex::new(Vec::new()),
-            closing: AtomicBool::new(false),
         });
         sup.recover().await;
         sup.refill(None);
@@ -154,10 +147,7 @@ impl Supervisor {
             loop {
                 tick.tick().await;
                 match weak.upgrade() {
-                    Some(sup) => {
-                        sup.sweep();
-                        sup.delete_doomed(false);
-                    }
+                    Some(sup) => sup.sweep(),
                     None => return,
                 }
             }
@@ -165,32 +155,15 @@ impl Supervisor {
         sup
     }
 
-    /// Deletes a record directory on the janitor thread, at the next sweep
-    /// (within a second): nothing wakes for it now, on the path of the reply
-    /// that a manager exits on. Ids are unique: nothing reuses the path.
+    /// Deletes a record directory on the janitor thread.
     fn remove_later(&self, dir: PathBuf) {
-        if self.closing.load(Ordering::Relaxed) {
+        let sent = self
+            .janitor
+            .lock()
+            .map(|j| j.send(dir.clone()).is_ok())
+            .unwrap_or(false);
+        if !sent {
             let _ = std::fs::remove_dir_all(dir);
-        } else {
-            self.doomed.lock().unwrap_or_else(|p| p.into_inner()).push(dir);
-        }
-    }
-
-    /// Hands the directories [`Self::remove_later`] collected to the janitor
-    /// thread, or deletes them here (`now`: at shutdown; or if the janitor
-    /// could not be started).
-    fn delete_doomed(&self, now: bool) {
-        let doomed = std::mem::take(&mut *self.doomed.lock().unwrap_or_else(|p| p.into_inner()));
-        if doomed.is_empty() {
-            return;
-        }
-        let janitor = self.janitor.lock().unwrap_or_else(|p| p.into_inner());
-        for dir in doomed {
-            if now {
-                let _ = std::fs::remove_dir_all(dir);
-            } else if let Err(std::sync::mpsc::SendError(dir)) = janitor.send(dir) {
-                let _ = std::fs::remove_dir_all(dir);
-            }
         }
     }
 
@@ -315,8 +288,6 @@ impl Supervisor {
         if let Some(spare) = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take_ready() {
             self.discard(spare);
         }
-        self.closing.store(true, Ordering::Relaxed);
-        self.delete_doomed(true);
         if !stop_processes {
             return;
         }
@@ -330,14 +301,10 @@ impl Supervisor {
     }
 }
 
-/// Starts the thread that deletes record directories off the request path,
-/// at the lowest priority (nice 19, its own): what it does waits for nobody.
+/// Starts the thread that deletes record directories off the request path.
 fn janitor() -> std::sync::mpsc::Sender<PathBuf> {
     let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
     let spawned = std::thread::Builder::new().name("janitor".into()).spawn(move || {
-        // This thread's alone (Linux keeps a nice value per thread); raising
-        // it is always allowed.
-        let _ = rustix::process::setpriority_process(None, BACKGROUND_NICE);
         for dir in rx {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -347,10 +314,6 @@ fn janitor() -> std::sync::mpsc::Sender<PathBuf> {
     }
     tx
 }
-
-/// The nice value of work that nobody waits for: the janitor, and a shim
-/// once its exit is sent.
-pub(super) const BACKGROUND_NICE: i32 = 19;
 
 #[cfg(test)]
 impl Supervisor {

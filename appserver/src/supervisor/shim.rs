@@ -706,8 +706,7 @@ fn kill_deadline(
 
 /// Records the exit in `exit.json` (first: it must survive whatever happens
 /// next), then the last lines in `tail.json` (best effort), removes the
-/// socket, tells the connected server, if any, and then releases the
-/// reserved space.
+/// socket, and tells the connected server, if any.
 async fn record_exit(
     dir: &Dir,
     link: Option<Link>,
@@ -741,6 +740,7 @@ async fn record_exit(
         what: format!("record exit status {status}"),
         source,
     });
+    let _ = dir.remove(state::RESERVE);
     if !tail.is_empty() {
         let _ = dir.write_json(state::TAIL, &tail);
     }
@@ -754,14 +754,7 @@ async fn record_exit(
             tail,
         })
         .await;
-        // What is left (our exit) waits for nobody: at the lowest priority,
-        // and yielding now, the server just woken on this CPU relays the
-        // exit first (a lowered priority alone does not reschedule).
-        let _ = rustix::process::setpriority_process(None, super::BACKGROUND_NICE);
-        std::thread::yield_now();
     }
-    // Freeing its blocks is disk work, done once the exit is out.
-    let _ = dir.remove(state::RESERVE);
     recorded
 }
 
