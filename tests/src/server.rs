@@ -46,6 +46,13 @@ impl Server {
         Self::start_with(dir, keys, extra, binary, None, Vec::new())
     }
 
+    /// [`Server::start`] with one more variable in cmappserver's environment
+    /// (a debug-only `CMAPP_TEST_FAULT`, say), which its shims inherit.
+    pub fn start_with_env(dir: &Path, keys: &Keys, var: &str, value: &str) -> Server {
+        let env = vec![(var.to_string(), value.to_string())];
+        Self::start_with(dir, keys, "", crate::bin("cmappserver"), None, env)
+    }
+
     /// The general form: a binary, an optional network namespace, extra environment.
     pub fn start_with(
         dir: &Path,

@@ -412,14 +412,7 @@ fn a_second_connection_to_a_shim_steals_no_output_and_loses_no_stop() {
 #[test]
 fn a_shim_of_another_version_never_starts_the_application() {
     let f = fixture();
-    let server = Server::start_with(
-        &f.dir.join("srv"),
-        &f.keys,
-        "",
-        cmapp_tests::bin("cmappserver"),
-        None,
-        vec![("CMAPPSERVER_TEST_SHIM_PROTOCOL".into(), "99".into())],
-    );
+    let server = Server::start_with_env(&f.dir.join("srv"), &f.keys, "CMAPPSERVER_TEST_SHIM_PROTOCOL", "99");
     let ran = f.dir.join("ran");
     let app = format!("touch {}; exec sleep 1000", ran.display());
     let (code, m) = Mgr::run_in(

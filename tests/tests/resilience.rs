@@ -639,15 +639,7 @@ fn a_killed_supervisor_reports_the_status_lost_and_leaves_no_unmonitored_copy() 
 /// Returns the restarted server.
 fn launch_cut_short(fault: &str, code: i32, left: impl FnOnce(&Path)) -> Server {
     let f = fixture();
-    let fault = vec![("CMAPP_TEST_FAULT".to_string(), fault.to_string())];
-    let mut server = Server::start_with(
-        &f.dir.join("srv"),
-        &f.keys,
-        "",
-        cmapp_tests::bin("cmappserver"),
-        None,
-        fault,
-    );
+    let mut server = Server::start_with_env(&f.dir.join("srv"), &f.keys, "CMAPP_TEST_FAULT", fault);
     let ran = f.dir.join("ran");
     let app = format!("echo x >> {}; exit {code}", ran.display());
     let mut m = Mgr::spawn(&f.conf, &server.node(), 30.0, &[], &["/bin/sh", "-c", &app]);
@@ -1010,15 +1002,7 @@ fn a_spare_killed_by_someone_is_replaced_and_launches_still_work() {
 #[test]
 fn a_spare_killed_before_it_was_filed_as_ready_is_replaced() {
     let f = fixture();
-    let fault = vec![("CMAPP_TEST_FAULT".to_string(), "first-spare-killed".to_string())];
-    let server = Server::start_with(
-        &f.dir.join("srv"),
-        &f.keys,
-        "",
-        cmapp_tests::bin("cmappserver"),
-        None,
-        fault,
-    );
+    let server = Server::start_with_env(&f.dir.join("srv"), &f.keys, "CMAPP_TEST_FAULT", "first-spare-killed");
     server
         .log
         .wait_for("ended before a launch took it; starting another", WAIT)
