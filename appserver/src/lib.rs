@@ -131,6 +131,11 @@ pub fn main() -> ExitCode {
     if let Some(dir) = shim_dir() {
         return code(supervisor::shim::main(dir));
     }
+    // Internal too: the zygote that forks the spare shims (`cmappserver
+    // zygote PAD`, started by the supervisor), for the same reasons.
+    if std::env::args_os().nth(1).is_some_and(|a| a == supervisor::zygote::ARG) && std::env::args_os().len() == 3 {
+        return code(supervisor::zygote::main());
+    }
     not_a_shim()
 }
 

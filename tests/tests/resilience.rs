@@ -995,6 +995,73 @@ fn a_spare_killed_by_someone_is_replaced_and_launches_still_work() {
     one_spare(&server, &[first, second, third]);
 }
 
+/// Spares are forked by the server's zygote (their parent), and show the
+/// command line an exec'd shim shows. A zygote killed by someone costs no
+/// launch: the spare it forked still takes the next one, the spare after
+/// it is exec'd by the server itself, and the one after that comes from a
+/// new zygote.
+#[test]
+fn spares_come_from_the_zygote_and_a_killed_zygote_costs_no_launch() {
+    let f = fixture();
+    let server = Server::start(&f.dir.join("srv"), &f.keys, "");
+    let parent = |pid: u32| common::proc::stat(pid).map(|s| s.ppid).unwrap_or(0);
+    let args = |pid: u32| -> Vec<String> {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    };
+    let (first, name) = one_spare(&server, &[]);
+    let zygote = parent(first);
+    assert_ne!(zygote, server.pid(), "the spare is not the server's child");
+    assert_eq!(parent(zygote), server.pid());
+    assert_eq!(args(zygote)[1..], ["zygote"]);
+    let dir = server.state_dir.join("spare").join(&name);
+    assert_eq!(args(first)[1..], ["shim", &*dir.to_string_lossy()]);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(zygote as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(wait_until(WAIT, || !alive(zygote)));
+    let run = |code: i32| {
+        let (got, m) = Mgr::run_in(
+            None,
+            &monitor_args(
+                &f.conf,
+                &server.node(),
+                10.0,
+                &[],
+                &["/bin/sh", "-c", &format!("exit {code}")],
+            ),
+            WAIT,
+        );
+        assert_eq!(got, code, "{}", m.err.text());
+    };
+    // The spare forked before the zygote died takes the next launch.
+    let (mut m, pid, _) = sleeper_through(&f, &server, first);
+    m.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(m.code(), 0, "{}", m.err.text());
+    assert!(wait_until(WAIT, || !alive(pid)));
+    let (second, _) = one_spare(&server, &[first]);
+    assert_eq!(parent(second), server.pid(), "exec'd while the zygote is gone");
+    server
+        .log
+        .wait_for(
+            "the zygote could not start a process supervisor, started directly",
+            WAIT,
+        )
+        .unwrap_or_else(|| panic!("{}", server.log.text()));
+    run(5);
+    let (third, _) = one_spare(&server, &[first, second]);
+    let again = parent(third);
+    assert!(again != zygote && again != server.pid(), "a new zygote forked it");
+    assert_eq!(parent(again), server.pid());
+}
+
 /// A spare killed after its hello and before the server filed it as ready
 /// (`CMAPP_TEST_FAULT=first-spare-killed` makes that instant certain): its
 /// end found no spare ready to replace, so the one filing it replaces it.

@@ -17,6 +17,10 @@
 //! (and the next server clears `spare/`); one that dies after it leaves an
 //! ordinary shim waiting for `Start` in `procs/`, which the next server
 //! adopts and starts. A spare is not a process: it counts for no limit.
+//!
+//! The spare's shim is forked by the zygote (`zygote.rs`), which makes a
+//! fork, not an exec, of each shim; if the zygote fails, that shim is
+//! exec'd as it always was, and the next one asks a new zygote.
 
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
@@ -27,7 +31,8 @@ use tokio::sync::oneshot;
 
 use common::message::{now_ms, ErrorKind, ErrorReply, Forward, InstanceId, Launch, Started};
 use common::service::ServiceSpec;
-use tokio::io::AsyncBufReadExt;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, AsyncRead, Interest};
 use tokio::sync::mpsc;
 
 use super::output::OutputMeta;
@@ -242,31 +247,13 @@ impl Supervisor {
             let _ = std::fs::remove_dir_all(dir.path());
             return Err(internal("cannot create process record", &e));
         }
-        // This very binary, even if a package upgrade has replaced or
-        // removed its file since: a shim always speaks our protocol.
-        let spawned = tokio::process::Command::new(common::exe::SELF)
-            .arg0(&self.exe)
-            .arg("shim")
-            .arg(dir.path())
-            .env_remove(crate::notify::ENV[0])
-            .env_remove(crate::notify::ENV[1])
-            .env_remove(crate::notify::ENV[2])
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(false)
-            .spawn();
-        let mut child = match spawned {
-            Ok(c) => c,
+        let (pid, process, stdout) = match self.start_shim(&dir, &name).await {
+            Ok(started) => started,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(dir.path());
                 return Err(internal("cannot start process supervisor", &e));
             }
         };
-        let pid = child.id().unwrap_or(0);
-        let stdout = child.stdout.take().expect("piped stdout");
-        let process = self.reap(child, Some(name.clone()));
         let mut line = String::new();
         let mut out = tokio::io::BufReader::new(stdout);
         let read = tokio::time::timeout(Duration::from_secs(30), out.read_line(&mut line)).await;
@@ -306,6 +293,56 @@ impl Supervisor {
                 Err(e)
             }
         }
+    }
+
+    /// Starts a spare's shim in `dir`: forked by the zygote, or exec'd when
+    /// the zygote cannot (see `zygote.rs`). Returns its pid, its handle, and
+    /// its stdout, on which it says `listening` once its socket is bound.
+    async fn start_shim(
+        self: &Arc<Self>,
+        dir: &state::Dir,
+        name: &str,
+    ) -> std::io::Result<(u32, ShimProcess, Box<dyn AsyncRead + Unpin + Send>)> {
+        if !self.zygote.is_unsupported() {
+            match self.zygote.fork(&self.exe, dir.path()).await {
+                Ok(forked) => {
+                    // An `OwnedFd`, owned by the `AsyncFd` until dropped:
+                    // why `try_with_interest` is deprecated does not apply
+                    // (as in appmgr's oneshot.rs), and the replacement is unsafe.
+                    #[allow(deprecated)]
+                    let pidfd = AsyncFd::try_with_interest(forked.pidfd, Interest::READABLE).map_err(|e| {
+                        let (pidfd, e) = e.into_parts();
+                        let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+                        e
+                    })?;
+                    let process = self.reap(Watched::Pidfd(pidfd), Some(name.to_string()));
+                    return Ok((forked.pid, process, Box::new(forked.hello)));
+                }
+                Err(e) if self.zygote.is_unsupported() => {
+                    tracing::info!("process supervisors are started directly on this system: {e}");
+                }
+                Err(e) => tracing::warn!("the zygote could not start a process supervisor, started directly: {e}"),
+            }
+        }
+        // This very binary, even if a package upgrade has replaced or
+        // removed its file since: a shim always speaks our protocol.
+        let mut child = tokio::process::Command::new(common::exe::SELF)
+            .arg0(&self.exe)
+            .arg("shim")
+            .arg(dir.path())
+            .env_remove(crate::notify::ENV[0])
+            .env_remove(crate::notify::ENV[1])
+            .env_remove(crate::notify::ENV[2])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(false)
+            .spawn()?;
+        let pid = child.id().unwrap_or(0);
+        let stdout = child.stdout.take().expect("piped stdout");
+        let process = self.reap(Watched::Child(child), Some(name.to_string()));
+        Ok((pid, process, Box::new(stdout)))
     }
 
     /// Makes a spare in the background (not before `at`), unless one is
@@ -408,16 +445,16 @@ impl Supervisor {
 
     /// Reaps a shim we started whenever it ends (it is never waited on
     /// otherwise); the handle kills it while it is still unreaped.
-    fn reap(self: &Arc<Self>, mut child: tokio::process::Child, spare: Option<String>) -> ShimProcess {
+    fn reap(self: &Arc<Self>, mut shim: Watched, spare: Option<String>) -> ShimProcess {
         let (kill, killed) = oneshot::channel::<()>();
         let sup = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut killed = killed;
             tokio::select! {
-                _ = child.wait() => {}
+                _ = shim.ended() => {}
                 Ok(()) = &mut killed => {
-                    let _ = child.start_kill();
-                    let _ = child.wait().await;
+                    shim.kill();
+                    shim.ended().await;
                 }
             }
             // `has_ended` from now on, before `spare_gone` looks at the
@@ -493,7 +530,40 @@ impl std::fmt::Debug for SpareSlot {
     }
 }
 
-/// A shim process we started, reaped by its own task (see `reap`).
+/// A shim we started: our child (exec'd), or the zygote's (forked), which
+/// the zygote reaps; either way the handle names that very process.
+enum Watched {
+    Child(tokio::process::Child),
+    Pidfd(AsyncFd<std::os::fd::OwnedFd>),
+}
+
+impl Watched {
+    /// Returns once it has ended (and, our child, been reaped).
+    async fn ended(&mut self) {
+        match self {
+            Watched::Child(child) => {
+                let _ = child.wait().await;
+            }
+            // A pidfd is readable from the process's exit on, for good.
+            Watched::Pidfd(pidfd) => {
+                let _ = pidfd.readable().await;
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        match self {
+            Watched::Child(child) => {
+                let _ = child.start_kill();
+            }
+            Watched::Pidfd(pidfd) => {
+                let _ = rustix::process::pidfd_send_signal(pidfd.get_ref(), rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+/// A shim process we started, watched (and reaped) by its own task (see `reap`).
 struct ShimProcess {
     kill: oneshot::Sender<()>,
 }

@@ -41,6 +41,7 @@ mod recover;
 pub mod shim;
 pub mod state;
 mod table;
+pub mod zygote;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -110,6 +111,8 @@ pub struct Supervisor {
     launching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The shim started ahead of the next launch.
     spare: Mutex<launch::SpareSlot>,
+    /// Forks the spare shims.
+    zygote: zygote::Zygote,
     seq: AtomicU64,
     /// Record directories to delete, handed to one long-lived thread.
     janitor: Mutex<std::sync::mpsc::Sender<PathBuf>>,
@@ -133,6 +136,7 @@ impl Supervisor {
             table: Mutex::new(Table::default()),
             launching: Mutex::new(HashMap::new()),
             spare: Mutex::new(launch::SpareSlot::default()),
+            zygote: zygote::Zygote::default(),
             seq: AtomicU64::new(0),
             janitor: Mutex::new(janitor()),
         });

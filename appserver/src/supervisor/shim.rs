@@ -351,7 +351,8 @@ enum Waited {
 /// most [`FIRST_CONNECT`]) for the next server, which adopts it.
 ///
 /// Until its first connection, a spare also watches the server that started
-/// it (`parent`, our parent process) and its own directory: once the server
+/// it (`parent`, our parent process: the server, or its zygote, which ends
+/// with it) and its own directory: once the server
 /// is gone (or, had it died before we could see who it was, once the next
 /// server has cleared `spare/`), nobody will ever connect, and the spare is
 /// discarded at once rather than at the deadline.

@@ -1,0 +1,427 @@
+//! The zygote: one idle copy of this binary that forks the spare shims.
+//!
+//! Exec'ing a shim costs the loader's work every time (mapping the binary
+//! and libc, relocating them, starting Rust's runtime), and leaves each shim
+//! with its own dirty copy of every page that work wrote: about a third of a
+//! shim's private memory. The server therefore starts, once, `cmappserver
+//! zygote PAD` (its own binary, as for a shim) and asks it for each spare;
+//! the zygote `fork`s, and the child runs [`shim::main`] on the spare's
+//! directory exactly as an exec'd shim would. Its loader-written pages stay
+//! shared with the zygote and with every other shim until written.
+//!
+//! The zygote is single-threaded and runs no runtime, so `fork` in it is
+//! sound; it is the one `unsafe` call in the workspace (see [`fork`]).
+//!
+//! The conversation runs on a `SOCK_SEQPACKET` socket pair (the zygote's
+//! stdin), one request at a time:
+//!
+//! - request: the spare's directory (the message's bytes), with the write
+//!   end of a pipe (`SCM_RIGHTS`) that becomes the shim's stdout, on which
+//!   it says `listening` as an exec'd shim does on its piped stdout;
+//! - reply: 8 bytes, `errno` (0: forked) and the pid, with a pidfd of the
+//!   new shim when forked. The server watches and kills it by that pidfd, so
+//!   a pid reused after the zygote reaped it is never signalled.
+//!
+//! The zygote reaps its children (the shims) whenever it wakes, at least
+//! once a second, and exits when the server's end closes: a server that
+//! dies takes its zygote with it. A spare shim's parent is the zygote, so a
+//! spare whose zygote is gone discards itself as it does when its server is
+//! gone (`shim::wait_for_start`). A filed shim does not care: it is adopted
+//! by the next server as before. Whatever goes wrong with the zygote (an
+//! old kernel without pidfds, a zygote killed by someone), the server falls
+//! back to exec'ing the shim ([`launch`](super::launch)).
+//!
+//! The child's command line is rewritten to `<exe> shim <dir>` (within the
+//! zygote's own argument area, which `PAD` makes long enough), so that `ps`
+//! and the tools that look for shims see what an exec'd shim shows.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// The zygote's first argument (`cmappserver zygote PAD`).
+pub const ARG: &str = "zygote";
+
+/// How long the server waits for the zygote's reply to one request.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest request: a spare's directory path.
+const MAX_REQUEST: usize = 4096;
+
+/// The server's handle on its zygote, started on first use.
+#[derive(Debug, Default)]
+pub(super) struct Zygote {
+    conn: tokio::sync::Mutex<Option<Conn>>,
+    /// Set for good once the zygote said it cannot work here (no pidfds,
+    /// SIGCHLD ignored): every shim is exec'd from then on.
+    unsupported: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Conn {
+    /// Killed when dropped (a zygote that stopped answering).
+    _process: tokio::process::Child,
+    sock: AsyncFd<OwnedFd>,
+}
+
+/// A shim the zygote forked.
+#[derive(Debug)]
+pub(super) struct Forked {
+    pub pid: u32,
+    pub pidfd: OwnedFd,
+    /// Its stdout, on which it says `listening`.
+    pub hello: tokio::net::unix::pipe::Receiver,
+}
+
+impl Zygote {
+    /// True once the zygote cannot be used on this system at all.
+    pub(super) fn is_unsupported(&self) -> bool {
+        self.unsupported.load(Ordering::Relaxed)
+    }
+
+    /// Has the zygote (started now if none runs) fork a shim for `dir`.
+    /// `exe` is the argv\[0\] shims show; the zygote's room for the shims'
+    /// command lines is sized for `dir`. On any error the zygote is dropped
+    /// (and killed), and the next call starts another.
+    pub(super) async fn fork(&self, exe: &Path, dir: &Path) -> io::Result<Forked> {
+        let mut conn = self.conn.lock().await;
+        if conn.is_none() {
+            *conn = Some(start(exe, dir)?);
+        }
+        let sock = &conn.as_ref().expect("started").sock;
+        let forked = match tokio::time::timeout(REPLY_TIMEOUT, ask(sock, dir)).await {
+            Ok(Ok(forked)) => return Ok(forked),
+            Ok(Err(e)) => e,
+            Err(_) => io::Error::new(io::ErrorKind::TimedOut, "the zygote did not answer in time"),
+        };
+        if matches!(forked.raw_os_error(), Some(libc::ENOSYS | libc::ENOTSUP)) {
+            self.unsupported.store(true, Ordering::Relaxed);
+        }
+        // ENAMETOOLONG (a directory longer than the zygote has room for)
+        // says nothing about the zygote; anything else may.
+        if forked.raw_os_error() != Some(libc::ENAMETOOLONG) {
+            *conn = None;
+        }
+        Err(forked)
+    }
+}
+
+use nix::libc;
+
+/// Starts the zygote with room in its argument area for a shim's command
+/// line about `dir` (plus 128 bytes for longer names later).
+fn start(exe: &Path, dir: &Path) -> io::Result<Conn> {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    let (ours, theirs) = socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
+    rustix::io::ioctl_fionbio(&ours, true)?;
+    let pad = " ".repeat(dir.as_os_str().len() + 128);
+    let process = tokio::process::Command::new(common::exe::SELF)
+        .arg0(exe)
+        .args([ARG, &pad])
+        .env_remove(crate::notify::ENV[0])
+        .env_remove(crate::notify::ENV[1])
+        .env_remove(crate::notify::ENV[2])
+        .process_group(0)
+        .stdin(Stdio::from(theirs))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    // An `OwnedFd` the `AsyncFd` owns: see `launch.rs` on the deprecation.
+    #[allow(deprecated)]
+    let sock = AsyncFd::with_interest(ours, Interest::READABLE | Interest::WRITABLE)?;
+    Ok(Conn {
+        _process: process,
+        sock,
+    })
+}
+
+/// One request and its reply (see the module documentation).
+async fn ask(sock: &AsyncFd<OwnedFd>, dir: &Path) -> io::Result<Forked> {
+    let (hello, stdout) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    {
+        let fds = [stdout.as_fd()];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        let request = [IoSlice::new(dir.as_os_str().as_bytes())];
+        sock.async_io(Interest::WRITABLE, |s| {
+            Ok(rustix::net::sendmsg(s, &request, &mut control, SendFlags::NOSIGNAL)?)
+        })
+        .await?;
+    }
+    // Only the zygote and its new child hold the write end now: the hello
+    // pipe ends when the shim does, whatever happens to it.
+    drop(stdout);
+    let mut reply = [0u8; 8];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let (len, pidfd) = sock
+        .async_io(Interest::READABLE, |s| {
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let got = rustix::net::recvmsg(
+                s,
+                &mut [IoSliceMut::new(&mut reply)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            )?;
+            Ok((got.bytes, first_fd(&mut control)))
+        })
+        .await?;
+    if len != reply.len() {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the zygote is gone"));
+    }
+    let errno = i32::from_le_bytes(reply[..4].try_into().expect("4 bytes"));
+    let pid = u32::from_le_bytes(reply[4..].try_into().expect("4 bytes"));
+    if errno != 0 {
+        return Err(io::Error::from_raw_os_error(errno));
+    }
+    let pidfd = pidfd.ok_or_else(|| io::Error::other("the zygote sent no pidfd"))?;
+    Ok(Forked {
+        pid,
+        pidfd,
+        hello: tokio::net::unix::pipe::Receiver::from_owned_fd(hello)?,
+    })
+}
+
+/// The first descriptor a message carried (any others are closed).
+fn first_fd(control: &mut RecvAncillaryBuffer<'_>) -> Option<OwnedFd> {
+    let mut first = None;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = message {
+            for fd in fds {
+                first.get_or_insert(fd);
+            }
+        }
+    }
+    first
+}
+
+/// Entry point of `cmappserver zygote PAD`; returns its exit code.
+pub fn main() -> i32 {
+    let sock = std::io::stdin();
+    let sock = sock.as_fd();
+    // A second without a request is a chance to reap finished shims.
+    if rustix::net::sockopt::set_socket_timeout(sock, rustix::net::sockopt::Timeout::Recv, Some(Duration::from_secs(1)))
+        .is_err()
+    {
+        return 1;
+    }
+    let cannot = unsupported();
+    let title = Title::of_self();
+    // `ps` shows `<exe> zygote`, without the padding.
+    if let Some(line) = title.as_ref().and_then(|t| t.line(&[ARG.as_bytes()])) {
+        title.as_ref().expect("found").set(&line);
+    }
+    let mut request = vec![0u8; MAX_REQUEST];
+    loop {
+        reap();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let got = rustix::net::recvmsg(
+            sock,
+            &mut [IoSliceMut::new(&mut request)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        );
+        let len = match got {
+            // The server's end closed: the server is gone.
+            Ok(got) if got.bytes == 0 => return 0,
+            Ok(got) => got.bytes,
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => continue,
+            Err(_) => return 1,
+        };
+        let stdout = first_fd(&mut control);
+        let dir = PathBuf::from(std::ffi::OsStr::from_bytes(&request[..len]));
+        let (errno, pid, pidfd) = match (cannot, stdout, &title) {
+            (Some(errno), _, _) => (errno, 0, None),
+            (None, None, _) => (libc::EINVAL, 0, None),
+            (None, _, None) => (libc::ENOTSUP, 0, None),
+            (None, Some(stdout), Some(title)) => spawn(&dir, stdout, title),
+        };
+        let mut reply = [0u8; 8];
+        reply[..4].copy_from_slice(&errno.to_le_bytes());
+        reply[4..].copy_from_slice(&pid.to_le_bytes());
+        let fds: Vec<BorrowedFd<'_>> = pidfd.iter().map(|fd| fd.as_fd()).collect();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            control.push(SendAncillaryMessage::ScmRights(&fds));
+        }
+        if rustix::net::sendmsg(sock, &[IoSlice::new(&reply)], &mut control, SendFlags::NOSIGNAL).is_err() {
+            return 1;
+        }
+    }
+}
+
+/// Why this zygote cannot fork shims the server can watch safely, as an
+/// errno: no pidfds (Linux < 5.3), or SIGCHLD ignored (inherited), which
+/// would let the kernel reap a shim, and reuse its pid, before its pidfd
+/// is taken.
+fn unsupported() -> Option<i32> {
+    if rustix::process::pidfd_open(rustix::process::getpid(), rustix::process::PidfdFlags::empty()).is_err() {
+        return Some(libc::ENOSYS);
+    }
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .unwrap_or(0);
+    (ignored & (1 << (libc::SIGCHLD - 1)) != 0).then_some(libc::ENOTSUP)
+}
+
+/// Reaps every shim that has ended.
+fn reap() {
+    use rustix::process::{waitpid, WaitOptions};
+    while let Ok(Some(_)) = waitpid(None, WaitOptions::NOHANG) {}
+}
+
+/// Forks a shim for `dir` with `stdout` as its stdout: (errno, pid, pidfd).
+fn spawn(dir: &Path, stdout: OwnedFd, title: &Title) -> (i32, u32, Option<OwnedFd>) {
+    let Some(cmdline) = title.for_shim(dir) else {
+        return (libc::ENAMETOOLONG, 0, None);
+    };
+    match fork() {
+        Err(e) => (e as i32, 0, None),
+        Ok(None) => child(dir, stdout, title, &cmdline),
+        Ok(Some(pid)) => {
+            drop(stdout);
+            // Our unreaped child (we reap only in `reap`, after this): the
+            // pid is its own until then.
+            let raw = rustix::process::Pid::from_raw(pid.as_raw()).expect("a child's pid is positive");
+            match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
+                Ok(fd) => (0, pid.as_raw() as u32, Some(fd)),
+                Err(e) => {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    (e.raw_os_error(), 0, None)
+                }
+            }
+        }
+    }
+}
+
+/// `fork()`: `None` in the child, the child's pid in the parent.
+#[allow(unsafe_code)]
+fn fork() -> nix::Result<Option<nix::unistd::Pid>> {
+    // SAFETY: the zygote is single-threaded (it runs no runtime and starts
+    // no thread: `main` above is all it does), so no lock or state of
+    // another thread can be left half-held in the child.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => Ok(None),
+        nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
+    }
+}
+
+/// The forked child: becomes the shim for `dir`. Never returns.
+fn child(dir: &Path, stdout: OwnedFd, title: &Title, cmdline: &[u8]) -> ! {
+    // As an exec'd shim is started: its own process group, stdout the
+    // hello pipe, stdin and stderr /dev/null.
+    let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
+    let ok = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .and_then(|null| {
+            nix::unistd::dup2_stdin(&null)?;
+            nix::unistd::dup2_stdout(&stdout)?;
+            nix::unistd::dup2_stderr(&null)?;
+            Ok(())
+        });
+    drop(stdout);
+    if ok.is_err() {
+        std::process::exit(1);
+    }
+    title.set(cmdline);
+    std::process::exit(super::shim::main(dir.to_path_buf()))
+}
+
+/// The zygote's argument area (`arg_start..arg_end` of /proc/self/stat),
+/// which /proc/<pid>/cmdline shows, and its argv\[0\].
+#[derive(Debug)]
+struct Title {
+    start: u64,
+    len: usize,
+    exe: Vec<u8>,
+}
+
+impl Title {
+    fn of_self() -> Option<Title> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields 48 and 49 (arg_start, arg_end), counted after the
+        // parenthesised command name, which may hold spaces.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(45);
+        let start: u64 = fields.next()?.parse().ok()?;
+        let end: u64 = fields.next()?.parse().ok()?;
+        let exe = std::env::args_os().next()?.as_bytes().to_vec();
+        Some(Title {
+            start,
+            len: usize::try_from(end.checked_sub(start)?).ok()?,
+            exe,
+        })
+    }
+
+    /// `<exe>\0shim\0<dir>\0`, padded with NULs to the area's length, if it fits.
+    fn for_shim(&self, dir: &Path) -> Option<Vec<u8>> {
+        self.line(&[b"shim", dir.as_os_str().as_bytes()])
+    }
+
+    /// `<exe>\0<args>\0...`, padded with NULs to the area's length, if it fits.
+    fn line(&self, args: &[&[u8]]) -> Option<Vec<u8>> {
+        let mut line = Vec::with_capacity(self.len);
+        for part in std::iter::once(self.exe.as_slice()).chain(args.iter().copied()) {
+            line.extend_from_slice(part);
+            line.push(0);
+        }
+        (line.len() <= self.len).then(|| {
+            line.resize(self.len, 0);
+            line
+        })
+    }
+
+    /// Writes `cmdline` over our argument area (through /proc/self/mem:
+    /// the area is ours, and writing it needs no `unsafe`).
+    fn set(&self, cmdline: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        if let Ok(mem) = std::fs::OpenOptions::new().write(true).open("/proc/self/mem") {
+            let _ = mem.write_all_at(cmdline, self.start);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shims_command_line_fills_the_zygotes_argument_area_or_is_refused() {
+        let title = Title {
+            start: 0,
+            len: 38,
+            exe: b"/usr/sbin/cmappserver".to_vec(),
+        };
+        let line = title.for_shim(Path::new("/s/spare/x")).unwrap();
+        assert_eq!(line.len(), 38);
+        let args: Vec<&[u8]> = line.split(|&b| b == 0).filter(|a| !a.is_empty()).collect();
+        assert_eq!(args, [&b"/usr/sbin/cmappserver"[..], b"shim", b"/s/spare/x"]);
+        assert_eq!(title.for_shim(Path::new("/s/spare/xy")).map(|l| l.len()), None);
+    }
+
+    #[test]
+    fn our_own_argument_area_is_found() {
+        let title = Title::of_self().unwrap();
+        let raw = std::fs::read("/proc/self/cmdline").unwrap();
+        assert_eq!(title.len, raw.len());
+        assert!(raw.starts_with(&title.exe));
+    }
+}
