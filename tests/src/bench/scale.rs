@@ -5,7 +5,8 @@
 //! - steady state: CPU (utime + stime over wall time) of cmappserver alone,
 //!   and separately the sum over all shims and over all managers;
 //! - memory: VmRSS of cmappserver, of the median shim and manager, and the
-//!   PSS totals over all shims and managers (shared pages counted once); the
+//!   PSS totals over all shims (with the zygote that forked them) and
+//!   managers (shared pages counted once); the
 //!   median manager's and the median shim's Private_Dirty (what each one
 //!   costs on its own, which no sharing divides);
 //! - wake-ups: how often a manager is put on a CPU per minute (schedstat),
@@ -40,6 +41,8 @@ pub struct Scale {
     pub server_rss_kb: u64,
     pub shim_rss_kb: u64,
     pub shims_pss_kb: u64,
+    /// The zygote's PSS (it forks the shims: one per cmappserver), if one runs.
+    pub zygote_pss_kb: Option<u64>,
     /// The median shim's private dirty memory.
     pub shim_private_kb: u64,
     pub mgr_rss_kb: u64,
@@ -266,6 +269,7 @@ pub fn run(env: &Env, n: usize, window: Duration, settle: Duration) -> Result<Sc
         server_rss_kb: sys::rss_kb(server.pid).unwrap_or(0),
         shim_rss_kb: median(shims.iter().filter_map(|p| sys::rss_kb(*p)).collect()),
         shims_pss_kb: shims.iter().filter_map(|p| sys::pss_kb(*p)).sum(),
+        zygote_pss_kb: sys::zygote_of(server.pid).and_then(sys::pss_kb),
         shim_private_kb: median(shims.iter().filter_map(|p| sys::private_dirty_kb(*p)).collect()),
         mgr_rss_kb: median(mgr_pids.iter().filter_map(|p| sys::rss_kb(*p)).collect()),
         mgrs_pss_kb: mgr_pids.iter().filter_map(|p| sys::pss_kb(*p)).sum(),

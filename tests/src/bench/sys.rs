@@ -50,6 +50,18 @@ pub fn cpu_ns(pid: u32) -> Option<u64> {
     }
 }
 
+/// The zygote of the cmappserver `server` (its child `cmappserver zygote`,
+/// which forks the shims), if one runs.
+pub fn zygote_of(server: u32) -> Option<u32> {
+    let dir = std::fs::read_dir("/proc").ok()?;
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&pid| {
+            ppid_pgrp(pid).is_some_and(|(ppid, _)| ppid == server)
+                && cmdline(pid).is_some_and(|a| a.len() == 2 && a[1] == "zygote")
+        })
+}
+
 /// Parent pid and process group of a process.
 pub fn ppid_pgrp(pid: u32) -> Option<(u32, u32)> {
     common::proc::stat(pid)
