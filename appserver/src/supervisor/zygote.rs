@@ -209,8 +209,8 @@ fn first_fd(control: &mut RecvAncillaryBuffer<'_>) -> Option<OwnedFd> {
 
 /// Entry point of `cmappserver zygote PAD`; returns its exit code.
 pub fn main() -> i32 {
-    let sock = std::io::stdin();
-    let sock = sock.as_fd();
+    let stdin = std::io::stdin();
+    let sock = stdin.as_fd();
     // A second without a request is a chance to reap finished shims.
     if rustix::net::sockopt::set_socket_timeout(sock, rustix::net::sockopt::Timeout::Recv, Some(Duration::from_secs(1)))
         .is_err()
@@ -223,6 +223,17 @@ pub fn main() -> i32 {
     if let Some(line) = title.as_ref().and_then(|t| t.line(&[ARG.as_bytes()])) {
         title.as_ref().expect("found").set(&line);
     }
+    serve(sock, |dir, stdout| match (cannot, &title) {
+        (Some(errno), _) => (errno, 0, None),
+        (None, None) => (libc::ENOTSUP, 0, None),
+        (None, Some(title)) => spawn(dir, stdout, title),
+    })
+}
+
+/// Answers the requests on `sock` with what `spawn` (given the directory
+/// and the stdout the request carried) returns, reaping ended children at
+/// every wake-up, until the server's end closes (0) or fails (1).
+fn serve(sock: BorrowedFd<'_>, mut spawn: impl FnMut(&Path, OwnedFd) -> (i32, u32, Option<OwnedFd>)) -> i32 {
     let mut request = vec![0u8; MAX_REQUEST];
     loop {
         reap();
@@ -241,13 +252,10 @@ pub fn main() -> i32 {
             Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => continue,
             Err(_) => return 1,
         };
-        let stdout = first_fd(&mut control);
         let dir = PathBuf::from(std::ffi::OsStr::from_bytes(&request[..len]));
-        let (errno, pid, pidfd) = match (cannot, stdout, &title) {
-            (Some(errno), _, _) => (errno, 0, None),
-            (None, None, _) => (libc::EINVAL, 0, None),
-            (None, _, None) => (libc::ENOTSUP, 0, None),
-            (None, Some(stdout), Some(title)) => spawn(&dir, stdout, title),
+        let (errno, pid, pidfd) = match first_fd(&mut control) {
+            Some(stdout) => spawn(&dir, stdout),
+            None => (libc::EINVAL, 0, None),
         };
         let mut reply = [0u8; 8];
         reply[..4].copy_from_slice(&errno.to_le_bytes());
@@ -273,12 +281,17 @@ fn unsupported() -> Option<i32> {
         return Some(libc::ENOSYS);
     }
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    sigchld_ignored(&status).then_some(libc::ENOTSUP)
+}
+
+/// True when /proc/PID/status (`status`) says SIGCHLD is ignored.
+fn sigchld_ignored(status: &str) -> bool {
     let ignored = status
         .lines()
         .find_map(|l| l.strip_prefix("SigIgn:"))
         .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
         .unwrap_or(0);
-    (ignored & (1 << (libc::SIGCHLD - 1)) != 0).then_some(libc::ENOTSUP)
+    ignored & (1 << (libc::SIGCHLD - 1)) != 0
 }
 
 /// Reaps every shim that has ended.
@@ -402,6 +415,8 @@ impl Title {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn a_shims_command_line_fills_the_zygotes_argument_area_or_is_refused() {
@@ -415,6 +430,131 @@ mod tests {
         let args: Vec<&[u8]> = line.split(|&b| b == 0).filter(|a| !a.is_empty()).collect();
         assert_eq!(args, [&b"/usr/sbin/cmappserver"[..], b"shim", b"/s/spare/x"]);
         assert_eq!(title.for_shim(Path::new("/s/spare/xy")).map(|l| l.len()), None);
+    }
+
+    /// A zygote answering on the other end of a socket pair (in a thread)
+    /// with `spawn` in place of a fork; its exit code when its socket closes.
+    fn fake_zygote(
+        spawn: impl FnMut(&Path, OwnedFd) -> (i32, u32, Option<OwnedFd>) + Send + 'static,
+    ) -> (AsyncFd<OwnedFd>, std::thread::JoinHandle<i32>) {
+        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+        let (ours, theirs) =
+            socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
+        rustix::io::ioctl_fionbio(&ours, true).unwrap();
+        let zygote = std::thread::spawn(move || serve(theirs.as_fd(), spawn));
+        #[allow(deprecated)]
+        let sock = AsyncFd::with_interest(ours, Interest::READABLE | Interest::WRITABLE).unwrap();
+        (sock, zygote)
+    }
+
+    #[tokio::test]
+    async fn the_server_gets_the_pid_a_pidfd_and_the_shims_stdout_or_the_errno() {
+        use tokio::io::AsyncBufReadExt;
+        let (asked, seen) = std::sync::mpsc::channel();
+        let (sock, zygote) = fake_zygote(move |dir, stdout| {
+            asked.send(dir.to_path_buf()).unwrap();
+            if dir == Path::new("/too/long") {
+                return (libc::ENAMETOOLONG, 0, None);
+            }
+            // As a shim says it: on the stdout the request carried.
+            std::fs::File::from(stdout).write_all(b"listening\n").unwrap();
+            let me = rustix::process::getpid();
+            (
+                0,
+                4242,
+                Some(rustix::process::pidfd_open(me, rustix::process::PidfdFlags::empty()).unwrap()),
+            )
+        });
+        let forked = ask(&sock, Path::new("/state/spare/a")).await.unwrap();
+        assert_eq!(seen.recv().unwrap(), Path::new("/state/spare/a"));
+        assert_eq!(forked.pid, 4242);
+        let mut line = String::new();
+        tokio::io::BufReader::new(forked.hello)
+            .read_line(&mut line)
+            .await
+            .unwrap();
+        assert_eq!(line, "listening\n");
+        // The descriptor is a pidfd of the process the zygote named.
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", forked.pidfd.as_raw_fd())).unwrap();
+        assert!(info.contains(&format!("Pid:\t{}\n", std::process::id())), "{info}");
+
+        let e = ask(&sock, Path::new("/too/long")).await.unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG));
+        drop(sock);
+        assert_eq!(
+            zygote.join().unwrap(),
+            0,
+            "the zygote ends when the server's end closes"
+        );
+    }
+
+    #[test]
+    fn a_request_without_a_stdout_is_refused_and_the_zygote_goes_on() {
+        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+        let (ours, theirs) =
+            socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
+        let zygote = std::thread::spawn(move || serve(theirs.as_fd(), |_, _| panic!("nothing to spawn")));
+        for _ in 0..2 {
+            rustix::net::send(&ours, b"/state/spare/a", SendFlags::empty()).unwrap();
+            let mut reply = [0u8; 16];
+            let n = rustix::net::recv(&ours, &mut reply, RecvFlags::empty()).unwrap().0;
+            assert_eq!(n, 8);
+            assert_eq!(i32::from_le_bytes(reply[..4].try_into().unwrap()), libc::EINVAL);
+        }
+        drop(ours);
+        assert_eq!(zygote.join().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_zygote_that_cannot_work_here_is_given_up_for_good_and_a_failing_one_is_dropped() {
+        let with = |errno: i32| {
+            let (sock, _) = fake_zygote(move |_, _| (errno, 0, None));
+            let process = tokio::process::Command::new("sleep")
+                .arg("60")
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            Zygote {
+                conn: tokio::sync::Mutex::new(Some(Conn {
+                    _process: process,
+                    sock,
+                })),
+                unsupported: AtomicBool::new(false),
+            }
+        };
+        let exe = Path::new("/usr/sbin/cmappserver");
+        let dir = Path::new("/state/spare/a");
+        for (errno, unsupported, kept) in [
+            (libc::ENOSYS, true, false),
+            (libc::ENOTSUP, true, false),
+            (libc::ENAMETOOLONG, false, true),
+            (libc::EAGAIN, false, false),
+        ] {
+            let z = with(errno);
+            assert_eq!(z.fork(exe, dir).await.unwrap_err().raw_os_error(), Some(errno));
+            assert_eq!(z.is_unsupported(), unsupported, "errno {errno}");
+            assert_eq!(z.conn.lock().await.is_some(), kept, "errno {errno}");
+        }
+    }
+
+    #[test]
+    fn this_system_can_run_the_zygote_and_an_ignored_sigchld_is_seen() {
+        assert_eq!(unsupported(), None);
+        let status = |mask: &str| format!("Name:\tx\nSigBlk:\t0000000000010000\nSigIgn:\t{mask}\nSigCgt:\t0\n");
+        assert!(sigchld_ignored(&status("0000000000010000")));
+        assert!(sigchld_ignored(&status("0000000000011000")));
+        assert!(!sigchld_ignored(&status("0000000000001000")));
+        assert!(!sigchld_ignored(&status("0000000000000000")));
+        assert!(!sigchld_ignored("Name:\tx\n"));
+    }
+
+    #[test]
+    fn our_own_command_line_is_rewritten_in_place() {
+        let title = Title::of_self().unwrap();
+        let line = title.line(&[b"zygote"]).unwrap();
+        title.set(&line);
+        assert_eq!(std::fs::read("/proc/self/cmdline").unwrap(), line);
+        assert!(title.line(&[&vec![b'x'; title.len]]).is_none(), "longer than the area");
     }
 
     #[test]
