@@ -1020,13 +1020,6 @@ fn spares_come_from_the_zygote_and_a_killed_zygote_costs_no_launch() {
     assert_eq!(args(zygote)[1..], ["zygote"]);
     let dir = server.state_dir.join("spare").join(&name);
     assert_eq!(args(first)[1..], ["shim", &*dir.to_string_lossy()]);
-
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(zygote as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    assert!(wait_until(WAIT, || !alive(zygote)));
     let run = |code: i32| {
         let (got, m) = Mgr::run_in(
             None,
@@ -1041,6 +1034,22 @@ fn spares_come_from_the_zygote_and_a_killed_zygote_costs_no_launch() {
         );
         assert_eq!(got, code, "{}", m.err.text());
     };
+    // A forked shim that ended is reaped by the zygote (no zombie left).
+    run(3);
+    assert!(
+        wait_until(WAIT, || common::proc::stat(first).is_none()),
+        "the shim of the run is left: {:?}",
+        common::proc::stat(first)
+    );
+    let (first, _) = one_spare(&server, &[first]);
+    assert_eq!(parent(first), zygote, "the same zygote forks the next");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(zygote as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(wait_until(WAIT, || !alive(zygote)));
     // The spare forked before the zygote died takes the next launch.
     let (mut m, pid, _) = sleeper_through(&f, &server, first);
     m.signal(nix::sys::signal::Signal::SIGTERM);

@@ -296,8 +296,10 @@ fn sigchld_ignored(status: &str) -> bool {
 
 /// Reaps every shim that has ended.
 fn reap() {
-    use rustix::process::{waitpid, WaitOptions};
-    while let Ok(Some(_)) = waitpid(None, WaitOptions::NOHANG) {}
+    // `wait` (any child), not `waitpid(None)`, which is any child of our
+    // own process group, and each shim has its own.
+    use rustix::process::{wait, WaitOptions};
+    while let Ok(Some(_)) = wait(WaitOptions::NOHANG) {}
 }
 
 /// Forks a shim for `dir` with `stdout` as its stdout: (errno, pid, pidfd).
