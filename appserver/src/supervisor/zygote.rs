@@ -12,6 +12,15 @@
 //! The zygote is single-threaded and runs no runtime, so `fork` in it is
 //! sound; it is the one `unsafe` call in the workspace (see [`fork`]).
 //!
+//! What a forked shim inherits is the zygote's, never the server's: the
+//! zygote is exec'd fresh, reads no configuration and holds no key, so no
+//! shim carries a copy of the server's TLS keys. One thing is shared that
+//! exec'd shims did not share: the address-space layout (ASLR is drawn at
+//! exec), the same in every shim of one zygote. A shim's inputs are its
+//! socket (only root's or the server's uid may connect) and its
+//! application's output; the applications themselves are exec'd and get
+//! a layout of their own.
+//!
 //! The conversation runs on a `SOCK_SEQPACKET` socket pair (the zygote's
 //! stdin), one request at a time:
 //!
@@ -94,26 +103,34 @@ impl Zygote {
     /// `exe` is the argv\[0\] shims show; the zygote's room for the shims'
     /// command lines is sized for `dir`. On any error the zygote is dropped
     /// (and killed), and the next call starts another.
+    ///
+    /// Cancellation-safe: the connection is taken out of its slot for the
+    /// request and put back only once the reply has been read, so a caller
+    /// dropped between the request and the reply drops (and kills) the
+    /// zygote with it, and no later request can read that reply as its own.
     pub(super) async fn fork(&self, exe: &Path, dir: &Path) -> io::Result<Forked> {
-        let mut conn = self.conn.lock().await;
-        if conn.is_none() {
-            *conn = Some(start(exe, dir)?);
-        }
-        let sock = &conn.as_ref().expect("started").sock;
-        let forked = match tokio::time::timeout(REPLY_TIMEOUT, ask(sock, dir)).await {
-            Ok(Ok(forked)) => return Ok(forked),
+        let mut slot = self.conn.lock().await;
+        let conn = match slot.take() {
+            Some(conn) => conn,
+            None => start(exe, dir)?,
+        };
+        let e = match tokio::time::timeout(REPLY_TIMEOUT, ask(&conn.sock, dir)).await {
+            Ok(Ok(forked)) => {
+                *slot = Some(conn);
+                return Ok(forked);
+            }
             Ok(Err(e)) => e,
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, "the zygote did not answer in time"),
         };
-        if matches!(forked.raw_os_error(), Some(libc::ENOSYS | libc::ENOTSUP)) {
+        if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::ENOTSUP)) {
             self.unsupported.store(true, Ordering::Relaxed);
         }
         // ENAMETOOLONG (a directory longer than the zygote has room for)
         // says nothing about the zygote; anything else may.
-        if forked.raw_os_error() != Some(libc::ENAMETOOLONG) {
-            *conn = None;
+        if e.raw_os_error() == Some(libc::ENAMETOOLONG) {
+            *slot = Some(conn);
         }
-        Err(forked)
+        Err(e)
     }
 }
 
@@ -537,6 +554,41 @@ mod tests {
             assert_eq!(z.is_unsupported(), unsupported, "errno {errno}");
             assert_eq!(z.conn.lock().await.is_some(), kept, "errno {errno}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_given_up_before_its_reply_takes_the_zygote_with_it() {
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let (sock, zygote) = fake_zygote(move |_, _| {
+            // The reply comes only after the caller has given up.
+            let _ = hold.recv();
+            (
+                0,
+                7,
+                Some(
+                    rustix::process::pidfd_open(rustix::process::getpid(), rustix::process::PidfdFlags::empty())
+                        .unwrap(),
+                ),
+            )
+        });
+        let process = tokio::process::Command::new("sleep")
+            .arg("60")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let z = Zygote {
+            conn: tokio::sync::Mutex::new(Some(Conn {
+                _process: process,
+                sock,
+            })),
+            unsupported: AtomicBool::new(false),
+        };
+        let dir = Path::new("/state/spare/a");
+        let given_up = tokio::time::timeout(Duration::from_millis(50), z.fork(Path::new("/x"), dir)).await;
+        assert!(given_up.is_err(), "no reply yet");
+        assert!(z.conn.lock().await.is_none(), "the connection went with the request");
+        release.send(()).unwrap();
+        assert_eq!(zygote.join().unwrap(), 1, "its reply found nobody: the zygote ends");
     }
 
     #[test]
