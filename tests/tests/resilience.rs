@@ -1071,6 +1071,57 @@ fn spares_come_from_the_zygote_and_a_killed_zygote_costs_no_launch() {
     assert_eq!(parent(again), server.pid());
 }
 
+/// A zygote gone after it forked a shim and before it answered
+/// (`CMAPP_TEST_FAULT=zygote-lost-first`): the server cannot know whether a
+/// shim runs for that spare directory, so it removes the directory (the
+/// orphan discards itself) and execs the spare in another: never two shims
+/// on one directory. Launches work.
+#[test]
+fn a_zygote_lost_before_its_answer_never_leaves_two_shims_on_one_directory() {
+    let f = fixture();
+    let server = Server::start_with_env(&f.dir.join("srv"), &f.keys, "CMAPP_TEST_FAULT", "zygote-lost-first");
+    let state = server.state_dir.clone();
+    let parent = |pid: u32| common::proc::stat(pid).map(|s| s.ppid).unwrap_or(0);
+    server
+        .log
+        .wait_for("no answer from the zygote", WAIT)
+        .unwrap_or_else(|| panic!("{}", server.log.text()));
+    let (spare, name) = one_spare(&server, &[]);
+    assert_eq!(parent(spare), server.pid(), "exec'd after the zygote was lost");
+    // The shim forked for the first directory goes, with its directory.
+    let shims_in_spare = || {
+        let mut n = 0;
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            if args.len() >= 3
+                && args[1] == b"shim"
+                && Path::new(&*String::from_utf8_lossy(args[2])).starts_with(state.join("spare"))
+                && alive(pid)
+            {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert!(
+        wait_until(WAIT, || shims_in_spare() == 1
+            && entries(&state.join("spare")) == [name.clone()]),
+        "{} shims, spare/ holds {:?}",
+        shims_in_spare(),
+        entries(&state.join("spare"))
+    );
+    let (mut m, _, _) = sleeper_through(&f, &server, spare);
+    // (Every zygote of this server has the fault: each loses its first
+    // answer, and each time the spare is exec'd the same way.)
+    one_spare(&server, &[spare]);
+    m.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(m.code(), 0, "{}", m.err.text());
+}
+
 /// A spare killed after its hello and before the server filed it as ready
 /// (`CMAPP_TEST_FAULT=first-spare-killed` makes that instant certain): its
 /// end found no spare ready to replace, so the one filing it replaces it.

@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use super::output::OutputMeta;
 use super::state::{self, Meta};
 use super::table::{Proc, ProcInner};
-use super::{err, link, Subscriber, Supervisor};
+use super::{err, link, zygote, Subscriber, Supervisor};
 use crate::policy::Decision;
 use crate::runas::RunAs;
 
@@ -238,16 +238,19 @@ impl Supervisor {
     /// Starts a shim in a new directory of `spare/` and waits until it is
     /// connected and waits for `Start`.
     async fn make_spare(self: &Arc<Self>) -> Result<Spare, ErrorReply> {
-        let (name, dir) = self
-            .create_spare()
-            .map_err(|e| internal("cannot create process record", &e))?;
-        // Made ahead, as the shim is: off the launch's path (a spare's
-        // directory is never filed as a process until a launch renames it).
-        if let Err(e) = dir.mark(state::UNSTARTED) {
-            let _ = std::fs::remove_dir_all(dir.path());
-            return Err(internal("cannot create process record", &e));
-        }
-        let (pid, process, stdout) = match self.start_shim(&dir, &name).await {
+        let (mut name, mut dir) = self.new_spare_dir()?;
+        let started = match self.fork_shim(&dir, &name).await {
+            Ok(started) => Ok(started),
+            Err(DirUsed::No) => self.exec_shim(&dir, &name),
+            Err(DirUsed::Maybe) => {
+                // A shim forked for that directory may be about: removing
+                // the directory makes it discard itself, and another is used.
+                let _ = std::fs::remove_dir_all(dir.path());
+                (name, dir) = self.new_spare_dir()?;
+                self.exec_shim(&dir, &name)
+            }
+        };
+        let (pid, process, stdout) = match started {
             Ok(started) => started,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(dir.path());
@@ -295,37 +298,60 @@ impl Supervisor {
         }
     }
 
-    /// Starts a spare's shim in `dir`: forked by the zygote, or exec'd when
-    /// the zygote cannot (see `zygote.rs`). Returns its pid, its handle, and
-    /// its stdout, on which it says `listening` once its socket is bound.
-    async fn start_shim(
-        self: &Arc<Self>,
-        dir: &state::Dir,
-        name: &str,
-    ) -> std::io::Result<(u32, ShimProcess, Box<dyn AsyncRead + Unpin + Send>)> {
-        if !self.zygote.is_unsupported() {
-            match self.zygote.fork(&self.exe, dir.path()).await {
-                Ok(forked) => {
-                    // An `OwnedFd`, owned by the `AsyncFd` until dropped:
-                    // why `try_with_interest` is deprecated does not apply
-                    // (as in appmgr's oneshot.rs), and the replacement is unsafe.
-                    #[allow(deprecated)]
-                    let pidfd = AsyncFd::try_with_interest(forked.pidfd, Interest::READABLE).map_err(|e| {
-                        let (pidfd, e) = e.into_parts();
-                        let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
-                        e
-                    })?;
-                    let process = self.reap(Watched::Pidfd(pidfd), Some(name.to_string()));
-                    return Ok((forked.pid, process, Box::new(forked.hello)));
-                }
-                Err(e) if self.zygote.is_unsupported() => {
-                    tracing::info!("process supervisors are started directly on this system: {e}");
-                }
-                Err(e) => tracing::warn!("the zygote could not start a process supervisor, started directly: {e}"),
-            }
+    /// A new spare's directory, marked `unstarted`.
+    fn new_spare_dir(&self) -> Result<(String, state::Dir), ErrorReply> {
+        let (name, dir) = self
+            .create_spare()
+            .map_err(|e| internal("cannot create process record", &e))?;
+        // Made ahead, as the shim is: off the launch's path (a spare's
+        // directory is never filed as a process until a launch renames it).
+        if let Err(e) = dir.mark(state::UNSTARTED) {
+            let _ = std::fs::remove_dir_all(dir.path());
+            return Err(internal("cannot create process record", &e));
         }
-        // This very binary, even if a package upgrade has replaced or
-        // removed its file since: a shim always speaks our protocol.
+        Ok((name, dir))
+    }
+
+    /// Has the zygote fork a spare's shim in `dir` (see `zygote.rs`):
+    /// its pid, its handle, and its stdout, on which it says `listening`
+    /// once its socket is bound. When it cannot, says whether a shim may
+    /// have been forked for `dir` all the same.
+    async fn fork_shim(self: &Arc<Self>, dir: &state::Dir, name: &str) -> Result<NewShim, DirUsed> {
+        if self.zygote.is_unsupported() {
+            return Err(DirUsed::No);
+        }
+        let forked = match self.zygote.fork(&self.exe, dir.path()).await {
+            Ok(forked) => forked,
+            Err(e) => {
+                if self.zygote.is_unsupported() {
+                    tracing::info!("process supervisors are started directly on this system: {e}");
+                } else {
+                    tracing::warn!("the zygote could not start a process supervisor, started directly: {e}");
+                }
+                return Err(match e {
+                    zygote::Failed::Lost(_) => DirUsed::Maybe,
+                    zygote::Failed::NotAsked(_) | zygote::Failed::Refused(_) => DirUsed::No,
+                });
+            }
+        };
+        // An `OwnedFd`, owned by the `AsyncFd` until dropped: why
+        // `try_with_interest` is deprecated does not apply (as in appmgr's
+        // oneshot.rs), and the replacement is unsafe.
+        #[allow(deprecated)]
+        let pidfd = AsyncFd::try_with_interest(forked.pidfd, Interest::READABLE).map_err(|e| {
+            let (pidfd, e) = e.into_parts();
+            let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+            tracing::warn!("cannot watch the process supervisor the zygote forked ({e}); started directly");
+            DirUsed::Maybe
+        })?;
+        let process = self.reap(Watched::Pidfd(pidfd), Some(name.to_string()));
+        Ok((forked.pid, process, Box::new(forked.hello)))
+    }
+
+    /// Execs a spare's shim in `dir` (this very binary, even if a package
+    /// upgrade has replaced or removed its file since: a shim always speaks
+    /// our protocol), as `fork_shim` returns it.
+    fn exec_shim(self: &Arc<Self>, dir: &state::Dir, name: &str) -> std::io::Result<NewShim> {
         let mut child = tokio::process::Command::new(common::exe::SELF)
             .arg0(&self.exe)
             .arg("shim")
@@ -528,6 +554,16 @@ impl std::fmt::Debug for SpareSlot {
             .field("making", &self.making)
             .finish()
     }
+}
+
+/// A shim just started: its pid, its handle, its stdout (`listening`).
+type NewShim = (u32, ShimProcess, Box<dyn AsyncRead + Unpin + Send>);
+
+/// Whether a shim may have been started for a directory the zygote was
+/// asked about, when the zygote gave back none.
+enum DirUsed {
+    No,
+    Maybe,
 }
 
 /// A shim we started: our child (exec'd), or the zygote's (forked), which

@@ -156,7 +156,7 @@ pub fn main(dir: PathBuf) -> i32 {
 /// Closes every descriptor above 2: whatever the daemon inherited (from a
 /// shell, an init system, a package script) must not reach the application.
 /// Everything the shim opens afterwards is close-on-exec.
-fn close_inherited_descriptors() {
+pub(super) fn close_inherited_descriptors() {
     let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .into_iter()
         .flatten()

@@ -19,7 +19,7 @@
 //! exec), the same in every shim of one zygote. A shim's inputs are its
 //! socket (only root's or the server's uid may connect) and its
 //! application's output; the applications themselves are exec'd and get
-//! a layout of their own.
+//! a layout (and a stack canary) of their own.
 //!
 //! The conversation runs on a `SOCK_SEQPACKET` socket pair (the zygote's
 //! stdin), one request at a time:
@@ -48,7 +48,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -101,36 +101,62 @@ impl Zygote {
 
     /// Has the zygote (started now if none runs) fork a shim for `dir`.
     /// `exe` is the argv\[0\] shims show; the zygote's room for the shims'
-    /// command lines is sized for `dir`. On any error the zygote is dropped
-    /// (and killed), and the next call starts another.
+    /// command lines is sized for `dir`. A zygote that answered (a shim, or
+    /// an errno) is kept; one that could not be asked or did not answer is
+    /// dropped (and killed), and the next call starts another.
     ///
     /// Cancellation-safe: the connection is taken out of its slot for the
     /// request and put back only once the reply has been read, so a caller
     /// dropped between the request and the reply drops (and kills) the
     /// zygote with it, and no later request can read that reply as its own.
-    pub(super) async fn fork(&self, exe: &Path, dir: &Path) -> io::Result<Forked> {
+    pub(super) async fn fork(&self, exe: &Path, dir: &Path) -> Result<Forked, Failed> {
         let mut slot = self.conn.lock().await;
         let conn = match slot.take() {
             Some(conn) => conn,
-            None => start(exe, dir)?,
+            None => start(exe, dir).map_err(Failed::NotAsked)?,
         };
-        let e = match tokio::time::timeout(REPLY_TIMEOUT, ask(&conn.sock, dir)).await {
+        let failed = match tokio::time::timeout(REPLY_TIMEOUT, ask(&conn.sock, dir)).await {
             Ok(Ok(forked)) => {
                 *slot = Some(conn);
                 return Ok(forked);
             }
-            Ok(Err(e)) => e,
-            Err(_) => io::Error::new(io::ErrorKind::TimedOut, "the zygote did not answer in time"),
+            Ok(Err(failed)) => failed,
+            Err(_) => Failed::Lost(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the zygote did not answer in time",
+            )),
         };
-        if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::ENOTSUP)) {
-            self.unsupported.store(true, Ordering::Relaxed);
-        }
-        // ENAMETOOLONG (a directory longer than the zygote has room for)
-        // says nothing about the zygote; anything else may.
-        if e.raw_os_error() == Some(libc::ENAMETOOLONG) {
+        if let Failed::Refused(e) = &failed {
+            if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::ENOTSUP)) {
+                self.unsupported.store(true, Ordering::Relaxed);
+            }
+            // It answered: it is in step with us, and fine for the next request.
             *slot = Some(conn);
         }
-        Err(e)
+        Err(failed)
+    }
+}
+
+/// Why the zygote forked no shim for the server.
+#[derive(Debug)]
+pub(super) enum Failed {
+    /// It could not be started or asked: nothing was forked.
+    NotAsked(io::Error),
+    /// It said why not (an errno: no pidfds here, no room for the command
+    /// line, fork failed): nothing was forked.
+    Refused(io::Error),
+    /// The request went out and no usable answer came back: a shim may
+    /// have been forked for the directory, which must not be used again.
+    Lost(io::Error),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::NotAsked(e) => write!(f, "cannot ask the zygote: {e}"),
+            Failed::Refused(e) => write!(f, "the zygote could not fork: {e}"),
+            Failed::Lost(e) => write!(f, "no answer from the zygote: {e}"),
+        }
     }
 }
 
@@ -165,18 +191,21 @@ fn start(exe: &Path, dir: &Path) -> io::Result<Conn> {
 }
 
 /// One request and its reply (see the module documentation).
-async fn ask(sock: &AsyncFd<OwnedFd>, dir: &Path) -> io::Result<Forked> {
-    let (hello, stdout) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+async fn ask(sock: &AsyncFd<OwnedFd>, dir: &Path) -> Result<Forked, Failed> {
+    let (hello, stdout) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Failed::NotAsked(e.into()))?;
     {
         let fds = [stdout.as_fd()];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         control.push(SendAncillaryMessage::ScmRights(&fds));
         let request = [IoSlice::new(dir.as_os_str().as_bytes())];
+        // A datagram: sent whole or not at all.
         sock.async_io(Interest::WRITABLE, |s| {
             Ok(rustix::net::sendmsg(s, &request, &mut control, SendFlags::NOSIGNAL)?)
         })
-        .await?;
+        .await
+        .map_err(Failed::NotAsked)?;
     }
     // Only the zygote and its new child hold the write end now: the hello
     // pipe ends when the shim does, whatever happens to it.
@@ -194,21 +223,28 @@ async fn ask(sock: &AsyncFd<OwnedFd>, dir: &Path) -> io::Result<Forked> {
             )?;
             Ok((got.bytes, first_fd(&mut control)))
         })
-        .await?;
+        .await
+        .map_err(Failed::Lost)?;
     if len != reply.len() {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the zygote is gone"));
+        return Err(Failed::Lost(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the zygote is gone",
+        )));
     }
     let errno = i32::from_le_bytes(reply[..4].try_into().expect("4 bytes"));
     let pid = u32::from_le_bytes(reply[4..].try_into().expect("4 bytes"));
     if errno != 0 {
-        return Err(io::Error::from_raw_os_error(errno));
+        return Err(Failed::Refused(io::Error::from_raw_os_error(errno)));
     }
-    let pidfd = pidfd.ok_or_else(|| io::Error::other("the zygote sent no pidfd"))?;
-    Ok(Forked {
-        pid,
-        pidfd,
-        hello: tokio::net::unix::pipe::Receiver::from_owned_fd(hello)?,
-    })
+    let pidfd = pidfd.ok_or_else(|| Failed::Lost(io::Error::other("the zygote sent no pidfd")))?;
+    match tokio::net::unix::pipe::Receiver::from_owned_fd(hello) {
+        Ok(hello) => Ok(Forked { pid, pidfd, hello }),
+        Err(e) => {
+            // A shim we cannot hear from: it must not stay.
+            let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+            Err(Failed::Lost(e))
+        }
+    }
 }
 
 /// The first descriptor a message carried (any others are closed).
@@ -226,6 +262,9 @@ fn first_fd(control: &mut RecvAncillaryBuffer<'_>) -> Option<OwnedFd> {
 
 /// Entry point of `cmappserver zygote PAD`; returns its exit code.
 pub fn main() -> i32 {
+    // What the server may have left open (it opens everything close-on-exec)
+    // is not kept for the zygote's life: only the socket and stdio.
+    super::shim::close_inherited_descriptors();
     let stdin = std::io::stdin();
     let sock = stdin.as_fd();
     // A second without a request is a chance to reap finished shims.
@@ -235,15 +274,26 @@ pub fn main() -> i32 {
         return 1;
     }
     let cannot = unsupported();
-    let title = Title::of_self();
-    // `ps` shows `<exe> zygote`, without the padding.
-    if let Some(line) = title.as_ref().and_then(|t| t.line(&[ARG.as_bytes()])) {
-        title.as_ref().expect("found").set(&line);
-    }
-    serve(sock, |dir, stdout| match (cannot, &title) {
-        (Some(errno), _) => (errno, 0, None),
-        (None, None) => (libc::ENOTSUP, 0, None),
-        (None, Some(title)) => spawn(dir, stdout, title),
+    // `ps` shows `<exe> zygote`, without the padding. An argument area that
+    // cannot even hold that (unreadable, or none) means no shim's command
+    // line can be written: ENOTSUP, and the server execs its shims.
+    let title = Title::of_self().and_then(|t| Some((t.line(&[ARG.as_bytes()])?, t)));
+    let title = title.map(|(line, t)| {
+        t.set(&line);
+        t
+    });
+    // Tests only (debug builds): gone after the first fork, before its answer.
+    let mut lost = super::shim::test_fault("zygote-lost-first");
+    serve(sock, |dir, stdout| {
+        let answer = match (cannot, &title) {
+            (Some(errno), _) => (errno, 0, None),
+            (None, None) => (libc::ENOTSUP, 0, None),
+            (None, Some(title)) => spawn(dir, stdout, title),
+        };
+        if std::mem::take(&mut lost) {
+            std::process::exit(0);
+        }
+        answer
     })
 }
 
@@ -265,14 +315,17 @@ fn serve(sock: BorrowedFd<'_>, mut spawn: impl FnMut(&Path, OwnedFd) -> (i32, u3
         let len = match got {
             // The server's end closed: the server is gone.
             Ok(got) if got.bytes == 0 => return 0,
+            // No directory is that long (PATH_MAX): answered, not forked.
+            Ok(got) if got.flags.contains(rustix::net::ReturnFlags::TRUNC) => usize::MAX,
             Ok(got) => got.bytes,
             Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => continue,
             Err(_) => return 1,
         };
-        let dir = PathBuf::from(std::ffi::OsStr::from_bytes(&request[..len]));
-        let (errno, pid, pidfd) = match first_fd(&mut control) {
-            Some(stdout) => spawn(&dir, stdout),
-            None => (libc::EINVAL, 0, None),
+        let stdout = first_fd(&mut control);
+        let (errno, pid, pidfd) = match (request.get(..len), stdout) {
+            (None, _) => (libc::ENAMETOOLONG, 0, None),
+            (Some(_), None) => (libc::EINVAL, 0, None),
+            (Some(dir), Some(stdout)) => spawn(Path::new(std::ffi::OsStr::from_bytes(dir)), stdout),
         };
         let mut reply = [0u8; 8];
         reply[..4].copy_from_slice(&errno.to_le_bytes());
@@ -497,8 +550,10 @@ mod tests {
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", forked.pidfd.as_raw_fd())).unwrap();
         assert!(info.contains(&format!("Pid:\t{}\n", std::process::id())), "{info}");
 
-        let e = ask(&sock, Path::new("/too/long")).await.unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG));
+        match ask(&sock, Path::new("/too/long")).await {
+            Err(Failed::Refused(e)) => assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG)),
+            other => panic!("{other:?}"),
+        }
         drop(sock);
         assert_eq!(
             zygote.join().unwrap(),
@@ -524,36 +579,48 @@ mod tests {
         assert_eq!(zygote.join().unwrap(), 0);
     }
 
+    /// A `Zygote` whose connection is to `fake_zygote(spawn)` (and whose
+    /// process, killed with it, is a `sleep`).
+    fn zygote_with(spawn: impl FnMut(&Path, OwnedFd) -> (i32, u32, Option<OwnedFd>) + Send + 'static) -> Zygote {
+        let (sock, _) = fake_zygote(spawn);
+        let process = tokio::process::Command::new("sleep")
+            .arg("60")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Zygote {
+            conn: tokio::sync::Mutex::new(Some(Conn {
+                _process: process,
+                sock,
+            })),
+            unsupported: AtomicBool::new(false),
+        }
+    }
+
     #[tokio::test]
-    async fn a_zygote_that_cannot_work_here_is_given_up_for_good_and_a_failing_one_is_dropped() {
-        let with = |errno: i32| {
-            let (sock, _) = fake_zygote(move |_, _| (errno, 0, None));
-            let process = tokio::process::Command::new("sleep")
-                .arg("60")
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap();
-            Zygote {
-                conn: tokio::sync::Mutex::new(Some(Conn {
-                    _process: process,
-                    sock,
-                })),
-                unsupported: AtomicBool::new(false),
-            }
-        };
+    async fn a_zygote_that_answers_is_kept_one_that_cannot_work_here_given_up_and_a_lost_one_dropped() {
         let exe = Path::new("/usr/sbin/cmappserver");
         let dir = Path::new("/state/spare/a");
-        for (errno, unsupported, kept) in [
-            (libc::ENOSYS, true, false),
-            (libc::ENOTSUP, true, false),
-            (libc::ENAMETOOLONG, false, true),
-            (libc::EAGAIN, false, false),
+        for (errno, unsupported) in [
+            (libc::ENOSYS, true),
+            (libc::ENOTSUP, true),
+            (libc::ENAMETOOLONG, false),
+            (libc::EAGAIN, false),
         ] {
-            let z = with(errno);
-            assert_eq!(z.fork(exe, dir).await.unwrap_err().raw_os_error(), Some(errno));
+            let z = zygote_with(move |_, _| (errno, 0, None));
+            match z.fork(exe, dir).await {
+                Err(Failed::Refused(e)) => assert_eq!(e.raw_os_error(), Some(errno)),
+                other => panic!("{other:?}"),
+            }
             assert_eq!(z.is_unsupported(), unsupported, "errno {errno}");
-            assert_eq!(z.conn.lock().await.is_some(), kept, "errno {errno}");
+            assert!(z.conn.lock().await.is_some(), "errno {errno}: it answered, it stays");
         }
+        // Gone after the request went out (a crash): the directory may
+        // have a shim, and the zygote is dropped.
+        let z = zygote_with(|_, _| panic!("the zygote crashes"));
+        assert!(matches!(z.fork(exe, dir).await, Err(Failed::Lost(_))));
+        assert!(z.conn.lock().await.is_none());
+        assert!(!z.is_unsupported());
     }
 
     #[tokio::test]
