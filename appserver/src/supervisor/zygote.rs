@@ -562,6 +562,23 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_request_longer_than_any_directory_is_refused_not_cut_short() {
+        let (sock, zygote) = fake_zygote(|dir, _| panic!("forked for {}", dir.display()));
+        let long = std::path::PathBuf::from(format!("/{}", "d".repeat(MAX_REQUEST + 10)));
+        match ask(&sock, &long).await {
+            Err(e @ Failed::Refused(_)) => {
+                assert_eq!(
+                    e.to_string(),
+                    "the zygote could not fork: File name too long (os error 36)"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(sock);
+        assert_eq!(zygote.join().unwrap(), 0);
+    }
+
     #[test]
     fn a_request_without_a_stdout_is_refused_and_the_zygote_goes_on() {
         use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
@@ -618,7 +635,10 @@ mod tests {
         // Gone after the request went out (a crash): the directory may
         // have a shim, and the zygote is dropped.
         let z = zygote_with(|_, _| panic!("the zygote crashes"));
-        assert!(matches!(z.fork(exe, dir).await, Err(Failed::Lost(_))));
+        match z.fork(exe, dir).await {
+            Err(e @ Failed::Lost(_)) => assert_eq!(e.to_string(), "no answer from the zygote: the zygote is gone"),
+            other => panic!("{other:?}"),
+        }
         assert!(z.conn.lock().await.is_none());
         assert!(!z.is_unsupported());
     }
