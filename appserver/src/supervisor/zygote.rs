@@ -38,7 +38,16 @@
 //! gone (`shim::wait_for_start`). A filed shim does not care: it is adopted
 //! by the next server as before. Whatever goes wrong with the zygote (an
 //! old kernel without pidfds, a zygote killed by someone), the server falls
-//! back to exec'ing the shim ([`launch`](super::launch)).
+//! back to exec'ing the shim ([`launch`](super::launch)): in the same
+//! directory when nothing was forked ([`Failed::NotAsked`],
+//! [`Failed::Refused`]), in a new one when the answer was lost after the
+//! request went out ([`Failed::Lost`]: a shim may run for the first, which
+//! is removed so that it discards itself). A zygote that answers is kept;
+//! one that did not is dropped, and killed, and the next spare starts
+//! another. A spare it forked that the server has not yet connected to
+//! watches the zygote as its parent: a zygote killed by someone in that
+//! instant costs that spare (and a launch that was waiting for it fails
+//! with "process supervisor failed", as when a spare itself is killed).
 //!
 //! The child's command line is rewritten to `<exe> shim <dir>` (within the
 //! zygote's own argument area, which `PAD` makes long enough), so that `ps`
