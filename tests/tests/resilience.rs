@@ -840,6 +840,22 @@ fn one_spare(server: &Server, not: &[u32]) -> (u32, String) {
     last.remove(0)
 }
 
+/// Runs `sh -c "exit CODE"` through `server` and checks the manager exits with it.
+fn exits_with(f: &Fixture, server: &Server, code: i32) {
+    let (got, m) = Mgr::run_in(
+        None,
+        &monitor_args(
+            &f.conf,
+            &server.node(),
+            10.0,
+            &[],
+            &["/bin/sh", "-c", &format!("exit {code}")],
+        ),
+        WAIT,
+    );
+    assert_eq!(got, code, "{}", m.err.text());
+}
+
 fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -973,20 +989,7 @@ fn a_spare_killed_by_someone_is_replaced_and_launches_still_work() {
         "the dead spare's directory is left: {:?}",
         entries(&state.join("spare"))
     );
-    let run = |code: i32| {
-        let (got, m) = Mgr::run_in(
-            None,
-            &monitor_args(
-                &f.conf,
-                &server.node(),
-                10.0,
-                &[],
-                &["/bin/sh", "-c", &format!("exit {code}")],
-            ),
-            WAIT,
-        );
-        assert_eq!(got, code, "{}", m.err.text());
-    };
+    let run = |code: i32| exits_with(&f, &server, code);
     run(4);
     // Killed just before a launch: the launch finds it gone and starts a shim itself.
     let (third, _) = one_spare(&server, &[first, second]);
@@ -1020,20 +1023,7 @@ fn spares_come_from_the_zygote_and_a_killed_zygote_costs_no_launch() {
     assert_eq!(args(zygote)[1..], ["zygote"]);
     let dir = server.state_dir.join("spare").join(&name);
     assert_eq!(args(first)[1..], ["shim", &*dir.to_string_lossy()]);
-    let run = |code: i32| {
-        let (got, m) = Mgr::run_in(
-            None,
-            &monitor_args(
-                &f.conf,
-                &server.node(),
-                10.0,
-                &[],
-                &["/bin/sh", "-c", &format!("exit {code}")],
-            ),
-            WAIT,
-        );
-        assert_eq!(got, code, "{}", m.err.text());
-    };
+    let run = |code: i32| exits_with(&f, &server, code);
     // A forked shim that ended is reaped by the zygote (no zombie left).
     run(3);
     assert!(
