@@ -430,8 +430,11 @@ impl Watcher<'_> {
     }
 }
 
-/// The clock of the pings: the first tick at once, then one every
-/// interval. A timerfd, so that an idle manager wakes up once per tick:
+/// The clock of the pings: one tick every interval, the first one interval
+/// after the launch's answer (which has just shown the connection alive; a
+/// ping at once cost the server and the manager a round trip in the very
+/// milliseconds a short application runs and exits, and a reconnect storm
+/// one extra ping per manager). A timerfd, so that an idle manager wakes up once per tick:
 /// tokio's timer wheel wakes a parked runtime at each wheel level's slot
 /// boundary on the way to a far deadline (at 5 s: after about 4 s, then at
 /// the deadline), and re-registering its timer wakes the driver once more.
@@ -466,7 +469,7 @@ impl PingClock {
     }
 
     fn tokio(every: Duration) -> PingClock {
-        let mut t = tokio::time::interval(every);
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         PingClock::Tokio(t)
     }
@@ -478,12 +481,10 @@ impl PingClock {
             ClockId::CLOCK_MONOTONIC,
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
         )?;
-        // The first tick at once (a zero first expiration would disarm it).
+        // The first tick one interval on: the launch's answer has just shown
+        // the connection alive.
         let every = TimeSpec::from_duration(every.max(Duration::from_millis(1)));
-        fd.set(
-            Expiration::IntervalDelayed(TimeSpec::new(0, 1), every),
-            TimerSetTimeFlags::empty(),
-        )?;
+        fd.set(Expiration::IntervalDelayed(every, every), TimerSetTimeFlags::empty())?;
         // Deprecated because an `AsRawFd` value need not own its descriptor
         // (it could be closed and reused while registered); this one owns it
         // (an `OwnedFd` inside, never handed out), and `AsyncFd` deregisters
@@ -593,4 +594,23 @@ fn open_host_log(run: &[String]) -> Result<Option<File>, ConfigError> {
         .open(&path)
         .map(Some)
         .map_err(|source| ConfigError::HostLog { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_first_ping_waits_one_interval_after_the_launchs_answer() {
+        let every = Duration::from_millis(60);
+        assert!(matches!(PingClock::new(every), PingClock::Fd(..)), "a timerfd here");
+        for make in [PingClock::new, PingClock::tokio] {
+            let t0 = std::time::Instant::now();
+            let mut clock = make(every);
+            clock.tick().await;
+            assert!(t0.elapsed() >= Duration::from_millis(55), "{:?}", t0.elapsed());
+            clock.tick().await;
+            assert!(t0.elapsed() >= Duration::from_millis(115), "{:?}", t0.elapsed());
+        }
+    }
 }
