@@ -139,14 +139,7 @@ pub fn split<S: AsyncRead + AsyncWrite>(
     MessageWriter<tokio::io::WriteHalf<S>>,
 ) {
     let (r, w) = tokio::io::split(stream);
-    (
-        MessageReader {
-            inner: FramedRead::with_capacity(r, codec(), BUFFER),
-        },
-        MessageWriter {
-            inner: FramedWrite::with_capacity(w, codec(), BUFFER),
-        },
-    )
+    (MessageReader::new(r), MessageWriter::new(w))
 }
 
 #[cfg(test)]

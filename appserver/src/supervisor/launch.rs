@@ -170,7 +170,8 @@ impl Supervisor {
         if super::shim::test_fault("exit-before-shim") {
             // A crash of the server, and of the shim with it, between filing
             // the record and Start (tests only; the shim alone surviving is
-            // the adoption case). Our unreaped child: the pid is its own.
+            // the adoption case). The shim is alive and unreaped (our child,
+            // or the zygote's, which reaps only ended ones): the pid is its own.
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
