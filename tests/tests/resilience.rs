@@ -776,32 +776,50 @@ fn a_server_whose_binary_file_was_removed_still_launches_applications_and_probes
     assert!(log.contains("/nonexistent/disk0"), "{log}");
 }
 
-/// The shims started ahead of a launch (spares) of the server whose state
-/// directory is `state`, still waiting in `spare/` and connected to their
-/// server: (pid, directory name).
-fn spares(state: &Path) -> Vec<(u32, String)> {
-    let spare_dir = state.join("spare");
+/// A process's arguments, without empty ones (the padding of a command
+/// line rewritten in place, as the zygote's children have).
+fn args_of(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// A process's parent (0 once it is gone).
+fn parent_of(pid: u32) -> u32 {
+    common::proc::stat(pid).map(|s| s.ppid).unwrap_or(0)
+}
+
+/// Every live shim (`cmappserver shim DIR`), with the directory it was
+/// started in.
+fn shims() -> Vec<(u32, PathBuf)> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.len() < 3 || args[1] != "shim" || !alive(pid) {
-            continue;
-        }
-        let dir = Path::new(&args[2]);
-        // A launched shim still shows the directory it was started in, now
-        // renamed into procs/: only one still in spare/ is a spare.
-        if dir.parent() == Some(spare_dir.as_path()) && dir.exists() && connected(pid) {
-            found.push((pid, dir.file_name().unwrap().to_string_lossy().into_owned()));
+        let args = args_of(pid);
+        if args.len() >= 3 && args[1] == "shim" && alive(pid) {
+            found.push((pid, PathBuf::from(&args[2])));
         }
     }
     found
+}
+
+/// The shims started ahead of a launch (spares) of the server whose state
+/// directory is `state`, still waiting in `spare/` and connected to their
+/// server: (pid, directory name).
+fn spares(state: &Path) -> Vec<(u32, String)> {
+    let spare_dir = state.join("spare");
+    shims()
+        .into_iter()
+        // A launched shim still shows the directory it was started in, now
+        // renamed into procs/: only one still in spare/ is a spare.
+        .filter(|(pid, dir)| dir.parent() == Some(spare_dir.as_path()) && dir.exists() && connected(*pid))
+        .map(|(pid, dir)| (pid, dir.file_name().unwrap().to_string_lossy().into_owned()))
+        .collect()
 }
 
 /// True when the shim `pid` has accepted a connection on its socket (a
@@ -1007,22 +1025,13 @@ fn a_spare_killed_by_someone_is_replaced_and_launches_still_work() {
 fn spares_come_from_the_zygote_and_a_killed_zygote_costs_no_launch() {
     let f = fixture();
     let server = Server::start(&f.dir.join("srv"), &f.keys, "");
-    let parent = |pid: u32| common::proc::stat(pid).map(|s| s.ppid).unwrap_or(0);
-    let args = |pid: u32| -> Vec<String> {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .unwrap_or_default()
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect()
-    };
     let (first, name) = one_spare(&server, &[]);
-    let zygote = parent(first);
+    let zygote = parent_of(first);
     assert_ne!(zygote, server.pid(), "the spare is not the server's child");
-    assert_eq!(parent(zygote), server.pid());
-    assert_eq!(args(zygote)[1..], ["zygote"]);
+    assert_eq!(parent_of(zygote), server.pid());
+    assert_eq!(args_of(zygote)[1..], ["zygote"]);
     let dir = server.state_dir.join("spare").join(&name);
-    assert_eq!(args(first)[1..], ["shim", &*dir.to_string_lossy()]);
+    assert_eq!(args_of(first)[1..], ["shim", &*dir.to_string_lossy()]);
     let run = |code: i32| exits_with(&f, &server, code);
     // A forked shim that ended is reaped by the zygote (no zombie left).
     run(3);
@@ -1032,7 +1041,7 @@ fn spares_come_from_the_zygote_and_a_killed_zygote_costs_no_launch() {
         common::proc::stat(first)
     );
     let (first, _) = one_spare(&server, &[first]);
-    assert_eq!(parent(first), zygote, "the same zygote forks the next");
+    assert_eq!(parent_of(first), zygote, "the same zygote forks the next");
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(zygote as i32),
@@ -1046,7 +1055,7 @@ fn spares_come_from_the_zygote_and_a_killed_zygote_costs_no_launch() {
     assert_eq!(m.code(), 0, "{}", m.err.text());
     assert!(wait_until(WAIT, || !alive(pid)));
     let (second, _) = one_spare(&server, &[first]);
-    assert_eq!(parent(second), server.pid(), "exec'd while the zygote is gone");
+    assert_eq!(parent_of(second), server.pid(), "exec'd while the zygote is gone");
     server
         .log
         .wait_for(
@@ -1056,9 +1065,9 @@ fn spares_come_from_the_zygote_and_a_killed_zygote_costs_no_launch() {
         .unwrap_or_else(|| panic!("{}", server.log.text()));
     run(5);
     let (third, _) = one_spare(&server, &[first, second]);
-    let again = parent(third);
+    let again = parent_of(third);
     assert!(again != zygote && again != server.pid(), "a new zygote forked it");
-    assert_eq!(parent(again), server.pid());
+    assert_eq!(parent_of(again), server.pid());
 }
 
 /// A zygote gone after it forked a shim and before it answered
@@ -1071,31 +1080,18 @@ fn a_zygote_lost_before_its_answer_never_leaves_two_shims_on_one_directory() {
     let f = fixture();
     let server = Server::start_with_env(&f.dir.join("srv"), &f.keys, "CMAPP_TEST_FAULT", "zygote-lost-first");
     let state = server.state_dir.clone();
-    let parent = |pid: u32| common::proc::stat(pid).map(|s| s.ppid).unwrap_or(0);
     server
         .log
         .wait_for("no answer from the zygote", WAIT)
         .unwrap_or_else(|| panic!("{}", server.log.text()));
     let (spare, name) = one_spare(&server, &[]);
-    assert_eq!(parent(spare), server.pid(), "exec'd after the zygote was lost");
+    assert_eq!(parent_of(spare), server.pid(), "exec'd after the zygote was lost");
     // The shim forked for the first directory goes, with its directory.
     let shims_in_spare = || {
-        let mut n = 0;
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            if args.len() >= 3
-                && args[1] == b"shim"
-                && Path::new(&*String::from_utf8_lossy(args[2])).starts_with(state.join("spare"))
-                && alive(pid)
-            {
-                n += 1;
-            }
-        }
-        n
+        shims()
+            .iter()
+            .filter(|(_, dir)| dir.starts_with(state.join("spare")))
+            .count()
     };
     assert!(
         wait_until(WAIT, || shims_in_spare() == 1
