@@ -795,9 +795,12 @@ pub struct Checked {
 }
 
 /// Connects to `node` (a `-node` value: host or address, optionally `:port`,
-/// or a vsock address), authenticates and pings: the one "does this guest's cmappserver answer" routine, used by
-/// `cmappmgr check` and by the `vm` hooks' `--check-node`. The connection is
-/// retried until `timeout`; the ping gets what is left (half a second at least).
+/// or a vsock address), authenticates and pings: the one "does this guest's
+/// cmappserver answer" routine, used by `cmappmgr check` and by the `vm`
+/// hooks' `--check-node`. Connection and ping are one attempt, retried until
+/// `timeout` while what went wrong may pass (a connection lost before the
+/// pong, as at a guest migration's switch-over, is tried again, as a refused
+/// connection is); the ping gets what is left (half a second at least).
 pub async fn check(conf: &ManagerConfig, node: &str, timeout: Duration) -> Result<Checked, ClientError> {
     let deadline = Instant::now() + timeout;
     let connector = Connector::new(conf, node)?;
@@ -805,7 +808,12 @@ pub async fn check(conf: &ManagerConfig, node: &str, timeout: Duration) -> Resul
     for w in connector.files.expiry_warnings() {
         tracing::warn!("{w}");
     }
-    let mut client = connector.connect(deadline).await?;
+    retry_until(deadline, |limit| Box::pin(check_once(&connector, limit, deadline))).await
+}
+
+/// One connection and one ping of [`check`].
+async fn check_once(connector: &Connector, limit: Duration, deadline: Instant) -> Result<Checked, ClientError> {
+    let mut client = connector.connect_once(limit).await?;
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(500));

@@ -455,6 +455,84 @@ fn a_pong_between_the_exit_and_the_ack_reply_is_not_a_missing_ack() {
     assert!(!m.err.contains("not acknowledged"), "{}", m.err.text());
 }
 
+/// `cmappmgr check` retries until its timeout, also when the connection is
+/// lost after the welcome, before the ping's answer (a guest's migration
+/// switching over at that instant; seen once in
+/// `guest_vm::monitoring_survives_a_live_migration_of_the_guest`): the
+/// server here drops its first connection there and answers on the second.
+#[test]
+fn check_tries_again_when_the_connection_is_lost_before_the_pong() {
+    use common::message::{Event, Hello, Request, Welcome};
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = cmapp_tests::keys::pinned(tmp.path(), "");
+    let conf = cmapp_tests::keys::manager_conf(tmp.path(), "m.conf", &keys.client_private, &keys.client_trust, "");
+    common::tls::install_crypto_provider();
+    let key = common::tls::load_key_store(&keys.server_private, "serverpw").unwrap();
+    let trust = common::tls::load_trust_store(&keys.server_trust, "public").unwrap();
+    let cfg = common::tls::server_config(key, trust).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let server = std::thread::spawn(move || -> Result<usize, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let e = |e: &dyn std::fmt::Display| e.to_string();
+            let listener = tokio::net::TcpListener::from_std(listener).map_err(|x| e(&x))?;
+            for n in 1.. {
+                let (tcp, _) = tokio::time::timeout(WAIT, listener.accept())
+                    .await
+                    .map_err(|x| e(&x))?
+                    .map_err(|x| e(&x))?;
+                let tls = tokio_rustls::TlsAcceptor::from(cfg.clone())
+                    .accept(tcp)
+                    .await
+                    .map_err(|x| e(&x))?;
+                let (mut rd, mut wr) = common::connection::split(tls);
+                let _: Option<Hello> = rd.read().await.map_err(|x| e(&x))?;
+                let welcome = Welcome {
+                    protocol: common::message::PROTOCOL_VERSION,
+                    software: "scripted".into(),
+                    monitored: 0,
+                    max_processes: 30,
+                };
+                wr.write(&welcome).await.map_err(|x| e(&x))?;
+                let Some(Request::Ping(p)) = rd.read().await.map_err(|x| e(&x))? else {
+                    return Err("expected a ping".into());
+                };
+                if n == 1 {
+                    // Lost: closed without an answer.
+                    continue;
+                }
+                wr.write(&Event::Pong(p)).await.map_err(|x| e(&x))?;
+                while let Ok(Some(_)) = rd.read::<Request>().await {}
+                return Ok(n);
+            }
+            unreachable!()
+        })
+    });
+    let node = addr.to_string();
+    let conf = conf.to_str().unwrap();
+    let (code, m) = Mgr::run_in(
+        None,
+        &[
+            "check",
+            "-node",
+            &node,
+            "--conf",
+            conf,
+            "--timeout",
+            "10",
+            "--no_syslog",
+        ],
+        WAIT,
+    );
+    assert_eq!(code, 0, "{}", m.err.text());
+    assert_eq!(server.join().unwrap(), Ok(2), "{}", m.err.text());
+}
+
 // ---------------------------------------------------------- a delayed ack
 
 /// A TCP relay to `to`. Server to manager passes at once; manager to server
