@@ -13,7 +13,7 @@ use common::message::{
     Request, Started, Stop, Welcome,
 };
 use common::service::ServiceSpec;
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
@@ -37,6 +37,9 @@ pub struct Connector {
     fresh: Arc<std::sync::atomic::AtomicBool>,
     /// Where the material comes from.
     files: KeyFiles,
+    /// The certificates [`Connector::new`] loaded, ours and the trusted
+    /// ones, for [`Connector::expiry_warnings`].
+    loaded: (Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>),
     pub node: Node,
     server_name: ServerName<'static>,
     /// Who this manager says it is in its hello (`Hello::manager`); the
@@ -54,24 +57,6 @@ struct KeyFiles {
 }
 
 impl KeyFiles {
-    /// Warnings about our own and the trusted certificates that expire
-    /// within 30 days (or have).
-    fn expiry_warnings(&self) -> Vec<String> {
-        let Ok((key, trust)) = self.load() else {
-            return Vec::new();
-        };
-        let now = std::time::SystemTime::now();
-        let trusted: Vec<_> = trust.pinned.iter().chain(&trust.cas).cloned().collect();
-        let mut out = common::tls::expiry_warnings("keyStore", &self.key_store, &key.certs, now);
-        out.extend(common::tls::expiry_warnings(
-            "trustStore",
-            &self.trust_store,
-            &trusted,
-            now,
-        ));
-        out
-    }
-
     fn load(&self) -> Result<(common::tls::KeyMaterial, common::tls::TrustStore), ClientError> {
         let key_material = |which| move |source| ConfigError::KeyMaterial { which, source };
         let key =
@@ -168,6 +153,10 @@ impl Connector {
             trust_store_password: conf.trust_store_password.clone(),
         };
         let (key, trust) = files.load()?;
+        let loaded = (
+            key.certs.clone(),
+            trust.pinned.iter().chain(&trust.cas).cloned().collect(),
+        );
         let server_name = match node.name() {
             Some(name) => ServerName::try_from(name.to_string()).map_err(|source| ConfigError::ServerName {
                 node: node.to_string(),
@@ -188,10 +177,28 @@ impl Connector {
             ))),
             fresh: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             files,
+            loaded,
             node,
             server_name,
             manager: None,
         })
+    }
+
+    /// Warnings about our own and the trusted certificates that expire
+    /// within 30 days (or have), from the material [`Connector::new`]
+    /// loaded (reading the files again cost `cmappmgr check` a second
+    /// load of both stores, a key store's password derivation included).
+    pub fn expiry_warnings(&self) -> Vec<String> {
+        let now = std::time::SystemTime::now();
+        let (ours, trusted) = &self.loaded;
+        let mut out = common::tls::expiry_warnings("keyStore", &self.files.key_store, ours, now);
+        out.extend(common::tls::expiry_warnings(
+            "trustStore",
+            &self.files.trust_store,
+            trusted,
+            now,
+        ));
+        out
     }
 
     /// The material to connect with: the files as they are now, or the
@@ -805,7 +812,7 @@ pub async fn check(conf: &ManagerConfig, node: &str, timeout: Duration) -> Resul
     let deadline = Instant::now() + timeout;
     let connector = Connector::new(conf, node)?;
     // Said first: an expired certificate is also why a connection fails.
-    for w in connector.files.expiry_warnings() {
+    for w in connector.expiry_warnings() {
         tracing::warn!("{w}");
     }
     retry_until(deadline, |limit| Box::pin(check_once(&connector, limit, deadline))).await
