@@ -13,7 +13,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::fixture::{tail, Env, Mgr, Server, WAIT};
@@ -113,6 +113,27 @@ pub fn run(env: &Env, server: &Server, events: usize) -> Result<Latency, String>
 /// Writes one byte to the application's FIFO once it has opened it
 /// (non-blocking open: never hangs on an application that died).
 fn trigger(fifo: &Path, m: &mut Mgr) -> Result<(), String> {
+    let mut gone = None;
+    let r = trigger_fifo(fifo, || {
+        if let Ok(Some(s)) = m.child.try_wait() {
+            m.reaped();
+            gone = Some(s);
+            return true;
+        }
+        false
+    });
+    match gone {
+        Some(s) => Err(format!(
+            "cmappmgr exited ({s}) before its application could be triggered; its log:\n{}",
+            tail(&m.err, 20)
+        )),
+        None => r,
+    }
+}
+
+/// Writes one byte to `fifo` once its reader has opened it; gives up when
+/// `gone()` says the process waiting on it has ended, or after [`WAIT`].
+pub fn trigger_fifo(fifo: &Path, mut gone: impl FnMut() -> bool) -> Result<(), String> {
     let end = Instant::now() + WAIT;
     loop {
         match std::fs::OpenOptions::new()
@@ -129,12 +150,8 @@ fn trigger(fifo: &Path, m: &mut Mgr) -> Result<(), String> {
             Err(e) if e.raw_os_error() == Some(nix::libc::ENXIO) => {}
             Err(e) => return Err(format!("cannot open {}: {e}", fifo.display())),
         }
-        if let Ok(Some(s)) = m.child.try_wait() {
-            m.reaped();
-            return Err(format!(
-                "cmappmgr exited ({s}) before its application could be triggered; its log:\n{}",
-                tail(&m.err, 20)
-            ));
+        if gone() {
+            return Err(format!("the process waiting on {} ended first", fifo.display()));
         }
         if Instant::now() >= end {
             return Err(format!("the application never opened {}", fifo.display()));
@@ -143,7 +160,7 @@ fn trigger(fifo: &Path, m: &mut Mgr) -> Result<(), String> {
     }
 }
 
-fn read_stamp(out: &PathBuf) -> Result<u64, String> {
+pub fn read_stamp(out: &Path) -> Result<u64, String> {
     let text = std::fs::read_to_string(out).map_err(|e| format!("no exit stamp in {}: {e}", out.display()))?;
     text.trim()
         .parse()

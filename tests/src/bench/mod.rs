@@ -6,6 +6,7 @@
 //! | `fixture`   | the binaries, key material, real cmappserver and cmappmgr processes |
 //! | `footprint` | idle resident memory and binary sizes                              |
 //! | `latency`   | exit-to-manager-exit detection latency                             |
+//! | `floor`     | the same chain of processes with no work: the machine's floor      |
 //! | `roundtrip` | remote `/bin/echo ok` round trip, against NRPE and ssh             |
 //! | `ssh`       | a private sshd on loopback and the `ssh host cmd` it answers        |
 //! | `oneshot`   | a one-shot `-service /bin/true` run against `cmappmgr check`       |
@@ -15,6 +16,7 @@
 //! | `report`    | the table, the targets, the machine                                |
 
 pub mod fixture;
+pub mod floor;
 pub mod footprint;
 pub mod handshake;
 pub mod latency;

@@ -13,7 +13,8 @@
 //! directory.
 //!
 //! `cmapp-bench exit-now FIFO STAMP_FILE CODE` is the measured application
-//! of the detection-latency run (internal).
+//! of the detection-latency run, and `floor-relay`, `floor-mgr` and
+//! `floor-shim` are the processes of its floor (internal).
 
 #[path = "../bench/mod.rs"]
 mod bench;
@@ -23,11 +24,12 @@ use std::time::{Duration, Instant};
 
 use bench::fixture::{Bins, Env, Server, ShmDir};
 use bench::report::{mib, ms, Report};
-use bench::{footprint, handshake, latency, oneshot, report, roundtrip, scale, storm, sys};
+use bench::{floor, footprint, handshake, latency, oneshot, report, roundtrip, scale, storm, sys};
 
 const SECTIONS: &[&str] = &[
     "footprint",
     "latency",
+    "floor",
     "roundtrip",
     "oneshot",
     "handshake",
@@ -94,16 +96,23 @@ const USAGE: &str = "usage: cmapp-bench [--quick] [--strict] [--only SECTION[,SE
   --quick      the CI size: 50 detection events, 20 round trips and one-shot runs each, 100 processes,
                10 s windows, a storm of 100
   --strict     exit 2 when a target is missed (default: print MISSED and exit 0)
-  --only       run only these sections: footprint, latency, roundtrip, oneshot, handshake, scale, storm
-  --events     detection-latency events (default 1000, 50 with --quick)
+  --only       run only these sections: footprint, latency, floor, roundtrip, oneshot, handshake, scale, storm
+  --events     detection-latency events, and the floor's (default 1000, 50 with --quick)
   --processes  processes and managers of the scale and storm runs (default 1000, 100 with --quick)
   --window     seconds of steady state measured in the scale run (default 60, 10 with --quick)
 Build first: cargo build --release --workspace (the bench runs the binaries next to it).";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("exit-now") {
-        std::process::exit(latency::exit_now(&args[1..]));
+    let role: Option<fn(&[String]) -> i32> = match args.first().map(String::as_str) {
+        Some("exit-now") => Some(latency::exit_now),
+        Some("floor-relay") => Some(floor::relay),
+        Some("floor-mgr") => Some(floor::manager),
+        Some("floor-shim") => Some(floor::shim),
+        _ => None,
+    };
+    if let Some(role) = role {
+        std::process::exit(role(&args[1..]));
     }
     let plan = match parse(&args) {
         Ok(p) => p,
@@ -207,6 +216,7 @@ struct Results {
     footprint: Option<footprint::Footprint>,
     latency: Option<latency::Latency>,
     latency_tmpfs: Option<latency::Latency>,
+    floor: Option<floor::Floor>,
     server_after_latency_kb: Option<u64>,
     roundtrip: Option<roundtrip::RoundTrip>,
     oneshot: Option<oneshot::OneShot>,
@@ -221,6 +231,13 @@ fn progress(msg: &str) {
 
 fn run(plan: &Plan, r: &mut Results) -> Result<(), String> {
     let env = Env::new(Bins::locate()?)?;
+    if plan.wants("floor") {
+        progress(&format!(
+            "the floor under detection latency: {} events through four bare processes",
+            plan.events
+        ));
+        r.floor = Some(floor::run(&env, plan.events)?);
+    }
     if ["footprint", "latency", "roundtrip", "oneshot", "handshake"]
         .iter()
         .any(|s| plan.wants(s))
@@ -338,6 +355,13 @@ fn build_report(r: &Results) -> Report {
             rep.info(format!("p99, {on}"), ms(t.percentile(99.0)));
             rep.info(format!("max, {on}"), ms(t.ns.last().copied().unwrap_or(0)));
         }
+    }
+    if let Some(f) = &r.floor {
+        rep.section("The floor under it (the same four processes and hops, no work: `bench/floor.rs`)");
+        rep.info("events", format!("{}, one at a time", f.ns.len()));
+        rep.info("p50", ms(f.percentile(50.0)));
+        rep.info("p99", ms(f.percentile(99.0)));
+        rep.info("max", ms(f.ns.last().copied().unwrap_or(0)));
     }
     if let Some(rt) = &r.roundtrip {
         rep.section("Remote run round trip (whole process, `/bin/echo ok`, alternated)");
