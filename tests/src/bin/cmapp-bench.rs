@@ -358,10 +358,14 @@ fn build_report(r: &Results) -> Report {
     }
     if let Some(f) = &r.floor {
         rep.section("The floor under it (the same four processes and hops, no work: `bench/floor.rs`)");
-        rep.info("events", format!("{}, one at a time", f.ns.len()));
-        rep.info("p50", ms(f.percentile(50.0)));
-        rep.info("p99", ms(f.percentile(99.0)));
-        rep.info("max", ms(f.ns.last().copied().unwrap_or(0)));
+        rep.info("events", format!("{} of each, alternated, one at a time", f.ns.len()));
+        for (what, ns) in [
+            ("four processes (application, its parent, a relay, a manager)", &f.ns),
+            ("three (the application's parent writes to the manager)", &f.direct_ns),
+        ] {
+            rep.info(format!("p50, {what}"), ms(floor::percentile(ns, 50.0)));
+            rep.info(format!("p99, {what}"), ms(floor::percentile(ns, 99.0)));
+        }
     }
     if let Some(rt) = &r.roundtrip {
         rep.section("Remote run round trip (whole process, `/bin/echo ok`, alternated)");
