@@ -27,7 +27,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::fixture::Env;
 use super::latency::{read_stamp, trigger_fifo};
@@ -45,6 +45,13 @@ pub struct Floor {
     /// manager's TCP connection itself (a server that is the applications'
     /// parent, as the original's is).
     pub direct_ns: Vec<u64>,
+    /// Seconds per whole bare one-shot run (`floor-mgr … run`: process
+    /// start, connection, the spare shim's fork and exec of `/bin/true`,
+    /// its exit back), sorted.
+    pub run: Vec<f64>,
+    /// Seconds per whole bare ping (`floor-mgr … ping`: process start,
+    /// connection, one round trip), sorted.
+    pub ping: Vec<f64>,
 }
 
 /// The `p`-th percentile of sorted nanoseconds.
@@ -97,7 +104,7 @@ impl Drop for Owned {
     }
 }
 
-pub fn run(env: &Env, events: usize) -> Result<Floor, String> {
+pub fn run(env: &Env, events: usize, runs: usize) -> Result<Floor, String> {
     let dir = env.dir("floor")?;
     let sock = dir.join("relay.sock");
     let mut relay = Command::new(&env.bins.bench);
@@ -114,8 +121,59 @@ pub fn run(env: &Env, events: usize) -> Result<Floor, String> {
     }
     ns.sort_unstable();
     direct_ns.sort_unstable();
-    Ok(Floor { ns, direct_ns })
+    let (mut run, mut ping) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for i in 0..runs + WARM_UP {
+        let id = (events + i) as u32;
+        // The spare, made ahead as ours is; not timed.
+        let mut spare = Command::new(&env.bins.bench);
+        spare
+            .arg("floor-shim")
+            .arg(&sock)
+            .arg(id.to_string())
+            .args(["spare", "/bin/true"]);
+        let mut spare = Owned::spawn(spare)?;
+        if spare.first_line()? != "ready" {
+            return Err("the floor's spare shim did not register with its relay".into());
+        }
+        let timed = |mode: &str| -> Result<f64, String> {
+            let mut c = Command::new(&env.bins.bench);
+            c.args(["floor-mgr", &port, &id.to_string(), mode])
+                .stdout(Stdio::null());
+            let t0 = Instant::now();
+            let status = c.status().map_err(|e| format!("cannot run the floor's manager: {e}"))?;
+            let took = t0.elapsed().as_secs_f64();
+            if !status.success() {
+                return Err(format!("the floor's manager ({mode}) exited with {status}"));
+            }
+            Ok(took)
+        };
+        // Alternated, the order swapped every round, as in the one-shot run.
+        let (r, p) = if i % 2 == 0 {
+            let r = timed("run")?;
+            (r, timed("ping")?)
+        } else {
+            let p = timed("ping")?;
+            (timed("run")?, p)
+        };
+        let _ = spare.child.wait();
+        spare.reaped();
+        if i >= WARM_UP {
+            run.push(r);
+            ping.push(p);
+        }
+    }
+    run.sort_by(f64::total_cmp);
+    ping.sort_by(f64::total_cmp);
+    Ok(Floor {
+        ns,
+        direct_ns,
+        run,
+        ping,
+    })
 }
+
+/// Bare one-shot runs and pings not counted at the start.
+const WARM_UP: usize = 3;
 
 /// One exit through the relay (`Some((relay's port, its socket))`) or
 /// straight from the application's parent to the manager (`None`).
@@ -126,7 +184,7 @@ fn event(env: &Env, dir: &Path, i: usize, code: i32, relay: Option<(&str, &Path)
         .map_err(|e| format!("mkfifo {}: {e}", fifo.display()))?;
     let mut mgr = Command::new(&env.bins.bench);
     match relay {
-        Some((port, _)) => mgr.args(["floor-mgr", port, &i.to_string()]),
+        Some((port, _)) => mgr.args(["floor-mgr", port, &i.to_string(), "wait"]),
         None => mgr.args(["floor-mgr", "listen", &i.to_string()]),
     };
     let mut mgr = Owned::spawn(mgr)?;
@@ -140,10 +198,14 @@ fn event(env: &Env, dir: &Path, i: usize, code: i32, relay: Option<(&str, &Path)
     shim.arg("floor-shim")
         .arg(&to)
         .arg(i.to_string())
+        .args(["now", "exit-now"])
         .arg(&fifo)
         .arg(&out)
         .arg(code.to_string());
     let mut shim = Owned::spawn(shim)?;
+    if relay.is_some() && shim.first_line()? != "ready" {
+        return Err("the floor's shim did not register with its relay".into());
+    }
     std::thread::sleep(GAP);
     trigger_fifo(&fifo, || matches!(mgr.child.try_wait(), Ok(Some(_))))?;
     let status = mgr
@@ -165,8 +227,16 @@ fn event(env: &Env, dir: &Path, i: usize, code: i32, relay: Option<(&str, &Path)
     Ok(took)
 }
 
-/// `cmapp-bench floor-relay SOCKET`: prints its TCP port, then relays each
-/// shim's (id, code) from SOCKET to the manager registered under that id.
+type Registry<S> = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u32, S>>>;
+
+/// `cmapp-bench floor-relay SOCKET`: prints its TCP port, then relays.
+///
+/// - A manager connects over TCP and sends its id (4 bytes); once it is
+///   registered the relay answers `k`. It may then send `r` (run): the
+///   relay sends `g` (go) to the shim registered under that id.
+/// - A shim connects to SOCKET and sends its id; the relay answers `k`.
+///   When its application has ended it sends the code (4 bytes), which the
+///   relay sends, as one byte, to the manager registered under its id.
 pub fn relay(args: &[String]) -> i32 {
     let [sock] = args else {
         eprintln!("usage: cmapp-bench floor-relay SOCKET");
@@ -179,103 +249,138 @@ pub fn relay(args: &[String]) -> i32 {
     let Ok(addr) = tcp.local_addr() else {
         return 71;
     };
-    type Managers = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u32, TcpStream>>>;
-    let managers: Managers = Default::default();
-    let registry = managers.clone();
+    let managers: Registry<TcpStream> = Default::default();
+    let shims: Registry<UnixStream> = Default::default();
+    let (m_reg, s_reg) = (managers.clone(), shims.clone());
+    // One thread per connection, blocked in read: the one wake-up a relay
+    // costs per message.
     std::thread::spawn(move || {
         for mut m in tcp.incoming().flatten() {
-            let _ = m.set_nodelay(true);
-            let mut id = [0u8; 4];
-            if m.read_exact(&mut id).is_ok() {
-                // Registered before the manager hears it is.
-                registry
-                    .lock()
-                    .unwrap()
-                    .insert(u32::from_le_bytes(id), m.try_clone().unwrap());
-                let _ = m.write_all(b"k");
-            }
+            let (managers, shims) = (m_reg.clone(), s_reg.clone());
+            std::thread::spawn(move || {
+                let _ = m.set_nodelay(true);
+                let mut id = [0u8; 4];
+                if m.read_exact(&mut id).is_err() {
+                    return;
+                }
+                let id = u32::from_le_bytes(id);
+                let Ok(clone) = m.try_clone() else { return };
+                managers.lock().unwrap().insert(id, clone);
+                if m.write_all(b"k").is_err() {
+                    return;
+                }
+                let mut req = [0u8; 1];
+                if m.read_exact(&mut req).is_ok() && req == *b"r" {
+                    let shim = shims.lock().unwrap().remove(&id);
+                    if let Some(mut shim) = shim {
+                        let _ = shim.write_all(b"g");
+                    }
+                }
+            });
         }
     });
     println!("{}", addr.port());
     let _ = std::io::stdout().flush();
     for mut shim in unix.incoming().flatten() {
-        let managers = managers.clone();
-        // One thread per shim connection, blocked in read until the exit:
-        // the one wake-up a relay costs.
+        let (managers, shims) = (managers.clone(), shims.clone());
         std::thread::spawn(move || {
-            let mut msg = [0u8; 8];
-            if shim.read_exact(&mut msg).is_err() {
+            let mut id = [0u8; 4];
+            if shim.read_exact(&mut id).is_err() {
                 return;
             }
-            let id = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
-            let code = i32::from_le_bytes([msg[4], msg[5], msg[6], msg[7]]);
+            let id = u32::from_le_bytes(id);
+            let Ok(clone) = shim.try_clone() else { return };
+            shims.lock().unwrap().insert(id, clone);
+            let mut code = [0u8; 4];
+            if shim.write_all(b"k").is_err() || shim.read_exact(&mut code).is_err() {
+                return;
+            }
             let m = managers.lock().unwrap().remove(&id);
             if let Some(mut m) = m {
-                let _ = m.write_all(&[code as u8]);
+                let _ = m.write_all(&[i32::from_le_bytes(code) as u8]);
             }
         });
     }
     0
 }
 
-/// `cmapp-bench floor-mgr PORT ID`: registers ID with the relay, says
-/// `ready`, and exits with the code the relay sends. `floor-mgr listen ID`:
-/// says `ready PORT` and exits with the code the first connection to PORT
-/// sends.
+/// `cmapp-bench floor-mgr PORT ID MODE`: registers ID with the relay, then
+/// - `wait`: says `ready` and exits with the code the relay sends;
+/// - `ping`: exits 0 (its registration was the round trip);
+/// - `run`: asks the relay to start the spare shim's program, and exits
+///   with its code.
+///
+/// `floor-mgr listen ID`: says `ready PORT` and exits with the code the
+/// first connection to PORT sends.
 pub fn manager(args: &[String]) -> i32 {
-    let [port, id] = args else {
-        eprintln!("usage: cmapp-bench floor-mgr PORT|listen ID");
-        return 64;
-    };
-    if port == "listen" {
-        let Ok(l) = TcpListener::bind("127.0.0.1:0") else {
-            return 71;
-        };
-        let Ok(addr) = l.local_addr() else {
-            return 71;
-        };
-        println!("ready {}", addr.port());
-        let _ = std::io::stdout().flush();
-        let mut code = [0u8; 1];
-        return match l.accept().map(|(mut s, _)| s.read_exact(&mut code)) {
-            Ok(Ok(())) => i32::from(code[0]),
-            _ => 69,
-        };
-    }
-    let (Ok(port), Ok(id)) = (port.parse::<u16>(), id.parse::<u32>()) else {
-        return 64;
-    };
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        eprintln!("cmapp-bench floor-mgr: cannot connect to the relay");
-        return 69;
-    };
-    let _ = s.set_nodelay(true);
-    let mut ack = [0u8; 1];
-    if s.write_all(&id.to_le_bytes()).is_err() || s.read_exact(&mut ack).is_err() {
-        return 69;
-    }
-    println!("ready");
-    let _ = std::io::stdout().flush();
-    let mut code = [0u8; 1];
-    match s.read_exact(&mut code) {
-        Ok(()) => i32::from(code[0]),
-        Err(_) => 69,
+    match args {
+        [l, _] if l == "listen" => {
+            let Ok(l) = TcpListener::bind("127.0.0.1:0") else {
+                return 71;
+            };
+            let Ok(addr) = l.local_addr() else {
+                return 71;
+            };
+            println!("ready {}", addr.port());
+            let _ = std::io::stdout().flush();
+            let mut code = [0u8; 1];
+            match l.accept().map(|(mut s, _)| s.read_exact(&mut code)) {
+                Ok(Ok(())) => i32::from(code[0]),
+                _ => 69,
+            }
+        }
+        [port, id, mode] => {
+            let (Ok(port), Ok(id)) = (port.parse::<u16>(), id.parse::<u32>()) else {
+                return 64;
+            };
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+                eprintln!("cmapp-bench floor-mgr: cannot connect to the relay");
+                return 69;
+            };
+            let _ = s.set_nodelay(true);
+            let mut ack = [0u8; 1];
+            if s.write_all(&id.to_le_bytes()).is_err() || s.read_exact(&mut ack).is_err() {
+                return 69;
+            }
+            match mode.as_str() {
+                "ping" => return 0,
+                "wait" => {
+                    println!("ready");
+                    let _ = std::io::stdout().flush();
+                }
+                "run" => {
+                    if s.write_all(b"r").is_err() {
+                        return 69;
+                    }
+                }
+                _ => return 64,
+            }
+            let mut code = [0u8; 1];
+            match s.read_exact(&mut code) {
+                Ok(()) => i32::from(code[0]),
+                Err(_) => 69,
+            }
+        }
+        _ => {
+            eprintln!("usage: cmapp-bench floor-mgr PORT ID wait|ping|run, or floor-mgr listen ID");
+            64
+        }
     }
 }
 
-/// `cmapp-bench floor-shim SOCKET ID FIFO STAMP CODE`: starts the
-/// application (`exit-now FIFO STAMP CODE`), waits for it, and sends (ID,
-/// its code) to the relay; with `tcp:PORT` for SOCKET, sends the code alone
-/// to the manager listening on PORT.
+/// `cmapp-bench floor-shim TO ID MODE PROGRAM ARGS...`: connects to the
+/// relay's SOCKET (TO; it registers ID there and says `ready`) or to the
+/// manager listening on `tcp:PORT`, starts the program (`now`: at once;
+/// `spare`: when the relay says go), waits for it, and sends its code.
 pub fn shim(args: &[String]) -> i32 {
-    let [to, id, app @ ..] = args else {
-        eprintln!("usage: cmapp-bench floor-shim SOCKET|tcp:PORT ID FIFO STAMP CODE");
+    let [to, id, mode, program, program_args @ ..] = args else {
+        eprintln!("usage: cmapp-bench floor-shim SOCKET|tcp:PORT ID now|spare PROGRAM ARGS...");
         return 64;
     };
     let Ok(id) = id.parse::<u32>() else {
         return 64;
     };
-    let mut peer: Box<dyn Write> = match to.strip_prefix("tcp:").map(str::parse::<u16>) {
+    let mut peer: Box<dyn ReadWrite> = match to.strip_prefix("tcp:").map(str::parse::<u16>) {
         Some(Ok(port)) => match TcpStream::connect(("127.0.0.1", port)) {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
@@ -290,24 +395,47 @@ pub fn shim(args: &[String]) -> i32 {
         },
     };
     let direct = to.starts_with("tcp:");
-    let Ok(me) = std::env::current_exe() else {
-        return 71;
+    if !direct {
+        let mut ack = [0u8; 1];
+        if peer.write_all(&id.to_le_bytes()).is_err() || peer.read_exact(&mut ack).is_err() {
+            return 69;
+        }
+        println!("ready");
+        let _ = std::io::stdout().flush();
+    }
+    if mode == "spare" {
+        let mut go = [0u8; 1];
+        if peer.read_exact(&mut go).is_err() {
+            return 69;
+        }
+    }
+    let mut cmd = if program == "exit-now" {
+        // The latency run's application: this binary in that role.
+        let Ok(me) = std::env::current_exe() else {
+            return 71;
+        };
+        let mut c = Command::new(me);
+        c.arg("exit-now");
+        c
+    } else {
+        Command::new(program)
     };
-    let child = Command::new(me).arg("exit-now").args(app).stdin(Stdio::null()).spawn();
+    let child = cmd.args(program_args).stdin(Stdio::null()).spawn();
     let Ok(mut child) = child else {
         return 71;
     };
     let code = child.wait().ok().and_then(|s| s.code()).unwrap_or(255);
-    let mut msg = [0u8; 8];
-    msg[..4].copy_from_slice(&id.to_le_bytes());
-    msg[4..].copy_from_slice(&code.to_le_bytes());
     let sent = if direct {
         peer.write_all(&[code as u8])
     } else {
-        peer.write_all(&msg)
+        peer.write_all(&code.to_le_bytes())
     };
     if sent.is_err() {
         return 69;
     }
     0
 }
+
+/// A stream either way: a Unix or a TCP socket.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}

@@ -233,10 +233,10 @@ fn run(plan: &Plan, r: &mut Results) -> Result<(), String> {
     let env = Env::new(Bins::locate()?)?;
     if plan.wants("floor") {
         progress(&format!(
-            "the floor under detection latency: {} events through four bare processes",
-            plan.events
+            "the floor: {} detection events through bare processes, {} bare one-shot runs and pings",
+            plan.events, plan.runs
         ));
-        r.floor = Some(floor::run(&env, plan.events)?);
+        r.floor = Some(floor::run(&env, plan.events, plan.runs)?);
     }
     if ["footprint", "latency", "roundtrip", "oneshot", "handshake"]
         .iter()
@@ -357,8 +357,11 @@ fn build_report(r: &Results) -> Report {
         }
     }
     if let Some(f) = &r.floor {
-        rep.section("The floor under it (the same four processes and hops, no work: `bench/floor.rs`)");
-        rep.info("events", format!("{} of each, alternated, one at a time", f.ns.len()));
+        rep.section("The floor: the same processes and hops with no work (`bench/floor.rs`)");
+        rep.info(
+            "detection events",
+            format!("{} of each, alternated, one at a time", f.ns.len()),
+        );
         for (what, ns) in [
             ("four processes (application, its parent, a relay, a manager)", &f.ns),
             ("three (the application's parent writes to the manager)", &f.direct_ns),
@@ -366,6 +369,25 @@ fn build_report(r: &Results) -> Report {
             rep.info(format!("p50, {what}"), ms(floor::percentile(ns, 50.0)));
             rep.info(format!("p99, {what}"), ms(floor::percentile(ns, 99.0)));
         }
+        let (run, ping) = (roundtrip::median(&f.run), roundtrip::median(&f.ping));
+        rep.info(
+            format!(
+                "bare one-shot run (process, connection, a spare's fork and exec of /bin/true, its exit back), median of {}",
+                f.run.len()
+            ),
+            format!("{:.2} ms", run * 1e3),
+        );
+        rep.info(
+            format!(
+                "bare ping (process, connection, one round trip), median of {}",
+                f.ping.len()
+            ),
+            format!("{:.2} ms", ping * 1e3),
+        );
+        rep.info(
+            "what a bare run adds to a bare ping",
+            format!("{:.2} ms", (run - ping) * 1e3),
+        );
     }
     if let Some(rt) = &r.roundtrip {
         rep.section("Remote run round trip (whole process, `/bin/echo ok`, alternated)");
@@ -439,6 +461,14 @@ fn build_report(r: &Results) -> Report {
             "≤ 1.5",
             o.ratio() <= 1.5,
         );
+        if let Some(f) = &r.floor {
+            let check = roundtrip::median(&o.check);
+            let adds = roundtrip::median(&f.run) - roundtrip::median(&f.ping);
+            rep.info(
+                "the same ratio at the floor: (check + what a bare run adds to a bare ping) / check",
+                format!("{:.2}", (check + adds) / check),
+            );
+        }
     }
     if let Some(s) = &r.scale {
         rep.section(&format!(
