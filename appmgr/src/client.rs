@@ -37,9 +37,6 @@ pub struct Connector {
     fresh: Arc<std::sync::atomic::AtomicBool>,
     /// Where the material comes from.
     files: KeyFiles,
-    /// The certificates [`Connector::new`] loaded, ours and the trusted
-    /// ones, for [`Connector::expiry_warnings`].
-    loaded: (Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>),
     pub node: Node,
     server_name: ServerName<'static>,
     /// Who this manager says it is in its hello (`Hello::manager`); the
@@ -57,6 +54,21 @@ struct KeyFiles {
 }
 
 impl KeyFiles {
+    /// Warnings about `ours` (the key store's chain) and the certificates
+    /// `trust` trusts that expire within 30 days (or have).
+    fn expiry_warnings(&self, ours: &[CertificateDer<'static>], trust: &common::tls::TrustStore) -> Vec<String> {
+        let now = std::time::SystemTime::now();
+        let trusted: Vec<_> = trust.pinned.iter().chain(&trust.cas).cloned().collect();
+        let mut out = common::tls::expiry_warnings("keyStore", &self.key_store, ours, now);
+        out.extend(common::tls::expiry_warnings(
+            "trustStore",
+            &self.trust_store,
+            &trusted,
+            now,
+        ));
+        out
+    }
+
     fn load(&self) -> Result<(common::tls::KeyMaterial, common::tls::TrustStore), ClientError> {
         let key_material = |which| move |source| ConfigError::KeyMaterial { which, source };
         let key =
@@ -140,6 +152,18 @@ fn vsock_hint(e: &std::io::Error) -> &'static str {
 impl Connector {
     /// Loads the key material and the trust store for `node` from `conf`.
     pub fn new(conf: &ManagerConfig, node: &str) -> Result<Connector, ClientError> {
+        Self::load(conf, node, false).map(|(c, _)| c)
+    }
+
+    /// [`Connector::new`], with warnings about our own and the trusted
+    /// certificates that expire within 30 days (or have), taken from the
+    /// material just loaded (not from a second load of both stores, a key
+    /// store's password derivation included).
+    pub fn new_with_expiry_warnings(conf: &ManagerConfig, node: &str) -> Result<(Connector, Vec<String>), ClientError> {
+        Self::load(conf, node, true)
+    }
+
+    fn load(conf: &ManagerConfig, node: &str, warn: bool) -> Result<(Connector, Vec<String>), ClientError> {
         common::tls::install_crypto_provider();
         let node = Node::parse(node, conf.port).map_err(ConfigError::Node)?;
         let trust_path = match node.name() {
@@ -153,10 +177,11 @@ impl Connector {
             trust_store_password: conf.trust_store_password.clone(),
         };
         let (key, trust) = files.load()?;
-        let loaded = (
-            key.certs.clone(),
-            trust.pinned.iter().chain(&trust.cas).cloned().collect(),
-        );
+        let warnings = if warn {
+            files.expiry_warnings(&key.certs, &trust)
+        } else {
+            Vec::new()
+        };
         let server_name = match node.name() {
             Some(name) => ServerName::try_from(name.to_string()).map_err(|source| ConfigError::ServerName {
                 node: node.to_string(),
@@ -171,34 +196,17 @@ impl Connector {
         };
         let tls = common::tls::client_config(key, trust)
             .map_err(|source| ConfigError::KeyMaterial { which: "TLS", source })?;
-        Ok(Connector {
+        let connector = Connector {
             tls: Arc::new(std::sync::Mutex::new(TlsConnector::from(
                 Arc::<rustls::ClientConfig>::clone(&tls),
             ))),
             fresh: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             files,
-            loaded,
             node,
             server_name,
             manager: None,
-        })
-    }
-
-    /// Warnings about our own and the trusted certificates that expire
-    /// within 30 days (or have), from the material [`Connector::new`]
-    /// loaded (reading the files again cost `cmappmgr check` a second
-    /// load of both stores, a key store's password derivation included).
-    pub fn expiry_warnings(&self) -> Vec<String> {
-        let now = std::time::SystemTime::now();
-        let (ours, trusted) = &self.loaded;
-        let mut out = common::tls::expiry_warnings("keyStore", &self.files.key_store, ours, now);
-        out.extend(common::tls::expiry_warnings(
-            "trustStore",
-            &self.files.trust_store,
-            trusted,
-            now,
-        ));
-        out
+        };
+        Ok((connector, warnings))
     }
 
     /// The material to connect with: the files as they are now, or the
@@ -805,14 +813,15 @@ pub struct Checked {
 /// or a vsock address), authenticates and pings: the one "does this guest's
 /// cmappserver answer" routine, used by `cmappmgr check` and by the `vm`
 /// hooks' `--check-node`. Connection and ping are one attempt, retried until
-/// `timeout` while what went wrong may pass (a connection lost before the
-/// pong, as at a guest migration's switch-over, is tried again, as a refused
-/// connection is); the ping gets what is left (half a second at least).
+/// `timeout` while what went wrong may pass: a connection closed or reset
+/// before the pong (as at a guest migration's switch-over) is tried again,
+/// as a refused one is. The ping gets what is left (half a second at least),
+/// so a connection that goes silent instead uses the rest of the time.
 pub async fn check(conf: &ManagerConfig, node: &str, timeout: Duration) -> Result<Checked, ClientError> {
     let deadline = Instant::now() + timeout;
-    let connector = Connector::new(conf, node)?;
+    let (connector, warnings) = Connector::new_with_expiry_warnings(conf, node)?;
     // Said first: an expired certificate is also why a connection fails.
-    for w in connector.expiry_warnings() {
+    for w in warnings {
         tracing::warn!("{w}");
     }
     retry_until(deadline, |limit| Box::pin(check_once(&connector, limit, deadline))).await

@@ -455,17 +455,15 @@ fn a_pong_between_the_exit_and_the_ack_reply_is_not_a_missing_ack() {
     assert!(!m.err.contains("not acknowledged"), "{}", m.err.text());
 }
 
-/// `cmappmgr check` retries until its timeout, also when the connection is
-/// lost after the welcome, before the ping's answer (a guest's migration
-/// switching over at that instant; seen once in
-/// `guest_vm::monitoring_survives_a_live_migration_of_the_guest`): the
-/// server here drops its first connection there and answers on the second.
-#[test]
-fn check_tries_again_when_the_connection_is_lost_before_the_pong() {
+/// A TLS server for `cmappmgr check`: answers the hello, reads the ping,
+/// and closes connections 1 to `drops` without answering it; the next one
+/// gets its pong. Returns the number of connections it had, once one was
+/// answered, or once none has come for 3 s.
+fn pong_after_drops(
+    keys: &cmapp_tests::keys::Keys,
+    drops: usize,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<Result<usize, String>>) {
     use common::message::{Event, Hello, Request, Welcome};
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = cmapp_tests::keys::pinned(tmp.path(), "");
-    let conf = cmapp_tests::keys::manager_conf(tmp.path(), "m.conf", &keys.client_private, &keys.client_trust, "");
     common::tls::install_crypto_provider();
     let key = common::tls::load_key_store(&keys.server_private, "serverpw").unwrap();
     let trust = common::tls::load_trust_store(&keys.server_trust, "public").unwrap();
@@ -482,10 +480,11 @@ fn check_tries_again_when_the_connection_is_lost_before_the_pong() {
             let e = |e: &dyn std::fmt::Display| e.to_string();
             let listener = tokio::net::TcpListener::from_std(listener).map_err(|x| e(&x))?;
             for n in 1.. {
-                let (tcp, _) = tokio::time::timeout(WAIT, listener.accept())
-                    .await
-                    .map_err(|x| e(&x))?
-                    .map_err(|x| e(&x))?;
+                let quiet = std::time::Duration::from_secs(3);
+                let Ok(accepted) = tokio::time::timeout(quiet, listener.accept()).await else {
+                    return Ok(n - 1);
+                };
+                let (tcp, _) = accepted.map_err(|x| e(&x))?;
                 let tls = tokio_rustls::TlsAcceptor::from(cfg.clone())
                     .accept(tcp)
                     .await
@@ -502,7 +501,7 @@ fn check_tries_again_when_the_connection_is_lost_before_the_pong() {
                 let Some(Request::Ping(p)) = rd.read().await.map_err(|x| e(&x))? else {
                     return Err("expected a ping".into());
                 };
-                if n == 1 {
+                if n <= drops {
                     // Lost: closed without an answer.
                     continue;
                 }
@@ -513,24 +512,57 @@ fn check_tries_again_when_the_connection_is_lost_before_the_pong() {
             unreachable!()
         })
     });
-    let node = addr.to_string();
+    (addr, server)
+}
+
+/// `cmappmgr check` retries until its timeout, also when the connection is
+/// lost after the welcome, before the pong (a guest's migration switching
+/// over at that instant; seen once in
+/// `guest_vm::monitoring_survives_a_live_migration_of_the_guest`): the
+/// server here drops its first connection there and answers on the second.
+/// One that drops every connection is tried until the timeout, and no
+/// longer.
+#[test]
+fn check_tries_again_when_the_connection_is_lost_before_the_pong() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = cmapp_tests::keys::pinned(tmp.path(), "");
+    let conf = cmapp_tests::keys::manager_conf(tmp.path(), "m.conf", &keys.client_private, &keys.client_trust, "");
     let conf = conf.to_str().unwrap();
-    let (code, m) = Mgr::run_in(
-        None,
-        &[
-            "check",
-            "-node",
-            &node,
-            "--conf",
-            conf,
-            "--timeout",
-            "10",
-            "--no_syslog",
-        ],
-        WAIT,
-    );
+    let check = |addr: std::net::SocketAddr, timeout: &str| {
+        let node = addr.to_string();
+        Mgr::run_in(
+            None,
+            &[
+                "check",
+                "-node",
+                &node,
+                "--conf",
+                conf,
+                "--timeout",
+                timeout,
+                "--no_syslog",
+            ],
+            WAIT,
+        )
+    };
+
+    let (addr, server) = pong_after_drops(&keys, 1);
+    let (code, m) = check(addr, "10");
     assert_eq!(code, 0, "{}", m.err.text());
     assert_eq!(server.join().unwrap(), Ok(2), "{}", m.err.text());
+
+    let (addr, server) = pong_after_drops(&keys, usize::MAX);
+    let began = std::time::Instant::now();
+    let (code, m) = check(addr, "1");
+    let took = began.elapsed();
+    assert_eq!(code, 1, "unreachable: {}", m.err.text());
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "a 1 s check took {took:?}:\n{}",
+        m.err.text()
+    );
+    let tries = server.join().unwrap().unwrap();
+    assert!(tries >= 2, "tried {tries} time(s) in 1 s:\n{}", m.err.text());
 }
 
 // ---------------------------------------------------------- a delayed ack

@@ -1,7 +1,8 @@
 //! The floor under the detection latency on this machine: the chain of
 //! processes an exit crosses, with none of the work (no TLS, no JSON, no
-//! record on disk, no runtime, no acknowledgement), measured exactly as
-//! [`super::latency`] measures cmappserver and cmappmgr.
+//! record on disk, no runtime, no acknowledgement), triggered and timed as
+//! [`super::latency`] times cmappserver and cmappmgr (the same application,
+//! trigger and clock; one manager waiting at a time rather than 25).
 //!
 //! ```text
 //! application (exit-now) ──exit──► its parent, blocked in waitpid   (the shim's place)
@@ -25,6 +26,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -52,6 +54,9 @@ pub struct Floor {
     /// Seconds per whole bare ping (`floor-mgr … ping`: process start,
     /// connection, one round trip), sorted.
     pub ping: Vec<f64>,
+    /// What a run took beyond the ping of the same round, sorted: its
+    /// median is what a run adds to a ping at the floor.
+    pub adds: Vec<f64>,
 }
 
 /// The `p`-th percentile of sorted nanoseconds.
@@ -59,7 +64,9 @@ pub fn percentile(ns: &[u64], p: f64) -> u64 {
     super::latency::percentile(ns, p)
 }
 
-/// A child process killed and reaped when dropped.
+/// A child process in a process group of its own, which is killed (with
+/// whatever the process started in it: a shim's application blocked on its
+/// FIFO) and reaped when dropped, or by the bench's cleanup on a signal.
 struct Owned {
     child: Child,
     token: Option<sys::Token>,
@@ -68,12 +75,13 @@ struct Owned {
 impl Owned {
     fn spawn(mut cmd: Command) -> Result<Owned, String> {
         let child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
-        let token = Some(sys::register_pid(child.id()));
+        let token = Some(sys::register_group(child.id()));
         Ok(Owned { child, token })
     }
 
@@ -97,11 +105,25 @@ impl Owned {
 impl Drop for Owned {
     fn drop(&mut self) {
         if self.token.is_some() {
-            let _ = self.child.kill();
+            let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
             let _ = self.child.wait();
             self.reaped();
         }
     }
+}
+
+/// How long a floor process waits for anything before it gives up (exit
+/// 70): a lost message ends the run with an error, never hangs it.
+const GIVE_UP: Duration = Duration::from_secs(30);
+
+/// Ends this process (exit 70) after [`GIVE_UP`], whatever it is blocked in.
+fn watchdog() {
+    std::thread::spawn(|| {
+        std::thread::sleep(GIVE_UP);
+        eprintln!("cmapp-bench: a floor process waited {GIVE_UP:?} for its peer; giving up");
+        std::process::exit(70);
+    });
 }
 
 pub fn run(env: &Env, events: usize, runs: usize) -> Result<Floor, String> {
@@ -121,7 +143,11 @@ pub fn run(env: &Env, events: usize, runs: usize) -> Result<Floor, String> {
     }
     ns.sort_unstable();
     direct_ns.sort_unstable();
-    let (mut run, mut ping) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    let (mut run, mut ping, mut adds) = (
+        Vec::with_capacity(runs),
+        Vec::with_capacity(runs),
+        Vec::with_capacity(runs),
+    );
     for i in 0..runs + WARM_UP {
         let id = (events + i) as u32;
         // The spare, made ahead as ours is; not timed.
@@ -160,15 +186,18 @@ pub fn run(env: &Env, events: usize, runs: usize) -> Result<Floor, String> {
         if i >= WARM_UP {
             run.push(r);
             ping.push(p);
+            adds.push(r - p);
         }
     }
-    run.sort_by(f64::total_cmp);
-    ping.sort_by(f64::total_cmp);
+    for v in [&mut run, &mut ping, &mut adds] {
+        v.sort_by(f64::total_cmp);
+    }
     Ok(Floor {
         ns,
         direct_ns,
         run,
         ping,
+        adds,
     })
 }
 
@@ -253,9 +282,14 @@ pub fn relay(args: &[String]) -> i32 {
     let shims: Registry<UnixStream> = Default::default();
     let (m_reg, s_reg) = (managers.clone(), shims.clone());
     // One thread per connection, blocked in read: the one wake-up a relay
-    // costs per message.
+    // costs per message. An entry leaves its registry when its connection's
+    // part is done.
     std::thread::spawn(move || {
-        for mut m in tcp.incoming().flatten() {
+        for m in tcp.incoming() {
+            let Ok(mut m) = m else {
+                eprintln!("cmapp-bench floor-relay: accept failed: {}", m.unwrap_err());
+                std::process::exit(71);
+            };
             let (managers, shims) = (m_reg.clone(), s_reg.clone());
             std::thread::spawn(move || {
                 let _ = m.set_nodelay(true);
@@ -266,22 +300,28 @@ pub fn relay(args: &[String]) -> i32 {
                 let id = u32::from_le_bytes(id);
                 let Ok(clone) = m.try_clone() else { return };
                 managers.lock().unwrap().insert(id, clone);
-                if m.write_all(b"k").is_err() {
-                    return;
-                }
                 let mut req = [0u8; 1];
-                if m.read_exact(&mut req).is_ok() && req == *b"r" {
+                if m.write_all(b"k").is_ok() && m.read_exact(&mut req).is_ok() && req == *b"r" {
                     let shim = shims.lock().unwrap().remove(&id);
                     if let Some(mut shim) = shim {
                         let _ = shim.write_all(b"g");
                     }
+                    // The code comes back through the shim's thread, which
+                    // takes this manager out of the registry.
+                    return;
                 }
+                // A ping, or a manager gone.
+                managers.lock().unwrap().remove(&id);
             });
         }
     });
     println!("{}", addr.port());
     let _ = std::io::stdout().flush();
-    for mut shim in unix.incoming().flatten() {
+    for shim in unix.incoming() {
+        let Ok(mut shim) = shim else {
+            eprintln!("cmapp-bench floor-relay: accept failed: {}", shim.unwrap_err());
+            return 71;
+        };
         let (managers, shims) = (managers.clone(), shims.clone());
         std::thread::spawn(move || {
             let mut id = [0u8; 4];
@@ -292,9 +332,13 @@ pub fn relay(args: &[String]) -> i32 {
             let Ok(clone) = shim.try_clone() else { return };
             shims.lock().unwrap().insert(id, clone);
             let mut code = [0u8; 4];
-            if shim.write_all(b"k").is_err() || shim.read_exact(&mut code).is_err() {
+            let ended = shim.write_all(b"k").is_ok() && shim.read_exact(&mut code).is_ok();
+            shims.lock().unwrap().remove(&id);
+            if !ended {
                 return;
             }
+            // A manager not registered (gone) gets nothing: it gives up by
+            // itself (`watchdog`), and the harness says so.
             let m = managers.lock().unwrap().remove(&id);
             if let Some(mut m) = m {
                 let _ = m.write_all(&[i32::from_le_bytes(code) as u8]);
@@ -313,6 +357,7 @@ pub fn relay(args: &[String]) -> i32 {
 /// `floor-mgr listen ID`: says `ready PORT` and exits with the code the
 /// first connection to PORT sends.
 pub fn manager(args: &[String]) -> i32 {
+    watchdog();
     match args {
         [l, _] if l == "listen" => {
             let Ok(l) = TcpListener::bind("127.0.0.1:0") else {
@@ -373,6 +418,7 @@ pub fn manager(args: &[String]) -> i32 {
 /// manager listening on `tcp:PORT`, starts the program (`now`: at once;
 /// `spare`: when the relay says go), waits for it, and sends its code.
 pub fn shim(args: &[String]) -> i32 {
+    watchdog();
     let [to, id, mode, program, program_args @ ..] = args else {
         eprintln!("usage: cmapp-bench floor-shim SOCKET|tcp:PORT ID now|spare PROGRAM ARGS...");
         return 64;

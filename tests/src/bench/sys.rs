@@ -309,6 +309,9 @@ pub fn kill_recorded(state_dir: &Path) {
 enum Entry {
     /// A process the bench started (SIGKILL).
     Pid(u32),
+    /// The process group of a process the bench started in its own group,
+    /// and whatever it started there (SIGKILL to the group).
+    Group(u32),
     /// A cmappserver state directory: its recorded shims and applications.
     StateDir(PathBuf),
     /// The bench's temporary directory (removed last).
@@ -331,6 +334,10 @@ fn register(e: Entry) -> Token {
 
 pub fn register_pid(pid: u32) -> Token {
     register(Entry::Pid(pid))
+}
+
+pub fn register_group(pgid: u32) -> Token {
+    register(Entry::Group(pgid))
 }
 
 pub fn register_state_dir(dir: &Path) -> Token {
@@ -357,12 +364,18 @@ pub fn kill_everything() {
         .map(|(_, e)| e)
         .collect();
     for e in &entries {
-        if let Entry::Pid(pid) = e {
-            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        match e {
+            Entry::Pid(pid) => {
+                let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+            }
+            Entry::Group(pgid) => {
+                let _ = nix::sys::signal::killpg(Pid::from_raw(*pgid as i32), Signal::SIGKILL);
+            }
+            _ => {}
         }
     }
     for e in &entries {
-        if let Entry::Pid(pid) = e {
+        if let Entry::Pid(pid) | Entry::Group(pid) = e {
             reap(*pid, Duration::from_millis(500));
         }
     }
