@@ -42,21 +42,33 @@ impl Qmp {
     }
 
     fn read(&mut self) -> Value {
-        let mut line = String::new();
-        let n = self.reader.read_line(&mut line).expect("read from QMP");
-        assert!(n > 0, "QMP connection closed");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad QMP line {line:?}: {e}"))
+        self.try_read().unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Runs a command; returns its `return` value, or the error's description.
+    /// The next line, or why there is none: the connection closed (QEMU
+    /// gone) or failed.
+    fn try_read(&mut self) -> Result<Value, String> {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .map_err(|e| format!("read from QMP: {e}"))?;
+        if n == 0 {
+            return Err("QMP connection closed".into());
+        }
+        Ok(serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad QMP line {line:?}: {e}")))
+    }
+
+    /// Runs a command; returns its `return` value, or the error's
+    /// description (also when QEMU has closed the connection: gone).
     pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
         let mut msg = json!({ "execute": command });
         if arguments.as_object().is_some_and(|o| !o.is_empty()) {
             msg["arguments"] = arguments;
         }
-        writeln!(self.writer, "{msg}").expect("write to QMP");
+        writeln!(self.writer, "{msg}").map_err(|e| format!("write to QMP: {e}"))?;
         loop {
-            let v = self.read();
+            let v = self.try_read()?;
             if v.get("event").is_some() {
                 self.events.push(v);
                 continue;
