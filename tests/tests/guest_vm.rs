@@ -421,6 +421,13 @@ fn monitoring_survives_a_live_migration_of_the_guest() {
     // (seen once in CI: its QMP socket closed before the quit); either way it
     // must not be running any more.
     let quit = qmp.execute("quit", json!({}));
+    if let Err(e) = &quit {
+        // Not a failure; said for whoever wonders why it had gone.
+        eprintln!(
+            "the source QEMU did not take the quit ({e}); its stderr:\n{}",
+            source.stderr_text()
+        );
+    }
     assert!(
         wait_until(WAIT, || !source.running()),
         "the source QEMU did not quit ({quit:?})"
