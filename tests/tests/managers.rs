@@ -455,66 +455,6 @@ fn a_pong_between_the_exit_and_the_ack_reply_is_not_a_missing_ack() {
     assert!(!m.err.contains("not acknowledged"), "{}", m.err.text());
 }
 
-/// A TLS server for `cmappmgr check`: answers the hello, reads the ping,
-/// and closes connections 1 to `drops` without answering it; the next one
-/// gets its pong. Returns the number of connections it had, once one was
-/// answered, or once none has come for 3 s.
-fn pong_after_drops(
-    keys: &cmapp_tests::keys::Keys,
-    drops: usize,
-) -> (std::net::SocketAddr, std::thread::JoinHandle<Result<usize, String>>) {
-    use common::message::{Event, Hello, Request, Welcome};
-    common::tls::install_crypto_provider();
-    let key = common::tls::load_key_store(&keys.server_private, "serverpw").unwrap();
-    let trust = common::tls::load_trust_store(&keys.server_trust, "public").unwrap();
-    let cfg = common::tls::server_config(key, trust).unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let server = std::thread::spawn(move || -> Result<usize, String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let e = |e: &dyn std::fmt::Display| e.to_string();
-            let listener = tokio::net::TcpListener::from_std(listener).map_err(|x| e(&x))?;
-            for n in 1.. {
-                let quiet = std::time::Duration::from_secs(3);
-                let Ok(accepted) = tokio::time::timeout(quiet, listener.accept()).await else {
-                    return Ok(n - 1);
-                };
-                let (tcp, _) = accepted.map_err(|x| e(&x))?;
-                let tls = tokio_rustls::TlsAcceptor::from(cfg.clone())
-                    .accept(tcp)
-                    .await
-                    .map_err(|x| e(&x))?;
-                let (mut rd, mut wr) = common::connection::split(tls);
-                let _: Option<Hello> = rd.read().await.map_err(|x| e(&x))?;
-                let welcome = Welcome {
-                    protocol: common::message::PROTOCOL_VERSION,
-                    software: "scripted".into(),
-                    monitored: 0,
-                    max_processes: 30,
-                };
-                wr.write(&welcome).await.map_err(|x| e(&x))?;
-                let Some(Request::Ping(p)) = rd.read().await.map_err(|x| e(&x))? else {
-                    return Err("expected a ping".into());
-                };
-                if n <= drops {
-                    // Lost: closed without an answer.
-                    continue;
-                }
-                wr.write(&Event::Pong(p)).await.map_err(|x| e(&x))?;
-                while let Ok(Some(_)) = rd.read::<Request>().await {}
-                return Ok(n);
-            }
-            unreachable!()
-        })
-    });
-    (addr, server)
-}
-
 /// `cmappmgr check` retries until its timeout, also when the connection is
 /// lost after the welcome, before the pong (a guest's migration switching
 /// over at that instant; seen once in
@@ -524,12 +464,34 @@ fn pong_after_drops(
 /// longer.
 #[test]
 fn check_tries_again_when_the_connection_is_lost_before_the_pong() {
+    use cmapp_tests::peer::FakeServer;
+    use common::message::{Event, Request};
+    use std::sync::atomic::{AtomicU64, Ordering};
     let tmp = tempfile::tempdir().unwrap();
     let keys = cmapp_tests::keys::pinned(tmp.path(), "");
     let conf = cmapp_tests::keys::manager_conf(tmp.path(), "m.conf", &keys.client_private, &keys.client_trust, "");
     let conf = conf.to_str().unwrap();
-    let check = |addr: std::net::SocketAddr, timeout: &str| {
-        let node = addr.to_string();
+    // Answers the hello and reads the ping; closes the first `drops`
+    // connections there without an answer, and pongs on the next.
+    let pong_after = |drops: u64| {
+        let pinged = std::sync::Arc::new(AtomicU64::new(0));
+        FakeServer::start(&keys, move |mut c| {
+            let pinged = pinged.clone();
+            async move {
+                c.welcome().await;
+                let Some(Request::Ping(p)) = c.request().await else {
+                    return;
+                };
+                if pinged.fetch_add(1, Ordering::SeqCst) < drops {
+                    return; // lost: closed without an answer
+                }
+                c.wr.write(&Event::Pong(p)).await.unwrap();
+                while c.request().await.is_some() {}
+            }
+        })
+    };
+    let check = |fake: &FakeServer, timeout: &str| {
+        let node = fake.node();
         Mgr::run_in(
             None,
             &[
@@ -546,14 +508,14 @@ fn check_tries_again_when_the_connection_is_lost_before_the_pong() {
         )
     };
 
-    let (addr, server) = pong_after_drops(&keys, 1);
-    let (code, m) = check(addr, "10");
+    let fake = pong_after(1);
+    let (code, m) = check(&fake, "10");
     assert_eq!(code, 0, "{}", m.err.text());
-    assert_eq!(server.join().unwrap(), Ok(2), "{}", m.err.text());
+    assert_eq!(fake.accepted.load(Ordering::SeqCst), 2, "{}", m.err.text());
 
-    let (addr, server) = pong_after_drops(&keys, usize::MAX);
+    let fake = pong_after(u64::MAX);
     let began = std::time::Instant::now();
-    let (code, m) = check(addr, "1");
+    let (code, m) = check(&fake, "1");
     let took = began.elapsed();
     assert_eq!(code, 1, "unreachable: {}", m.err.text());
     assert!(
@@ -561,7 +523,7 @@ fn check_tries_again_when_the_connection_is_lost_before_the_pong() {
         "a 1 s check took {took:?}:\n{}",
         m.err.text()
     );
-    let tries = server.join().unwrap().unwrap();
+    let tries = fake.accepted.load(Ordering::SeqCst);
     assert!(tries >= 2, "tried {tries} time(s) in 1 s:\n{}", m.err.text());
 }
 
