@@ -59,11 +59,6 @@ pub struct Floor {
     pub adds: Vec<f64>,
 }
 
-/// The `p`-th percentile of sorted nanoseconds.
-pub fn percentile(ns: &[u64], p: f64) -> u64 {
-    super::latency::percentile(ns, p)
-}
-
 /// A child process in a process group of its own, which is killed (with
 /// whatever the process started in it: a shim's application blocked on its
 /// FIFO) and reaped when dropped, or by the bench's cleanup on a signal.
@@ -236,7 +231,12 @@ fn event(env: &Env, dir: &Path, i: usize, code: i32, relay: Option<(&str, &Path)
         return Err("the floor's shim did not register with its relay".into());
     }
     std::thread::sleep(GAP);
-    trigger_fifo(&fifo, || matches!(mgr.child.try_wait(), Ok(Some(_))))?;
+    trigger_fifo(&fifo, || {
+        let s = mgr.child.try_wait().ok().flatten()?;
+        Some(format!(
+            "the floor's manager exited ({s}) before its application could be triggered"
+        ))
+    })?;
     let status = mgr
         .child
         .wait()
@@ -293,15 +293,11 @@ pub fn relay(args: &[String]) -> i32 {
             let (managers, shims) = (m_reg.clone(), s_reg.clone());
             std::thread::spawn(move || {
                 let _ = m.set_nodelay(true);
-                let mut id = [0u8; 4];
-                if m.read_exact(&mut id).is_err() {
+                let Some(id) = enroll(&mut m, TcpStream::try_clone, &managers) else {
                     return;
-                }
-                let id = u32::from_le_bytes(id);
-                let Ok(clone) = m.try_clone() else { return };
-                managers.lock().unwrap().insert(id, clone);
+                };
                 let mut req = [0u8; 1];
-                if m.write_all(b"k").is_ok() && m.read_exact(&mut req).is_ok() && req == *b"r" {
+                if m.read_exact(&mut req).is_ok() && req == *b"r" {
                     let shim = shims.lock().unwrap().remove(&id);
                     if let Some(mut shim) = shim {
                         let _ = shim.write_all(b"g");
@@ -324,15 +320,11 @@ pub fn relay(args: &[String]) -> i32 {
         };
         let (managers, shims) = (managers.clone(), shims.clone());
         std::thread::spawn(move || {
-            let mut id = [0u8; 4];
-            if shim.read_exact(&mut id).is_err() {
+            let Some(id) = enroll(&mut shim, UnixStream::try_clone, &shims) else {
                 return;
-            }
-            let id = u32::from_le_bytes(id);
-            let Ok(clone) = shim.try_clone() else { return };
-            shims.lock().unwrap().insert(id, clone);
+            };
             let mut code = [0u8; 4];
-            let ended = shim.write_all(b"k").is_ok() && shim.read_exact(&mut code).is_ok();
+            let ended = shim.read_exact(&mut code).is_ok();
             shims.lock().unwrap().remove(&id);
             if !ended {
                 return;
@@ -346,6 +338,26 @@ pub fn relay(args: &[String]) -> i32 {
         });
     }
     0
+}
+
+/// The relay's side of a registration: reads the peer's id, files a clone
+/// of its connection under it, and answers `k`. `None` if the peer went.
+fn enroll<S: Read + Write>(s: &mut S, try_clone: fn(&S) -> std::io::Result<S>, registry: &Registry<S>) -> Option<u32> {
+    let mut id = [0u8; 4];
+    s.read_exact(&mut id).ok()?;
+    let id = u32::from_le_bytes(id);
+    registry.lock().unwrap().insert(id, try_clone(s).ok()?);
+    if s.write_all(b"k").is_err() {
+        registry.lock().unwrap().remove(&id);
+        return None;
+    }
+    Some(id)
+}
+
+/// The peer's side: sends `id` and waits for the relay's `k`.
+fn register(s: &mut impl ReadWrite, id: u32) -> std::io::Result<()> {
+    s.write_all(&id.to_le_bytes())?;
+    s.read_exact(&mut [0u8; 1])
 }
 
 /// `cmapp-bench floor-mgr PORT ID MODE`: registers ID with the relay, then
@@ -383,8 +395,7 @@ pub fn manager(args: &[String]) -> i32 {
                 return 69;
             };
             let _ = s.set_nodelay(true);
-            let mut ack = [0u8; 1];
-            if s.write_all(&id.to_le_bytes()).is_err() || s.read_exact(&mut ack).is_err() {
+            if register(&mut s, id).is_err() {
                 return 69;
             }
             match mode.as_str() {
@@ -442,8 +453,7 @@ pub fn shim(args: &[String]) -> i32 {
     };
     let direct = to.starts_with("tcp:");
     if !direct {
-        let mut ack = [0u8; 1];
-        if peer.write_all(&id.to_le_bytes()).is_err() || peer.read_exact(&mut ack).is_err() {
+        if register(&mut peer, id).is_err() {
             return 69;
         }
         println!("ready");

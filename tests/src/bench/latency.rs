@@ -113,27 +113,20 @@ pub fn run(env: &Env, server: &Server, events: usize) -> Result<Latency, String>
 /// Writes one byte to the application's FIFO once it has opened it
 /// (non-blocking open: never hangs on an application that died).
 fn trigger(fifo: &Path, m: &mut Mgr) -> Result<(), String> {
-    let mut gone = None;
-    let r = trigger_fifo(fifo, || {
-        if let Ok(Some(s)) = m.child.try_wait() {
-            m.reaped();
-            gone = Some(s);
-            return true;
-        }
-        false
-    });
-    match gone {
-        Some(s) => Err(format!(
+    trigger_fifo(fifo, || {
+        let s = m.child.try_wait().ok().flatten()?;
+        m.reaped();
+        Some(format!(
             "cmappmgr exited ({s}) before its application could be triggered; its log:\n{}",
             tail(&m.err, 20)
-        )),
-        None => r,
-    }
+        ))
+    })
 }
 
-/// Writes one byte to `fifo` once its reader has opened it; gives up when
-/// `gone()` says the process waiting on it has ended, or after [`WAIT`].
-pub fn trigger_fifo(fifo: &Path, mut gone: impl FnMut() -> bool) -> Result<(), String> {
+/// Writes one byte to `fifo` once its reader has opened it; gives up with
+/// what `gone()` says once the process waiting on it has ended, or after
+/// [`WAIT`].
+pub fn trigger_fifo(fifo: &Path, mut gone: impl FnMut() -> Option<String>) -> Result<(), String> {
     let end = Instant::now() + WAIT;
     loop {
         match std::fs::OpenOptions::new()
@@ -150,8 +143,8 @@ pub fn trigger_fifo(fifo: &Path, mut gone: impl FnMut() -> bool) -> Result<(), S
             Err(e) if e.raw_os_error() == Some(nix::libc::ENXIO) => {}
             Err(e) => return Err(format!("cannot open {}: {e}", fifo.display())),
         }
-        if gone() {
-            return Err(format!("the process waiting on {} ended first", fifo.display()));
+        if let Some(why) = gone() {
+            return Err(why);
         }
         if Instant::now() >= end {
             return Err(format!("the application never opened {}", fifo.display()));

@@ -366,8 +366,8 @@ fn build_report(r: &Results) -> Report {
             ("four processes (application, its parent, a relay, a manager)", &f.ns),
             ("three (the application's parent writes to the manager)", &f.direct_ns),
         ] {
-            rep.info(format!("p50, {what}"), ms(floor::percentile(ns, 50.0)));
-            rep.info(format!("p99, {what}"), ms(floor::percentile(ns, 99.0)));
+            rep.info(format!("p50, {what}"), ms(latency::percentile(ns, 50.0)));
+            rep.info(format!("p99, {what}"), ms(latency::percentile(ns, 99.0)));
         }
         let (run, ping) = (roundtrip::median(&f.run), roundtrip::median(&f.ping));
         rep.info(
