@@ -152,7 +152,7 @@ fn vsock_hint(e: &std::io::Error) -> &'static str {
 impl Connector {
     /// Loads the key material and the trust store for `node` from `conf`.
     pub fn new(conf: &ManagerConfig, node: &str) -> Result<Connector, ClientError> {
-        Self::load(conf, node, false).map(|(c, _)| c)
+        Self::build(conf, node, false).map(|(c, _)| c)
     }
 
     /// [`Connector::new`], with warnings about our own and the trusted
@@ -160,10 +160,10 @@ impl Connector {
     /// material just loaded (not from a second load of both stores, a key
     /// store's password derivation included).
     pub fn new_with_expiry_warnings(conf: &ManagerConfig, node: &str) -> Result<(Connector, Vec<String>), ClientError> {
-        Self::load(conf, node, true)
+        Self::build(conf, node, true)
     }
 
-    fn load(conf: &ManagerConfig, node: &str, warn: bool) -> Result<(Connector, Vec<String>), ClientError> {
+    fn build(conf: &ManagerConfig, node: &str, warn: bool) -> Result<(Connector, Vec<String>), ClientError> {
         common::tls::install_crypto_provider();
         let node = Node::parse(node, conf.port).map_err(ConfigError::Node)?;
         let trust_path = match node.name() {
